@@ -1,0 +1,61 @@
+"""Float baselines: train every registry model on Fashion-MNIST with a fixed seed.
+
+Writes benchmarks/results/baselines.{json,md} and the headline float models to
+benchmarks/artifacts/<model>.slim. Each model trains through a recipe in
+benchmarks/cache/<model>/, so a rerun resumes (or skips finished models).
+
+    python benchmarks/baselines.py [--models lenet5 vgg_small] [--data-dir D]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from torchslim.measure.report import write_report
+from torchslim.recipe import run_recipe
+
+ROOT = Path(__file__).resolve().parent
+HEADLINE = ("lenet5", "lenet300_100", "vgg_small", "resnet20")
+
+ADAM = {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
+SGD = {"optimizer": "sgd", "lr": 0.05, "weight_decay": 0.0005, "schedule": "onecycle", "seed": 0}
+# model -> (model kwargs, train settings, augment). Light models: Adam, no augmentation.
+# Conv nets with BatchNorm: SGD one-cycle with crop+flip. The two mobile backbones are
+# slow to train on a 2-core CPU, so they get width 0.5 and fewer epochs.
+SETTINGS = {
+    "lenet5": ({}, {**ADAM, "epochs": 15}, False),
+    "lenet300_100": ({}, {**ADAM, "epochs": 15}, False),
+    "vgg_small": ({}, {**SGD, "epochs": 15}, True),
+    "resnet20": ({}, {**SGD, "lr": 0.1, "epochs": 15}, True),
+    "lenet5_classic": ({}, {**ADAM, "epochs": 15}, False),
+    "shufflenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 6}, True),
+    "mobilenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 4}, True),
+}
+COLUMNS = ["model", "method", "kwargs", "epochs", "top1", "top5", "bytes", "params", "nonzeros", "macs",
+           "latency_b1_ms", "latency_b256_ms", "threads", "train_seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(SETTINGS))
+    ap.add_argument("--data-dir")
+    a = ap.parse_args()
+    rows = []
+    for name in a.models:
+        kwargs, train, augment = SETTINGS[name]
+        recipe = {"name": f"baseline_{name}", "model": {"name": name, "kwargs": kwargs},
+                  "data": {"name": "fashion_mnist", "batch_size": 128, "augment": augment},
+                  "train": train, "stages": []}
+        out = ROOT / "cache" / name
+        row = run_recipe(recipe, out, data_dir=a.data_dir)[0]
+        rows.append({**row, "kwargs": " ".join(f"{k}={v}" for k, v in kwargs.items()), "epochs": train["epochs"]})
+        if name in HEADLINE:
+            (ROOT / "artifacts").mkdir(exist_ok=True)
+            shutil.copyfile(out / "model.slim", ROOT / "artifacts" / f"{name}.slim")
+        write_report(rows, ROOT / "results" / "baselines", COLUMNS,
+                     title="Float baselines on Fashion-MNIST (test split)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Command line: ``torchslim run | eval | inspect | list``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from torchslim.data import DataError
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from torchslim.recipe import run_recipe
+
+    run_recipe(a.recipe, a.out, data_dir=a.data_dir, restart=a.restart, latency=False if a.no_latency else None)
+    return 0
+
+
+def _model_data(path: str, data_dir: str | None):
+    from torchslim.data import DataConfig, make_loaders
+    from torchslim.export.slim import load
+
+    model = load(path)
+    header = model.torchslim_header
+    d = dict((header.get("extra") or {}).get("data") or {"name": "fashion_mnist"})
+    d["dir"] = data_dir or None
+    d.pop("subset", None)  # reported numbers always use the full test split
+    cfg = DataConfig.from_dict(d)
+    kw = header["arch"]["kwargs"] if header.get("arch") else {}
+    shape = (kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28))
+    return model, cfg, shape
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from torchslim.data import load_split
+    from torchslim.measure.report import measure, to_table
+    from torchslim.data import _Collate, _Images  # noqa: PLC2701 - same package
+    from torch.utils.data import DataLoader
+
+    model, cfg, shape = _model_data(a.model, a.data_dir)
+    x, y = load_split(cfg, "test")
+    loader = DataLoader(_Images(x, y), 256, collate_fn=_Collate(cfg.mean, cfg.std, False))
+    res = {"model": model.torchslim_header["arch"]["name"] if model.torchslim_header.get("arch") else None,
+           "file": a.model, **measure(model, shape, loader=loader, path=a.model, latency=not a.no_latency)}
+    print(json.dumps(res) if a.json else to_table([res]))
+    return 0
+
+
+def _cmd_inspect(a: argparse.Namespace) -> int:
+    from torchslim.export.slim import load
+    from torchslim.measure.counts import layer_table
+    from torchslim.measure.report import to_table
+
+    model = load(a.model)
+    header = model.torchslim_header
+    kw = header["arch"]["kwargs"] if header.get("arch") else {}
+    shape = (kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28))
+    state = model.state_dict()
+    rows = []
+    for r in layer_table(model, shape):
+        nbytes = sum(t.numel() * t.element_size() for k, t in state.items()
+                     if k.rsplit(".", 1)[0] == r["name"])
+        if r["params"] or r["macs"] or nbytes:
+            rows.append({**r, "out_shape": "x".join(map(str, r["out_shape"] or [])), "bytes": nbytes})
+    print(f"{a.model}: {header['arch']['name'] if header.get('arch') else 'custom'} "
+          f"{Path(a.model).stat().st_size:,} bytes")
+    print(to_table(rows, ["name", "type", "out_shape", "params", "nonzeros", "bytes", "macs"]))
+    return 0
+
+
+def _cmd_list(a: argparse.Namespace) -> int:
+    if a.what == "models":
+        from torchslim.models import list_models
+        print("\n".join(list_models()))
+    else:
+        from torchslim.core.registry import list_methods
+        print("\n".join(list_methods()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchslim", description="Compress CNNs with measured, real gains.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a recipe (train / load, compress, report); resumes after a crash")
+    r.add_argument("recipe")
+    r.add_argument("--out", help="run folder (default runs/<recipe name>)")
+    r.add_argument("--data-dir", help="folder with the data set files")
+    r.add_argument("--restart", action="store_true", help="delete the run folder and start over")
+    r.add_argument("--no-latency", action="store_true", help="skip latency measurement")
+    r.set_defaults(fn=_cmd_run)
+    e = sub.add_parser("eval", help="measure a .slim file: accuracy, bytes, params, MACs, latency")
+    e.add_argument("model")
+    e.add_argument("--data-dir")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--no-latency", action="store_true")
+    e.set_defaults(fn=_cmd_eval)
+    i = sub.add_parser("inspect", help="per-layer table of a .slim file")
+    i.add_argument("model")
+    i.set_defaults(fn=_cmd_inspect)
+    ls = sub.add_parser("list", help="list registered models or methods")
+    ls.add_argument("what", choices=["models", "methods"])
+    ls.set_defaults(fn=_cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from torchslim.export.slim import SlimFileError
+    from torchslim.recipe import RecipeError
+
+    try:
+        return args.fn(args)
+    except (RecipeError, SlimFileError, DataError) as e:
+        print(f"torchslim: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # config validation: messages name the field and the fix
+        print(f"torchslim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchslim: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""Core: method configs, the registry, layer selection, module surgery, the two verbs."""
+from torchslim.core.api import compress_, convert_, method_callbacks, pending
+from torchslim.core.config import MethodConfig
+from torchslim.core.fold import FoldBN
+from torchslim.core.registry import Method, get_method, list_methods, register_method
+from torchslim.core.select import select
+from torchslim.core.surgery import get_module, set_module
+
+__all__ = ["FoldBN", "Method", "MethodConfig", "compress_", "convert_", "get_method", "get_module",
+           "list_methods", "method_callbacks", "pending", "register_method", "select", "set_module"]

@@ -1,0 +1,90 @@
+"""``core.fold_bn``: fold inference BatchNorm into the preceding conv / linear layer.
+
+For a layer ``y = W x + b`` followed by BN with running statistics
+``(mu, var)`` and affine ``(gamma, beta)``::
+
+    s  = gamma / sqrt(var + eps)          (per output channel)
+    W' = s * W,    b' = s * (b - mu) + beta
+
+The BN becomes ``nn.Identity``. Exact in eval mode (Jacob et al. 2018, sec. 3.2).
+Prepare does nothing (folding has no trainable form); convert folds.
+Pairs are found by tracing with ``torch.fx``: a BN is folded only when its
+input is a Conv2d/Linear output used by nothing else.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from torchslim.core.config import MethodConfig
+from torchslim.core.registry import Method, register_method
+from torchslim.core.select import select
+from torchslim.core.surgery import get_module, set_module
+
+_PAIRS = {nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm1d: nn.Linear}
+
+
+@dataclass(frozen=True)
+class FoldBN(MethodConfig):
+    """Fold BatchNorm into the conv/linear before it. ``layers`` selects BN modules."""
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer name, BN name) pairs where the BN reads only that layer's output."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as e:  # fx raises many types on untraceable code
+        warnings.warn(f"core.fold_bn: cannot trace the model with torch.fx ({type(e).__name__}: {e}); "
+                      "nothing folded")
+        return []
+    mods = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or type(mods.get(node.target)) not in _PAIRS:
+            continue
+        src = node.args[0]
+        if (isinstance(src, fx.Node) and src.op == "call_module"
+                and type(mods.get(src.target)) is _PAIRS[type(mods[node.target])] and len(src.users) == 1):
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+@torch.no_grad()
+def fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """New conv/linear equal to ``bn(layer(x))`` in eval mode."""
+    s = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    if isinstance(layer, nn.Conv2d):
+        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                        layer.dilation, layer.groups, True, layer.padding_mode)
+    else:
+        new = nn.Linear(layer.in_features, layer.out_features, True)
+    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+    new.weight.copy_(layer.weight * s.view(shape))
+    b = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+    new.bias.copy_(s * (b - bn.running_mean) + beta)
+    return new.to(layer.weight.device)
+
+
+@register_method("core.fold_bn")
+class FoldBNMethod(Method):
+    config_cls = FoldBN
+
+    @classmethod
+    def prepare(cls, model: nn.Module, config: FoldBN) -> nn.Module:
+        list(select(model, config, tuple(_PAIRS)))  # surface selector errors now, not at convert
+        return model
+
+    @classmethod
+    def convert(cls, model: nn.Module, config: FoldBN) -> nn.Module:
+        chosen = {name for name, _, _ in select(model, config, tuple(_PAIRS))}
+        for layer_name, bn_name in conv_bn_pairs(model):
+            if bn_name not in chosen:
+                continue
+            set_module(model, layer_name, fold_pair(get_module(model, layer_name), get_module(model, bn_name)))
+            set_module(model, bn_name, nn.Identity())
+        return model

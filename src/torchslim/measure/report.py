@@ -1,0 +1,125 @@
+"""Measurement of a model and reports: terminal table, JSON, Markdown, plots."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from torchslim.measure.counts import count_nonzeros, count_params, layer_table
+from torchslim.measure.latency import latency_ms
+
+# The keys every benchmark row carries (benchmark convention).
+ROW_KEYS = ("model", "method", "top1", "bytes", "params", "nonzeros", "macs",
+            "latency_b1_ms", "latency_b256_ms", "threads")
+
+
+def file_bytes(model: nn.Module) -> int:
+    """Bytes of the model saved as a ``.slim`` file (written to a temp dir)."""
+    from torchslim.export.slim import save
+
+    with tempfile.TemporaryDirectory() as d:
+        return save(model, Path(d) / "m.slim")
+
+
+def measure(model: nn.Module, input_shape: tuple[int, ...], *, loader: DataLoader | None = None,
+            path: str | os.PathLike | None = None, latency: bool = True,
+            big_batch: int = 256, min_run_time: float = 1.0) -> dict[str, Any]:
+    """Accuracy, size, MACs and latency of ``model`` side by side in one dict.
+
+    Args:
+        loader: evaluation data (test split for reported numbers); None skips accuracy.
+        path: the model's ``.slim`` file; its size is reported, else the model is
+            saved to a temporary file to measure bytes.
+    """
+    from torchslim.train.loop import evaluate
+
+    model.eval()
+    rows = layer_table(model, input_shape)
+    out: dict[str, Any] = {
+        "bytes": os.path.getsize(path) if path else file_bytes(model),
+        "params": count_params(model),
+        "nonzeros": count_nonzeros(model),
+        "macs": sum(r["macs"] for r in rows),
+        "effective_macs": sum(r["effective_macs"] for r in rows),
+        "threads": torch.get_num_threads(),
+    }
+    if loader is not None:
+        out.update(evaluate(model, loader))
+    if latency:
+        out["latency_b1_ms"] = latency_ms(model, input_shape, 1, min_run_time=min_run_time)
+        out["latency_b256_ms"] = latency_ms(model, input_shape, big_batch, min_run_time=min_run_time)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.3g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def to_markdown(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """GitHub Markdown table of ``rows``."""
+    columns = list(columns or _columns(rows))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """Aligned plain-text table for the terminal."""
+    columns = list(columns or _columns(rows))
+    cells = [columns] + [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(s.rjust(w) for s, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _columns(rows: Iterable[dict]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols and not isinstance(r[k], (dict, list))]
+    return cols
+
+
+def write_report(rows: Sequence[dict], stem: str | os.PathLike, columns: Sequence[str] | None = None,
+                 title: str | None = None) -> tuple[Path, Path]:
+    """Write ``stem.json`` (the rows) and ``stem.md`` (a table) and return both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    jp, mp = stem.with_suffix(".json"), stem.with_suffix(".md")
+    jp.write_text(json.dumps(list(rows), indent=1) + "\n")
+    mp.write_text((f"# {title}\n\n" if title else "") + to_markdown(rows, columns))
+    return jp, mp
+
+
+def plot_tradeoff(rows: Sequence[dict], path: str | os.PathLike, x: str = "macs", y: str = "top1",
+                  label: str = "method", logx: bool = True) -> Path:
+    """Scatter ``y`` against ``x`` (accuracy against size / MACs), one labelled point per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r[x], r[y])
+        ax.annotate(str(r.get(label, "")), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,223 @@
+"""Recipes: a validated YAML schema and a stage runner that resumes after a crash.
+
+Schema (unknown keys are errors)::
+
+    name: quickstart                  # run folder: runs/<name> unless --out is given
+    model: {name: lenet5, kwargs: {}, from: null}   # 'from': start from a .slim file
+    data: {name: fashion_mnist, batch_size: 128, ...}   # torchslim.data.DataConfig
+    train: {epochs: 5, optimizer: adam, lr: 0.001, ...} # torchslim.train.TrainConfig
+    stages:
+      - method: core.fold_bn          # a registered method name
+        name: fold                    # optional label
+        finetune: {epochs: 1, ...}    # optional TrainConfig for fine-tuning after prepare
+        ...                           # the method's own config fields
+    export: {latency: true}
+
+Run folder: ``recipe.yaml``, ``state.json`` (finished steps), per-step
+``NN_<step>.slim`` and training checkpoints, ``model.slim``, ``report.json``,
+``report.md``. A rerun skips finished steps and resumes training mid-step
+from the last finished epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from torchslim.core.config import MethodConfig
+from torchslim.data import DataConfig
+from torchslim.train.loop import TrainConfig
+
+_TOP = {"name", "model", "data", "train", "stages", "export"}
+_MODEL = {"name", "kwargs", "from"}
+_STAGE_RESERVED = {"method", "name", "finetune"}
+_EXPORT = {"latency"}
+
+
+class RecipeError(ValueError):
+    """A recipe is malformed: the message names the field, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: MethodConfig
+    finetune: TrainConfig | None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: dict[str, Any]
+    data: DataConfig
+    train: TrainConfig
+    stages: tuple[Stage, ...]
+    export: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """Hash of the recipe minus the data location (so --data-dir does not break resume)."""
+        raw = json.loads(json.dumps(self.raw))
+        raw.get("data", {}).pop("dir", None)
+        return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _keys(where: str, d: Any, allowed: set[str]) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise RecipeError(f"{where} must be a mapping, got {d!r}")
+    bad = set(d) - allowed
+    if bad:
+        raise RecipeError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(allowed)}")
+    return d
+
+
+def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> Recipe:
+    """Validate a recipe (path, YAML text or dict) and return it."""
+    if isinstance(src, dict):
+        raw = src
+    else:
+        p = Path(src)
+        if not p.exists():
+            raise RecipeError(f"recipe file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise RecipeError(f"{p}: not valid YAML: {e}") from None
+    raw = _keys("recipe", raw, _TOP)
+    name = raw.get("name", "run")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise RecipeError(f"name={name!r} must be a non-empty string without '/'")
+    model = dict(_keys("model", raw.get("model"), _MODEL))
+    if not isinstance(model.get("name"), str) and not model.get("from"):
+        raise RecipeError("model.name is required (a registry model, see 'torchslim list models'), "
+                          "or model.from: a .slim file")
+    if not isinstance(model.setdefault("kwargs", {}), dict):
+        raise RecipeError(f"model.kwargs must be a mapping, got {model['kwargs']!r}")
+    if model.get("name"):
+        from torchslim.models import list_models
+        if model["name"] not in list_models():
+            raise RecipeError(f"model.name={model['name']!r} is unknown; allowed: {list_models()}")
+    try:
+        data = DataConfig.from_dict({**_keys("data", raw.get("data"), set(DataConfig.__dataclass_fields__)),
+                                     **({"dir": data_dir} if data_dir else {})})
+        train = TrainConfig.from_dict(raw.get("train") or {})
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    stages_raw = raw.get("stages") or []
+    if not isinstance(stages_raw, list):
+        raise RecipeError(f"stages must be a list, got {stages_raw!r}")
+    stages = []
+    for i, s in enumerate(stages_raw, 1):
+        if not isinstance(s, dict) or "method" not in s:
+            raise RecipeError(f"stages[{i}] must be a mapping with a 'method' key, got {s!r}")
+        fields = {k: v for k, v in s.items() if k not in _STAGE_RESERVED}
+        try:
+            cfg = MethodConfig.from_dict({"method": s["method"], **fields})
+            ft = TrainConfig.from_dict(s["finetune"], f"stages[{i}].finetune") if s.get("finetune") else None
+        except ValueError as e:
+            raise RecipeError(f"stages[{i}]: {e}") from None
+        stages.append(Stage(str(s.get("name", s["method"])), cfg, ft))
+    export = _keys("export", raw.get("export"), _EXPORT)
+    return Recipe(name, model, data, train, tuple(stages), export, raw)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None = None, *,
+               data_dir: str | None = None, restart: bool = False, latency: bool | None = None) -> list[dict]:
+    """Run a recipe: train or load the model, run every stage, write model + report.
+
+    Returns the report rows (baseline first, then one per stage). Safe to rerun
+    after a crash: finished steps are skipped.
+    """
+    from torchslim.core.api import compress_, convert_, method_callbacks
+    from torchslim.data import make_loaders
+    from torchslim.export.slim import load, save
+    from torchslim.measure.report import measure, to_table, write_report
+    from torchslim.models import create_model
+    from torchslim.train.loop import fit
+
+    recipe = parse_recipe(src, data_dir)
+    out = Path(out_dir or Path("runs") / recipe.name)
+    if restart and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state and state.get("digest") != recipe.digest():
+        raise RecipeError(f"{out} holds a run of a different recipe; pass --restart to start over "
+                          "or --out DIR for a new folder")
+    state.setdefault("digest", recipe.digest())
+    state.setdefault("done", [])
+    state.setdefault("rows", [])
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+    latency = recipe.export.get("latency", True) if latency is None else latency
+
+    loaders = make_loaders(recipe.data, seed=recipe.train.seed)
+    shape = (loaders.in_channels, loaders.input_size, loaders.input_size)
+    extra = {"data": {**recipe.data.to_dict(), "dir": None}}
+
+    def finish(step: str, model, method: str, train_seconds: float = 0.0) -> None:
+        path = out / f"{len(state['done']):02d}_{step}.slim"
+        save(model, path, recipe=recipe.raw, extra={**extra, "step": step})
+        row = {"model": model.torchslim_arch["name"], "method": method, "step": step,
+               **measure(model, shape, loader=loaders.test, path=path, latency=latency),
+               "train_seconds": round(train_seconds, 1)}
+        state["done"].append(step)
+        state["rows"].append(row)
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, state_path)
+        _log(f"[{recipe.name}] {step}: top1 {row['top1']:.2f}%  {row['bytes']:,} bytes  {row['macs']:,} MACs")
+
+    steps = ["baseline"] + [f"stage{i}_{s.name}" for i, s in enumerate(recipe.stages, 1)]
+    model = None
+    if state["done"]:
+        last = state["done"][-1]
+        model = load(out / f"{len(state['done']) - 1:02d}_{last}.slim")
+        _log(f"[{recipe.name}] resuming after step '{last}' ({len(state['done'])}/{len(steps)} done)")
+    for i, step in enumerate(steps):
+        if step in state["done"]:
+            continue
+        if i == 0:
+            seconds = 0.0
+            if recipe.model.get("from"):
+                model = load(recipe.model["from"])
+                _log(f"[{recipe.name}] baseline loaded from {recipe.model['from']}")
+            else:
+                model = create_model(recipe.model["name"], num_classes=loaders.num_classes,
+                                     in_channels=loaders.in_channels, input_size=loaders.input_size,
+                                     **recipe.model["kwargs"])
+                _log(f"[{recipe.name}] training {recipe.model['name']} for {recipe.train.epochs} epochs")
+                seconds = fit(model, loaders.train, recipe.train, val_loader=loaders.val,
+                              checkpoint_dir=out / "ckpt_baseline", desc="baseline")["seconds"]
+            finish(step, model, "float", seconds)
+            continue
+        stage = recipe.stages[i - 1]
+        _log(f"[{recipe.name}] stage {i}/{len(recipe.stages)}: {stage.config.method}")
+        compress_(model, stage.config)
+        seconds = 0.0
+        if stage.finetune is not None and stage.finetune.epochs > 0:
+            seconds = fit(model, loaders.train, stage.finetune, val_loader=loaders.val,
+                          callbacks=method_callbacks(model), checkpoint_dir=out / f"ckpt_{step}", desc=step)["seconds"]
+        convert_(model)
+        finish(step, model, stage.config.method, seconds)
+
+    final = out / f"{len(state['done']) - 1:02d}_{state['done'][-1]}.slim"
+    shutil.copyfile(final, out / "model.slim")
+    write_report(state["rows"], out / "report", title=f"torchslim run: {recipe.name}")
+    cols = ["step", "method", "top1", "bytes", "params", "nonzeros", "macs", "latency_b1_ms", "latency_b256_ms"]
+    print(to_table(state["rows"], [c for c in cols if any(c in r for r in state["rows"])]))
+    print(f"\nwrote {out / 'model.slim'}, {out / 'report.json'}, {out / 'report.md'}")
+    return state["rows"]

@@ -1,0 +1,262 @@
+"""``fit`` / ``evaluate``: the one training loop, with callbacks, checkpoints,
+resume and data-parallel training under ``torchrun``."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from torchslim.train.callbacks import Callback
+from torchslim.train.state import flatten, unflatten
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule.
+
+    Attributes:
+        epochs: passes over the training split (0: no training).
+        optimizer: ``sgd`` (Nesterov momentum) or ``adam``.
+        lr: peak learning rate.
+        schedule: ``cosine`` (per step, to 0), ``onecycle`` (30 % linear warm-up
+            from lr/25, cosine down to lr/1e4) or ``constant``.
+        weight_decay, momentum, label_smoothing: as in ``torch``.
+        seed: seeds python, numpy and torch before building anything random.
+    """
+
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise ValueError(f"train.epochs={self.epochs!r} must be an integer >= 0")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"train.optimizer={self.optimizer!r} is not allowed; use 'sgd' or 'adam'")
+        if self.schedule not in ("cosine", "onecycle", "constant"):
+            raise ValueError(f"train.schedule={self.schedule!r} is not allowed; use cosine, onecycle or constant")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= 10):
+            raise ValueError(f"train.lr={self.lr!r} must be a number in (0, 10]")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+
+    @staticmethod
+    def from_dict(d: dict[str, Any], where: str = "train") -> "TrainConfig":
+        allowed = {f.name for f in fields(TrainConfig)}
+        bad = set(d) - allowed
+        if bad:
+            raise ValueError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(allowed)}")
+        return TrainConfig(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    if dist.is_available() and dist.is_initialized() and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def init_distributed() -> bool:
+    """Join the process group that ``torchrun`` describes (gloo on CPU, nccl on GPU).
+
+    Returns True when running with more than one process.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    """Learning rate at global ``step`` of ``total`` (a pure function, so resume needs no state)."""
+    t = min(step / max(total, 1), 1.0)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * t))
+    warm = 0.3
+    if t < warm:
+        return cfg.lr / 25 + (cfg.lr - cfg.lr / 25) * t / warm
+    return cfg.lr / 1e4 + 0.5 * (cfg.lr - cfg.lr / 1e4) * (1 + math.cos(math.pi * (t - warm) / (1 - warm)))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.momentum > 0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None) -> dict[str, float]:
+    """Top-1 (and top-5 with more than 5 classes) accuracy in percent, and mean loss."""
+    device = torch.device(device) if device else next(model.parameters(), torch.zeros(0)).device
+    was_training = model.training
+    model.eval()
+    n = correct1 = correct5 = 0
+    loss = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        k = min(5, out.shape[1])
+        top = out.topk(k, dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(1).sum().item()
+        n += len(y)
+    model.train(was_training)
+    res = {"top1": 100.0 * correct1 / max(n, 1), "loss": loss / max(n, 1)}
+    if out.shape[1] > 5:
+        res["top5"] = 100.0 * correct5 / max(n, 1)
+    return res
+
+
+def _log(msg: str) -> None:
+    if is_main_process():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
+        val_loader: DataLoader | None = None, callbacks: Iterable[Callback] = (),
+        checkpoint_dir: str | os.PathLike | None = None, device: torch.device | str | None = None,
+        progress: bool | None = None, desc: str = "train") -> dict[str, Any]:
+    """Train ``model`` in place and return its history.
+
+    With ``checkpoint_dir``, state (model, optimizer, RNG, history) is written
+    after every epoch to ``checkpoint_dir/last.ckpt`` and a rerun resumes after
+    the last finished epoch. Under ``torchrun`` the model is wrapped in
+    DistributedDataParallel and only rank 0 writes and prints.
+    """
+    callbacks = list(callbacks)
+    device = torch.device(device) if device else default_device()
+    distributed = init_distributed()
+    model.to(device)
+    opt = make_optimizer(model, cfg)
+    history: dict[str, Any] = {"epochs": [], "seconds": 0.0}
+    start_epoch = 0
+    ckpt = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():
+        start_epoch, history = _load_checkpoint(ckpt, model, opt, train_loader, cfg)
+        _log(f"[{desc}] resuming after epoch {start_epoch}/{cfg.epochs} from {ckpt}")
+    else:
+        seed_everything(cfg.seed)
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    total = cfg.epochs * len(train_loader)
+    for cb in callbacks:
+        cb.on_train_begin(model)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        net.train()
+        it = train_loader
+        if progress and is_main_process():
+            from tqdm import tqdm
+            it = tqdm(train_loader, desc=f"[{desc}] epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        seen = correct = 0
+        run_loss = 0.0
+        for i, (x, y) in enumerate(it):
+            step = epoch * len(train_loader) + i
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step, total)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            out = net(x)
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            for cb in callbacks:
+                extra = cb.loss_term(model, x, out, y)
+                if extra is not None:
+                    loss = loss + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for cb in callbacks:
+                cb.after_step(model, step)
+            seen += len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            run_loss += loss.item() * len(y)
+        metrics = {"epoch": epoch + 1, "train_loss": run_loss / max(seen, 1),
+                   "train_top1": 100.0 * correct / max(seen, 1), "seconds": time.perf_counter() - t0}
+        if val_loader is not None:
+            metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
+        history["epochs"].append(metrics)
+        history["seconds"] += metrics["seconds"]
+        for cb in callbacks:
+            cb.on_epoch_end(model, epoch, metrics)
+        _log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} "
+             f"train {metrics['train_top1']:.2f}%"
+             + (f" val {metrics['val_top1']:.2f}%" if "val_top1" in metrics else "")
+             + f" ({metrics['seconds']:.0f}s)")
+        if ckpt is not None and is_main_process():
+            _save_checkpoint(ckpt, model, opt, train_loader, cfg, epoch + 1, history)
+    for cb in callbacks:
+        cb.on_train_end(model)
+    return history
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
+                     cfg: TrainConfig, epoch: int, history: dict) -> None:
+    from torchslim.export.slim import write_slim
+
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+    gen = getattr(loader, "generator", None)
+    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+             "loader_rng": gen.get_state() if gen is not None else None}
+    skeleton = flatten(state, tensors, "state")
+    write_slim(path, tensors, {"arch": None, "checkpoint": {"epoch": epoch, "train": cfg.to_dict(),
+                                                            "history": history, "state": skeleton}})
+
+
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
+                     cfg: TrainConfig) -> tuple[int, dict]:
+    from torchslim.export.slim import read_slim
+
+    tensors, header = read_slim(path)
+    ck = header.get("checkpoint")
+    if ck is None:
+        raise ValueError(f"{path} is not a training checkpoint")
+    if ck["train"] != cfg.to_dict():
+        raise ValueError(f"{path} was written with different train settings {ck['train']}; "
+                         "delete it to start over, or restore the settings to resume")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = unflatten(ck["state"], tensors)
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"])
+    gen = getattr(loader, "generator", None)
+    if gen is not None and state["loader_rng"] is not None:
+        gen.set_state(state["loader_rng"])
+    return ck["epoch"], ck["history"]

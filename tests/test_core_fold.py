@@ -1,0 +1,37 @@
+"""core.fold_bn through the contract suite, plus its own invariants."""
+import torch
+
+import torchslim as ts
+from torchslim.core.fold import FoldBN, conv_bn_pairs
+
+from contract import MethodContract, _calibrated
+
+
+class TestFoldBNContract(MethodContract):
+    config = FoldBN()
+    bad_configs = (lambda: FoldBN(layers=("re:(",)), lambda: FoldBN(overrides={"x": {"nope": 1}}),
+                   lambda: FoldBN(exclude=(3,)))
+    model_names = ("vgg_small", "resnet20", "mobilenetv2", "shufflenetv2")
+    prepare_rel_error = 0.0  # prepare is the identity
+
+
+def test_fold_removes_every_batchnorm_after_conv():
+    model = _calibrated("resnet20")
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert len(conv_bn_pairs(model)) == n_bn  # every BN in resnet20 follows a conv
+    ts.convert_(ts.compress_(model, FoldBN()))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_fold_respects_exclude():
+    model = _calibrated("vgg_small")
+    ts.convert_(ts.compress_(model, FoldBN(exclude=("0.1",))))
+    assert isinstance(model[0][1], torch.nn.BatchNorm2d)
+    assert isinstance(model[0][4], torch.nn.Identity)
+
+
+def test_fold_unknown_layer_name_is_an_error():
+    import pytest
+    model = _calibrated("vgg_small")
+    with pytest.raises(ValueError, match="no module named"):
+        ts.compress_(model, FoldBN(layers=("features.99",)))
