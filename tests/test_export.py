@@ -1,0 +1,118 @@
+""".slim files: bit-identical round trips, rebuilt shapes, and clear errors on damage."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.core.surgery import set_module
+from torchslim.export import SlimFileError, read_slim, write_slim
+
+
+@pytest.mark.parametrize("name", ts.list_models())
+def test_save_load_bit_identical(name, tmp_path):
+    torch.manual_seed(0)
+    model = ts.create_model(name).eval()
+    x = torch.randn(3, 1, 28, 28)
+    ts.save(model, tmp_path / "m.slim")
+    loaded = ts.load(tmp_path / "m.slim")
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_changed_shapes_rebuild(tmp_path):
+    """A physically smaller layer (as pruning makes) is recorded and rebuilt from the header."""
+    model = ts.create_model("vgg_small").eval()
+    set_module(model, "2.0", nn.Linear(1152, 64))
+    set_module(model, "2.3", nn.Linear(64, 10))
+    set_module(model, "0.1", nn.Sequential(nn.BatchNorm2d(32), nn.Identity()))
+    model.eval()
+    ts.save(model, tmp_path / "m.slim")
+    header = read_slim(tmp_path / "m.slim")[1]
+    assert set(header["arch"]["overrides"]) == {"2.0", "2.3", "0.1"}
+    loaded = ts.load(tmp_path / "m.slim")
+    assert loaded[2][0].out_features == 64
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_custom_architecture_needs_model(tmp_path):
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 3)).eval()
+    ts.save(net, tmp_path / "c.slim")
+    with pytest.raises(SlimFileError, match="custom architecture"):
+        ts.load(tmp_path / "c.slim")
+    fresh = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 3))
+    loaded = ts.load(tmp_path / "c.slim", model=fresh)
+    x = torch.randn(1, 1, 28, 28)
+    assert torch.equal(loaded(x), net(x))
+
+
+def test_truncated_file_raises(tmp_path):
+    ts.save(ts.create_model("lenet5"), tmp_path / "m.slim")
+    raw = (tmp_path / "m.slim").read_bytes()
+    for cut in (4, 100, len(raw) // 2, len(raw) - 1):
+        (tmp_path / "t.slim").write_bytes(raw[:cut])
+        with pytest.raises(SlimFileError):
+            ts.load(tmp_path / "t.slim")
+
+
+def test_flipped_byte_in_tensors_raises(tmp_path):
+    ts.save(ts.create_model("lenet5"), tmp_path / "m.slim")
+    raw = bytearray((tmp_path / "m.slim").read_bytes())
+    raw[-1000] ^= 0xFF
+    (tmp_path / "m.slim").write_bytes(bytes(raw))
+    with pytest.raises(SlimFileError, match="checksum"):
+        ts.load(tmp_path / "m.slim")
+
+
+def test_tampered_header_raises(tmp_path):
+    """Changing the architecture in the header without the checksum is caught."""
+    ts.save(ts.create_model("lenet5"), tmp_path / "m.slim")
+    raw = (tmp_path / "m.slim").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    head = json.loads(raw[8:8 + n])
+    inner = json.loads(head["__metadata__"]["torchslim"])
+    inner["arch"]["name"] = "lenet300_100"
+    head["__metadata__"]["torchslim"] = json.dumps(inner, sort_keys=True)
+    new = json.dumps(head).encode()
+    new += b" " * (-len(new) % 8)
+    (tmp_path / "m.slim").write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
+    with pytest.raises(SlimFileError, match="checksum"):
+        ts.load(tmp_path / "m.slim")
+
+
+def test_plain_safetensors_and_garbage_rejected(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"a": torch.zeros(3)}, tmp_path / "p.slim")
+    with pytest.raises(SlimFileError, match="without a torchslim header"):
+        ts.load(tmp_path / "p.slim")
+    (tmp_path / "g.slim").write_bytes(b"\x80\x04\x95 pickle-ish garbage")
+    with pytest.raises(SlimFileError):
+        ts.load(tmp_path / "g.slim")
+    with pytest.raises(SlimFileError, match="no such file"):
+        ts.load(tmp_path / "missing.slim")
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    with pytest.raises(TypeError):
+        write_slim(tmp_path / "x.slim", {"a": torch.zeros(2)}, {"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unregistered_module_type_is_refused(tmp_path):
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x
+
+    model = ts.create_model("lenet5")
+    set_module(model, "4", nn.Sequential(nn.Flatten(), Odd()))
+    with pytest.raises(ValueError, match="register_module_spec"):
+        ts.save(model, tmp_path / "m.slim")
+    assert not (tmp_path / "m.slim").exists()
+
+
+def test_save_refuses_unconverted_model(tmp_path):
+    model = ts.create_model("vgg_small")
+    ts.compress_(model, ts.FoldBN())
+    with pytest.raises(ValueError, match="convert_"):
+        ts.save(model, tmp_path / "m.slim")

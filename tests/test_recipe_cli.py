@@ -1,0 +1,103 @@
+"""Recipes (schema, stage runner, resume) and the command line."""
+import json
+
+import pytest
+import yaml
+
+import torchslim as ts
+from torchslim.cli import main
+from torchslim.core.fold import FoldBNMethod
+from torchslim.recipe import RecipeError, parse_recipe, run_recipe
+
+
+def _recipe(fashion_dir, **over):
+    r = {"name": "t", "model": {"name": "vgg_small", "kwargs": {"width": 8}},
+         "data": {"dir": str(fashion_dir), "subset": 400, "val_size": 80, "batch_size": 40},
+         "train": {"epochs": 1, "optimizer": "adam", "lr": 0.002},
+         "stages": [{"method": "core.fold_bn", "name": "a"},
+                    {"method": "core.fold_bn", "name": "b", "finetune": {"epochs": 1, "lr": 0.01}}],
+         "export": {"latency": False}}
+    r.update(over)
+    return r
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"modle": {}}, r"unknown key\(s\) \['modle'\]"),
+    ({"model": {"name": "alexnet"}}, "model.name='alexnet' is unknown"),
+    ({"train": {"lr": -1}}, "train.lr"),
+    ({"train": {"optimizer": "rmsprop"}}, "use 'sgd' or 'adam'"),
+    ({"stages": [{"method": "prune.nothing"}]}, "unknown method 'prune.nothing'"),
+    ({"stages": [{"method": "core.fold_bn", "sparsity": 0.5}]}, r"stages\[1\].*unknown field"),
+    ({"stages": [{"method": "core.fold_bn", "layers": ["re:("]}]}, "bad regex"),
+    ({"stages": [{"method": "core.fold_bn", "finetune": {"epochz": 1}}]}, r"stages\[1\].finetune: unknown key"),
+    ({"data": {"name": "imagenet"}}, "data.name='imagenet'"),
+])
+def test_recipe_errors_name_field_and_fix(fashion_dir, bad, match):
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe(_recipe(fashion_dir, **bad))
+
+
+def test_all_shipped_recipes_parse():
+    from pathlib import Path
+    for p in sorted(Path(__file__).parents[1].glob("recipes/*.yaml")):
+        parse_recipe(p)
+
+
+def test_interrupted_run_resumes_at_stage_2(fashion_dir, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = FoldBNMethod.convert.__func__
+
+    def crash_second(cls, model, config):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C hit during stage 2
+        return real(cls, model, config)
+
+    monkeypatch.setattr(FoldBNMethod, "convert", classmethod(crash_second))
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(_recipe(fashion_dir), tmp_path)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["done"] == ["baseline", "stage1_a"]
+    assert (tmp_path / "ckpt_stage2_b" / "last.ckpt").exists()  # stage 2 fine-tuning was checkpointed
+    capsys.readouterr()
+
+    rows = run_recipe(_recipe(fashion_dir), tmp_path)
+    err = capsys.readouterr().err
+    assert "resuming after step 'stage1_a'" in err
+    assert "training vgg_small" not in err  # the baseline was not trained again
+    assert [r["step"] for r in rows] == ["baseline", "stage1_a", "stage2_b"]
+    assert calls["n"] == 3
+    assert {"top1", "bytes", "params", "nonzeros", "macs", "threads"} <= set(rows[-1])
+    assert (tmp_path / "model.slim").exists() and (tmp_path / "report.md").exists()
+    loaded = ts.load(tmp_path / "model.slim")
+    assert not any(type(m).__name__ == "BatchNorm2d" for m in loaded.modules())
+    # A different recipe in the same folder is refused rather than mixed.
+    with pytest.raises(RecipeError, match="different recipe"):
+        run_recipe(_recipe(fashion_dir, train={"epochs": 2}), tmp_path)
+
+
+def test_cli_eval_inspect_list(fashion_dir, tmp_path, capsys):
+    r = _recipe(fashion_dir, stages=[], model={"name": "lenet300_100"})
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--no-latency"]) == 0
+    capsys.readouterr()
+    slim = str(tmp_path / "run" / "model.slim")
+    assert main(["eval", slim, "--json", "--data-dir", str(fashion_dir)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    for k in ("top1", "bytes", "params", "nonzeros", "macs", "latency_b1_ms", "latency_b256_ms", "threads"):
+        assert k in res
+    assert 10 < res["top1"] <= 100 and res["bytes"] == (tmp_path / "run" / "model.slim").stat().st_size
+    assert main(["inspect", slim]) == 0
+    out = capsys.readouterr().out
+    assert "Linear" in out and "235,500" in out
+    assert main(["list", "models"]) == 0 and "resnet20" in capsys.readouterr().out
+    assert main(["list", "methods"]) == 0 and "core.fold_bn" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    (tmp_path / "bad.slim").write_bytes(b"junk" * 10)
+    assert main(["eval", str(tmp_path / "bad.slim")]) == 2
+    assert "torchslim: error:" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("model: {name: lenet5}\nstages: [{method: quant.magic}]\n")
+    assert main(["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown method 'quant.magic'" in capsys.readouterr().err
