@@ -95,3 +95,4 @@ def _import_builtin_methods() -> None:
     # Method families register themselves on import; import them lazily so that
     # the registry module itself has no dependency on them.
     import torchslim.core.fold  # noqa: F401
+    import torchslim.prune  # noqa: F401

@@ -108,3 +108,18 @@ def apply_overrides(model: nn.Module, overrides: dict[str, dict]) -> nn.Module:
         except AttributeError:
             raise ValueError(f"the file overrides module {path!r}, which the model does not have") from None
     return model
+
+
+def _register_runtime() -> None:
+    from torchslim.runtime.sparse import SparseConv2d, SparseLinear
+
+    register_module_spec(SparseLinear, lambda m: dict(
+        in_features=m.in_features, out_features=m.out_features, nnz=m.nnz, bias=m.bias is not None,
+        kernel=m.kernel, timing=m.timing))
+    register_module_spec(SparseConv2d, lambda m: dict(
+        in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+        stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups, nnz=m.nnz,
+        bias=m.bias is not None, kernel=m.kernel, timing=m.timing))
+
+
+_register_runtime()

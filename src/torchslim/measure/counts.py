@@ -84,3 +84,20 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Total dense MACs for one input of ``input_shape`` (C, H, W)."""
     return sum(r["macs"] for r in layer_table(model, input_shape))
+
+
+def _register_runtime() -> None:
+    from torchslim.runtime.sparse import SparseConv2d, SparseLinear
+
+    @register_macs(SparseLinear)
+    def _sparse_linear(m: SparseLinear, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        rows = y.numel() // m.out_features
+        return rows * m.out_features * m.in_features, rows * m.nnz
+
+    @register_macs(SparseConv2d)
+    def _sparse_conv(m: SparseConv2d, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        positions = y.numel() // m.out_channels  # N * H_out * W_out
+        return positions * m.out_channels * m.cols, positions * m.nnz
+
+
+_register_runtime()

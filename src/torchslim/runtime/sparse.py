@@ -1,0 +1,212 @@
+"""Packed sparse layers: CSR storage and a sparse or dense kernel, chosen by measurement.
+
+Storage per layer: ``crow`` (rows + 1, int32), ``col`` (nnz, int16 when the
+row length fits, else int32), ``values`` (nnz, float32), ``bias``. For a
+weight with density d the file holds about ``(4 + 2) * d * n`` bytes instead
+of ``4 * n`` (6.7x smaller at 92 % sparsity).
+
+Execution: ``kernel="sparse"`` multiplies with ``torch.sparse_csr`` (conv via
+im2col: ``W (C_out, C_in*k*k) @ unfold(x)``); ``kernel="dense"`` expands the
+weight once, at load, and runs the ordinary dense op. :func:`choose_kernel`
+times both on the layer's real input shape and keeps the faster one; the
+choice and the timings are stored in the file's architecture spec.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+KERNELS = ("sparse", "dense")
+
+
+def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows, cols = weight2d.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        csr = weight2d.detach().to_sparse_csr()
+    col_dtype = torch.int16 if cols <= 32767 else torch.int32
+    return csr.crow_indices().to(torch.int32), csr.col_indices().to(col_dtype), csr.values().clone()
+
+
+class _SparseBase(nn.Module):
+    """Shared CSR state. Subclasses define the 2-D weight shape and the op."""
+
+    rows: int
+    cols: int
+
+    def _init_storage(self, nnz: int, bias: bool, kernel: str, timing: dict | None) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel={kernel!r}; use one of {list(KERNELS)}")
+        self.kernel = kernel
+        self.timing = dict(timing or {})
+        self.register_buffer("crow", torch.zeros(self.rows + 1, dtype=torch.int32))
+        self.register_buffer("col", torch.zeros(nnz, dtype=torch.int16 if self.cols <= 32767 else torch.int32))
+        self.values = nn.Parameter(torch.zeros(nnz), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(self.rows), requires_grad=False) if bias else None
+        self._cache: tuple | None = None
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    def set_weight(self, weight2d: torch.Tensor) -> None:
+        crow, col, values = _csr(weight2d)
+        self.crow = crow
+        self.col = col
+        self.values = nn.Parameter(values, requires_grad=False)
+        self._cache = None
+
+    def _operand(self) -> torch.Tensor:
+        """The CSR tensor (sparse kernel) or the dense 2-D weight (dense kernel), cached."""
+        key = (self.kernel, self.values._version, self.values.data_ptr())
+        if self._cache is None or self._cache[0] != key:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                csr = torch.sparse_csr_tensor(self.crow, self.col.to(torch.int32),
+                                              self.values.detach(), (self.rows, self.cols))
+                op = csr if self.kernel == "sparse" else csr.to_dense()
+            self._cache = (key, op)
+        return self._cache[1]
+
+    def dense_weight(self) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.sparse_csr_tensor(self.crow, self.col.to(torch.int32), self.values.detach(),
+                                           (self.rows, self.cols)).to_dense()
+
+    def _mm(self, x2d: torch.Tensor) -> torch.Tensor:
+        """(rows, cols) @ x2d with x2d of shape (cols, M)."""
+        op = self._operand()
+        if self.kernel == "sparse":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.sparse.mm(op, x2d)
+        return op @ x2d
+
+
+class SparseLinear(_SparseBase):
+    """Linear layer with a CSR weight (out_features x in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, nnz: int, bias: bool = True,
+                 kernel: str = "dense", timing: dict | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.rows, self.cols = out_features, in_features
+        self._init_storage(nnz, bias, kernel, timing)
+
+    @classmethod
+    def from_dense(cls, m: nn.Linear, kernel: str = "dense") -> "SparseLinear":
+        w = m.weight.detach()
+        new = cls(m.in_features, m.out_features, int(torch.count_nonzero(w)), m.bias is not None, kernel)
+        new.set_weight(w)
+        if m.bias is not None:
+            new.bias.data.copy_(m.bias.detach())
+        return new
+
+    def to_float(self) -> nn.Linear:
+        m = nn.Linear(self.in_features, self.out_features, self.bias is not None)
+        with torch.no_grad():
+            m.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                m.bias.copy_(self.bias)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "dense":
+            return F.linear(x, self._operand(), self.bias)
+        lead = x.shape[:-1]
+        y = self._mm(x.reshape(-1, self.in_features).t().contiguous()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, nnz={self.nnz}, kernel={self.kernel}"
+
+
+class SparseConv2d(_SparseBase):
+    """Conv2d with a CSR weight (C_out x C_in*k_h*k_w); groups=1 for the sparse kernel."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
+                 dilation: list, groups: int, nnz: int, bias: bool = True, kernel: str = "dense",
+                 timing: dict | None = None) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        if groups != 1 and kernel == "sparse":
+            raise ValueError("the sparse conv kernel supports groups=1 only; use kernel='dense'")
+        self.rows = out_channels
+        self.cols = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        self._init_storage(nnz, bias, kernel, timing)
+
+    @classmethod
+    def from_dense(cls, m: nn.Conv2d, kernel: str = "dense") -> "SparseConv2d":
+        if m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ValueError(f"SparseConv2d needs numeric zero padding, got {m.padding!r}/{m.padding_mode}")
+        w = m.weight.detach().reshape(m.out_channels, -1)
+        new = cls(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride), list(m.padding),
+                  list(m.dilation), m.groups, int(torch.count_nonzero(w)), m.bias is not None, kernel)
+        new.set_weight(w)
+        if m.bias is not None:
+            new.bias.data.copy_(m.bias.detach())
+        return new
+
+    def to_float(self) -> nn.Conv2d:
+        m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                      self.dilation, self.groups, self.bias is not None)
+        with torch.no_grad():
+            m.weight.copy_(self.dense_weight().reshape(m.weight.shape))
+            if self.bias is not None:
+                m.bias.copy_(self.bias)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "dense":
+            w = self._operand().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        n, _, h, w_ = x.shape
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w_ + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*k*k, L)
+        y = self._mm(cols.transpose(0, 1).reshape(self.cols, -1))                       # (C_out, N*L)
+        y = y.reshape(self.out_channels, n, ho * wo).transpose(0, 1).reshape(n, self.out_channels, ho, wo)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"nnz={self.nnz}, kernel={self.kernel}")
+
+
+@torch.inference_mode()
+def choose_kernel(module: _SparseBase, example: torch.Tensor, batches: tuple[int, ...] = (1, 256),
+                  min_run_time: float = 0.2) -> str:
+    """Time the sparse and dense kernels on ``example`` (one input sample, batch dim 1)
+    repeated to each batch size; keep ``sparse`` only when it is faster at every size.
+
+    Side effects: sets ``module.kernel`` and ``module.timing`` ({"b1": {"sparse": ms, "dense": ms}, ...}).
+    """
+    if isinstance(module, SparseConv2d) and module.groups != 1:
+        module.kernel, module.timing = "dense", {"reason": "grouped conv"}
+        return "dense"
+    timing: dict = {}
+    for b in batches:
+        x = example.expand(b, *example.shape[1:]).contiguous()
+        timing[f"b{b}"] = {}
+        for k in KERNELS:
+            module.kernel = k
+            module(x)
+            t = benchmark.Timer("m(x)", globals={"m": module, "x": x}, num_threads=torch.get_num_threads())
+            timing[f"b{b}"][k] = round(t.blocked_autorange(min_run_time=min_run_time).median * 1e3, 4)
+    sparse_wins = all(v["sparse"] < v["dense"] for v in timing.values())
+    module.kernel = "sparse" if sparse_wins else "dense"
+    module.timing = timing
+    module._cache = None
+    return module.kernel

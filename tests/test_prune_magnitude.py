@@ -1,0 +1,168 @@
+"""prune.magnitude and the packed sparse runtime."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.prune import Magnitude, sparsity
+from torchslim.prune.schedule import progress_at
+from torchslim.prune.unstructured import MaskCallback
+from torchslim.runtime import SparseConv2d, SparseLinear, choose_kernel
+
+from contract import MethodContract
+
+
+class TestMagnitudeContract(MethodContract):
+    config = Magnitude(sparsity=0.5, kernel="sparse", exclude=("re:.*shortcut.*",),
+                       overrides={"re:.*fc.*": {"sparsity": 0.3}})
+    bad_configs = (lambda: Magnitude(sparsity=1.0), lambda: Magnitude(sparsity=-0.1),
+                   lambda: Magnitude(scope="model"), lambda: Magnitude(schedule="cubic"),
+                   lambda: Magnitude(quality=0.5, schedule="agp"), lambda: Magnitude(n_steps=0),
+                   lambda: Magnitude(overrides={"fc": {"sparsity": 2}}))
+    model_names = ("lenet5", "resnet20")
+    prepare_rel_error = 1.0
+
+
+def test_masked_weights_stay_zero_and_get_zero_grad():
+    torch.manual_seed(0)
+    model = ts.create_model("lenet300_100")
+    orig = model[1].weight
+    ts.compress_(model, Magnitude(sparsity=0.8))
+    assert model[1].weight_orig is orig  # parameter identity survives
+    for opt in (torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-3),
+                torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-3)):
+        cb = MaskCallback(model, Magnitude(sparsity=0.8))
+        for step in range(3):
+            loss = model(torch.randn(16, 1, 28, 28)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            pruned = model[1].weight_mask == 0
+            assert (model[1].weight_orig.grad[pruned] == 0).all()
+            opt.step()
+            cb.after_step(model, step)
+            assert (model[1].weight_orig[pruned] == 0).all() and (model[1].weight[pruned] == 0).all()
+    assert abs(sparsity(model) - 0.8) < 1e-3
+
+
+def test_identity_mask_changes_nothing():
+    model = ts.create_model("lenet5").eval()
+    x = torch.randn(2, 1, 28, 28)
+    ref = model(x)
+    ts.compress_(model, Magnitude(sparsity=0.0, kernel="dense"))
+    assert torch.equal(model(x), ref)
+
+
+def test_global_scope_hits_overall_target():
+    model = ts.create_model("lenet5")
+    ts.compress_(model, Magnitude(sparsity=0.9, scope="global"))
+    assert abs(sparsity(model) - 0.9) < 1e-4
+    per_layer = [float((m.weight == 0).float().mean()) for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert max(per_layer) - min(per_layer) > 0.05  # one threshold, different layer sparsities
+
+
+def test_quality_times_std_threshold():
+    model = ts.create_model("lenet300_100")
+    w = model[1].weight.detach().clone()
+    ts.compress_(model, Magnitude(quality=1.0, layers=("1",)))
+    assert torch.equal(model[1].weight_mask.bool(), w.abs() >= w.std())
+
+
+@pytest.mark.parametrize("schedule", ["agp", "steps"])
+def test_schedule_reaches_target_on_time(schedule):
+    model = ts.create_model("lenet300_100")
+    cfg = Magnitude(sparsity=0.9, schedule=schedule, n_steps=4, frequency=5)
+    ts.compress_(model, cfg)
+    assert sparsity(model) == 0.0
+    cb = MaskCallback(model, cfg)
+    seen = []
+    for step in range(30):
+        cb.after_step(model, step)
+        seen.append(sparsity(model))
+    expect = [0.9 * progress_at(schedule, 5 * k - 1, 4, 5) for k in range(1, 5)]
+    got = [seen[5 * k - 1] for k in range(1, 5)]
+    assert all(abs(g - e) < 2e-3 for g, e in zip(got, expect)), (got, expect)
+    assert seen[5 * 1 - 2] == 0.0  # nothing happens between events
+    assert abs(seen[-1] - 0.9) < 1e-3 and seen == sorted(seen)
+    if schedule == "agp":  # cubic: the first increment is the largest
+        assert expect[0] > 0.9 - expect[2]
+
+
+def test_unfinished_schedule_is_completed_at_convert():
+    model = ts.create_model("lenet300_100")
+    ts.compress_(model, Magnitude(sparsity=0.9, schedule="agp", n_steps=4, frequency=5, kernel="dense"))
+    with pytest.warns(UserWarning, match="did not finish"):
+        ts.convert_(model)
+    assert abs(sparsity(model) - 0.9) < 1e-3
+
+
+def test_file_shrinks_with_sparsity(tmp_path):
+    model = ts.create_model("lenet300_100")
+    dense = ts.save(model, tmp_path / "d.slim")
+    ts.compress_(model, Magnitude(sparsity=0.92, kernel="dense"))
+    ts.convert_(model)
+    assert ts.save(model, tmp_path / "s.slim") * 6 < dense
+    assert all(isinstance(m, (SparseLinear,)) for m in model if hasattr(m, "nnz") or isinstance(m, nn.Linear))
+
+
+def test_chaining_prunes_further():
+    model = ts.create_model("lenet300_100")
+    for s in (0.5, 0.8):
+        ts.compress_(model, Magnitude(sparsity=s, kernel="dense"))
+        ts.convert_(model)
+        assert abs(sparsity(model) - s) < 1e-3
+
+
+@pytest.mark.parametrize("conv", [dict(stride=1, padding=1), dict(stride=2, padding=0), dict(dilation=2, padding=2)])
+def test_sparse_conv_kernel_matches_dense(conv):
+    torch.manual_seed(0)
+    m = nn.Conv2d(6, 10, 3, **conv)
+    with torch.no_grad():
+        m.weight.mul_(torch.rand_like(m.weight) > 0.7)
+    x = torch.randn(3, 6, 13, 13)
+    for kernel in ("sparse", "dense"):
+        torch.testing.assert_close(SparseConv2d.from_dense(m, kernel)(x), m(x), atol=1e-5, rtol=1e-4)
+    back = SparseConv2d.from_dense(m).to_float()
+    assert torch.equal(back.weight, m.weight)
+
+
+def test_sparse_linear_kernel_matches_dense():
+    torch.manual_seed(0)
+    m = nn.Linear(40, 30)
+    with torch.no_grad():
+        m.weight.mul_(torch.rand_like(m.weight) > 0.9)
+    x = torch.randn(5, 40)
+    for kernel in ("sparse", "dense"):
+        torch.testing.assert_close(SparseLinear.from_dense(m, kernel)(x), m(x), atol=1e-5, rtol=1e-4)
+
+
+def test_choose_kernel_records_timings():
+    m = nn.Linear(256, 256)
+    with torch.no_grad():
+        m.weight.mul_(torch.rand_like(m.weight) > 0.95)
+    packed = SparseLinear.from_dense(m)
+    k = choose_kernel(packed, torch.randn(1, 256), batches=(1, 8), min_run_time=0.02)
+    assert k in ("sparse", "dense") and set(packed.timing) == {"b1", "b8"}
+    assert packed.kernel == ("sparse" if all(v["sparse"] < v["dense"] for v in packed.timing.values()) else "dense")
+
+
+def test_auto_kernel_choice_is_saved(tmp_path):
+    model = ts.create_model("lenet300_100")
+    ts.compress_(model, Magnitude(sparsity=0.9))
+    ts.convert_(model)
+    ts.save(model, tmp_path / "m.slim")
+    loaded = ts.load(tmp_path / "m.slim")
+    for a, b in zip(model, loaded):
+        if isinstance(a, SparseLinear):
+            assert a.kernel == b.kernel and a.timing == b.timing and "b256" in a.timing
+
+
+def test_effective_macs_count_nonzeros():
+    from torchslim.measure import layer_table
+    model = ts.create_model("lenet300_100")
+    ts.compress_(model, Magnitude(sparsity=0.75, kernel="dense"))
+    ts.convert_(model)
+    rows = [r for r in layer_table(model, (1, 28, 28)) if r["type"] == "SparseLinear"]
+    assert sum(r["macs"] for r in rows) == 266_200
+    assert abs(sum(r["effective_macs"] for r in rows) - 0.25 * 266_200) < 10
