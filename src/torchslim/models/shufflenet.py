@@ -10,7 +10,9 @@ from torchslim.models.registry import register_model
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(N, g*c, H, W) -> interleave the g groups channel-wise."""
     n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+    x = x.view(n, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(n, -1, h, w)
 
 
 class ShuffleBlock(nn.Module):
