@@ -76,6 +76,29 @@ def test_interrupted_run_resumes_at_stage_2(fashion_dir, tmp_path, monkeypatch, 
         run_recipe(_recipe(fashion_dir, train={"epochs": 2}), tmp_path)
 
 
+def test_finetune_only_stage(fashion_dir, tmp_path):
+    r = _recipe(fashion_dir, model={"name": "lenet300_100"},
+                stages=[{"method": "prune.magnitude", "sparsity": 0.5, "kernel": "dense"},
+                        {"name": "recover", "finetune": {"epochs": 1, "lr": 0.01}}])
+    rows = run_recipe(r, tmp_path)
+    assert [x["method"] for x in rows] == ["float", "prune.magnitude", "finetune"]
+    assert rows[2]["nonzeros"] == rows[1]["nonzeros"]  # fine-tuning a packed sparse model keeps its zeros
+    with pytest.raises(RecipeError, match="need a 'method'"):
+        parse_recipe(_recipe(fashion_dir, stages=[{"finetune": {"epochs": 1}, "sparsity": 0.5}]))
+
+
+def test_cli_sensitivity(fashion_dir, tmp_path, capsys):
+    r = _recipe(fashion_dir, model={"name": "lenet300_100"}, stages=[])
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
+    assert main(["sensitivity", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--ratios", "0.5,0.9",
+                 "--max-drop", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "overrides:" in out and "sparsity:" in out
+    assert (tmp_path / "run" / "sensitivity" / "sensitivity.png").stat().st_size > 1000
+    rows = json.loads((tmp_path / "run" / "sensitivity" / "sensitivity.json").read_text())
+    assert len(rows) == 1 + 3 * 2
+
+
 def test_cli_eval_inspect_list(fashion_dir, tmp_path, capsys):
     r = _recipe(fashion_dir, stages=[], model={"name": "lenet300_100"})
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))

@@ -1,4 +1,4 @@
-"""Command line: ``torchslim run | eval | inspect | list``."""
+"""Command line: ``torchslim run | eval | inspect | sensitivity | list``."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +68,36 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sensitivity(a: argparse.Namespace) -> int:
+    import yaml
+
+    from torchslim.data import make_loaders
+    from torchslim.export.slim import load
+    from torchslim.measure.report import to_table, write_report
+    from torchslim.prune.sensitivity import auto_overrides, plot_sensitivity, sensitivity
+    from torchslim.recipe import parse_recipe, run_recipe
+
+    recipe = parse_recipe(a.recipe, a.data_dir)
+    out = Path(a.out or Path("runs") / recipe.name) / "sensitivity"
+    if recipe.model.get("from"):
+        model = load(recipe.model["from"])
+    else:  # train (or reuse) the recipe's baseline
+        run_recipe({**recipe.raw, "stages": []}, out / "baseline", data_dir=a.data_dir, latency=False)
+        model = load(out / "baseline" / "model.slim")
+    loaders = make_loaders(recipe.data, seed=recipe.train.seed)
+    if loaders.val is None:
+        raise ValueError("sensitivity evaluates on the validation split; set data.val_size > 0")
+    ratios = [float(r) for r in a.ratios.split(",")]
+    rows = sensitivity(model, loaders.val, a.method, ratios)
+    write_report(rows, out / "sensitivity", title=f"Sensitivity ({a.method}, validation split)")
+    plot_sensitivity(rows, out / "sensitivity.png")
+    print(to_table(rows))
+    print(f"\nper-layer ratios for a drop <= {a.max_drop} pp (paste as the stage's overrides):")
+    print(yaml.safe_dump({"overrides": auto_overrides(rows, a.max_drop, a.method)}, sort_keys=False))
+    print(f"wrote {out / 'sensitivity.json'}, {out / 'sensitivity.md'}, {out / 'sensitivity.png'}")
+    return 0
+
+
 def _cmd_list(a: argparse.Namespace) -> int:
     if a.what == "models":
         from torchslim.models import list_models
@@ -97,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer table of a .slim file")
     i.add_argument("model")
     i.set_defaults(fn=_cmd_inspect)
+    se = sub.add_parser("sensitivity", help="prune each layer alone at several ratios; table, plot, ratios")
+    se.add_argument("recipe")
+    se.add_argument("--method", default="prune.magnitude", choices=["prune.magnitude", "prune.filters"])
+    se.add_argument("--ratios", default="0.1,0.3,0.5,0.7,0.9")
+    se.add_argument("--max-drop", type=float, default=1.0, help="accuracy drop allowed per layer (pp)")
+    se.add_argument("--out")
+    se.add_argument("--data-dir")
+    se.set_defaults(fn=_cmd_sensitivity)
     ls = sub.add_parser("list", help="list registered models or methods")
     ls.add_argument("what", choices=["models", "methods"])
     ls.set_defaults(fn=_cmd_list)

@@ -11,6 +11,7 @@ Schema (unknown keys are errors)::
         name: fold                    # optional label
         finetune: {epochs: 1, ...}    # optional TrainConfig for fine-tuning after prepare
         ...                           # the method's own config fields
+      - finetune: {epochs: 2, ...}    # a stage without a method only fine-tunes
     export: {latency: true}
 
 Run folder: ``recipe.yaml``, ``state.json`` (finished steps), per-step
@@ -48,7 +49,7 @@ class RecipeError(ValueError):
 @dataclass(frozen=True)
 class Stage:
     name: str
-    config: MethodConfig
+    config: MethodConfig | None  # None: a fine-tuning-only stage
     finetune: TrainConfig | None
 
 
@@ -117,15 +118,17 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
         raise RecipeError(f"stages must be a list, got {stages_raw!r}")
     stages = []
     for i, s in enumerate(stages_raw, 1):
-        if not isinstance(s, dict) or "method" not in s:
-            raise RecipeError(f"stages[{i}] must be a mapping with a 'method' key, got {s!r}")
+        if not isinstance(s, dict) or ("method" not in s and "finetune" not in s):
+            raise RecipeError(f"stages[{i}] must be a mapping with a 'method' key (or only 'finetune'), got {s!r}")
         fields = {k: v for k, v in s.items() if k not in _STAGE_RESERVED}
+        if "method" not in s and fields:
+            raise RecipeError(f"stages[{i}]: fields {sorted(fields)} need a 'method'")
         try:
-            cfg = MethodConfig.from_dict({"method": s["method"], **fields})
+            cfg = MethodConfig.from_dict({"method": s["method"], **fields}) if "method" in s else None
             ft = TrainConfig.from_dict(s["finetune"], f"stages[{i}].finetune") if s.get("finetune") else None
         except ValueError as e:
             raise RecipeError(f"stages[{i}]: {e}") from None
-        stages.append(Stage(str(s.get("name", s["method"])), cfg, ft))
+        stages.append(Stage(str(s.get("name", s.get("method", "finetune"))), cfg, ft))
     export = _keys("export", raw.get("export"), _EXPORT)
     return Recipe(name, model, data, train, tuple(stages), export, raw)
 
@@ -205,14 +208,16 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
             finish(step, model, "float", seconds)
             continue
         stage = recipe.stages[i - 1]
-        _log(f"[{recipe.name}] stage {i}/{len(recipe.stages)}: {stage.config.method}")
-        compress_(model, stage.config)
+        method = stage.config.method if stage.config is not None else "finetune"
+        _log(f"[{recipe.name}] stage {i}/{len(recipe.stages)}: {method}")
+        if stage.config is not None:
+            compress_(model, stage.config)
         seconds = 0.0
         if stage.finetune is not None and stage.finetune.epochs > 0:
             seconds = fit(model, loaders.train, stage.finetune, val_loader=loaders.val,
                           callbacks=method_callbacks(model), checkpoint_dir=out / f"ckpt_{step}", desc=step)["seconds"]
         convert_(model)
-        finish(step, model, stage.config.method, seconds)
+        finish(step, model, method, seconds)
 
     final = out / f"{len(state['done']) - 1:02d}_{state['done'][-1]}.slim"
     shutil.copyfile(final, out / "model.slim")

@@ -5,6 +5,10 @@ row length fits, else int32), ``values`` (nnz, float32), ``bias``. For a
 weight with density d the file holds about ``(4 + 2) * d * n`` bytes instead
 of ``4 * n`` (6.7x smaller at 92 % sparsity).
 
+Training: with gradients enabled the weight is rebuilt differentiably from
+``values`` (``index_add`` into a dense buffer), so a packed model fine-tunes
+with its sparsity pattern fixed: only the stored nonzeros learn.
+
 Execution: ``kernel="sparse"`` multiplies with ``torch.sparse_csr`` (conv via
 im2col: ``W (C_out, C_in*k*k) @ unfold(x)``); ``kernel="dense"`` expands the
 weight once, at load, and runs the ordinary dense op. :func:`choose_kernel`
@@ -45,8 +49,8 @@ class _SparseBase(nn.Module):
         self.timing = dict(timing or {})
         self.register_buffer("crow", torch.zeros(self.rows + 1, dtype=torch.int32))
         self.register_buffer("col", torch.zeros(nnz, dtype=torch.int16 if self.cols <= 32767 else torch.int32))
-        self.values = nn.Parameter(torch.zeros(nnz), requires_grad=False)
-        self.bias = nn.Parameter(torch.zeros(self.rows), requires_grad=False) if bias else None
+        self.values = nn.Parameter(torch.zeros(nnz))
+        self.bias = nn.Parameter(torch.zeros(self.rows)) if bias else None
         self._cache: tuple | None = None
 
     @property
@@ -57,8 +61,19 @@ class _SparseBase(nn.Module):
         crow, col, values = _csr(weight2d)
         self.crow = crow
         self.col = col
-        self.values = nn.Parameter(values, requires_grad=False)
+        self.values = nn.Parameter(values)
         self._cache = None
+
+    def _training(self) -> bool:
+        return torch.is_grad_enabled() and self.values.requires_grad
+
+    def train_weight(self) -> torch.Tensor:
+        """Dense (rows, cols) weight, differentiable w.r.t. ``values`` (zeros stay zero)."""
+        rows = torch.repeat_interleave(torch.arange(self.rows, device=self.crow.device),
+                                       (self.crow[1:] - self.crow[:-1]).long())
+        flat = rows * self.cols + self.col.long()
+        w = torch.zeros(self.rows * self.cols, device=self.values.device, dtype=self.values.dtype)
+        return w.index_add(0, flat, self.values).view(self.rows, self.cols)
 
     def _operand(self) -> torch.Tensor:
         """The CSR tensor (sparse kernel) or the dense 2-D weight (dense kernel), cached."""
@@ -116,6 +131,8 @@ class SparseLinear(_SparseBase):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._training():
+            return F.linear(x, self.train_weight(), self.bias)
         if self.kernel == "dense":
             return F.linear(x, self._operand(), self.bias)
         lead = x.shape[:-1]
@@ -166,8 +183,9 @@ class SparseConv2d(_SparseBase):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "dense":
-            w = self._operand().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        if self._training() or self.kernel == "dense":
+            w = self.train_weight() if self._training() else self._operand()
+            w = w.reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
         n, _, h, w_ = x.shape
         kh, kw = self.kernel_size

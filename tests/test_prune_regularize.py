@@ -1,0 +1,70 @@
+"""prune.slimming / prune.group_lasso hooks and sensitivity analysis."""
+import pytest
+import torch
+
+import torchslim as ts
+from torchslim.core.api import method_callbacks
+from torchslim.data import DataConfig, make_loaders
+from torchslim.measure import count_macs
+from torchslim.prune import GroupLasso, Slimming, auto_overrides, sensitivity
+from torchslim.prune.regularize import bn_l1, filter_group_lasso
+from torchslim.train import TrainConfig, fit
+
+from contract import MethodContract, _calibrated
+
+
+class TestSlimmingContract(MethodContract):
+    config = Slimming(penalty=1e-4, ratio=0.3)
+    bad_configs = (lambda: Slimming(penalty=-1), lambda: Slimming(ratio=1.0))
+    model_names = ("vgg_small",)
+    prepare_rel_error = 0.0
+    convert_atol = 10.0  # convert removes channels that were not masked before: outputs change
+    convert_rtol = 10.0
+
+
+class TestGroupLassoContract(TestSlimmingContract):
+    config = GroupLasso(penalty=1e-4, ratio=0.3)
+    bad_configs = (lambda: GroupLasso(penalty=2), lambda: GroupLasso(ratio=-0.1))
+
+
+def test_penalty_terms_match_formulas():
+    model = _calibrated("vgg_small")
+    bn, conv = model[0][1], model[0][0]
+    assert torch.isclose(bn_l1(bn), bn.weight.abs().sum())
+    w = conv.weight.flatten(1)
+    assert torch.isclose(filter_group_lasso(conv), sum(w[i].norm() for i in range(w.shape[0])) * 3.0)
+
+
+def test_slimming_penalty_shrinks_gamma(fashion_dir):
+    loaders = make_loaders(DataConfig(dir=str(fashion_dir), subset=600, val_size=100, batch_size=50))
+    runs = {}
+    for penalty in (0.0, 0.3):
+        torch.manual_seed(0)
+        model = ts.create_model("vgg_small", width=8)
+        ts.compress_(model, Slimming(penalty=penalty, ratio=0.5))
+        fit(model, loaders.train, TrainConfig(epochs=2, lr=0.05), callbacks=method_callbacks(model))
+        runs[penalty] = sum(float(m.weight.detach().abs().sum()) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        macs = count_macs(model, (1, 28, 28))
+        ts.convert_(model)
+        assert count_macs(model, (1, 28, 28)) < 0.6 * macs
+    assert runs[0.3] < 0.8 * runs[0.0]
+
+
+def test_slimming_refuses_model_without_bn():
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        ts.compress_(ts.create_model("lenet5"), Slimming())
+
+
+def test_sensitivity_and_auto_ratios(fashion_dir):
+    loaders = make_loaders(DataConfig(dir=str(fashion_dir), subset=1500, val_size=300, batch_size=64))
+    model = ts.create_model("lenet300_100")
+    fit(model, loaders.train, TrainConfig(epochs=2, optimizer="adam", lr=1e-3))
+    rows = sensitivity(model, loaders.val, "prune.magnitude", ratios=(0.5, 0.99), progress=False)
+    assert {r["layer"] for r in rows} == {"(none)", "1", "3", "5"}
+    by = {(r["layer"], r["ratio"]): r["drop"] for r in rows}
+    assert by[("1", 0.99)] > by[("1", 0.5)]  # pruning more hurts more
+    ov = auto_overrides(rows, max_drop=1000.0)
+    assert ov == {"1": {"sparsity": 0.99}, "3": {"sparsity": 0.99}, "5": {"sparsity": 0.99}}
+    assert all(v["sparsity"] in (0.0, 0.5, 0.99) for v in auto_overrides(rows, max_drop=0.5).values())
+    frows = sensitivity(_calibrated("vgg_small"), loaders.val, "prune.filters", ratios=(0.5,), progress=False)
+    assert "2.3" not in {r["layer"] for r in frows}  # the classifier's outputs are never pruned
