@@ -87,6 +87,21 @@ def test_finetune_only_stage(fashion_dir, tmp_path):
         parse_recipe(_recipe(fashion_dir, stages=[{"finetune": {"epochs": 1}, "sparsity": 0.5}]))
 
 
+def test_deep_compression_recipe_stages(fashion_dir, tmp_path):
+    """prune -> k-means -> Huffman: every stage shrinks the file; the Huffman file decodes."""
+    r = _recipe(fashion_dir, model={"name": "lenet300_100"},
+                stages=[{"method": "prune.magnitude", "sparsity": 0.9, "kernel": "dense",
+                         "finetune": {"epochs": 1, "optimizer": "adam", "lr": 0.001}},
+                        {"method": "quant.kmeans", "bits": 4}],
+                export={"latency": False, "entropy": "huffman"})
+    rows = run_recipe(r, tmp_path)
+    assert [x["step"] for x in rows] == ["baseline", "stage1_prune.magnitude", "stage2_quant.kmeans", "export"]
+    sizes = [x["bytes"] for x in rows]
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] / sizes[-1] > 20
+    assert rows[-1]["top1"] == rows[-2]["top1"]  # Huffman is lossless
+    assert ts.load(tmp_path / "model.slim").torchslim_header["entropy"]
+
+
 def test_cli_sensitivity(fashion_dir, tmp_path, capsys):
     r = _recipe(fashion_dir, model={"name": "lenet300_100"}, stages=[])
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))

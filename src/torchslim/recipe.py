@@ -12,7 +12,7 @@ Schema (unknown keys are errors)::
         finetune: {epochs: 1, ...}    # optional TrainConfig for fine-tuning after prepare
         ...                           # the method's own config fields
       - finetune: {epochs: 2, ...}    # a stage without a method only fine-tunes
-    export: {latency: true}
+    export: {latency: true, entropy: huffman}   # entropy: Huffman-code indices and gaps
 
 Run folder: ``recipe.yaml``, ``state.json`` (finished steps), per-step
 ``NN_<step>.slim`` and training checkpoints, ``model.slim``, ``report.json``,
@@ -39,7 +39,7 @@ from torchslim.train.loop import TrainConfig
 _TOP = {"name", "model", "data", "train", "stages", "export"}
 _MODEL = {"name", "kwargs", "from"}
 _STAGE_RESERVED = {"method", "name", "finetune"}
-_EXPORT = {"latency"}
+_EXPORT = {"latency", "entropy"}
 
 
 class RecipeError(ValueError):
@@ -130,6 +130,8 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
             raise RecipeError(f"stages[{i}]: {e}") from None
         stages.append(Stage(str(s.get("name", s.get("method", "finetune"))), cfg, ft))
     export = _keys("export", raw.get("export"), _EXPORT)
+    if export.get("entropy") not in (None, "huffman"):
+        raise RecipeError(f"export.entropy={export['entropy']!r} is not allowed; use huffman or leave it out")
     return Recipe(name, model, data, train, tuple(stages), export, raw)
 
 
@@ -220,6 +222,16 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
         finish(step, model, method, seconds)
 
     final = out / f"{len(state['done']) - 1:02d}_{state['done'][-1]}.slim"
+    if recipe.export.get("entropy") and state["done"][-1] != "export":
+        # Deep Compression's last stage: the same model, indices and gaps Huffman-coded.
+        path = out / f"{len(state['done']):02d}_export.slim"
+        save(load(final), path, recipe=recipe.raw, extra={**extra, "step": "export"}, entropy="huffman")
+        coded = load(path)  # measured from the decoded file, which proves the round trip
+        state["done"].append("export")
+        state["rows"].append({"model": coded.torchslim_arch["name"], "method": "huffman", "step": "export",
+                              **measure(coded, shape, loader=loaders.test, path=path, latency=latency)})
+        state_path.write_text(json.dumps(state, indent=1))
+        final = path
     shutil.copyfile(final, out / "model.slim")
     write_report(state["rows"], out / "report", title=f"torchslim run: {recipe.name}")
     cols = ["step", "method", "top1", "bytes", "params", "nonzeros", "macs", "latency_b1_ms", "latency_b256_ms"]

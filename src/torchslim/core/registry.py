@@ -96,3 +96,4 @@ def _import_builtin_methods() -> None:
     # the registry module itself has no dependency on them.
     import torchslim.core.fold  # noqa: F401
     import torchslim.prune  # noqa: F401
+    import torchslim.quant  # noqa: F401

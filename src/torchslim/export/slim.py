@@ -91,15 +91,85 @@ def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     return tensors, header
 
 
+def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Huffman-code the integer streams of packed layers in place of their raw tensors:
+    codebook indices (``<layer>.codes``, as b-bit symbols) and CSR column indices
+    (``<layer>.col``, as gaps within each row, as Deep Compression codes positions).
+    A stream is replaced only when the coded form is smaller. Returns the header entries."""
+    import numpy as np
+
+    from torchslim.export import huffman
+    from torchslim.runtime.codebook import unpack_bits
+
+    info: dict[str, dict] = {}
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        streams = []
+        if getattr(m, "bits", 0) and f"{prefix}codes" in tensors:
+            n = m.nnz if hasattr(m, "nnz") else int(np.prod(m.shape))
+            streams.append((f"{prefix}codes", unpack_bits(m.codes, m.bits, n).numpy(),
+                            {"kind": "codes", "bits": m.bits, "n": n}))
+        if f"{prefix}col" in tensors and f"{prefix}crow" in tensors:
+            col = m.col.long().numpy()
+            starts = m.crow.long().numpy()[:-1]
+            gaps = col.copy()
+            gaps[1:] -= col[:-1]
+            nonempty = starts[starts < len(col)]
+            gaps[nonempty] = col[nonempty]
+            streams.append((f"{prefix}col", gaps, {"kind": "csr_col", "n": len(col),
+                                                   "dtype": str(m.col.dtype).replace("torch.", "")}))
+        for key, symbols, meta in streams:
+            stream, alphabet, lengths = huffman.encode(symbols)
+            coded = stream.nbytes + alphabet.size * 4 + lengths.nbytes
+            raw = tensors[key].numel() * tensors[key].element_size()
+            if coded >= raw:
+                continue
+            del tensors[key]
+            tensors[f"{key}.huff"] = torch.from_numpy(stream.copy())
+            tensors[f"{key}.huff_alphabet"] = torch.from_numpy(alphabet.astype(np.int32))
+            tensors[f"{key}.huff_lengths"] = torch.from_numpy(lengths.copy())
+            info[key] = {**meta, "raw_bytes": raw, "coded_bytes": coded,
+                         "bits_per_symbol": round(8 * stream.nbytes / max(len(symbols), 1), 3)}
+    return info
+
+
+def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> None:
+    """Inverse of :func:`_entropy_encode`, in place."""
+    import numpy as np
+
+    from torchslim.export import huffman
+    from torchslim.runtime.codebook import pack_bits
+
+    for key, meta in info.items():
+        try:
+            symbols = huffman.decode(tensors.pop(f"{key}.huff").numpy(),
+                                     tensors.pop(f"{key}.huff_alphabet").numpy().astype(np.int64),
+                                     tensors.pop(f"{key}.huff_lengths").numpy(), meta["n"])
+        except (KeyError, ValueError, IndexError) as e:
+            raise SlimFileError(f"Huffman stream {key!r} cannot be decoded ({e})") from None
+        if meta["kind"] == "codes":
+            tensors[key] = pack_bits(torch.from_numpy(symbols), meta["bits"])
+        else:
+            crow = tensors[key[: -len("col")] + "crow"].long().numpy()
+            lens = np.diff(crow)
+            cs = np.cumsum(symbols)
+            before = np.concatenate([[0], cs])[crow[:-1]]  # cumsum just before each row starts
+            col = cs - np.repeat(before, lens)
+            tensors[key] = torch.from_numpy(col).to(getattr(torch, meta["dtype"]))
+
+
 def save(model: nn.Module, path: str | os.PathLike, *, recipe: dict | None = None,
-         extra: dict | None = None) -> int:
+         extra: dict | None = None, entropy: str | None = None) -> int:
     """Save ``model`` (converted, not mid-compression) as a ``.slim`` file; returns bytes written.
 
     The architecture is stored as the registry name + kwargs plus per-module
     overrides for every layer that pruning, factorization or packing changed.
     Models not from the registry are saved with ``arch: null`` and are loaded
-    with ``load(path, model=...)``.
+    with ``load(path, model=...)``. ``entropy="huffman"`` Huffman-codes the
+    codebook indices and sparse position gaps (Deep Compression's last stage).
     """
+    if entropy not in (None, "huffman"):
+        raise ValueError(f"entropy={entropy!r}; use None or 'huffman'")
     from torchslim.core.api import pending
 
     if pending(model):
@@ -112,7 +182,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: dict | None = Non
 
         fresh = create_model(arch["name"], **arch["kwargs"])
         header["arch"] = {**arch, "overrides": diff_overrides(model, fresh)}
-    return write_slim(path, model.state_dict(), header)
+    tensors = dict(model.state_dict())
+    if entropy == "huffman":
+        header["entropy"] = _entropy_encode(model, tensors)
+    return write_slim(path, tensors, header)
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
@@ -123,6 +196,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             original float architecture; the file's overrides are applied to it.
     """
     tensors, header = read_slim(path)
+    if header.get("entropy"):
+        _entropy_decode(tensors, header["entropy"])
     arch = header.get("arch")
     if model is None:
         if arch is None:

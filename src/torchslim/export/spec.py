@@ -111,15 +111,21 @@ def apply_overrides(model: nn.Module, overrides: dict[str, dict]) -> nn.Module:
 
 
 def _register_runtime() -> None:
+    from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
     from torchslim.runtime.sparse import SparseConv2d, SparseLinear
+
+    def conv_geometry(m: nn.Module) -> dict:
+        return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+                    stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
 
     register_module_spec(SparseLinear, lambda m: dict(
         in_features=m.in_features, out_features=m.out_features, nnz=m.nnz, bias=m.bias is not None,
-        kernel=m.kernel, timing=m.timing))
+        kernel=m.kernel, timing=m.timing, bits=m.bits))
     register_module_spec(SparseConv2d, lambda m: dict(
-        in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-        stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups, nnz=m.nnz,
-        bias=m.bias is not None, kernel=m.kernel, timing=m.timing))
+        **conv_geometry(m), nnz=m.nnz, bias=m.bias is not None, kernel=m.kernel, timing=m.timing, bits=m.bits))
+    register_module_spec(CodebookLinear, lambda m: dict(
+        in_features=m.in_features, out_features=m.out_features, bits=m.bits, bias=m.bias is not None))
+    register_module_spec(CodebookConv2d, lambda m: dict(**conv_geometry(m), bits=m.bits, bias=m.bias is not None))
 
 
 _register_runtime()

@@ -7,6 +7,7 @@ Linear ``N * in * out`` (per input row).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -41,14 +42,24 @@ def _linear_macs(m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[int, i
     return (y.numel() * m.in_features,) * 2
 
 
+def _own_counts(m: nn.Module) -> tuple[int, int]:
+    """(weights, nonzero weights) a module represents. Packed runtime modules report their
+    logical weights through ``weight_counts()`` (a codebook layer stores 16 floats but
+    represents every weight); other modules count their own parameters."""
+    own = list(m.parameters(recurse=False))
+    if hasattr(m, "weight_counts"):
+        return m.weight_counts()
+    return sum(p.numel() for p in own), sum(int(torch.count_nonzero(p)) for p in own)
+
+
 def count_params(model: nn.Module) -> int:
-    """Number of parameter entries (trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of weights the model represents (for packed layers: logical weights, not storage)."""
+    return sum(_own_counts(m)[0] for m in model.modules())
 
 
 def count_nonzeros(model: nn.Module) -> int:
-    """Nonzero parameter entries (a mask that zeroes weights shows up here, not in params)."""
-    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    """Nonzero weights (a mask that zeroes weights shows up here, not in params)."""
+    return sum(_own_counts(m)[1] for m in model.modules())
 
 
 @torch.no_grad()
@@ -57,10 +68,9 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
     rows: dict[str, dict] = {}
     hooks = []
     for name, mod in leaf_modules(model):
-        own = list(mod.parameters(recurse=False))
+        params, nonzeros = _own_counts(mod)
         rows[name] = {"name": name, "type": type(mod).__name__, "out_shape": None,
-                      "params": sum(p.numel() for p in own),
-                      "nonzeros": sum(int(torch.count_nonzero(p)) for p in own),
+                      "params": params, "nonzeros": nonzeros,
                       "macs": 0, "effective_macs": 0}
         if type(mod) in _MACS:
             def hook(m, inp, out, _n=name):
@@ -87,7 +97,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def _register_runtime() -> None:
+    from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
     from torchslim.runtime.sparse import SparseConv2d, SparseLinear
+
+    register_macs(CodebookConv2d)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
+    register_macs(CodebookLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
 
     @register_macs(SparseLinear)
     def _sparse_linear(m: SparseLinear, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:

@@ -17,6 +17,7 @@ choice and the timings are stored in the file's architecture spec.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -42,47 +43,84 @@ class _SparseBase(nn.Module):
     rows: int
     cols: int
 
-    def _init_storage(self, nnz: int, bias: bool, kernel: str, timing: dict | None) -> None:
+    def _init_storage(self, nnz: int, bias: bool, kernel: str, timing: dict | None, bits: int = 0) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}; use one of {list(KERNELS)}")
+        if not 0 <= bits <= 8:
+            raise ValueError(f"bits={bits}; use 0 (float values) or 1..8 (codebook)")
         self.kernel = kernel
         self.timing = dict(timing or {})
+        self.bits = bits
+        self.nnz = nnz
         self.register_buffer("crow", torch.zeros(self.rows + 1, dtype=torch.int32))
         self.register_buffer("col", torch.zeros(nnz, dtype=torch.int16 if self.cols <= 32767 else torch.int32))
-        self.values = nn.Parameter(torch.zeros(nnz))
+        if bits:  # values = codebook[codes], codes bit-packed (Deep Compression)
+            self.register_buffer("codes", torch.zeros(math.ceil(nnz * bits / 8), dtype=torch.uint8))
+            self.codebook = nn.Parameter(torch.zeros(2 ** bits))
+        else:
+            self.values = nn.Parameter(torch.zeros(nnz))
         self.bias = nn.Parameter(torch.zeros(self.rows)) if bias else None
         self._cache: tuple | None = None
 
-    @property
-    def nnz(self) -> int:
-        return self.values.numel()
+    def weight_counts(self) -> tuple[int, int]:
+        """(dense weights + bias, stored nonzeros + nonzero bias) for measurement."""
+        b = self.bias.numel() if self.bias is not None else 0
+        bnz = int(torch.count_nonzero(self.bias)) if self.bias is not None else 0
+        return self.rows * self.cols + b, self.nnz + bnz
+
+    def _trainable(self) -> nn.Parameter:
+        return self.codebook if self.bits else self.values
+
+    def value_tensor(self) -> torch.Tensor:
+        """The nnz stored values (``codebook[codes]`` for codebook layers; differentiable)."""
+        if self.bits:
+            from torchslim.runtime.codebook import unpack_bits
+            return self.codebook[unpack_bits(self.codes, self.bits, self.nnz)]
+        return self.values
+
+    def set_codebook(self, codes: torch.Tensor, codebook: torch.Tensor, bits: int) -> None:
+        """Replace float values by ``bits``-bit codes into ``codebook`` (weight sharing)."""
+        from torchslim.runtime.codebook import pack_bits
+        if codes.numel() != self.nnz:
+            raise ValueError(f"{codes.numel()} codes for {self.nnz} stored values")
+        if not self.bits:
+            del self.values
+        self.bits = bits
+        self.register_buffer("codes", pack_bits(codes, bits))
+        self.codebook = nn.Parameter(codebook.detach().clone().float())
+        self._cache = None
 
     def set_weight(self, weight2d: torch.Tensor) -> None:
         crow, col, values = _csr(weight2d)
+        if self.bits:
+            raise ValueError("set_weight works on float-valued sparse layers; this one holds a codebook")
         self.crow = crow
         self.col = col
         self.values = nn.Parameter(values)
+        self.nnz = values.numel()
         self._cache = None
 
     def _training(self) -> bool:
-        return torch.is_grad_enabled() and self.values.requires_grad
+        return torch.is_grad_enabled() and self._trainable().requires_grad
 
     def train_weight(self) -> torch.Tensor:
         """Dense (rows, cols) weight, differentiable w.r.t. ``values`` (zeros stay zero)."""
         rows = torch.repeat_interleave(torch.arange(self.rows, device=self.crow.device),
                                        (self.crow[1:] - self.crow[:-1]).long())
         flat = rows * self.cols + self.col.long()
-        w = torch.zeros(self.rows * self.cols, device=self.values.device, dtype=self.values.dtype)
-        return w.index_add(0, flat, self.values).view(self.rows, self.cols)
+        v = self.value_tensor()
+        w = torch.zeros(self.rows * self.cols, device=v.device, dtype=v.dtype)
+        return w.index_add(0, flat, v).view(self.rows, self.cols)
 
     def _operand(self) -> torch.Tensor:
         """The CSR tensor (sparse kernel) or the dense 2-D weight (dense kernel), cached."""
-        key = (self.kernel, self.values._version, self.values.data_ptr())
+        p = self._trainable()
+        key = (self.kernel, self.bits, p._version, p.data_ptr())
         if self._cache is None or self._cache[0] != key:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
                 csr = torch.sparse_csr_tensor(self.crow, self.col.to(torch.int32),
-                                              self.values.detach(), (self.rows, self.cols))
+                                              self.value_tensor().detach(), (self.rows, self.cols))
                 op = csr if self.kernel == "sparse" else csr.to_dense()
             self._cache = (key, op)
         return self._cache[1]
@@ -90,7 +128,7 @@ class _SparseBase(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.sparse_csr_tensor(self.crow, self.col.to(torch.int32), self.values.detach(),
+            return torch.sparse_csr_tensor(self.crow, self.col.to(torch.int32), self.value_tensor().detach(),
                                            (self.rows, self.cols)).to_dense()
 
     def _mm(self, x2d: torch.Tensor) -> torch.Tensor:
@@ -107,11 +145,11 @@ class SparseLinear(_SparseBase):
     """Linear layer with a CSR weight (out_features x in_features)."""
 
     def __init__(self, in_features: int, out_features: int, nnz: int, bias: bool = True,
-                 kernel: str = "dense", timing: dict | None = None) -> None:
+                 kernel: str = "dense", timing: dict | None = None, bits: int = 0) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.rows, self.cols = out_features, in_features
-        self._init_storage(nnz, bias, kernel, timing)
+        self._init_storage(nnz, bias, kernel, timing, bits)
 
     @classmethod
     def from_dense(cls, m: nn.Linear, kernel: str = "dense") -> "SparseLinear":
@@ -142,7 +180,7 @@ class SparseLinear(_SparseBase):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, nnz={self.nnz}, kernel={self.kernel}"
+        return f"{self.in_features}, {self.out_features}, nnz={self.nnz}, bits={self.bits}, kernel={self.kernel}"
 
 
 class SparseConv2d(_SparseBase):
@@ -150,7 +188,7 @@ class SparseConv2d(_SparseBase):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
                  dilation: list, groups: int, nnz: int, bias: bool = True, kernel: str = "dense",
-                 timing: dict | None = None) -> None:
+                 timing: dict | None = None, bits: int = 0) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
@@ -159,7 +197,7 @@ class SparseConv2d(_SparseBase):
             raise ValueError("the sparse conv kernel supports groups=1 only; use kernel='dense'")
         self.rows = out_channels
         self.cols = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
-        self._init_storage(nnz, bias, kernel, timing)
+        self._init_storage(nnz, bias, kernel, timing, bits)
 
     @classmethod
     def from_dense(cls, m: nn.Conv2d, kernel: str = "dense") -> "SparseConv2d":

@@ -1,0 +1,209 @@
+"""Pruning benchmark: torchslim against the float baseline and peer tools, in one run.
+
+Sections (``--only`` picks some):
+  magnitude  lenet5 / lenet300_100: AGP magnitude pruning + fine-tuning, against
+             torch.nn.utils.prune global L1 at the same sparsity and fine-tuning budget.
+  filters    vgg_small / resnet20 (/ mobilenetv2): filter pruning to a MACs budget +
+             fine-tuning, against Torch-Pruning's MagnitudePruner (L1) at the same MACs.
+  kernel     a 4096x4096 Linear at 90 % / 95 % sparsity: CSR kernel against dense.
+
+Writes benchmarks/results/pruning.{json,md} and the headline models to
+benchmarks/artifacts/. Starts from the float baselines in benchmarks/artifacts/
+(python benchmarks/baselines.py). Fine-tuning runs resume from benchmarks/cache/.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+import torchslim.runtime
+from torchslim.data import DataConfig, make_loaders
+from torchslim.measure import count_macs, latency_ms, measure, write_report
+from torchslim.prune import sparsity
+from torchslim.recipe import run_recipe
+from torchslim.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parent
+ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
+COLUMNS = ["model", "method", "setting", "top1", "delta_pp", "sparsity", "bytes", "bytes_ratio", "params",
+           "nonzeros", "macs", "macs_ratio", "latency_b1_ms", "latency_b256_ms", "speedup_b256", "threads"]
+SHAPE = (1, 28, 28)
+ADAM_FT = {"optimizer": "adam", "lr": 0.0005, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
+SGD_FT = {"optimizer": "sgd", "lr": 0.02, "weight_decay": 0.0005, "schedule": "cosine", "seed": 0}
+
+MAGNITUDE = {  # model -> (stage fields, fine-tune epochs)
+    "lenet5": ({"sparsity": 0.95, "overrides": {"0": {"sparsity": 0.5}, "2": {"sparsity": 0.9},
+                                                "7": {"sparsity": 0.8}}}, 10),
+    "lenet300_100": ({"sparsity": 0.95, "overrides": {"5": {"sparsity": 0.8}}}, 12),
+}
+FILTERS = [  # (model, target MACs fraction, fine-tune epochs, artifact name)
+    ("vgg_small", 0.5, 6, "vgg_small_filters"),
+    ("vgg_small", 0.26, 6, None),
+    ("resnet20", 0.6, 6, "resnet20_filters"),
+    ("mobilenetv2", 0.6, 3, None),
+]
+
+
+def _row(model: nn.Module, name: str, method: str, setting: str, test, base: dict | None, path=None) -> dict:
+    r = {"model": name, "method": method, "setting": setting,
+         **measure(model, SHAPE, loader=test, path=path, min_run_time=1.0)}
+    r["sparsity"] = round(sparsity(model), 4)
+    if base is not None:
+        r["delta_pp"] = round(r["top1"] - base["top1"], 2)
+        r["bytes_ratio"] = round(base["bytes"] / r["bytes"], 2)
+        r["macs_ratio"] = round(r["macs"] / base["macs"], 3)
+        r["speedup_b256"] = round(base["latency_b256_ms"] / r["latency_b256_ms"], 2)
+    print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
+    return r
+
+
+def _loaders(augment: bool, data_dir: str | None):
+    return make_loaders(DataConfig(dir=data_dir, augment=augment), seed=0)
+
+
+def magnitude(data_dir: str | None) -> list[dict]:
+    rows = []
+    for name, (fields, epochs) in MAGNITUDE.items():
+        loaders = _loaders(False, data_dir)
+        base_model = ts.load(ART / f"{name}.slim")
+        base = _row(base_model, name, "float", "baseline", loaders.test, None, ART / f"{name}.slim")
+        rows.append(base)
+        steps = len(loaders.train)
+        recipe = {"name": f"magnitude_{name}", "model": {"from": str(ART / f"{name}.slim")},
+                  "data": {"name": "fashion_mnist", "batch_size": 128},
+                  "stages": [{"method": "prune.magnitude", "name": "agp", "schedule": "agp", "n_steps": 10,
+                              "frequency": max(1, (epochs - 2) * steps // 10), **fields,
+                              "finetune": {"epochs": epochs, **ADAM_FT}}]}
+        out = CACHE / f"magnitude_{name}"
+        run_recipe(recipe, out, data_dir=data_dir, latency=False)
+        ours = ts.load(out / "model.slim")
+        r = _row(ours, name, "torchslim prune.magnitude", f"AGP, {epochs} ep", loaders.test, base,
+                 out / "model.slim")
+        rows.append(r)
+        shutil.copyfile(out / "model.slim", ART / f"{name}_magnitude.slim")
+        # Peer: torch.nn.utils.prune global L1 at the same overall sparsity, same fine-tuning.
+        import torch.nn.utils.prune as tprune
+        peer = ts.load(ART / f"{name}.slim")
+        params = [(m, "weight") for m in peer.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=r["sparsity"])
+        fit(peer, loaders.train, TrainConfig(epochs=epochs, **ADAM_FT), val_loader=loaders.val,
+            checkpoint_dir=CACHE / f"peer_tprune_{name}", desc="torch.nn.utils.prune")
+        for m, p in params:
+            tprune.remove(m, p)
+        rows.append(_row(peer, name, "torch.nn.utils.prune", f"global L1 one-shot, {epochs} ep", loaders.test,
+                         base))
+    return rows
+
+
+def _tp_ratio_for(model: nn.Module, target_macs: int):
+    """Torch-Pruning MagnitudePruner (L1) ratio reaching ``target_macs`` (bisection)."""
+    import torch_pruning as tp
+
+    def pruned(ratio: float) -> nn.Module:
+        m = copy.deepcopy(model)
+        last = [x for x in m.modules() if isinstance(x, (nn.Conv2d, nn.Linear))][-1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pr = tp.pruner.MagnitudePruner(m, torch.zeros(1, *SHAPE), importance=tp.importance.MagnitudeImportance(p=1),
+                                           pruning_ratio=ratio, ignored_layers=[last])
+            pr.step()
+        return m
+
+    lo, hi = 0.0, 0.95
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if count_macs(pruned(mid), SHAPE) <= target_macs:
+            hi = mid
+        else:
+            lo = mid
+    return pruned(hi)
+
+
+def filters(data_dir: str | None) -> list[dict]:
+    rows, bases = [], {}
+    for name, target, epochs, artifact in FILTERS:
+        src = ART / f"{name}.slim"
+        if not src.exists():
+            src = CACHE / name / "model.slim"
+        if not src.exists():
+            print(f"skip {name}: no baseline (run benchmarks/baselines.py)")
+            continue
+        loaders = _loaders(True, data_dir)
+        if name not in bases:
+            bases[name] = _row(ts.load(src), name, "float", "baseline", loaders.test, None, src)
+            rows.append(bases[name])
+        base = bases[name]
+        tag = f"filters_{name}_{int(target * 100)}"
+        recipe = {"name": tag, "model": {"from": str(src)},
+                  "data": {"name": "fashion_mnist", "batch_size": 128, "augment": True},
+                  "stages": [{"method": "prune.filters", "name": "l1", "criterion": "l1", "target_macs": target,
+                              "finetune": {"epochs": epochs, **SGD_FT}}]}
+        out = CACHE / tag
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            run_recipe(recipe, out, data_dir=data_dir, latency=False)
+        ours = ts.load(out / "model.slim")
+        rows.append(_row(ours, name, "torchslim prune.filters", f"L1, <= {target:.0%} MACs, {epochs} ep",
+                         loaders.test, base, out / "model.slim"))
+        if artifact:
+            shutil.copyfile(out / "model.slim", ART / f"{artifact}.slim")
+        # Peer: Torch-Pruning MagnitudePruner with L1 importance at the same MACs, same fine-tuning.
+        peer = _tp_ratio_for(ts.load(src), count_macs(ours, SHAPE))
+        peer.torchslim_arch = ts.load(src).torchslim_arch
+        fit(peer, loaders.train, TrainConfig(epochs=epochs, **SGD_FT), val_loader=loaders.val,
+            checkpoint_dir=CACHE / f"peer_tp_{tag}", desc="torch-pruning")
+        rows.append(_row(peer, name, "Torch-Pruning MagnitudePruner", f"L1, same MACs, {epochs} ep",
+                         loaders.test, base))
+    return rows
+
+
+def kernel() -> list[dict]:
+    rows = []
+    for sp in (0.9, 0.95):
+        torch.manual_seed(0)
+        dense = nn.Linear(4096, 4096)
+        with torch.no_grad():
+            dense.weight.mul_(torch.rand_like(dense.weight) >= sp)
+        packed = {k: ts.runtime.SparseLinear.from_dense(dense, k) for k in ("sparse", "dense")}
+        for batch in (1, 64, 256):
+            d = latency_ms(dense, (4096,), batch, min_run_time=1.0)
+            s = latency_ms(packed["sparse"], (4096,), batch, min_run_time=1.0)
+            rows.append({"model": "Linear 4096x4096", "method": "CSR kernel", "setting": f"sparsity {sp}",
+                         "batch": batch, "dense_ms": round(d, 3), "sparse_ms": round(s, 3),
+                         "speedup": round(d / s, 2), "threads": torch.get_num_threads()})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=["magnitude", "filters", "kernel"])
+    ap.add_argument("--data-dir")
+    a = ap.parse_args()
+    # Sections are cached so that one can be rerun without the others.
+    sections_path = CACHE / "pruning_sections.json"
+    sections = json.loads(sections_path.read_text()) if sections_path.exists() else {}
+    for section in a.only:
+        sections[section] = {"magnitude": lambda: magnitude(a.data_dir), "filters": lambda: filters(a.data_dir),
+                             "kernel": kernel}[section]()
+        sections_path.parent.mkdir(parents=True, exist_ok=True)
+        sections_path.write_text(json.dumps(sections, indent=1))
+    model_rows = [{"section": k, **r} for k in ("magnitude", "filters") for r in sections.get(k, [])]
+    write_report(model_rows, RES / "pruning", ["section"] + COLUMNS,
+                 title="Pruning on Fashion-MNIST (test split), float baseline and peers in the same run")
+    if "kernel" in sections:
+        write_report(sections["kernel"], RES / "sparse_kernel",
+                     ["model", "setting", "batch", "dense_ms", "sparse_ms", "speedup", "threads"],
+                     title="CSR sparse kernel vs dense, Linear 4096x4096")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Codebook (weight-sharing) layers: b-bit indices bit-packed into uint8 plus a k-entry
+float codebook (Gong et al. 2014; Han et al. 2016, Deep Compression).
+
+Storage for n weights at b bits: ``ceil(n * b / 8)`` bytes of codes + ``4 * 2**b``
+bytes of codebook, i.e. a ratio of about ``32 n / (b n + 32 k)`` against float32.
+Pruned layers keep their CSR structure and quantize only the stored nonzeros
+(``SparseLinear/SparseConv2d`` with ``bits > 0``), so zeros stay zero.
+
+Execution expands ``codebook[codes]`` to a float weight once (cached) and runs
+the dense op: for scalar codebooks a gather-based kernel on this CPU class is
+slower than dense BLAS (a float table gather ran at 0.3-0.45x of dense), so the
+packed form is a storage format here, reported as such.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes in [0, 2**bits) into a uint8 stream, little-endian within bytes."""
+    c = codes.flatten().to(torch.int64)
+    if c.numel() and (c.min() < 0 or c.max() >= 2 ** bits):
+        raise ValueError(f"codes must lie in [0, {2 ** bits}) to pack at {bits} bits")
+    shifts = torch.arange(bits, dtype=torch.int64)
+    bitstream = ((c[:, None] >> shifts) & 1).flatten()                 # (n * bits,)
+    pad = (-bitstream.numel()) % 8
+    bitstream = torch.cat([bitstream, bitstream.new_zeros(pad)]).view(-1, 8)
+    return (bitstream << torch.arange(8, dtype=torch.int64)).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``n`` codes as int64."""
+    b = ((packed.to(torch.int64)[:, None] >> torch.arange(8, dtype=torch.int64)) & 1).flatten()
+    b = b[: n * bits].view(n, bits)
+    return (b << torch.arange(bits, dtype=torch.int64)).sum(1)
+
+
+class _CodebookBase(nn.Module):
+    shape: tuple[int, ...]
+
+    def _init_codebook(self, bits: int, bias_len: int | None) -> None:
+        if not 1 <= bits <= 8:
+            raise ValueError(f"bits={bits}; use 1..8")
+        self.bits = bits
+        n = math.prod(self.shape)
+        self.register_buffer("codes", torch.zeros(math.ceil(n * bits / 8), dtype=torch.uint8))
+        self.codebook = nn.Parameter(torch.zeros(2 ** bits))
+        self.bias = nn.Parameter(torch.zeros(bias_len)) if bias_len else None
+        self._cache: tuple | None = None
+
+    def set_codes(self, codes: torch.Tensor, codebook: torch.Tensor) -> None:
+        self.codes = pack_bits(codes, self.bits)
+        self.codebook = nn.Parameter(codebook.detach().clone().float())
+        self._cache = None
+
+    def weight_counts(self) -> tuple[int, int]:
+        """(weights + bias, nonzero weights + nonzero bias) for measurement."""
+        b = self.bias.numel() if self.bias is not None else 0
+        bnz = int(torch.count_nonzero(self.bias)) if self.bias is not None else 0
+        return math.prod(self.shape) + b, int(torch.count_nonzero(self.weight())) + bnz
+
+    def indices(self) -> torch.Tensor:
+        return unpack_bits(self.codes, self.bits, math.prod(self.shape)).view(self.shape)
+
+    def weight(self) -> torch.Tensor:
+        """``codebook[codes]``; differentiable w.r.t. the codebook (summed gradients per centroid)."""
+        if torch.is_grad_enabled() and self.codebook.requires_grad:
+            return self.codebook[self.indices()]
+        key = (self.codebook._version, self.codebook.data_ptr())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.codebook.detach()[self.indices()])
+        return self._cache[1]
+
+
+class CodebookLinear(_CodebookBase):
+    def __init__(self, in_features: int, out_features: int, bits: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.shape = (out_features, in_features)
+        self._init_codebook(bits, out_features if bias else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}"
+
+
+class CodebookConv2d(_CodebookBase):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
+                 dilation: list, groups: int, bits: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        self.shape = (out_channels, in_channels // groups, *self.kernel_size)
+        self._init_codebook(bits, out_channels if bias else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bits={self.bits}"

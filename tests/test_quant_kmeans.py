@@ -1,0 +1,134 @@
+"""quant.kmeans, bit packing, Huffman coding and Deep-Compression storage."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchslim as ts
+from torchslim.export import huffman
+from torchslim.prune import Magnitude
+from torchslim.quant import KMeans, kmeans_1d
+from torchslim.runtime.codebook import CodebookLinear, pack_bits, unpack_bits
+
+from contract import MethodContract
+
+
+class TestKMeansContract(MethodContract):
+    config = KMeans(bits=4, overrides={"re:.*fc.*": {"bits": 6}})
+    bad_configs = (lambda: KMeans(bits=0), lambda: KMeans(bits=9), lambda: KMeans(init="kmeans++"),
+                   lambda: KMeans(iters=0), lambda: KMeans(overrides={"fc": {"bits": 12}}))
+    model_names = ("lenet5", "resnet20")
+    prepare_rel_error = 0.2
+
+
+@given(st.lists(st.integers(0, 255), max_size=300), st.integers(1, 8))
+def test_pack_unpack_round_trip(values, bits):
+    codes = torch.tensor([v % (2 ** bits) for v in values], dtype=torch.int64)
+    packed = pack_bits(codes, bits)
+    assert packed.numel() == (len(values) * bits + 7) // 8
+    assert torch.equal(unpack_bits(packed, bits, len(values)), codes)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-50, 2000), min_size=0, max_size=400))
+def test_huffman_decode_encode_identity(values):
+    x = np.asarray(values, dtype=np.int64)
+    stream, alphabet, lengths = huffman.encode(x)
+    assert np.array_equal(huffman.decode(stream, alphabet, lengths, len(x)), x)
+
+
+def test_huffman_skewed_stream_is_length_limited():
+    x = np.random.default_rng(0).geometric(0.3, 50000)
+    stream, alphabet, lengths = huffman.encode(x)
+    assert lengths.max() <= huffman.MAX_LEN
+    assert np.array_equal(huffman.decode(stream, alphabet, lengths, len(x)), x)
+    assert stream.nbytes < 0.5 * len(x)  # < 4 bits per symbol for a geometric(0.3) source
+
+
+def test_truncated_huffman_stream_raises():
+    x = np.arange(100) % 7
+    stream, alphabet, lengths = huffman.encode(x)
+    with pytest.raises(ValueError, match="ends early"):
+        huffman.decode(stream[:5], alphabet, lengths, len(x))
+
+
+def test_kmeans_1d_codes_and_centroids():
+    torch.manual_seed(0)
+    w = torch.cat([torch.randn(300) * 0.01 - 1, torch.randn(300) * 0.01 + 1])
+    codes, c = kmeans_1d(w, 2)
+    assert codes.max() < 2 and torch.allclose(c, torch.tensor([-1.0, 1.0]), atol=0.01)
+    for init in ("linear", "density", "random"):
+        codes, c = kmeans_1d(torch.randn(1000), 16, init)
+        assert codes.min() >= 0 and codes.max() < 16 and torch.all(c[1:] >= c[:-1])
+    w = torch.randn(1000)
+    codes, c = kmeans_1d(w, 16)
+    assert torch.equal(codes, (w[:, None] - c).abs().argmin(1))  # every weight at its nearest centroid
+
+
+def test_codes_below_2_pow_bits_and_nearest():
+    torch.manual_seed(0)
+    lin = nn.Linear(50, 40)
+    model = nn.Sequential(lin)
+    model.torchslim_arch = None
+    ts.compress_(model, KMeans(bits=3))
+    q = model[0]
+    idx = q.indices()
+    assert idx.max() < 8 and q.codebook.numel() == 8
+    nearest = (lin.weight.detach()[..., None] - q.codebook.detach()).abs().argmin(-1)
+    assert (idx == nearest).float().mean() > 0.99
+
+
+def test_centroid_gradient_is_sum_of_weight_gradients():
+    torch.manual_seed(0)
+    q = CodebookLinear(6, 4, bits=2)
+    codes = torch.randint(0, 4, (4, 6))
+    q.set_codes(codes, torch.tensor([-1.0, -0.2, 0.3, 1.0]))
+    x = torch.randn(5, 6)
+    q(x).pow(2).sum().backward()
+    w = q.codebook.detach()[codes].clone().requires_grad_(True)
+    nn.functional.linear(x, w, q.bias).pow(2).sum().backward()
+    expect = torch.zeros(4).index_add_(0, codes.flatten(), w.grad.flatten())
+    torch.testing.assert_close(q.codebook.grad, expect)
+
+
+def test_zeros_stay_zero_and_codebook_fine_tunes():
+    torch.manual_seed(0)
+    model = ts.create_model("lenet300_100")
+    ts.compress_(model, Magnitude(sparsity=0.9, kernel="dense"))
+    ts.convert_(model)
+    dense0 = model[1].dense_weight() == 0
+    ts.compress_(model, KMeans(bits=4))
+    ts.convert_(model)
+    assert model[1].bits == 4 and (model[1].dense_weight()[dense0] == 0).all()
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    before = model[1].codebook.detach().clone()
+    loss = model(torch.randn(8, 1, 28, 28)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, model[1].codebook.detach())
+    assert (model[1].dense_weight()[dense0] == 0).all()
+
+
+def test_deep_compression_storage_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = ts.create_model("lenet5").eval()
+    x = torch.randn(3, 1, 28, 28)
+    dense = ts.save(model, tmp_path / "f.slim")
+    ts.compress_(model, Magnitude(sparsity=0.92, kernel="dense"))
+    ts.convert_(model)
+    pruned = ts.save(model, tmp_path / "p.slim")
+    ts.compress_(model, KMeans(bits=5))
+    ts.convert_(model)
+    quant = ts.save(model, tmp_path / "q.slim")
+    huff = ts.save(model, tmp_path / "h.slim", entropy="huffman")
+    assert dense > pruned > quant > huff and dense / huff > 25
+    y = model(x)
+    for f in ("q.slim", "h.slim"):
+        assert torch.equal(ts.load(tmp_path / f)(x), y)
+    raw = bytearray((tmp_path / "h.slim").read_bytes())
+    raw[-200] ^= 0x55
+    (tmp_path / "bad.slim").write_bytes(bytes(raw))
+    with pytest.raises(ts.export.SlimFileError):
+        ts.load(tmp_path / "bad.slim")
