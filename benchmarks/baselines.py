@@ -29,8 +29,8 @@ SETTINGS = {
     "vgg_small": ({}, {**SGD, "epochs": 15}, True),
     "resnet20": ({}, {**SGD, "lr": 0.1, "epochs": 15}, True),
     "lenet5_classic": ({}, {**ADAM, "epochs": 15}, False),
-    "shufflenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 6}, True),
-    "mobilenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 4}, True),
+    "shufflenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 4}, True),
+    "mobilenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 3}, True),
 }
 COLUMNS = ["model", "method", "kwargs", "epochs", "top1", "top5", "bytes", "params", "nonzeros", "macs",
            "latency_b1_ms", "latency_b256_ms", "threads", "train_seconds"]

@@ -65,6 +65,10 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     print(f"{a.model}: {header['arch']['name'] if header.get('arch') else 'custom'} "
           f"{Path(a.model).stat().st_size:,} bytes")
     print(to_table(rows, ["name", "type", "out_shape", "params", "nonzeros", "bytes", "macs"]))
+    if header.get("entropy"):
+        print("\nHuffman-coded streams (bytes as stored; bits per index or gap):")
+        print(to_table([{"stream": k, **v} for k, v in header["entropy"].items()],
+                       ["stream", "kind", "n", "raw_bytes", "coded_bytes", "bits_per_symbol"]))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Module-tree surgery by dotted path: the one traversal helper every method uses."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 
@@ -23,3 +24,38 @@ def set_module(model: nn.Module, path: str, new: nn.Module) -> nn.Module:
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) for every module without children."""
     return [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+
+
+def example_inputs(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    """A zero input batch of the model's registry input shape (C, S, S)."""
+    arch = getattr(model, "torchslim_arch", None)
+    if arch is None:
+        raise ValueError("the model is not from the torchslim registry, so its input shape is unknown; "
+                         "set model.torchslim_arch = {'name': ..., 'kwargs': {'in_channels': C, 'input_size': S}}")
+    kw = arch["kwargs"]
+    p = next(model.parameters())
+    return torch.zeros(batch, kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28),
+                       device=p.device)
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The input (first sample, batch dim kept) each named module sees in one eval forward pass."""
+    inputs: dict[str, torch.Tensor] = {}
+    mods = dict(model.named_modules())
+
+    def hook(name: str):
+        def grab(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:  # must return None
+            inputs.setdefault(name, args[0][:1].detach().clone())
+        return grab
+
+    handles = [mods[n].register_forward_hook(hook(n)) for n in names]
+    was = model.training
+    model.eval()
+    try:
+        model(example_inputs(model))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return inputs

@@ -112,6 +112,7 @@ def apply_overrides(model: nn.Module, overrides: dict[str, dict]) -> nn.Module:
 
 def _register_runtime() -> None:
     from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
+    from torchslim.runtime.product import ProductConv2d, ProductLinear
     from torchslim.runtime.sparse import SparseConv2d, SparseLinear
 
     def conv_geometry(m: nn.Module) -> dict:
@@ -126,6 +127,11 @@ def _register_runtime() -> None:
     register_module_spec(CodebookLinear, lambda m: dict(
         in_features=m.in_features, out_features=m.out_features, bits=m.bits, bias=m.bias is not None))
     register_module_spec(CodebookConv2d, lambda m: dict(**conv_geometry(m), bits=m.bits, bias=m.bias is not None))
+    register_module_spec(ProductLinear, lambda m: dict(
+        in_features=m.in_features, out_features=m.out_features, sub_dim=m.sub_dim, bits=m.bits,
+        bias=m.bias is not None, kernel=m.kernel, timing=m.timing))
+    register_module_spec(ProductConv2d, lambda m: dict(**conv_geometry(m), sub_dim=m.sub_dim, bits=m.bits,
+                                                       bias=m.bias is not None))
 
 
 _register_runtime()

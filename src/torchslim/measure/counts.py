@@ -98,10 +98,13 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def _register_runtime() -> None:
     from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
+    from torchslim.runtime.product import ProductConv2d, ProductLinear
     from torchslim.runtime.sparse import SparseConv2d, SparseLinear
 
     register_macs(CodebookConv2d)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
     register_macs(CodebookLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
+    register_macs(ProductConv2d)(lambda m, x, y: (y.numel() * m.cols,) * 2)
+    register_macs(ProductLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
 
     @register_macs(SparseLinear)
     def _sparse_linear(m: SparseLinear, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:

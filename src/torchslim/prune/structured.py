@@ -33,7 +33,7 @@ from torchslim.core.config import MethodConfig, check_choice, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.measure.counts import count_macs
-from torchslim.prune.unstructured import example_inputs
+from torchslim.core.surgery import example_inputs
 
 ROOTS = (nn.Conv2d, nn.Linear)
 

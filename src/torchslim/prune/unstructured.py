@@ -32,7 +32,7 @@ import torch.nn.utils.prune as tprune
 from torchslim.core.config import MethodConfig, check_choice, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.core.surgery import set_module
+from torchslim.core.surgery import capture_inputs, set_module
 from torchslim.prune.schedule import SCHEDULES, progress_at
 from torchslim.runtime.sparse import KERNELS, SparseConv2d, SparseLinear, choose_kernel
 from torchslim.train.callbacks import Callback
@@ -181,18 +181,6 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(total, 1)
 
 
-def example_inputs(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A zero input batch of the model's registry input shape."""
-    arch = getattr(model, "torchslim_arch", None)
-    if arch is None:
-        raise ValueError("the model is not from the torchslim registry, so its input shape is unknown; "
-                         "set model.torchslim_arch = {'name': ..., 'kwargs': {'in_channels': C, 'input_size': S}}")
-    kw = arch["kwargs"]
-    p = next(model.parameters())
-    return torch.zeros(batch, kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28),
-                       device=p.device)
-
-
 @register_method("prune.magnitude")
 class MagnitudeMethod(Method):
     config_cls = Magnitude
@@ -224,16 +212,7 @@ class MagnitudeMethod(Method):
                 warnings.warn(f"prune.magnitude: the {config.schedule} schedule did not finish during fine-tuning "
                               f"(sparsity {zeros / total:.3f}); applying the final sparsity now")
                 apply_masks(layers, compute_masks(layers))
-        inputs: dict[str, torch.Tensor] = {}
-        if config.kernel == "auto":
-            hooks = [m.register_forward_hook(lambda mod, i, o, _n=n: inputs.__setitem__(_n, i[0][:1].detach()))
-                     for n, m, _ in layers]
-            was = model.training
-            model.eval()
-            model(example_inputs(model))
-            model.train(was)
-            for h in hooks:
-                h.remove()
+        inputs = capture_inputs(model, [n for n, _, _ in layers]) if config.kernel == "auto" else {}
         for name, m, _ in layers:
             tprune.remove(m, "weight")
             sparse_cls = SparseConv2d if isinstance(m, nn.Conv2d) else SparseLinear

@@ -1,4 +1,5 @@
-"""Parameter quantization: k-means weight sharing (more to come: PQ, Q-CNN, uniform)."""
+"""Parameter quantization: k-means weight sharing, product quantization (more to come: Q-CNN, uniform)."""
 from torchslim.quant.kmeans import KMeans, kmeans_1d
+from torchslim.quant.product import PQ, pq_kmeans
 
-__all__ = ["KMeans", "kmeans_1d"]
+__all__ = ["KMeans", "PQ", "kmeans_1d", "pq_kmeans"]
