@@ -39,13 +39,18 @@ class MethodContract:
     def x(self):
         return torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
 
+    def _data(self):
+        """Calibration batches for methods that need data (random inputs are enough for the contract)."""
+        g = torch.Generator().manual_seed(2)
+        return [(torch.randn(16, 1, 28, 28, generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+
     def _models(self):
         return [(n, _calibrated(n)) for n in self.model_names]
 
     def test_prepare_keeps_outputs_bounded(self, x):
         for name, model in self._models():
             ref = model(x)
-            prepared = ts.compress_(copy.deepcopy(model), self.config).eval()
+            prepared = ts.compress_(copy.deepcopy(model), self.config, data=self._data()).eval()
             out = prepared(x)
             assert out.shape == ref.shape, name
             assert torch.isfinite(out).all(), name
@@ -54,7 +59,7 @@ class MethodContract:
 
     def test_convert_matches_prepare(self, x):
         for name, model in self._models():
-            prepared = ts.compress_(copy.deepcopy(model), self.config).eval()
+            prepared = ts.compress_(copy.deepcopy(model), self.config, data=self._data()).eval()
             before = prepared(x)
             converted = ts.convert_(prepared).eval()
             after = converted(x)
@@ -67,7 +72,7 @@ class MethodContract:
 
     def test_save_load_identical(self, x, tmp_path):
         for name, model in self._models():
-            ts.compress_(model, self.config)
+            ts.compress_(model, self.config, data=self._data())
             ts.convert_(model)
             model.eval()
             ts.save(model, tmp_path / f"{name}.slim")

@@ -213,7 +213,7 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
         method = stage.config.method if stage.config is not None else "finetune"
         _log(f"[{recipe.name}] stage {i}/{len(recipe.stages)}: {method}")
         if stage.config is not None:
-            compress_(model, stage.config)
+            compress_(model, stage.config, data=loaders.train)
         seconds = 0.0
         if stage.finetune is not None and stage.finetune.epochs > 0:
             seconds = fit(model, loaders.train, stage.finetune, val_loader=loaders.val,

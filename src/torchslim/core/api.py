@@ -1,6 +1,8 @@
 """The two verbs every method goes through: ``compress_`` (prepare) and ``convert_``."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch.nn as nn
 
 from torchslim.core.config import MethodConfig
@@ -9,8 +11,12 @@ from torchslim.core.registry import handler_for
 _PENDING = "_torchslim_pending"
 
 
-def compress_(model: nn.Module, config: MethodConfig) -> nn.Module:
+def compress_(model: nn.Module, config: MethodConfig, data: Iterable | None = None) -> nn.Module:
     """Prepare ``model`` in place for the method ``config`` names (reversible, trainable form).
+
+    Args:
+        data: calibration batches ``(inputs, targets)`` for methods that need them
+            (e.g. ``quant.qcnn``); ignored by the others.
 
     Side effects, in order: the handler's ``prepare`` edits the model; the
     config is appended to the model's pending list that :func:`convert_` uses.
@@ -18,7 +24,12 @@ def compress_(model: nn.Module, config: MethodConfig) -> nn.Module:
     if not isinstance(config, MethodConfig):
         raise TypeError(f"compress_ takes a MethodConfig, got {type(config).__name__}")
     handler = handler_for(config)
-    model = handler.prepare(model, config) or model
+    if handler.needs_data:
+        if data is None:
+            raise ValueError(f"{config.method} needs calibration data: compress_(model, config, data=loader)")
+        model = handler.prepare(model, config, data) or model
+    else:
+        model = handler.prepare(model, config) or model
     model.__dict__.setdefault(_PENDING, []).append(config)
     return model
 

@@ -32,9 +32,10 @@ class Method:
 
     name: str = ""
     config_cls: type = object
+    needs_data: bool = False  # prepare takes calibration batches: prepare(model, config, data)
 
     @classmethod
-    def prepare(cls, model: nn.Module, config: "MethodConfig") -> nn.Module:
+    def prepare(cls, model: nn.Module, config: "MethodConfig", data=None) -> nn.Module:
         return model
 
     @classmethod
