@@ -29,8 +29,8 @@ SETTINGS = {
     "vgg_small": ({}, {**SGD, "epochs": 15}, True),
     "resnet20": ({}, {**SGD, "lr": 0.1, "epochs": 15}, True),
     "lenet5_classic": ({}, {**ADAM, "epochs": 15}, False),
-    "shufflenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 4}, True),
-    "mobilenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 3}, True),
+    "shufflenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 3}, True),
+    "mobilenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 2}, True),
 }
 COLUMNS = ["model", "method", "kwargs", "epochs", "top1", "top5", "bytes", "params", "nonzeros", "macs",
            "latency_b1_ms", "latency_b256_ms", "threads", "train_seconds"]
@@ -40,7 +40,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="*", default=list(SETTINGS))
     ap.add_argument("--data-dir")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (use 1 per process when training several at once; latency is "
+                         "only comparable when measured alone with the default)")
     a = ap.parse_args()
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
     rows = []
     for name in a.models:
         kwargs, train, augment = SETTINGS[name]
