@@ -98,3 +98,4 @@ def _import_builtin_methods() -> None:
     import torchslim.core.fold  # noqa: F401
     import torchslim.prune  # noqa: F401
     import torchslim.quant  # noqa: F401
+    import torchslim.lowrank  # noqa: F401

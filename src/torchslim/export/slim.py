@@ -176,7 +176,8 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: dict | None = Non
         raise ValueError(f"the model has methods prepared but not converted ({pending(model)}); "
                          "call torchslim.convert_(model) before save")
     arch = getattr(model, "torchslim_arch", None)
-    header: dict[str, Any] = {"arch": None, "recipe": recipe, "extra": extra or {}}
+    header: dict[str, Any] = {"arch": None, "recipe": recipe, "extra": extra or {},
+                              "log": getattr(model, "torchslim_log", [])}
     if arch is not None:
         from torchslim.models import create_model
 
@@ -212,6 +213,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     except RuntimeError as e:
         raise SlimFileError(f"{path}: tensors do not fit the architecture: {str(e).splitlines()[0]}") from None
     model.torchslim_header = header
+    model.torchslim_log = list(header.get("log") or [])  # per-layer decisions of the methods applied
     return model.eval()
 
 

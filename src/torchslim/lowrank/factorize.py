@@ -1,0 +1,384 @@
+"""Low-rank factorization of conv and linear layers into ordinary smaller layers.
+
+* ``lowrank.svd`` (Denton et al. 2014): ``W (m x n) ~ U_k S_k V_k^T`` ->
+  ``Linear(n->k, no bias)`` then ``Linear(k->m)``; 1x1 convs likewise. Parameters
+  ``m*n -> k*(m+n)``.
+* ``lowrank.tucker`` (Kim et al. 2016, Tucker-2 on the channel modes):
+  ``W (N, C, d, d) ~ core (R_out, R_in, d, d) x_0 U_out x_1 U_in`` -> 1x1 conv C->R_in,
+  dxd conv R_in->R_out (the original stride/padding/dilation), 1x1 conv R_out->N.
+* ``lowrank.cp`` (Lebedev et al. 2015): rank-R CP ``W ~ sum_r a_r o b_r o h_r o w_r`` ->
+  1x1 conv C->R, depthwise (d x 1) and (1 x d) convs, 1x1 conv R->N.
+* ``lowrank.spatial`` (Jaderberg et al. 2014): ``W[n,c,i,j] ~ sum_k V[k,c,i] H[n,k,j]``
+  (an SVD of W reshaped to (C*d, N*d)) -> (d x 1) conv C->K, then (1 x d) conv K->N.
+
+Tucker and CP use TensorLy. The result is a ``nn.Sequential`` of plain layers, so it
+fine-tunes, saves (the ``.slim`` spec records every factor's shape) and exports
+to ONNX like any model.
+
+Ranks (``selection``): ``fixed`` (an int, or a fraction of the full rank),
+``energy`` (``rank.energy_rank`` on each mode's spectrum), ``vbmf``, or ``budget``
+(``target_macs`` of the whole model, one energy level bisected across layers).
+A factorized layer is often slower than the dense one at small sizes: with
+``prefer="speed"`` prepare times both on the layer's real input (batch 1 and 256)
+and keeps the dense layer unless the factorized one is faster at both;
+``prefer="size"`` factorizes whenever it reduces MACs. Every decision is logged
+on the model and stored in the ``.slim`` header. Convert has nothing left to do.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils import benchmark
+
+from torchslim.core.config import MethodConfig, check_choice, check_range
+from torchslim.core.registry import Method, register_method
+from torchslim.core.select import select
+from torchslim.core.surgery import capture_inputs, example_inputs, set_module
+from torchslim.lowrank.rank import energy_rank, vbmf_rank
+from torchslim.measure.counts import count_macs
+
+
+@dataclass(frozen=True)
+class LowRank(MethodConfig):
+    """Shared fields of the low-rank methods.
+
+    Attributes:
+        selection: ``energy``, ``vbmf``, ``fixed`` or ``budget``.
+        energy: fraction of squared singular values kept (selection=energy), in (0, 1].
+        rank: selection=fixed: an int rank, or a float in (0, 1] as a fraction of full rank.
+        target_macs: selection=budget: the model's MACs after factorization, as a fraction in (0, 1).
+        prefer: ``speed`` (keep dense layers that are not measured faster factorized) or ``size``.
+    """
+
+    selection: str = "energy"
+    energy: float = 0.9
+    rank: float | None = None
+    target_macs: float | None = None
+    prefer: str = "speed"
+
+    def validate(self) -> None:
+        check_choice(self, "selection", ("energy", "vbmf", "fixed", "budget"))
+        check_range(self, "energy", 0.0, 1.0, lo_open=True)
+        check_choice(self, "prefer", ("speed", "size"))
+        if self.selection == "fixed":
+            r = self.rank
+            if r is None or isinstance(r, bool) or not ((isinstance(r, int) and r >= 1) or
+                                                       (isinstance(r, float) and 0 < r <= 1)):
+                raise ValueError(f"{type(self).__name__}.rank={r!r}: selection='fixed' needs an integer rank >= 1 "
+                                 "or a fraction in (0, 1]")
+        if self.selection == "budget":
+            if self.target_macs is None:
+                raise ValueError(f"{type(self).__name__}: selection='budget' needs target_macs in (0, 1)")
+            check_range(self, "target_macs", 0.0, 1.0, lo_open=True, hi_open=True)
+
+
+@dataclass(frozen=True)
+class SVD(LowRank):
+    """Truncated SVD of Linear layers and 1x1 convs."""
+
+
+@dataclass(frozen=True)
+class Tucker(LowRank):
+    """Tucker-2 of k x k convs (k > 1)."""
+
+
+@dataclass(frozen=True)
+class CP(LowRank):
+    """CP of k x k convs (k > 1)."""
+
+
+@dataclass(frozen=True)
+class Spatial(LowRank):
+    """Spatial separable (d x 1 then 1 x d) factorization of k x k convs (k > 1)."""
+
+
+# --- the four factorizations ------------------------------------------------------------
+
+def _w(layer: nn.Module) -> torch.Tensor:
+    return layer.weight.detach().double().cpu()
+
+
+def _conv(cin: int, cout: int, k: tuple, stride: tuple = (1, 1), padding: tuple = (0, 0),
+          dilation: tuple = (1, 1), groups: int = 1, bias: bool = False) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias)
+
+
+def _set(m: nn.Module, w: torch.Tensor | np.ndarray, bias: torch.Tensor | None = None) -> nn.Module:
+    m.weight.data.copy_(torch.as_tensor(np.asarray(w)).reshape(m.weight.shape).float())
+    if bias is not None:
+        m.bias.data.copy_(bias.detach())
+    return m
+
+
+class _Factorizer:
+    """How one method picks spectra, counts MACs and builds layers."""
+
+    applies: Callable[[nn.Module], bool]
+
+    def spectra(self, layer: nn.Module) -> list[torch.Tensor]: ...
+    def vbmf_matrices(self, layer: nn.Module) -> list[torch.Tensor]: ...
+    def macs(self, layer: nn.Module, ranks: list[int], hw_in: tuple, hw_out: tuple) -> int: ...
+    def build(self, layer: nn.Module, ranks: list[int]) -> nn.Module: ...
+
+
+def _mode(w: torch.Tensor, mode: int) -> torch.Tensor:
+    return w.movedim(mode, 0).reshape(w.shape[mode], -1)
+
+
+class _SVDF(_Factorizer):
+    @staticmethod
+    def applies(m: nn.Module) -> bool:
+        return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1)
+
+    def spectra(self, layer):
+        return [torch.linalg.svdvals(_w(layer).reshape(layer.weight.shape[0], -1))]
+
+    vbmf_matrices = lambda self, layer: [_w(layer).reshape(layer.weight.shape[0], -1)]  # noqa: E731
+
+    def macs(self, layer, ranks, hw_in, hw_out):
+        k = ranks[0]
+        rows, cols = layer.weight.shape[0], layer.weight[0].numel()
+        pos = hw_out[0] * hw_out[1]
+        return pos * k * (rows + cols)
+
+    def build(self, layer, ranks):
+        k = ranks[0]
+        w = _w(layer).reshape(layer.weight.shape[0], -1)
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        a = (s[:k].sqrt()[:, None] * vh[:k])           # (k, n)
+        b = (u[:, :k] * s[:k].sqrt())                  # (m, k)
+        if isinstance(layer, nn.Linear):
+            first = _set(nn.Linear(layer.in_features, k, bias=False), a)
+            second = _set(nn.Linear(k, layer.out_features, bias=layer.bias is not None), b, layer.bias)
+        else:
+            first = _set(_conv(layer.in_channels, k, (1, 1), layer.stride, layer.padding), a)
+            second = _set(_conv(k, layer.out_channels, (1, 1), bias=layer.bias is not None), b, layer.bias)
+        return nn.Sequential(first, second)
+
+
+def _spatial_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1 and \
+        m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+
+class _TuckerF(_Factorizer):
+    applies = staticmethod(_spatial_conv)
+
+    def spectra(self, layer):
+        w = _w(layer)
+        return [torch.linalg.svdvals(_mode(w, 0)), torch.linalg.svdvals(_mode(w, 1))]
+
+    def vbmf_matrices(self, layer):
+        w = _w(layer)
+        return [_mode(w, 0), _mode(w, 1)]
+
+    def macs(self, layer, ranks, hw_in, hw_out):
+        r_out, r_in = ranks
+        kh, kw = layer.kernel_size
+        return (hw_in[0] * hw_in[1] * layer.in_channels * r_in + hw_out[0] * hw_out[1] * r_in * r_out * kh * kw
+                + hw_out[0] * hw_out[1] * r_out * layer.out_channels)
+
+    def build(self, layer, ranks):
+        from tensorly.decomposition import partial_tucker
+
+        r_out, r_in = ranks
+        w = _w(layer).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            core, (u_out, u_in) = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=50)[0]
+        first = _set(_conv(layer.in_channels, r_in, (1, 1)), u_in.T)
+        mid = _set(_conv(r_in, r_out, layer.kernel_size, layer.stride, layer.padding, layer.dilation), core)
+        last = _set(_conv(r_out, layer.out_channels, (1, 1), bias=layer.bias is not None), u_out, layer.bias)
+        return nn.Sequential(first, mid, last)
+
+
+class _CPF(_TuckerF):
+    """CP rank: the larger of the two Tucker-2 ranks (Lebedev et al. chose ranks by hand)."""
+
+    def macs(self, layer, ranks, hw_in, hw_out):
+        r = max(ranks)
+        kh, kw = layer.kernel_size
+        return (hw_in[0] * hw_in[1] * layer.in_channels * r + hw_out[0] * hw_in[1] * r * kh
+                + hw_out[0] * hw_out[1] * r * kw + hw_out[0] * hw_out[1] * r * layer.out_channels)
+
+    def build(self, layer, ranks):
+        from tensorly.decomposition import parafac
+
+        r = max(ranks)
+        w = _w(layer).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cp = parafac(w, r, init="svd", n_iter_max=200, normalize_factors=False)
+        a, b, h, v = cp.factors                                  # (N,R) (C,R) (kh,R) (kw,R)
+        a = a * np.asarray(cp.weights)[None, :]
+        (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+        kh, kw = layer.kernel_size
+        first = _set(_conv(layer.in_channels, r, (1, 1)), b.T)
+        vert = _set(_conv(r, r, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=r), h.T)
+        horiz = _set(_conv(r, r, (1, kw), (1, sw), (0, pw), (1, dw), groups=r), v.T)
+        last = _set(_conv(r, layer.out_channels, (1, 1), bias=layer.bias is not None), a, layer.bias)
+        return nn.Sequential(first, vert, horiz, last)
+
+
+class _SpatialF(_Factorizer):
+    applies = staticmethod(_spatial_conv)
+
+    @staticmethod
+    def _matrix(layer):
+        w = _w(layer)                                           # (N, C, kh, kw)
+        n, c, kh, kw = w.shape
+        return w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)    # rows (c, i), cols (n, j)
+
+    def spectra(self, layer):
+        return [torch.linalg.svdvals(self._matrix(layer))]
+
+    def vbmf_matrices(self, layer):
+        return [self._matrix(layer)]
+
+    def macs(self, layer, ranks, hw_in, hw_out):
+        k = ranks[0]
+        kh, kw = layer.kernel_size
+        return hw_out[0] * hw_in[1] * layer.in_channels * k * kh + hw_out[0] * hw_out[1] * k * layer.out_channels * kw
+
+    def build(self, layer, ranks):
+        k = ranks[0]
+        n, c, kh, kw = layer.weight.shape
+        u, s, vh = torch.linalg.svd(self._matrix(layer), full_matrices=False)
+        vert = (u[:, :k] * s[:k].sqrt()).reshape(c, kh, k).permute(2, 0, 1)        # (K, C, kh)
+        horiz = (s[:k].sqrt()[:, None] * vh[:k]).reshape(k, n, kw).permute(1, 0, 2)  # (N, K, kw)
+        (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+        first = _set(_conv(c, k, (kh, 1), (sh, 1), (ph, 0), (dh, 1)), vert)
+        second = _set(_conv(k, n, (1, kw), (1, sw), (0, pw), (1, dw), bias=layer.bias is not None), horiz,
+                      layer.bias)
+        return nn.Sequential(first, second)
+
+
+# --- rank selection and the shared prepare ----------------------------------------------
+
+def _ranks(f: _Factorizer, layer: nn.Module, cfg: LowRank, energy: float | None = None) -> list[int]:
+    spectra = f.spectra(layer)
+    if cfg.selection == "fixed":
+        r = cfg.rank
+        return [max(1, min(len(s), r if isinstance(r, int) else math.ceil(r * len(s)))) for s in spectra]
+    if cfg.selection == "vbmf":
+        return [min(len(s), vbmf_rank(mx)) for s, mx in zip(spectra, f.vbmf_matrices(layer))]
+    e = cfg.energy if energy is None else energy
+    return [energy_rank(s, e) for s in spectra]
+
+
+def _time(m: nn.Module, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        m(x)
+        t = benchmark.Timer("m(x)", globals={"m": m, "x": x}, num_threads=torch.get_num_threads())
+        return t.blocked_autorange(min_run_time=0.2).median * 1e3
+
+
+def _pays(dense: nn.Module, factored: nn.Module, sample: torch.Tensor) -> tuple[bool, dict]:
+    """Time dense vs factorized at batch 1 and 256 of the layer's real input."""
+    timing = {}
+    for b in (1, 256):
+        x = sample.expand(b, *sample.shape[1:]).contiguous()
+        timing[f"b{b}"] = {"dense": round(_time(dense.eval(), x), 4), "factorized": round(_time(factored.eval(), x), 4)}
+    return all(v["factorized"] < v["dense"] for v in timing.values()), timing
+
+
+def _hw(t: torch.Tensor) -> tuple[int, int]:
+    return (t.shape[-2], t.shape[-1]) if t.dim() == 4 else (1, 1)
+
+
+def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
+    """Shared prepare of the low-rank methods (see the module docstring)."""
+    layers = [(n, m, c) for n, m, c in select(model, config, (nn.Conv2d, nn.Linear)) if f.applies(m)]
+    if not layers:
+        warnings.warn(f"{config.method}: no layer this factorization applies to was selected")
+        return model
+    names = [n for n, _, _ in layers]
+    inputs = capture_inputs(model, names)
+    outs: dict[str, tuple] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, _n=n: outs.__setitem__(_n, _hw(o)) and None)
+             for n, m, _ in layers]
+    with torch.no_grad():
+        model.eval()(example_inputs(model))
+    for h in hooks:
+        h.remove()
+    dense_macs = {n: _dense_macs(m, outs[n]) for n, m, _ in layers}
+
+    def plan(energy: float | None) -> dict[str, list[int]]:
+        chosen = {}
+        for n, m, c in layers:
+            r = _ranks(f, m, c, energy)
+            if f.macs(m, r, _hw(inputs[n]), outs[n]) < dense_macs[n]:
+                chosen[n] = r
+        return chosen
+
+    if config.selection == "budget":
+        shape = tuple(example_inputs(model).shape[1:])
+        total = count_macs(model, shape)
+        target = config.target_macs * total
+
+        def macs_of(p: dict) -> int:
+            saved = sum(dense_macs[n] - f.macs(m, p[n], _hw(inputs[n]), outs[n]) for n, m, _ in layers if n in p)
+            return total - saved
+
+        lo, hi = 0.0, 1.0   # energy: low -> few MACs
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if macs_of(plan(mid)) <= target:
+                lo = mid
+            else:
+                hi = mid
+        chosen = plan(lo)
+        if macs_of(chosen) > target * 1.05:
+            warnings.warn(f"{config.method}: the budget {config.target_macs:.0%} cannot be reached by factorizing "
+                          f"the selected layers (best {macs_of(chosen) / total:.0%})")
+    else:
+        chosen = plan(None)
+    log = model.__dict__.setdefault("torchslim_log", [])
+    for n, m, c in layers:
+        entry = {"method": config.method, "layer": n, "decision": "dense", "ranks": chosen.get(n)}
+        if n in chosen:
+            factored = f.build(m, chosen[n]).to(m.weight.device)
+            entry["macs"] = [dense_macs[n], f.macs(m, chosen[n], _hw(inputs[n]), outs[n])]
+            if c.prefer == "speed":
+                pays, entry["timing_ms"] = _pays(m, factored, inputs[n])
+            else:
+                pays = True
+            if pays:
+                set_module(model, n, factored)
+                entry["decision"] = "factorized"
+        else:
+            entry["reason"] = "factorized MACs would not be lower"
+        log.append(entry)
+    return model
+
+
+def _dense_macs(m: nn.Module, hw_out: tuple) -> int:
+    rows, cols = m.weight.shape[0], m.weight[0].numel()
+    return hw_out[0] * hw_out[1] * rows * cols
+
+
+def _register(name: str, cfg_cls: type, f: _Factorizer) -> None:
+    class _Handler(Method):
+        config_cls = cfg_cls
+
+        @classmethod
+        def prepare(cls, model: nn.Module, config: LowRank) -> nn.Module:
+            was = model.training
+            model = factorize(model, config, f)
+            model.train(was)
+            return model
+
+    _Handler.__name__ = f"{cfg_cls.__name__}Method"
+    register_method(name)(_Handler)
+
+
+_register("lowrank.svd", SVD, _SVDF())
+_register("lowrank.tucker", Tucker, _TuckerF())
+_register("lowrank.cp", CP, _CPF())
+_register("lowrank.spatial", Spatial, _SpatialF())

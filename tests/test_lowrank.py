@@ -1,0 +1,118 @@
+"""Low-rank factorizations and rank selection."""
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.lowrank import CP, SVD, Spatial, Tucker, energy_rank, vbmf_rank
+from torchslim.lowrank.factorize import _CPF, _SpatialF, _SVDF, _TuckerF
+from torchslim.measure import count_macs
+
+from contract import MethodContract
+
+
+class TestTuckerContract(MethodContract):
+    config = Tucker(selection="budget", target_macs=0.6, prefer="size")
+    bad_configs = (lambda: Tucker(selection="auto"), lambda: Tucker(selection="budget"),
+                   lambda: Tucker(selection="fixed"), lambda: Tucker(selection="fixed", rank=1.5),
+                   lambda: Tucker(energy=0.0), lambda: Tucker(prefer="fast"),
+                   lambda: Tucker(selection="budget", target_macs=1.0))
+    model_names = ("vgg_small", "resnet20")
+    prepare_rel_error = 1.0
+
+
+class TestSVDContract(MethodContract):
+    config = SVD(selection="energy", energy=0.95, prefer="size")
+    bad_configs = (lambda: SVD(selection="fixed", rank=0),)
+    model_names = ("lenet300_100", "vgg_small")
+    prepare_rel_error = 0.5
+
+
+@pytest.mark.parametrize("conv", [dict(stride=1, padding=1), dict(stride=2, padding=1), dict(dilation=2, padding=2),
+                                  dict(stride=(2, 1), padding=(0, 1))])
+@pytest.mark.parametrize("fact", [_TuckerF(), _SpatialF()])
+def test_full_rank_reproduces_conv(conv, fact):
+    """Full-rank Tucker-2 / spatial factorization keeps stride, padding and dilation: same outputs."""
+    torch.manual_seed(0)
+    layer = nn.Conv2d(6, 8, 3, **conv).double().float()
+    x = torch.randn(2, 6, 11, 11)
+    full = [len(s) for s in fact.spectra(layer)]
+    seq = fact.build(layer, full)
+    torch.testing.assert_close(seq(x), layer(x), atol=1e-4, rtol=1e-4)
+
+
+def test_svd_rank_r_is_truncated_svd():
+    torch.manual_seed(0)
+    lin = nn.Linear(30, 20)
+    seq = _SVDF().build(lin, [5])
+    u, s, vh = torch.linalg.svd(lin.weight.detach().double())
+    w5 = (u[:, :5] * s[:5]) @ vh[:5]
+    x = torch.randn(4, 30)
+    torch.testing.assert_close(seq(x), x @ w5.float().t() + lin.bias, atol=1e-5, rtol=1e-4)
+    assert seq[0].weight.shape == (5, 30) and seq[1].weight.shape == (20, 5) and seq[0].bias is None
+    conv = nn.Conv2d(16, 12, 1, stride=2)
+    full = _SVDF().build(conv, [12])
+    xc = torch.randn(2, 16, 9, 9)
+    torch.testing.assert_close(full(xc), conv(xc), atol=1e-5, rtol=1e-4)
+
+
+def test_cp_layers_equal_their_cp_reconstruction():
+    """The four CP layers compute exactly the conv with the reconstructed CP kernel."""
+    from tensorly.decomposition import parafac
+    torch.manual_seed(0)
+    layer = nn.Conv2d(5, 7, 3, padding=1, stride=2)
+    seq = _CPF().build(layer, [6, 6])
+    assert [m.groups for m in seq] == [1, 6, 6, 1]
+    # rebuild the kernel from the layers: W[n,c,i,j] = sum_r A[n,r] B[r,c] H[r,i] V[r,j]
+    a, b = seq[3].weight[:, :, 0, 0], seq[0].weight[:, :, 0, 0]
+    h, v = seq[1].weight[:, 0, :, 0], seq[2].weight[:, 0, 0, :]
+    w = torch.einsum("nr,rc,ri,rj->ncij", a, b, h, v)
+    x = torch.randn(2, 5, 9, 9)
+    torch.testing.assert_close(seq(x), nn.functional.conv2d(x, w, layer.bias, 2, 1), atol=1e-4, rtol=1e-4)
+
+
+def test_energy_and_vbmf_ranks():
+    s = torch.tensor([4.0, 2.0, 1.0, 0.5])
+    assert energy_rank(s, 0.7) == 1 and energy_rank(s, 0.9) == 2 and energy_rank(s, 1.0) == 4
+    torch.manual_seed(0)
+    low = torch.randn(60, 5) @ torch.randn(5, 40) + 0.05 * torch.randn(60, 40)
+    assert vbmf_rank(low) == 5
+
+
+def test_budget_lands_within_5_percent():
+    torch.manual_seed(0)
+    model = ts.create_model("resnet20").eval()
+    base = count_macs(model, (1, 28, 28))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts.compress_(model, Tucker(selection="budget", target_macs=0.5, prefer="size"))
+    assert abs(count_macs(model, (1, 28, 28)) / base - 0.5) <= 0.05 * 0.5 + 1e-9
+
+
+def test_decisions_logged_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = ts.create_model("vgg_small").eval()
+    ts.compress_(model, Spatial(selection="fixed", rank=0.25, prefer="size", layers=("re:0\\.[0-9]+",)))
+    ts.convert_(model)
+    decided = {e["layer"]: e["decision"] for e in model.torchslim_log}
+    assert decided["0.3"] == "factorized" and isinstance(model[0][3], nn.Sequential)
+    x = torch.randn(2, 1, 28, 28)
+    ts.save(model, tmp_path / "f.slim")
+    loaded = ts.load(tmp_path / "f.slim")
+    assert torch.equal(loaded(x), model(x))
+    assert loaded.torchslim_log == model.torchslim_log
+
+
+def test_prefer_speed_keeps_dense_when_not_faster():
+    """A layer is only factorized when measured faster at batch 1 and 256."""
+    torch.manual_seed(0)
+    model = ts.create_model("lenet300_100").eval()
+    ts.compress_(model, SVD(selection="fixed", rank=0.5, layers=("3",)))
+    (entry,) = model.torchslim_log
+    t = entry["timing_ms"]
+    faster = all(v["factorized"] < v["dense"] for v in t.values())
+    assert entry["decision"] == ("factorized" if faster else "dense")
+    assert isinstance(model[3], nn.Sequential) == faster
