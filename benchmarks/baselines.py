@@ -12,7 +12,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from torchslim.measure.report import write_report
+import torchslim as ts
+from torchslim.data import DataConfig, make_loaders
+from torchslim.measure.report import measure, write_report
 from torchslim.recipe import run_recipe
 
 ROOT = Path(__file__).resolve().parent
@@ -48,13 +50,19 @@ def main() -> None:
         import torch
         torch.set_num_threads(a.threads)
     rows = []
+    test = make_loaders(DataConfig(dir=a.data_dir)).test
     for name in a.models:
         kwargs, train, augment = SETTINGS[name]
         recipe = {"name": f"baseline_{name}", "model": {"name": name, "kwargs": kwargs},
                   "data": {"name": "fashion_mnist", "batch_size": 128, "augment": augment},
                   "train": train, "stages": []}
         out = ROOT / "cache" / name
-        row = run_recipe(recipe, out, data_dir=a.data_dir)[0]
+        trained = run_recipe(recipe, out, data_dir=a.data_dir, latency=False)[0]
+        # Measured again from the saved file, so that a rerun on a quiet machine refreshes latency.
+        model = ts.load(out / "model.slim")
+        shape = (model.torchslim_arch["kwargs"]["in_channels"],) + (model.torchslim_arch["kwargs"]["input_size"],) * 2
+        row = {"model": name, "method": "float", **measure(model, shape, loader=test, path=out / "model.slim"),
+               "train_seconds": trained.get("train_seconds")}
         rows.append({**row, "kwargs": " ".join(f"{k}={v}" for k, v in kwargs.items()), "epochs": train["epochs"]})
         if name in HEADLINE:
             (ROOT / "artifacts").mkdir(exist_ok=True)
