@@ -94,7 +94,8 @@ def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
 def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
     """Huffman-code the integer streams of packed layers in place of their raw tensors:
     codebook indices (``<layer>.codes``, as b-bit symbols) and CSR column indices
-    (``<layer>.col``, as gaps within each row, as Deep Compression codes positions).
+    (``<layer>.col``, as gaps within each row, as Deep Compression codes positions) and
+    the CSR row pointers (``<layer>.crow``, as row lengths).
     A stream is replaced only when the coded form is smaller. Returns the header entries."""
     import numpy as np
 
@@ -109,6 +110,9 @@ def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
             n = m.nnz if hasattr(m, "nnz") else int(np.prod(m.shape))
             streams.append((f"{prefix}codes", unpack_bits(m.codes, m.bits, n).numpy(),
                             {"kind": "codes", "bits": m.bits, "n": n}))
+        if f"{prefix}crow" in tensors:
+            streams.append((f"{prefix}crow", np.diff(m.crow.long().numpy()),
+                            {"kind": "csr_crow", "n": m.crow.numel() - 1}))
         if f"{prefix}col" in tensors and f"{prefix}crow" in tensors:
             col = m.col.long().numpy()
             starts = m.crow.long().numpy()[:-1]
@@ -120,17 +124,29 @@ def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
                                                    "dtype": str(m.col.dtype).replace("torch.", "")}))
         for key, symbols, meta in streams:
             stream, alphabet, lengths = huffman.encode(symbols)
-            coded = stream.nbytes + alphabet.size * 4 + lengths.nbytes
+            alphabet = _narrow(alphabet)
+            coded = stream.nbytes + alphabet.nbytes + lengths.nbytes
             raw = tensors[key].numel() * tensors[key].element_size()
             if coded >= raw:
                 continue
             del tensors[key]
             tensors[f"{key}.huff"] = torch.from_numpy(stream.copy())
-            tensors[f"{key}.huff_alphabet"] = torch.from_numpy(alphabet.astype(np.int32))
+            tensors[f"{key}.huff_alphabet"] = torch.from_numpy(alphabet)
             tensors[f"{key}.huff_lengths"] = torch.from_numpy(lengths.copy())
             info[key] = {**meta, "raw_bytes": raw, "coded_bytes": coded,
                          "bits_per_symbol": round(8 * stream.nbytes / max(len(symbols), 1), 3)}
     return info
+
+
+def _narrow(a):
+    """The smallest integer dtype that holds ``a`` (uint8, int16 or int32)."""
+    import numpy as np
+
+    for dt in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dt)
+        if a.size == 0 or (a.min() >= info.min and a.max() <= info.max):
+            return a.astype(dt)
+    raise ValueError("a Huffman alphabet does not fit int32")
 
 
 def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> None:
@@ -140,7 +156,8 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
     from torchslim.export import huffman
     from torchslim.runtime.codebook import pack_bits
 
-    for key, meta in info.items():
+    # Row pointers first: decoding column gaps needs them.
+    for key, meta in sorted(info.items(), key=lambda kv: kv[1]["kind"] != "csr_crow"):
         try:
             symbols = huffman.decode(tensors.pop(f"{key}.huff").numpy(),
                                      tensors.pop(f"{key}.huff_alphabet").numpy().astype(np.int64),
@@ -149,6 +166,8 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
             raise SlimFileError(f"Huffman stream {key!r} cannot be decoded ({e})") from None
         if meta["kind"] == "codes":
             tensors[key] = pack_bits(torch.from_numpy(symbols), meta["bits"])
+        elif meta["kind"] == "csr_crow":
+            tensors[key] = torch.from_numpy(np.concatenate([[0], np.cumsum(symbols)])).to(torch.int32)
         else:
             crow = tensors[key[: -len("col")] + "crow"].long().numpy()
             lens = np.diff(crow)
