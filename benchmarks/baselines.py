@@ -8,9 +8,10 @@ benchmarks/cache/<model>/, so a rerun resumes (or skips finished models).
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
+
+from _common import parse, parser
 
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
@@ -39,16 +40,9 @@ COLUMNS = ["model", "method", "kwargs", "epochs", "top1", "top5", "bytes", "para
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--models", nargs="*", default=list(SETTINGS))
-    ap.add_argument("--data-dir")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (use 1 per process when training several at once; latency is "
-                         "only comparable when measured alone with the default)")
-    a = ap.parse_args()
-    if a.threads:
-        import torch
-        torch.set_num_threads(a.threads)
+    a = parse(ap)
     rows = []
     test = make_loaders(DataConfig(dir=a.data_dir)).test
     for name in a.models:

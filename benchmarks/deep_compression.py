@@ -10,9 +10,10 @@ benchmarks/artifacts/<model>_deep_compression.slim.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
+
+from _common import parse, parser
 
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
@@ -31,15 +32,8 @@ COLUMNS = ["model", "stage", "top1", "delta_pp", "bytes", "ratio", "nonzeros", "
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (use 1 per process when training several at once; latency is "
-                         "only comparable when measured alone with the default)")
-    a = ap.parse_args()
-    if a.threads:
-        import torch
-        torch.set_num_threads(a.threads)
+    ap = parser(__doc__)
+    a = parse(ap)
     test = make_loaders(DataConfig(dir=a.data_dir)).test
     rows = []
     for name, quant in QUANT.items():

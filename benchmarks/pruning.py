@@ -13,12 +13,13 @@ benchmarks/artifacts/. Starts from the float baselines in benchmarks/artifacts/
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
 import warnings
 from pathlib import Path
+
+from _common import parse, parser
 
 import torch
 import torch.nn as nn
@@ -192,16 +193,9 @@ def kernel() -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--only", nargs="*", default=["magnitude", "filters", "kernel"])
-    ap.add_argument("--data-dir")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (use 1 per process when training several at once; latency is "
-                         "only comparable when measured alone with the default)")
-    a = ap.parse_args()
-    if a.threads:
-        import torch
-        torch.set_num_threads(a.threads)
+    a = parse(ap)
     # Sections are cached so that one can be rerun without the others.
     sections_path = CACHE / "pruning_sections.json"
     sections = json.loads(sections_path.read_text()) if sections_path.exists() else {}

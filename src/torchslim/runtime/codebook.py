@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.runtime._layout import set_conv_geometry
+
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes in [0, 2**bits) into a uint8 stream, little-endian within bytes."""
@@ -94,9 +96,7 @@ class CodebookConv2d(_CodebookBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
                  dilation: list, groups: int, bits: int, bias: bool = True) -> None:
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
-        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._init_codebook(bits, out_channels if bias else None)
 

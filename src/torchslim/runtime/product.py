@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils import benchmark
 
+from torchslim.runtime._layout import set_conv_geometry
 from torchslim.runtime.codebook import pack_bits, unpack_bits
 
 PQ_KERNELS = ("dense", "lut")
@@ -101,11 +102,7 @@ class ProductConv2d(_ProductBase):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
                  dilation: list, groups: int, sub_dim: int, bits: int, bias: bool = True) -> None:
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
-        self.padding, self.dilation = tuple(padding), tuple(dilation)
-        self.rows = out_channels
-        self.cols = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_pq(sub_dim, bits, bias, "dense", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

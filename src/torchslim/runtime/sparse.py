@@ -25,6 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils import benchmark
 
+from torchslim.runtime._layout import set_conv_geometry
+
 KERNELS = ("sparse", "dense")
 
 
@@ -190,13 +192,9 @@ class SparseConv2d(_SparseBase):
                  dilation: list, groups: int, nnz: int, bias: bool = True, kernel: str = "dense",
                  timing: dict | None = None, bits: int = 0) -> None:
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
-        self.padding, self.dilation = tuple(padding), tuple(dilation)
         if groups != 1 and kernel == "sparse":
             raise ValueError("the sparse conv kernel supports groups=1 only; use kernel='dense'")
-        self.rows = out_channels
-        self.cols = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_storage(nnz, bias, kernel, timing, bits)
 
     @classmethod
