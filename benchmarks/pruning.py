@@ -47,10 +47,10 @@ MAGNITUDE = {  # model -> (stage fields, fine-tune epochs); Han et al.'s per-lay
     "lenet300_100": ({"sparsity": 0.93, "overrides": {"5": {"sparsity": 0.8}}}, 14),
 }
 FILTERS = [  # (model, target MACs fraction, fine-tune epochs, artifact name)
-    ("vgg_small", 0.5, 6, "vgg_small_filters"),
-    ("vgg_small", 0.26, 6, None),
-    ("resnet20", 0.6, 6, "resnet20_filters"),
-    ("mobilenetv2", 0.6, 3, None),
+    ("vgg_small", 0.5, 3, "vgg_small_filters"),
+    ("vgg_small", 0.26, 3, None),
+    ("resnet20", 0.6, 3, "resnet20_filters"),
+    ("mobilenetv2", 0.6, 2, None),
 ]
 
 
