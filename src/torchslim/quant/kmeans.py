@@ -94,7 +94,7 @@ def kmeans_1d(w: torch.Tensor, k: int, init: str = "linear", iters: int = 30, se
         sums = torch.zeros(k).index_add_(0, codes, x)
         counts = torch.bincount(codes, minlength=k).float()
         c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
-    c, order = torch.sort(c)
+    c, _ = torch.sort(c)
     codes = torch.bucketize(x, (c[1:] + c[:-1]) / 2)
     return codes.view(w.shape), c
 

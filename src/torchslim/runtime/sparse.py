@@ -31,7 +31,7 @@ KERNELS = ("sparse", "dense")
 
 
 def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rows, cols = weight2d.shape
+    cols = weight2d.shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
         csr = weight2d.detach().to_sparse_csr()
