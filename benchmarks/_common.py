@@ -19,3 +19,34 @@ def parse(ap: argparse.ArgumentParser) -> argparse.Namespace:
         import torch
         torch.set_num_threads(a.threads)
     return a
+
+
+def compare(row: dict, base: dict | None) -> dict:
+    """Add the ratios against the float baseline's row (same run) to ``row``."""
+    if base is not None:
+        row["delta_pp"] = round(row["top1"] - base["top1"], 2)
+        row["bytes_ratio"] = round(base["bytes"] / row["bytes"], 2)
+        row["macs_ratio"] = round(row["macs"] / base["macs"], 3)
+        if row.get("latency_b256_ms") and base.get("latency_b256_ms"):
+            row["speedup_b256"] = round(base["latency_b256_ms"] / row["latency_b256_ms"], 2)
+        if row.get("latency_b1_ms") and base.get("latency_b1_ms"):
+            row["speedup_b1"] = round(base["latency_b1_ms"] / row["latency_b1_ms"], 2)
+    return row
+
+
+def run_sections(path, only: list[str], runners: dict) -> dict:
+    """Run the named sections, caching each one's rows in the JSON file ``path``.
+
+    A section is rerun only when named, so one part of a benchmark can be redone
+    (e.g. latency on a quiet machine) without the others.
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    sections = json.loads(path.read_text()) if path.exists() else {}
+    for name in only:
+        sections[name] = runners[name]()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(sections, indent=1))
+    return sections

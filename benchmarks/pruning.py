@@ -19,7 +19,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from _common import parse, parser
+from _common import compare, parse, parser, run_sections
 
 import torch
 import torch.nn as nn
@@ -58,11 +58,7 @@ def _row(model: nn.Module, name: str, method: str, setting: str, test, base: dic
     r = {"model": name, "method": method, "setting": setting,
          **measure(model, SHAPE, loader=test, path=path, min_run_time=1.0)}
     r["sparsity"] = round(sparsity(model), 4)
-    if base is not None:
-        r["delta_pp"] = round(r["top1"] - base["top1"], 2)
-        r["bytes_ratio"] = round(base["bytes"] / r["bytes"], 2)
-        r["macs_ratio"] = round(r["macs"] / base["macs"], 3)
-        r["speedup_b256"] = round(base["latency_b256_ms"] / r["latency_b256_ms"], 2)
+    compare(r, base)
     print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
     return r
 
@@ -196,14 +192,9 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--only", nargs="*", default=["magnitude", "filters", "kernel"])
     a = parse(ap)
-    # Sections are cached so that one can be rerun without the others.
-    sections_path = CACHE / "pruning_sections.json"
-    sections = json.loads(sections_path.read_text()) if sections_path.exists() else {}
-    for section in a.only:
-        sections[section] = {"magnitude": lambda: magnitude(a.data_dir), "filters": lambda: filters(a.data_dir),
-                             "kernel": kernel}[section]()
-        sections_path.parent.mkdir(parents=True, exist_ok=True)
-        sections_path.write_text(json.dumps(sections, indent=1))
+    sections = run_sections(CACHE / "pruning_sections.json", a.only,
+                            {"magnitude": lambda: magnitude(a.data_dir), "filters": lambda: filters(a.data_dir),
+                             "kernel": kernel})
     model_rows = [{"section": k, **r} for k in ("magnitude", "filters") for r in sections.get(k, [])]
     write_report(model_rows, RES / "pruning", ["section"] + COLUMNS,
                  title="Pruning on Fashion-MNIST (test split), float baseline and peers in the same run")

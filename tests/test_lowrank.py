@@ -82,13 +82,16 @@ def test_energy_and_vbmf_ranks():
     assert vbmf_rank(low) == 5
 
 
-def test_budget_lands_within_5_percent():
+@pytest.mark.parametrize("cls,allocate", [(Tucker, "spectrum"), (Tucker, "uniform"), (CP, "spectrum"),
+                                          (Spatial, "uniform")])
+def test_budget_lands_within_5_percent(cls, allocate):
     torch.manual_seed(0)
     model = ts.create_model("resnet20").eval()
     base = count_macs(model, (1, 28, 28))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ts.compress_(model, Tucker(selection="budget", target_macs=0.5, prefer="size"))
+        warnings.simplefilter("error")   # the miss warning must not fire
+        ts.compress_(model, cls(selection="budget", target_macs=0.5, prefer="size", allocate=allocate,
+                                exclude=("conv1",)))
     assert abs(count_macs(model, (1, 28, 28)) / base - 0.5) <= 0.05 * 0.5 + 1e-9
 
 

@@ -17,7 +17,11 @@ to ONNX like any model.
 
 Ranks (``selection``): ``fixed`` (an int, or a fraction of the full rank),
 ``energy`` (``rank.energy_rank`` on each mode's spectrum), ``vbmf``, or ``budget``
-(``target_macs`` of the whole model, one energy level bisected across layers).
+(``target_macs`` of the whole model, one level ``t`` bisected across layers). The
+budget is allocated by ``allocate``: ``spectrum`` (every layer keeps the same energy
+``t``, so ranks follow each layer's singular values) or ``uniform`` (every layer keeps
+the fraction ``t`` of its largest useful rank). CP ranks are not bounded by the matrix
+ranks: under a budget its largest useful rank is the one whose MACs equal the dense layer's.
 A factorized layer is often slower than the dense one at small sizes: with
 ``prefer="speed"`` prepare times both on the layer's real input (batch 1 and 256)
 and keeps the dense layer unless the factorized one is faster at both;
@@ -54,6 +58,7 @@ class LowRank(MethodConfig):
         rank: selection=fixed: an int rank, or a float in (0, 1] as a fraction of full rank.
         target_macs: selection=budget: the model's MACs after factorization, as a fraction in (0, 1).
         prefer: ``speed`` (keep dense layers that are not measured faster factorized) or ``size``.
+        allocate: selection=budget: ``spectrum`` (one energy level) or ``uniform`` (one rank fraction).
     """
 
     selection: str = "energy"
@@ -61,9 +66,11 @@ class LowRank(MethodConfig):
     rank: float | None = None
     target_macs: float | None = None
     prefer: str = "speed"
+    allocate: str = "spectrum"
 
     def validate(self) -> None:
         check_choice(self, "selection", ("energy", "vbmf", "fixed", "budget"))
+        check_choice(self, "allocate", ("spectrum", "uniform"))
         check_range(self, "energy", 0.0, 1.0, lo_open=True)
         check_choice(self, "prefer", ("speed", "size"))
         if self.selection == "fixed":
@@ -125,6 +132,20 @@ class _Factorizer:
     def vbmf_matrices(self, layer: nn.Module) -> list[torch.Tensor]: ...
     def macs(self, layer: nn.Module, ranks: list[int], hw_in: tuple, hw_out: tuple) -> int: ...
     def build(self, layer: nn.Module, ranks: list[int]) -> nn.Module: ...
+
+    def budget_ranks(self, layer: nn.Module, level: float, allocate: str, hw_in: tuple, hw_out: tuple) -> list[int]:
+        """Ranks at budget level ``level`` in [0, 1]: energy ``level`` or the fraction ``level`` of full rank."""
+        spectra = self.spectra(layer)
+        if allocate == "spectrum":
+            return [energy_rank(s, level) for s in spectra]
+        return [max(1, math.ceil(level * len(s))) for s in spectra]
+
+
+def _numpy_backend():
+    """TensorLy's backend is global state (TensorLy-Torch switches it to pytorch): decompose in numpy."""
+    import tensorly
+
+    return tensorly.backend_context("numpy")
 
 
 def _mode(w: torch.Tensor, mode: int) -> torch.Tensor:
@@ -189,7 +210,7 @@ class _TuckerF(_Factorizer):
 
         r_out, r_in = ranks
         w = _w(layer).numpy()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _numpy_backend():
             warnings.simplefilter("ignore")
             core, (u_out, u_in) = partial_tucker(w, rank=[r_out, r_in], modes=[0, 1], init="svd", n_iter_max=50)[0]
         first = _set(_conv(layer.in_channels, r_in, (1, 1)), u_in.T)
@@ -199,7 +220,18 @@ class _TuckerF(_Factorizer):
 
 
 class _CPF(_TuckerF):
-    """CP rank: the larger of the two Tucker-2 ranks (Lebedev et al. chose ranks by hand)."""
+    """CP rank: the larger of the two Tucker-2 ranks (Lebedev et al. chose ranks by hand).
+
+    Under a budget the rank is ``level``-scaled up to ``R_max``, the rank whose MACs equal
+    the dense layer's (with ``spectrum`` the scale is the Tucker energy rank's fraction of
+    full rank), since a CP rank may exceed both channel counts.
+    """
+
+    def budget_ranks(self, layer, level, allocate, hw_in, hw_out):
+        full = max(layer.in_channels, layer.out_channels)
+        frac = max(super().budget_ranks(layer, level, allocate, hw_in, hw_out)) / full
+        r_max = _dense_macs(layer, hw_out) // max(1, self.macs(layer, [1], hw_in, hw_out))
+        return [max(1, math.ceil(frac * r_max))]
 
     def macs(self, layer, ranks, hw_in, hw_out):
         r = max(ranks)
@@ -212,7 +244,7 @@ class _CPF(_TuckerF):
 
         r = max(ranks)
         w = _w(layer).numpy()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _numpy_backend():
             warnings.simplefilter("ignore")
             cp = parafac(w, r, init="svd", n_iter_max=200, normalize_factors=False)
         a, b, h, v = cp.factors                                  # (N,R) (C,R) (kh,R) (kw,R)
@@ -261,15 +293,14 @@ class _SpatialF(_Factorizer):
 
 # --- rank selection and the shared prepare ----------------------------------------------
 
-def _ranks(f: _Factorizer, layer: nn.Module, cfg: LowRank, energy: float | None = None) -> list[int]:
+def _ranks(f: _Factorizer, layer: nn.Module, cfg: LowRank) -> list[int]:
     spectra = f.spectra(layer)
     if cfg.selection == "fixed":
         r = cfg.rank
         return [max(1, min(len(s), r if isinstance(r, int) else math.ceil(r * len(s)))) for s in spectra]
     if cfg.selection == "vbmf":
         return [min(len(s), vbmf_rank(mx)) for s, mx in zip(spectra, f.vbmf_matrices(layer))]
-    e = cfg.energy if energy is None else energy
-    return [energy_rank(s, e) for s in spectra]
+    return [energy_rank(s, cfg.energy) for s in spectra]
 
 
 def _time(m: nn.Module, x: torch.Tensor) -> float:
@@ -309,10 +340,11 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
         h.remove()
     dense_macs = {n: _dense_macs(m, outs[n]) for n, m, _ in layers}
 
-    def plan(energy: float | None) -> dict[str, list[int]]:
+    def plan(level: float | None) -> dict[str, list[int]]:
         chosen = {}
         for n, m, c in layers:
-            r = _ranks(f, m, c, energy)
+            r = _ranks(f, m, c) if level is None else \
+                f.budget_ranks(m, level, config.allocate, _hw(inputs[n]), outs[n])
             if f.macs(m, r, _hw(inputs[n]), outs[n]) < dense_macs[n]:
                 chosen[n] = r
         return chosen
@@ -326,17 +358,21 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
             saved = sum(dense_macs[n] - f.macs(m, p[n], _hw(inputs[n]), outs[n]) for n, m, _ in layers if n in p)
             return total - saved
 
-        lo, hi = 0.0, 1.0   # energy: low -> few MACs
+        lo, hi = 0.0, 1.0   # level: low -> few MACs
         for _ in range(30):
             mid = (lo + hi) / 2
             if macs_of(plan(mid)) <= target:
                 lo = mid
             else:
                 hi = mid
-        chosen = plan(lo)
-        if macs_of(chosen) > target * 1.05:
-            warnings.warn(f"{config.method}: the budget {config.target_macs:.0%} cannot be reached by factorizing "
-                          f"the selected layers (best {macs_of(chosen) / total:.0%})")
+        chosen, upper = plan(lo), plan(hi)
+        for n, _, _ in layers:  # layers that jump together at one level: move them one at a time
+            trial = {k: v for k, v in chosen.items() if k != n} | ({n: upper[n]} if n in upper else {})
+            if macs_of(trial) <= target:
+                chosen = trial
+        if abs(macs_of(chosen) - target) > 0.05 * target:
+            warnings.warn(f"{config.method}: the budget {config.target_macs:.0%} cannot be met within 5 % by "
+                          f"factorizing the selected layers (closest {macs_of(chosen) / total:.1%})")
     else:
         chosen = plan(None)
     log = model.__dict__.setdefault("torchslim_log", [])
