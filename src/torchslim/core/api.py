@@ -24,9 +24,7 @@ def compress_(model: nn.Module, config: MethodConfig, data: Iterable | None = No
     if not isinstance(config, MethodConfig):
         raise TypeError(f"compress_ takes a MethodConfig, got {type(config).__name__}")
     handler = handler_for(config)
-    if handler.needs_data:
-        if data is None:
-            raise ValueError(f"{config.method} needs calibration data: compress_(model, config, data=loader)")
+    if handler.needs_data:  # the handler raises when its config needs data and none is given
         model = handler.prepare(model, config, data) or model
     else:
         model = handler.prepare(model, config) or model

@@ -32,7 +32,7 @@ class Method:
 
     name: str = ""
     config_cls: type = object
-    needs_data: bool = False  # prepare takes calibration batches: prepare(model, config, data)
+    needs_data: bool = False  # prepare takes calibration batches: prepare(model, config, data or None)
 
     @classmethod
     def prepare(cls, model: nn.Module, config: "MethodConfig", data=None) -> nn.Module:

@@ -114,6 +114,7 @@ def _register_runtime() -> None:
     from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
     from torchslim.runtime.product import ProductConv2d, ProductLinear
     from torchslim.runtime.sparse import SparseConv2d, SparseLinear
+    from torchslim.runtime.uniform import UniformConv2d, UniformLinear
 
     def conv_geometry(m: nn.Module) -> dict:
         return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
@@ -132,6 +133,12 @@ def _register_runtime() -> None:
         bias=m.bias is not None, kernel=m.kernel, timing=m.timing))
     register_module_spec(ProductConv2d, lambda m: dict(**conv_geometry(m), sub_dim=m.sub_dim, bits=m.bits,
                                                        bias=m.bias is not None))
+
+    uniform = lambda m: dict(bits=m.bits, symmetric=m.symmetric, act_bits=m.act_bits,  # noqa: E731
+                             out_float=m.out_float, bias=m.bias is not None)
+    register_module_spec(UniformLinear, lambda m: dict(in_features=m.in_features, out_features=m.out_features,
+                                                       **uniform(m)))
+    register_module_spec(UniformConv2d, lambda m: dict(**conv_geometry(m), **uniform(m)))
 
 
 _register_runtime()

@@ -145,6 +145,8 @@ class QCNNMethod(Method):
 
     @classmethod
     def prepare(cls, model: nn.Module, config: QCNN, data: Iterable | None = None) -> nn.Module:
+        if data is None:
+            raise ValueError("quant.qcnn needs calibration data: compress_(model, config, data=loader)")
         batches = []
         for i, batch in enumerate(data):
             if i >= config.calib_batches:

@@ -1,0 +1,262 @@
+"""``quant.uniform``: uniform integer quantization, post-training (PTQ) and
+quantization-aware training (QAT) with a straight-through estimator (Jacob et al. 2018;
+Krishnamoorthi 2018).
+
+Weights: per-output-channel, ``bits`` in 2..8, symmetric (default) or affine (formulas in
+:mod:`torchslim.runtime.uniform`). Activations (``act_bits=8``): per-tensor affine uint8
+with ranges from calibration batches (running min/max; ``reduce_range`` uses 7 bits, as
+PyTorch's x86 default does, so that CPUs without VNNI do not saturate int16 partial sums; values
+beyond the calibrated range still use the upper half of uint8, as in the deploy kernels).
+
+Prepare folds BatchNorm into the preceding conv/linear (``act_bits=8``), traces the model
+with ``torch.fx`` to find which layer outputs reach only other quantized layers (through
+ReLU, max-/avg-pool, flatten, dropout, identity; those stay quantized at deploy time) and
+which layer outputs go straight into a ReLU (their range starts at 0, which is the ReLU),
+replaces every selected Conv2d/Linear by a fake-quant layer and calibrates. The
+fake-quant layer computes exactly what the int8 layer will:
+``fq_out(conv(fq_in(x), fq_w(W)) + b)`` with ``fq_in`` only where the deploy layer gets
+a float input. Gradients pass straight through the rounding (clipped outside the
+activation range; ``torch.fake_quantize_*``), so fine-tuning after prepare is QAT.
+Convert replaces the fake-quant layers by :class:`UniformConv2d` / :class:`UniformLinear`.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.core.config import MethodConfig
+from torchslim.core.fold import conv_bn_pairs, fold_pair
+from torchslim.core.registry import Method, register_method
+from torchslim.core.select import select
+from torchslim.core.surgery import get_module, set_module
+from torchslim.runtime._layout import set_conv_geometry
+from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
+
+# Modules and functions a quantized tensor passes through unchanged in scale (x86 quantized CPU ops).
+_TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,
+                        nn.Identity)
+_TRANSPARENT_CALLS = {F.relu, torch.relu, torch.flatten, F.max_pool2d, F.adaptive_avg_pool2d, F.dropout}
+_TRANSPARENT_METHODS = {"relu", "flatten", "view", "reshape", "contiguous"}
+_RELU = (nn.ReLU,)
+
+
+@dataclass(frozen=True)
+class Uniform(MethodConfig):
+    """Uniform integer quantization.
+
+    Attributes:
+        bits: weight bits, 2..8 (8 = int8, 4 = int4 stored two per byte).
+        act_bits: 8 (static int8 activations, runs on the x86 int8 kernels) or 0 (weights only).
+        symmetric: symmetric weights (zero point 0); required with ``act_bits=8``.
+        calib_batches: calibration batches for activation ranges (``act_bits=8``).
+        reduce_range: 7-bit activations (safe on x86 CPUs without VNNI).
+    """
+
+    bits: int = 8
+    act_bits: int = 8
+    symmetric: bool = True
+    calib_batches: int = 16
+    reduce_range: bool = True
+
+    def validate(self) -> None:
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 2 <= self.bits <= 8:
+            raise ValueError(f"Uniform.bits={self.bits!r} is out of range; use an integer in [2, 8]")
+        if self.act_bits not in (0, 8):
+            raise ValueError(f"Uniform.act_bits={self.act_bits!r}; use 8 (int8 activations) or 0 (weights only)")
+        if self.act_bits and not self.symmetric:
+            raise ValueError("Uniform: act_bits=8 needs symmetric=True (the x86 int8 kernels take weights with "
+                             "zero point 0); use act_bits=0 for affine weights")
+        if not isinstance(self.calib_batches, int) or self.calib_batches < 1:
+            raise ValueError(f"Uniform.calib_batches={self.calib_batches!r} must be an integer >= 1")
+
+
+class _FakeQuant(nn.Module):
+    """Shared fake-quant state: weight bits, activation observers and the deploy flags."""
+
+    def _init_fq(self, cfg: Uniform, in_q: bool, out_float: bool, relu_after: bool) -> None:
+        self.bits, self.symmetric, self.act_bits = cfg.bits, cfg.symmetric, cfg.act_bits
+        self.levels = 127 if cfg.reduce_range else 255  # the calibrated range spans this many steps
+        self.in_q, self.out_float, self.relu_after = in_q, out_float, relu_after
+        self.register_buffer("in_range", torch.tensor([float("inf"), float("-inf")]))
+        self.register_buffer("out_range", torch.tensor([float("inf"), float("-inf")]))
+        self.observing = False
+
+    def fq_weight(self) -> torch.Tensor:
+        scale, zp, qmin, qmax = weight_qparams(self.weight, self.bits, self.symmetric)
+        return torch.fake_quantize_per_channel_affine(self.weight, scale, zp.to(torch.int32), 0, qmin, qmax)
+
+    def act_qparams(self, rng: torch.Tensor) -> tuple[float, int]:
+        """(scale, zero point) of range ``rng`` = [min, max], widened to contain 0."""
+        lo, hi = min(float(rng[0]), 0.0), max(float(rng[1]), 0.0)
+        if hi - lo <= 0:
+            return 1.0, 0
+        scale = (hi - lo) / self.levels
+        return scale, int(min(self.levels, max(0, round(-lo / scale))))
+
+    def _observe(self, rng: torch.Tensor, t: torch.Tensor) -> None:
+        t = t.detach()
+        rng[0] = torch.minimum(rng[0], t.min())
+        rng[1] = torch.maximum(rng[1], t.max())
+
+    def _fq_act(self, t: torch.Tensor, rng: torch.Tensor, deploy_input: bool = False) -> torch.Tensor:
+        """Fake quant with the straight-through gradient (zero outside the uint8 range)."""
+        scale, zp = self.act_qparams(rng)
+        if not deploy_input:  # the kernel's own requantization
+            return torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255)
+        q = act_codes(t.detach(), scale, zp)
+        inside = ((t / scale + zp) >= -0.5) & ((t / scale + zp) <= 255.5)
+        return t * inside + ((q - zp) * scale - t * inside).detach()
+
+    def run(self, x: torch.Tensor, op) -> torch.Tensor:
+        if not self.act_bits:
+            return op(x, self.fq_weight())
+        if self.observing:
+            y = op(x, self.weight)
+            self._observe(self.in_range, x)
+            self._observe(self.out_range, F.relu(y) if self.relu_after else y)
+            return y
+        if self.in_q:
+            x = self._fq_act(x, self.in_range, deploy_input=True)
+        return self._fq_act(op(x, self.fq_weight()), self.out_range)
+
+    def packed_args(self) -> dict:
+        return dict(bits=self.bits, symmetric=self.symmetric, act_bits=self.act_bits, out_float=self.out_float,
+                    bias=self.bias is not None)
+
+    def fill(self, new: nn.Module) -> nn.Module:
+        new.set_weight(self.weight, self.bias)
+        if self.act_bits:
+            (si, zi), (so, zo) = self.act_qparams(self.in_range), self.act_qparams(self.out_range)
+            new.act = torch.tensor([si, zi, so, zo], dtype=torch.float64)
+        return new.to(self.weight.device)
+
+
+class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
+    @classmethod
+    def from_conv(cls, m: nn.Conv2d, cfg: Uniform, **flags) -> "FakeQuantConv2d":
+        new = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                  m.bias is not None, m.padding_mode)
+        new._init_fq(cfg, **flags)
+        new.load_state_dict(m.state_dict(), strict=False)
+        return new.to(m.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, lambda inp, w: self._conv_forward(inp, w, self.bias))
+
+    def packed(self) -> UniformConv2d:
+        return self.fill(UniformConv2d(self.in_channels, self.out_channels, list(self.kernel_size),
+                                       list(self.stride), list(self.padding), list(self.dilation), self.groups,
+                                       **self.packed_args()))
+
+
+class FakeQuantLinear(nn.Linear, _FakeQuant):
+    @classmethod
+    def from_linear(cls, m: nn.Linear, cfg: Uniform, **flags) -> "FakeQuantLinear":
+        new = cls(m.in_features, m.out_features, m.bias is not None)
+        new._init_fq(cfg, **flags)
+        new.load_state_dict(m.state_dict(), strict=False)
+        return new.to(m.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, lambda inp, w: F.linear(inp, w, self.bias))
+
+    def packed(self) -> UniformLinear:
+        return self.fill(UniformLinear(self.in_features, self.out_features, **self.packed_args()))
+
+
+def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
+    """Per quantized layer: in_q (deploy input is float), out_float, relu_after (see module docstring)."""
+    default = {n: {"in_q": True, "out_float": True, "relu_after": False} for n in names}
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception as e:  # fx raises many types on untraceable code
+        warnings.warn(f"quant.uniform: cannot trace the model with torch.fx ({type(e).__name__}); every int8 "
+                      "layer quantizes its input and dequantizes its output (correct, slower)")
+        return default
+    mods = dict(model.named_modules())
+
+    def transparent(node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(mods.get(node.target), _TRANSPARENT_MODULES)
+        if node.op == "call_function":
+            return node.target in _TRANSPARENT_CALLS
+        return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
+
+    def quantized(node: fx.Node) -> bool:
+        return node.op == "call_module" and node.target in names
+
+    def ends(node: fx.Node) -> bool:
+        """Every path from ``node``'s output reaches a quantized layer through transparent ops."""
+        return bool(node.users) and all(quantized(u) or (transparent(u) and ends(u)) for u in node.users)
+
+    out = dict(default)
+    nodes = {n.target: n for n in graph.nodes if quantized(n)}
+    for name, node in nodes.items():
+        users = list(node.users)
+        while len(users) == 1 and users[0].op == "call_module" and type(mods.get(users[0].target)) is nn.Identity:
+            users = list(users[0].users)   # a folded BatchNorm
+        relu = len(users) == 1 and users[0].op == "call_module" and isinstance(mods.get(users[0].target), _RELU)
+        out[name] = {"in_q": True, "out_float": not ends(node), "relu_after": relu}
+    for name, node in nodes.items():  # input arrives quantized iff it comes from a chained quantized layer
+        src = node.args[0]
+        while isinstance(src, fx.Node) and transparent(src):
+            src = src.args[0]
+        if isinstance(src, fx.Node) and quantized(src) and not out[src.target]["out_float"]:
+            out[name]["in_q"] = False
+    return out
+
+
+@register_method("quant.uniform")
+class UniformMethod(Method):
+    config_cls = Uniform
+    needs_data = True
+
+    @classmethod
+    @torch.no_grad()
+    def prepare(cls, model: nn.Module, config: Uniform, data: Iterable | None = None) -> nn.Module:
+        if config.act_bits and data is None:
+            raise ValueError("quant.uniform with act_bits=8 needs calibration data (compress_(model, config, "
+                             "data=loader)); use act_bits=0 for weight-only quantization")
+        chosen = list(select(model, config, (nn.Conv2d, nn.Linear)))
+        if not chosen:
+            warnings.warn("quant.uniform: no Conv2d/Linear layer selected; nothing quantized")
+            return model
+        was = model.training
+        if config.act_bits:  # a float BatchNorm cannot sit between two int8 layers
+            for layer, bn in conv_bn_pairs(model):
+                if layer in {n for n, _, _ in chosen}:
+                    set_module(model, layer, fold_pair(get_module(model, layer), get_module(model, bn)))
+                    set_module(model, bn, nn.Identity())
+            chosen = list(select(model, config, (nn.Conv2d, nn.Linear)))
+        flags = _flags(model, {n for n, _, _ in chosen}) if config.act_bits else {}
+        for name, m, cfg in chosen:
+            f = flags.get(name, {"in_q": True, "out_float": True, "relu_after": False})
+            new = (FakeQuantConv2d.from_conv if isinstance(m, nn.Conv2d) else FakeQuantLinear.from_linear)(m, cfg, **f)
+            set_module(model, name, new)
+        if config.act_bits:
+            fq = [m for m in model.modules() if isinstance(m, _FakeQuant)]
+            for m in fq:
+                m.observing = True
+            model.eval()
+            device = next(model.parameters()).device
+            for i, batch in enumerate(data):
+                if i >= config.calib_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device))
+            for m in fq:
+                m.observing = False
+        return model.train(was)
+
+    @classmethod
+    def convert(cls, model: nn.Module, config: Uniform) -> nn.Module:
+        for name, m in list(model.named_modules()):
+            if isinstance(m, _FakeQuant):
+                set_module(model, name, m.packed())
+        return model
