@@ -1,4 +1,4 @@
-"""Command line: ``torchslim run | eval | inspect | sensitivity | list``."""
+"""Command line: ``torchslim run | distill | eval | inspect | sensitivity | list``."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,20 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from torchslim.recipe import run_recipe
 
     run_recipe(a.recipe, a.out, data_dir=a.data_dir, restart=a.restart, latency=False if a.no_latency else None)
+    return 0
+
+
+def _cmd_distill(a: argparse.Namespace) -> int:
+    """Train a registry student from a teacher file: a recipe with ``train.distill``."""
+    from torchslim.recipe import run_recipe
+
+    teacher = {"teacher": a.teacher, "T": a.T, "alpha": a.alpha, "loss": a.loss}
+    recipe = {"name": a.name or f"distill_{a.student}",
+              "model": {"name": a.student, "kwargs": json.loads(a.kwargs)},
+              "data": {"name": "fashion_mnist", "batch_size": 128, "augment": a.augment},
+              "train": {"epochs": a.epochs, "optimizer": a.optimizer, "lr": a.lr, "seed": a.seed,
+                        "distill": teacher}}
+    run_recipe(recipe, a.out, data_dir=a.data_dir, restart=a.restart, latency=False if a.no_latency else None)
     return 0
 
 
@@ -122,6 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--restart", action="store_true", help="delete the run folder and start over")
     r.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     r.set_defaults(fn=_cmd_run)
+    d = sub.add_parser("distill", help="train a registry student from a teacher .slim file (Hinton KD); "
+                                       "the report compares student and teacher")
+    d.add_argument("--teacher", required=True, help="teacher .slim file")
+    d.add_argument("--student", required=True, help="registry model name (torchslim list models)")
+    d.add_argument("--kwargs", default="{}", help='student constructor arguments as JSON, e.g. \'{"width_mult": 0.5}\'')
+    d.add_argument("--epochs", type=int, default=10)
+    d.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    d.add_argument("--lr", type=float, default=0.001)
+    d.add_argument("--T", type=float, default=4.0, help="temperature")
+    d.add_argument("--alpha", type=float, default=0.5, help="weight of the soft loss in [0, 1]")
+    d.add_argument("--loss", default="kd", choices=["kd", "mse"])
+    d.add_argument("--augment", action="store_true")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--name", help="run name (default distill_<student>)")
+    d.add_argument("--out")
+    d.add_argument("--data-dir")
+    d.add_argument("--restart", action="store_true")
+    d.add_argument("--no-latency", action="store_true")
+    d.set_defaults(fn=_cmd_distill)
     e = sub.add_parser("eval", help="measure a .slim file: accuracy, bytes, params, MACs, latency")
     e.add_argument("model")
     e.add_argument("--data-dir")

@@ -5,11 +5,13 @@ Schema (unknown keys are errors)::
     name: quickstart                  # run folder: runs/<name> unless --out is given
     model: {name: lenet5, kwargs: {}, from: null}   # 'from': start from a .slim file
     data: {name: fashion_mnist, batch_size: 128, ...}   # torchslim.data.DataConfig
-    train: {epochs: 5, optimizer: adam, lr: 0.001, ...} # torchslim.train.TrainConfig
+    train: {epochs: 5, optimizer: adam, lr: 0.001, ...} # torchslim.train.TrainConfig (+ distill:
+                                      # {teacher: path.slim, ...} trains the model as a student)
     stages:
       - method: core.fold_bn          # a registered method name
         name: fold                    # optional label
-        finetune: {epochs: 1, ...}    # optional TrainConfig for fine-tuning after prepare
+        finetune: {epochs: 1, ...}    # optional TrainConfig for fine-tuning after prepare, may name
+                                      # distill: {teacher: original | path.slim, T: 4, alpha: 0.9}
         ...                           # the method's own config fields
       - finetune: {epochs: 2, ...}    # a stage without a method only fine-tunes
     export: {latency: true, entropy: huffman}   # entropy: Huffman-code indices and gaps
@@ -51,6 +53,29 @@ class Stage:
     name: str
     config: MethodConfig | None  # None: a fine-tuning-only stage
     finetune: TrainConfig | None
+    distill: dict | None = None  # torchslim.distill.Distill fields; teacher: "original" or a .slim path
+
+
+_DISTILL = {"teacher", "T", "alpha", "loss", "online", "teacher_lr", "hints", "hint_weight"}
+
+
+def _train_and_distill(where: str, d: Any, original_ok: bool) -> tuple[TrainConfig, dict | None]:
+    """A TrainConfig mapping with an optional ``distill`` sub-mapping, both validated."""
+    d = dict(d or {})
+    distill = d.pop("distill", None)
+    train = TrainConfig.from_dict(d, where)
+    if distill is None:
+        return train, None
+    distill = dict(_keys(f"{where}.distill", distill, _DISTILL))
+    teacher = distill.get("teacher")
+    if not isinstance(teacher, str) or (teacher == "original" and not original_ok):
+        allowed = "'original' (the recipe's baseline model) or a .slim path" if original_ok else "a .slim path"
+        raise RecipeError(f"{where}.distill.teacher={teacher!r}; use {allowed}")
+    from torchslim.distill import Distill
+    import torch.nn as nn
+
+    Distill(teacher=nn.Identity(), **{k: v for k, v in distill.items() if k != "teacher"})  # range checks
+    return train, distill
 
 
 @dataclass(frozen=True)
@@ -62,6 +87,7 @@ class Recipe:
     stages: tuple[Stage, ...]
     export: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    distill: dict | None = None  # train.distill: the baseline is trained as a student
 
     def digest(self) -> str:
         """Hash of the recipe minus the data location (so --data-dir does not break resume)."""
@@ -110,7 +136,7 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
     try:
         data = DataConfig.from_dict({**_keys("data", raw.get("data"), set(DataConfig.__dataclass_fields__)),
                                      **({"dir": data_dir} if data_dir else {})})
-        train = TrainConfig.from_dict(raw.get("train") or {})
+        train, train_distill = _train_and_distill("train", raw.get("train"), original_ok=False)
     except ValueError as e:
         raise RecipeError(str(e)) from None
     stages_raw = raw.get("stages") or []
@@ -125,14 +151,17 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
             raise RecipeError(f"stages[{i}]: fields {sorted(fields)} need a 'method'")
         try:
             cfg = MethodConfig.from_dict({"method": s["method"], **fields}) if "method" in s else None
-            ft = TrainConfig.from_dict(s["finetune"], f"stages[{i}].finetune") if s.get("finetune") else None
+            ft, distill = _train_and_distill(f"stages[{i}].finetune", s["finetune"], True) \
+                if s.get("finetune") else (None, None)
+        except RecipeError:
+            raise
         except ValueError as e:
             raise RecipeError(f"stages[{i}]: {e}") from None
-        stages.append(Stage(str(s.get("name", s.get("method", "finetune"))), cfg, ft))
+        stages.append(Stage(str(s.get("name", s.get("method", "finetune"))), cfg, ft, distill))
     export = _keys("export", raw.get("export"), _EXPORT)
     if export.get("entropy") not in (None, "huffman"):
         raise RecipeError(f"export.entropy={export['entropy']!r} is not allowed; use huffman or leave it out")
-    return Recipe(name, model, data, train, tuple(stages), export, raw)
+    return Recipe(name, model, data, train, tuple(stages), export, raw, train_distill)
 
 
 def _log(msg: str) -> None:
@@ -173,6 +202,15 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
     shape = (loaders.in_channels, loaders.input_size, loaders.input_size)
     extra = {"data": {**recipe.data.to_dict(), "dir": None}}
 
+    def distill_callbacks(spec: dict | None) -> list:
+        """[Distill(teacher)] for a ``distill`` mapping; teacher 'original' = this run's baseline file."""
+        if not spec:
+            return []
+        from torchslim.distill import Distill
+
+        src = out / "00_baseline.slim" if spec["teacher"] == "original" else spec["teacher"]
+        return [Distill(teacher=load(src), **{k: v for k, v in spec.items() if k != "teacher"})]
+
     def finish(step: str, model, method: str, train_seconds: float = 0.0) -> None:
         path = out / f"{len(state['done']):02d}_{step}.slim"
         save(model, path, recipe=recipe.raw, extra={**extra, "step": step})
@@ -204,9 +242,11 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
                 model = create_model(recipe.model["name"], num_classes=loaders.num_classes,
                                      in_channels=loaders.in_channels, input_size=loaders.input_size,
                                      **recipe.model["kwargs"])
-                _log(f"[{recipe.name}] training {recipe.model['name']} for {recipe.train.epochs} epochs")
+                _log(f"[{recipe.name}] training {recipe.model['name']} for {recipe.train.epochs} epochs"
+                     + (f", distilled from {recipe.distill['teacher']}" if recipe.distill else ""))
                 seconds = fit(model, loaders.train, recipe.train, val_loader=loaders.val,
-                              checkpoint_dir=out / "ckpt_baseline", desc="baseline")["seconds"]
+                              callbacks=distill_callbacks(recipe.distill), checkpoint_dir=out / "ckpt_baseline",
+                              desc="baseline")["seconds"]
             finish(step, model, "float", seconds)
             continue
         stage = recipe.stages[i - 1]
@@ -217,7 +257,8 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
         seconds = 0.0
         if stage.finetune is not None and stage.finetune.epochs > 0:
             seconds = fit(model, loaders.train, stage.finetune, val_loader=loaders.val,
-                          callbacks=method_callbacks(model), checkpoint_dir=out / f"ckpt_{step}", desc=step)["seconds"]
+                          callbacks=method_callbacks(model) + distill_callbacks(stage.distill),
+                          checkpoint_dir=out / f"ckpt_{step}", desc=step)["seconds"]
         convert_(model)
         finish(step, model, method, seconds)
 
@@ -233,8 +274,19 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
         state_path.write_text(json.dumps(state, indent=1))
         final = path
     shutil.copyfile(final, out / "model.slim")
-    write_report(state["rows"], out / "report", title=f"torchslim run: {recipe.name}")
-    cols = ["step", "method", "top1", "bytes", "params", "nonzeros", "macs", "latency_b1_ms", "latency_b256_ms"]
-    print(to_table(state["rows"], [c for c in cols if any(c in r for r in state["rows"])]))
+    rows = [dict(r) for r in state["rows"]]
+    if recipe.distill:  # a student: compare every step with its teacher
+        src = recipe.distill["teacher"]
+        t = {"step": "teacher", "method": "teacher", **measure(load(src), shape, loader=loaders.test, path=src,
+                                                                 latency=latency)}
+        for r in rows:
+            r.update(top1_vs_teacher=round(r["top1"] - t["top1"], 2),
+                     teacher_params_ratio=round(t["params"] / r["params"], 2),
+                     teacher_macs_ratio=round(t["macs"] / r["macs"], 2))
+        rows.insert(0, t)
+    write_report(rows, out / "report", title=f"torchslim run: {recipe.name}")
+    cols = ["step", "method", "top1", "bytes", "params", "nonzeros", "macs", "latency_b1_ms", "latency_b256_ms",
+            "top1_vs_teacher", "teacher_params_ratio", "teacher_macs_ratio"]
+    print(to_table(rows, [c for c in cols if any(c in r for r in rows)]))
     print(f"\nwrote {out / 'model.slim'}, {out / 'report.json'}, {out / 'report.md'}")
     return state["rows"]

@@ -29,20 +29,21 @@ def file_bytes(model: nn.Module) -> int:
 
 def measure(model: nn.Module, input_shape: tuple[int, ...], *, loader: DataLoader | None = None,
             path: str | os.PathLike | None = None, latency: bool = True,
-            big_batch: int = 256, min_run_time: float = 1.0) -> dict[str, Any]:
+            big_batch: int = 256, min_run_time: float = 1.0, nbytes: int | None = None) -> dict[str, Any]:
     """Accuracy, size, MACs and latency of ``model`` side by side in one dict.
 
     Args:
         loader: evaluation data (test split for reported numbers); None skips accuracy.
         path: the model's ``.slim`` file; its size is reported, else the model is
             saved to a temporary file to measure bytes.
+        nbytes: the stored size of a model that has no ``.slim`` form (peer tools).
     """
     from torchslim.train.loop import evaluate
 
     model.eval()
     rows = layer_table(model, input_shape)
     out: dict[str, Any] = {
-        "bytes": os.path.getsize(path) if path else file_bytes(model),
+        "bytes": nbytes if nbytes is not None else os.path.getsize(path) if path else file_bytes(model),
         "params": count_params(model),
         "nonzeros": count_nonzeros(model),
         "macs": sum(r["macs"] for r in rows),

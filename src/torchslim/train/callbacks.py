@@ -12,7 +12,13 @@ import torch.nn as nn
 
 
 class Callback:
-    """Base class; override what you need."""
+    """Base class; override what you need.
+
+    ``task_weight`` scales the task (cross-entropy) loss; ``fit`` multiplies the
+    weights of all callbacks (distillation uses ``1 - alpha``).
+    """
+
+    task_weight: float = 1.0
 
     def on_train_begin(self, model: nn.Module) -> None:
         """Once before the first epoch."""

@@ -177,6 +177,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     if progress is None:
         progress = sys.stderr.isatty()
     total = cfg.epochs * len(train_loader)
+    task_weight = math.prod(cb.task_weight for cb in callbacks)
     for cb in callbacks:
         cb.on_train_begin(model)
     for epoch in range(start_epoch, cfg.epochs):
@@ -196,7 +197,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                 g["lr"] = lr_at(cfg, step, total)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = net(x)
-            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing) * task_weight
             for cb in callbacks:
                 extra = cb.loss_term(model, x, out, y)
                 if extra is not None:

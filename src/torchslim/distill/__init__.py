@@ -1,0 +1,143 @@
+"""Knowledge distillation: losses and a training callback that works with ``fit``.
+
+Losses (student logits ``s``, teacher logits ``t``, temperature ``T``):
+
+* Hinton et al. 2015 soft targets:
+  ``L_KD = T^2 * KL(softmax(t / T) || softmax(s / T))`` (batch mean). The ``T^2``
+  keeps the gradient's size independent of T (the soft-target gradient scales as
+  ``1 / T^2``). The training loss is ``(1 - alpha) * CE(s, y) + alpha * L_KD``.
+* Ba & Caruana 2014 logit matching: ``L = mean_b ||s - t||^2 / 2``.
+* Romero et al. 2015 FitNets hints: a learned regressor ``r`` (1x1 conv, or linear)
+  maps a student feature to the teacher feature's shape;
+  ``L_hint = mean ||r(f_s) - f_t||^2 / 2``, with features tapped by module name.
+
+``Distill`` is a :class:`~torchslim.train.Callback`: offline (frozen teacher,
+logits computed on the fly) or online (the teacher trains on the labels in the same
+loop and the student distils from its current logits). Hooks and the regressors'
+optimizer live in the callback and are removed at the end of training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.core.surgery import example_inputs, get_module
+from torchslim.train.callbacks import Callback
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean."""
+    p_t = F.log_softmax(teacher / T, dim=1)
+    return F.kl_div(F.log_softmax(student / T, dim=1), p_t, reduction="batchmean", log_target=True) * T * T
+
+
+def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, T: float = 1.0) -> torch.Tensor:
+    """``-sum_c softmax(t / T)_c log softmax(s / T)_c``, batch mean (KL plus the teacher's entropy)."""
+    return -(F.softmax(teacher / T, dim=1) * F.log_softmax(student / T, dim=1)).sum(1).mean()
+
+
+def logit_matching_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Ba & Caruana: ``mean_b ||s - t||^2 / 2``."""
+    return 0.5 * (student - teacher).pow(2).sum(1).mean()
+
+
+def hint_regressor(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> nn.Module:
+    """FitNets regressor from the student feature's shape to the teacher's (1x1 conv or linear)."""
+    s, t = student_feature.shape, teacher_feature.shape
+    if len(s) == 4 and len(t) == 4:
+        if s[2:] != t[2:]:
+            raise ValueError(f"hint features have spatial sizes {tuple(s[2:])} (student) and {tuple(t[2:])} "
+                             "(teacher); pick layers with equal feature-map sizes")
+        return nn.Conv2d(s[1], t[1], 1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(s[1:].numel(), t[1:].numel()), nn.Unflatten(1, t[1:]))
+
+
+@dataclass
+class Distill(Callback):
+    """Distillation as a training callback.
+
+    Attributes:
+        teacher: the teacher model.
+        T, alpha: temperature and weight of the soft loss (``alpha=0`` is plain cross-entropy).
+        loss: ``kd`` (Hinton) or ``mse`` (logit matching).
+        online: train the teacher on the labels in the same loop (its own SGD optimizer, ``teacher_lr``).
+        hints: ``[(student module, teacher module), ...]`` FitNets feature pairs; weight ``hint_weight``.
+    """
+
+    teacher: nn.Module
+    T: float = 4.0
+    alpha: float = 0.9
+    loss: str = "kd"
+    online: bool = False
+    teacher_lr: float = 0.01
+    hints: list[tuple[str, str]] = field(default_factory=list)
+    hint_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.T > 0:
+            raise ValueError(f"Distill.T={self.T!r} must be > 0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"Distill.alpha={self.alpha!r} is out of range; use a value in [0, 1]")
+        if self.loss not in ("kd", "mse"):
+            raise ValueError(f"Distill.loss={self.loss!r}; use 'kd' or 'mse'")
+        self.task_weight = 1.0 - self.alpha
+        self._handles: list = []
+        self._feats: dict[str, torch.Tensor] = {}
+        self.regressors = nn.ModuleList()
+        self._opt: torch.optim.Optimizer | None = None
+
+    def _tap(self, model: nn.Module, name: str, key: str) -> None:
+        def grab(mod, args, out):
+            self._feats[key] = out
+        self._handles.append(get_module(model, name).register_forward_hook(grab))
+
+    def on_train_begin(self, model: nn.Module) -> None:
+        device = next(model.parameters()).device
+        self.teacher.to(device).train(self.online)
+        for p in self.teacher.parameters():
+            p.requires_grad_(self.online)
+        for i, (s_name, t_name) in enumerate(self.hints):
+            self._tap(model, s_name, f"s{i}")
+            self._tap(self.teacher, t_name, f"t{i}")
+        if self.hints:  # size the regressors from one forward pass
+            x = example_inputs(model, batch=2)
+            with torch.no_grad():
+                was = model.training
+                model.eval()(x)
+                model.train(was)
+                self.teacher(x)
+            self.regressors = nn.ModuleList(hint_regressor(self._feats[f"s{i}"], self._feats[f"t{i}"])
+                                            for i in range(len(self.hints))).to(device)
+        params = list(self.regressors.parameters()) + (list(self.teacher.parameters()) if self.online else [])
+        self._opt = torch.optim.SGD(params, lr=self.teacher_lr, momentum=0.9) if params else None
+
+    def loss_term(self, model, inputs, outputs, targets):
+        if self.online:
+            t_out = self.teacher(inputs)
+            teacher_ce = F.cross_entropy(t_out, targets)
+        else:
+            with torch.no_grad():
+                t_out = self.teacher(inputs)
+            teacher_ce = 0.0
+        t_out_d = t_out.detach()
+        soft = kd_loss(outputs, t_out_d, self.T) if self.loss == "kd" else logit_matching_loss(outputs, t_out_d)
+        total = self.alpha * soft + teacher_ce
+        for i, reg in enumerate(self.regressors):
+            total = total + self.hint_weight * 0.5 * (reg(self._feats[f"s{i}"]) - self._feats[f"t{i}"].detach()
+                                                      ).pow(2).flatten(1).sum(1).mean()
+        return total
+
+    def after_step(self, model, step):
+        if self._opt is not None:
+            self._opt.step()
+            self._opt.zero_grad(set_to_none=True)
+
+    def on_train_end(self, model):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._feats.clear()
+        self.teacher.eval()

@@ -1,0 +1,106 @@
+"""Knowledge distillation: losses against hand-computed values, the callback in fit, recipes."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import torchslim as ts
+from torchslim.distill import Distill, kd_loss, logit_matching_loss, soft_cross_entropy
+from torchslim.recipe import RecipeError, parse_recipe, run_recipe
+from torchslim.train import TrainConfig, fit
+
+
+def test_kd_loss_hand_computed():
+    s, t, T = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]), 2.0
+    ps = [math.exp(0.5) / (math.exp(0.5) + 1), 1 / (math.exp(0.5) + 1)]
+    pt = [1 / (1 + math.e), math.e / (1 + math.e)]
+    kl = sum(p * math.log(p / q) for p, q in zip(pt, ps))
+    assert kd_loss(s, t, T).item() == pytest.approx(T * T * kl, rel=1e-5)
+    assert logit_matching_loss(s, t).item() == pytest.approx(0.5 * (1 + 4))
+
+
+def test_T1_reduces_to_soft_cross_entropy():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 10, requires_grad=True), torch.randn(8, 10)
+    entropy = -(F.softmax(t, 1) * F.log_softmax(t, 1)).sum(1).mean()
+    torch.testing.assert_close(kd_loss(s, t, 1.0), soft_cross_entropy(s, t, 1.0) - entropy)
+    g1, = torch.autograd.grad(kd_loss(s, t, 1.0), s)
+    g2, = torch.autograd.grad(soft_cross_entropy(s, t, 1.0), s)
+    torch.testing.assert_close(g1, g2)
+    hard = F.one_hot(torch.arange(8) % 10, 10).float() * 50   # a one-hot teacher: plain cross-entropy
+    torch.testing.assert_close(soft_cross_entropy(s, hard), F.cross_entropy(s, torch.arange(8) % 10), atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_T_squared_keeps_gradient_scale():
+    torch.manual_seed(0)
+    s, t = torch.randn(16, 10, requires_grad=True), torch.randn(16, 10)
+    norms = [torch.autograd.grad(kd_loss(s, t, T), s)[0].norm().item() for T in (10.0, 20.0)]
+    assert norms[1] == pytest.approx(norms[0], rel=0.1)                       # with T^2: about equal
+    raw = [n / T ** 2 for n, T in zip(norms, (10.0, 20.0))]
+    assert raw[0] / raw[1] == pytest.approx(4.0, rel=0.1)                     # without: 1 / T^2
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+CFG = TrainConfig(epochs=1, optimizer="sgd", lr=0.05, seed=0)
+
+
+def test_alpha_zero_equals_plain_training():
+    torch.manual_seed(0)
+    student = ts.create_model("lenet300_100")
+    plain, distilled = copy.deepcopy(student), copy.deepcopy(student)
+    fit(plain, _data(), CFG, progress=False)
+    fit(distilled, _data(), CFG, callbacks=[Distill(ts.create_model("lenet5"), alpha=0.0)], progress=False)
+    for a, b in zip(plain.parameters(), distilled.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_offline_freezes_teacher_online_trains_it_hooks_removed():
+    torch.manual_seed(0)
+    for online in (False, True):
+        teacher, student = ts.create_model("lenet5"), ts.create_model("lenet5_classic")
+        t0, s0 = copy.deepcopy(teacher.state_dict()), copy.deepcopy(student.state_dict())
+        cb = Distill(teacher, T=4.0, alpha=0.7, online=online, hints=[("7", "5")])
+        fit(student, _data(), CFG, callbacks=[cb], progress=False)
+        changed = any(not torch.equal(t0[k], v) for k, v in teacher.state_dict().items())
+        assert changed == online
+        assert any(not torch.equal(s0[k], v) for k, v in student.state_dict().items())
+        assert set(student.state_dict()) == set(s0)                       # no regressor left in the student
+        assert all(not m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
+
+
+def test_bad_distill_settings():
+    for bad in ({"T": 0}, {"alpha": 1.5}, {"loss": "l1"}):
+        with pytest.raises(ValueError):
+            Distill(nn.Identity(), **bad)
+    with pytest.raises(RecipeError, match="teacher"):
+        parse_recipe({"model": {"name": "lenet5"}, "train": {"distill": {"teacher": "original"}}})
+    with pytest.raises(RecipeError, match="unknown key"):
+        parse_recipe({"model": {"name": "lenet5"}, "stages": [{"finetune": {"epochs": 1, "distill": {
+            "teacher": "original", "temp": 3}}}]})
+
+
+def test_recipe_distills_from_its_own_baseline_and_from_a_teacher_file(fashion_dir, tmp_path):
+    data = {"name": "fashion_mnist", "dir": str(fashion_dir), "subset": 600, "val_size": 100, "batch_size": 100}
+    first = {"name": "kd", "model": {"name": "lenet300_100"}, "data": data,
+             "train": {"epochs": 1, "optimizer": "adam", "lr": 0.001},
+             "stages": [{"method": "prune.magnitude", "sparsity": 0.8,
+                         "finetune": {"epochs": 1, "optimizer": "adam", "lr": 0.0005,
+                                      "distill": {"teacher": "original", "T": 4, "alpha": 0.5}}}],
+             "export": {"latency": False}}
+    run_recipe(first, tmp_path / "a")
+    student = {"name": "student", "model": {"name": "lenet5_classic"},
+               "data": data, "export": {"latency": False},
+               "train": {"epochs": 1, "optimizer": "adam", "lr": 0.001,
+                         "distill": {"teacher": str(tmp_path / "a" / "00_baseline.slim"), "alpha": 0.5}}}
+    rows = run_recipe(student, tmp_path / "b")
+    assert rows and (tmp_path / "b" / "report.md").read_text().count("teacher") >= 2
