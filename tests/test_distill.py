@@ -104,3 +104,17 @@ def test_recipe_distills_from_its_own_baseline_and_from_a_teacher_file(fashion_d
                          "distill": {"teacher": str(tmp_path / "a" / "00_baseline.slim"), "alpha": 0.5}}}
     rows = run_recipe(student, tmp_path / "b")
     assert rows and (tmp_path / "b" / "report.md").read_text().count("teacher") >= 2
+
+
+def test_cached_teacher_logits_give_the_same_training():
+    torch.manual_seed(0)
+    student, teacher = ts.create_model("lenet300_100"), ts.create_model("lenet5").eval()
+    a, b = copy.deepcopy(student), copy.deepcopy(student)
+    cache = {}
+    fit(a, _data(), TrainConfig(epochs=2, optimizer="sgd", lr=0.05, seed=0), callbacks=[Distill(teacher)],
+        progress=False)
+    fit(b, _data(), TrainConfig(epochs=2, optimizer="sgd", lr=0.05, seed=0),
+        callbacks=[Distill(teacher, cache=cache)], progress=False)
+    assert len(cache) == 64
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)

@@ -56,7 +56,14 @@ class Stage:
     distill: dict | None = None  # torchslim.distill.Distill fields; teacher: "original" or a .slim path
 
 
-_DISTILL = {"teacher", "T", "alpha", "loss", "online", "teacher_lr", "hints", "hint_weight"}
+_DISTILL = {"teacher", "T", "alpha", "loss", "online", "teacher_lr", "hints", "hint_weight", "cache"}
+
+
+def _distill_fields(spec: dict) -> dict:
+    """Distill keyword arguments from a recipe mapping (``cache: true`` -> a fresh cache)."""
+    out = {k: v for k, v in spec.items() if k != "teacher"}
+    out["cache"] = {} if out.get("cache") else None
+    return out
 
 
 def _train_and_distill(where: str, d: Any, original_ok: bool) -> tuple[TrainConfig, dict | None]:
@@ -74,7 +81,7 @@ def _train_and_distill(where: str, d: Any, original_ok: bool) -> tuple[TrainConf
     from torchslim.distill import Distill
     import torch.nn as nn
 
-    Distill(teacher=nn.Identity(), **{k: v for k, v in distill.items() if k != "teacher"})  # range checks
+    Distill(teacher=nn.Identity(), **_distill_fields(distill))  # range checks
     return train, distill
 
 
@@ -209,7 +216,7 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
         from torchslim.distill import Distill
 
         src = out / "00_baseline.slim" if spec["teacher"] == "original" else spec["teacher"]
-        return [Distill(teacher=load(src), **{k: v for k, v in spec.items() if k != "teacher"})]
+        return [Distill(teacher=load(src), **_distill_fields(spec))]
 
     def finish(step: str, model, method: str, train_seconds: float = 0.0) -> None:
         path = out / f"{len(state['done']):02d}_{step}.slim"

@@ -33,10 +33,25 @@ class FoldBN(MethodConfig):
     """Fold BatchNorm into the conv/linear before it. ``layers`` selects BN modules."""
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(layer name, BN name) pairs where the BN reads only that layer's output."""
+class _Tracer(fx.Tracer):
+    """Treats the given layer types as leaves (torchslim's runtime layers are not torch.nn)."""
+
+    def __init__(self, leaves: tuple) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def conv_bn_pairs(model: nn.Module, pairs: dict | None = None) -> list[tuple[str, str]]:
+    """(layer name, BN name) pairs where the BN reads only that layer's output.
+
+    ``pairs`` maps a BN type to the layer type it folds into (default Conv2d/Linear).
+    """
+    pairs = pairs or _PAIRS
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _Tracer(tuple(pairs.values())).trace(model)
     except Exception as e:  # fx raises many types on untraceable code
         warnings.warn(f"core.fold_bn: cannot trace the model with torch.fx ({type(e).__name__}: {e}); "
                       "nothing folded")
@@ -44,11 +59,11 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     mods = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
-        if node.op != "call_module" or type(mods.get(node.target)) not in _PAIRS:
+        if node.op != "call_module" or type(mods.get(node.target)) not in pairs:
             continue
         src = node.args[0]
         if (isinstance(src, fx.Node) and src.op == "call_module"
-                and type(mods.get(src.target)) is _PAIRS[type(mods[node.target])] and len(src.users) == 1):
+                and type(mods.get(src.target)) is pairs[type(mods[node.target])] and len(src.users) == 1):
             pairs.append((src.target, node.target))
     return pairs
 

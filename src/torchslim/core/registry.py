@@ -99,3 +99,4 @@ def _import_builtin_methods() -> None:
     import torchslim.prune  # noqa: F401
     import torchslim.quant  # noqa: F401
     import torchslim.lowrank  # noqa: F401
+    import torchslim.binary  # noqa: F401

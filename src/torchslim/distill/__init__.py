@@ -65,6 +65,9 @@ class Distill(Callback):
         loss: ``kd`` (Hinton) or ``mse`` (logit matching).
         online: train the teacher on the labels in the same loop (its own SGD optimizer, ``teacher_lr``).
         hints: ``[(student module, teacher module), ...]`` FitNets feature pairs; weight ``hint_weight``.
+        cache: offline only, a dict (may be shared between callbacks) that keeps the teacher's
+            logits per input sample (keyed by the sample's bytes), so the teacher runs once per
+            sample instead of once per epoch. Only for data without augmentation.
     """
 
     teacher: nn.Module
@@ -75,6 +78,7 @@ class Distill(Callback):
     teacher_lr: float = 0.01
     hints: list[tuple[str, str]] = field(default_factory=list)
     hint_weight: float = 1.0
+    cache: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.T > 0:
@@ -83,6 +87,9 @@ class Distill(Callback):
             raise ValueError(f"Distill.alpha={self.alpha!r} is out of range; use a value in [0, 1]")
         if self.loss not in ("kd", "mse"):
             raise ValueError(f"Distill.loss={self.loss!r}; use 'kd' or 'mse'")
+        if self.cache is not None and (self.online or self.hints):
+            raise ValueError("Distill.cache works offline without hints (the teacher must not change and "
+                             "its features are not cached)")
         self.task_weight = 1.0 - self.alpha
         self._handles: list = []
         self._feats: dict[str, torch.Tensor] = {}
@@ -119,8 +126,7 @@ class Distill(Callback):
             t_out = self.teacher(inputs)
             teacher_ce = F.cross_entropy(t_out, targets)
         else:
-            with torch.no_grad():
-                t_out = self.teacher(inputs)
+            t_out = self._teacher_logits(inputs)
             teacher_ce = 0.0
         t_out_d = t_out.detach()
         soft = kd_loss(outputs, t_out_d, self.T) if self.loss == "kd" else logit_matching_loss(outputs, t_out_d)
@@ -129,6 +135,17 @@ class Distill(Callback):
             total = total + self.hint_weight * 0.5 * (reg(self._feats[f"s{i}"]) - self._feats[f"t{i}"].detach()
                                                       ).pow(2).flatten(1).sum(1).mean()
         return total
+
+    @torch.no_grad()
+    def _teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            return self.teacher(inputs)
+        keys = [hash(row.numpy().tobytes()) for row in inputs.detach().cpu()]
+        missing = [i for i, k in enumerate(keys) if k not in self.cache]
+        if missing:
+            for i, row in zip(missing, self.teacher(inputs[missing]).cpu()):
+                self.cache[keys[i]] = row
+        return torch.stack([self.cache[k] for k in keys]).to(inputs.device)
 
     def after_step(self, model, step):
         if self._opt is not None:

@@ -115,6 +115,8 @@ def _register_runtime() -> None:
     from torchslim.runtime.product import ProductConv2d, ProductLinear
     from torchslim.runtime.sparse import SparseConv2d, SparseLinear
     from torchslim.runtime.uniform import UniformConv2d, UniformLinear
+    from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
+    from torchslim.binary import KBitAct
 
     def conv_geometry(m: nn.Module) -> dict:
         return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
@@ -139,6 +141,14 @@ def _register_runtime() -> None:
     register_module_spec(UniformLinear, lambda m: dict(in_features=m.in_features, out_features=m.out_features,
                                                        **uniform(m)))
     register_module_spec(UniformConv2d, lambda m: dict(**conv_geometry(m), **uniform(m)))
+    register_module_spec(PackedBinaryLinear, lambda m: dict(
+        in_features=m.in_features, out_features=m.out_features, input_scaling=m.input_scaling,
+        binary_input=m.binary_input))
+    register_module_spec(PackedBinaryConv2d, lambda m: dict(
+        in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+        stride=list(m.stride), padding=list(m.padding), input_scaling=m.input_scaling,
+        binary_input=m.binary_input))
+    register_module_spec(KBitAct, lambda m: dict(bits=m.bits))
 
 
 _register_runtime()

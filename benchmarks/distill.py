@@ -1,0 +1,189 @@
+"""Knowledge-distillation benchmark: students trained alone vs distilled from the
+vgg_small teacher (benchmarks/artifacts/vgg_small.slim), same epochs, optimizer and
+seed; and KD-assisted fine-tuning after 90 % magnitude pruning of vgg_small.
+
+Sections (``--only`` picks some):
+  search    Hinton KD settings (T, alpha) for lenet5, seed 0, chosen on the
+            validation split (never on test).
+  students  lenet5, lenet300_100 (the shallow 3-layer student) and vgg_small at
+            width 12 (7x fewer MACs than the teacher), seeds 0-2: alone vs KD with the
+            chosen setting; mean and spread (sample std) of test top-1.
+  pruned    vgg_small pruned to 90 % sparsity one-shot, then 1 epoch of fine-tuning
+            with plain cross-entropy vs with KD from the unpruned model.
+
+No augmentation, so the teacher's logits are cached once per sample and shared by
+every run. Writes benchmarks/results/distill.{json,md} and
+benchmarks/artifacts/<student>_kd.slim / <student>_alone.slim for the student with
+the largest mean gain.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+from _common import parse, parser, run_sections
+
+import torch
+
+import torchslim as ts
+from torchslim.core.api import method_callbacks
+from torchslim.data import DataConfig, make_loaders
+from torchslim.distill import Distill
+from torchslim.measure import count_macs, count_params
+from torchslim.prune import Magnitude
+from torchslim.train import TrainConfig, evaluate, fit
+
+ROOT = Path(__file__).resolve().parent
+ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
+SHAPE = (1, 28, 28)
+TEACHER = "vgg_small"
+STUDENTS = {"lenet5": ("lenet5", {}), "lenet300_100": ("lenet300_100", {}),
+            "vgg_small_w12": ("vgg_small", {"width": 12})}
+EPOCHS = 10
+SEARCH_EPOCHS = 5
+GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
+SEEDS = (0, 1, 2)
+
+
+def _train(cfg_name: str, arch: tuple, seed: int, epochs: int, kd: tuple | None, loaders, teacher, cache):
+    """Train one student (or load it from the cache folder when finished); returns (model, row)."""
+    name, kwargs = arch
+    tag = f"distill_{cfg_name}_s{seed}_e{epochs}_" + (f"T{kd[0]:g}_a{kd[1]:g}" if kd else "alone")
+    path = CACHE / tag / "model.slim"
+    if path.exists():
+        model = ts.load(path)
+    else:
+        torch.manual_seed(seed)
+        model = ts.create_model(name, **kwargs)
+        cbs = [Distill(teacher, T=kd[0], alpha=kd[1], cache=cache)] if kd else []
+        fit(model, loaders.train, TrainConfig(epochs=epochs, optimizer="adam", lr=0.001, weight_decay=0.0,
+                                              schedule="cosine", seed=seed),
+            callbacks=cbs, checkpoint_dir=CACHE / tag, desc=tag)
+        ts.save(model, path, recipe={"model": {"name": name, "kwargs": kwargs},
+                                     "train": {"epochs": epochs, "optimizer": "adam", "lr": 0.001, "seed": seed,
+                                               **({"distill": {"teacher": f"{TEACHER}.slim", "T": kd[0],
+                                                               "alpha": kd[1]}} if kd else {})}})
+    row = {"student": cfg_name, "seed": seed, "epochs": epochs, "mode": "KD" if kd else "alone",
+           "T": kd[0] if kd else None, "alpha": kd[1] if kd else None,
+           "val_top1": evaluate(model, loaders.val)["top1"], "top1": evaluate(model, loaders.test)["top1"],
+           "params": count_params(model), "macs": count_macs(model, SHAPE), "path": str(path)}
+    print(json.dumps(row), flush=True)
+    return model, row
+
+
+class _Run:
+    def __init__(self, data_dir):
+        self.loaders = make_loaders(DataConfig(dir=data_dir, augment=False), seed=0)
+        self.teacher = ts.load(ART / f"{TEACHER}.slim").eval()
+        self.cache: dict = {}
+        self.t_row = {"student": f"{TEACHER} (teacher)", "mode": "teacher",
+                      "top1": evaluate(self.teacher, self.loaders.test)["top1"],
+                      "params": count_params(self.teacher), "macs": count_macs(self.teacher, SHAPE)}
+
+    def train(self, cfg_name, seed, epochs, kd):
+        return _train(cfg_name, STUDENTS[cfg_name], seed, epochs, kd, self.loaders, self.teacher, self.cache)
+
+
+def search(run: _Run) -> list[dict]:
+    rows = [run.train("lenet5", 0, SEARCH_EPOCHS, None)[1]]
+    rows += [run.train("lenet5", 0, SEARCH_EPOCHS, kd)[1] for kd in GRID]
+    return rows
+
+
+def _best(sections: dict) -> tuple[float, float]:
+    kd = [r for r in sections.get("search", []) if r["mode"] == "KD"]
+    best = max(kd, key=lambda r: r["val_top1"]) if kd else {"T": 4.0, "alpha": 0.5}
+    return best["T"], best["alpha"]
+
+
+def students(run: _Run, kd: tuple[float, float]) -> list[dict]:
+    rows = []
+    for cfg_name in STUDENTS:
+        for seed in SEEDS:
+            rows.append(run.train(cfg_name, seed, EPOCHS, None)[1])
+            rows.append(run.train(cfg_name, seed, EPOCHS, kd)[1])
+    return rows
+
+
+def pruned(run: _Run, kd: tuple[float, float]) -> list[dict]:
+    rows = []
+    ft = {"epochs": 1, "optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0005, "schedule": "cosine", "seed": 0}
+    for mode in ("alone", "KD"):
+        model = ts.load(ART / f"{TEACHER}.slim")
+        ts.compress_(model, Magnitude(sparsity=0.9, exclude=("0.0",)))
+        before = evaluate(model, run.loaders.test)["top1"]
+        teacher = copy.deepcopy(run.teacher)
+        cbs = [Distill(teacher, T=kd[0], alpha=kd[1], cache=run.cache)] if mode == "KD" else []
+        fit(model, run.loaders.train, TrainConfig(**ft), callbacks=method_callbacks(model) + cbs,
+            checkpoint_dir=CACHE / f"distill_pruned90_{mode}", desc=f"pruned90 {mode}")
+        ts.convert_(model)
+        rows.append({"student": f"{TEACHER} pruned 90 %", "mode": f"fine-tune 1 ep, {mode}", "seed": 0,
+                     "T": kd[0] if mode == "KD" else None, "alpha": kd[1] if mode == "KD" else None,
+                     "top1_before_ft": before, "top1": evaluate(model, run.loaders.test)["top1"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def summary(run: _Run, rows: list[dict]) -> list[dict]:
+    out = [dict(run.t_row)]
+    for cfg_name in STUDENTS:
+        per = {}
+        for mode in ("alone", "KD"):
+            acc = [r["top1"] for r in rows if r["student"] == cfg_name and r["mode"] == mode]
+            if acc:
+                per[mode] = acc
+        if len(per) < 2:
+            continue
+        ref = next(r for r in rows if r["student"] == cfg_name)
+        for mode, acc in per.items():
+            out.append({"student": cfg_name, "mode": mode, "seeds": len(acc),
+                        "top1_mean": round(statistics.mean(acc), 2),
+                        "top1_std": round(statistics.stdev(acc), 2) if len(acc) > 1 else 0.0,
+                        "gain_pp": round(statistics.mean(acc) - statistics.mean(per["alone"]), 2),
+                        "vs_teacher_pp": round(statistics.mean(acc) - run.t_row["top1"], 2),
+                        "params": ref["params"], "macs": ref["macs"],
+                        "teacher_macs_ratio": round(run.t_row["macs"] / ref["macs"], 1)})
+    return out
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--only", nargs="*", default=["search", "students", "pruned"])
+    a = parse(ap)
+    run = _Run(a.data_dir)
+    path = CACHE / "distill_sections.json"
+    sections = run_sections(path, [s for s in a.only if s == "search"], {"search": lambda: search(run)})
+    kd = _best(sections)
+    print(f"chosen on validation: T={kd[0]:g}, alpha={kd[1]:g}", flush=True)
+    sections = run_sections(path, [s for s in a.only if s != "search"],
+                            {"students": lambda: students(run, kd), "pruned": lambda: pruned(run, kd)})
+    table = summary(run, sections.get("students", []))
+    gains = [r for r in table if r.get("mode") == "KD"]
+    best = max(gains, key=lambda r: r["gain_pp"]) if gains else None
+    if best:
+        for mode, suffix in (("KD", "kd"), ("alone", "alone")):
+            r = next(x for x in sections["students"] if x["student"] == best["student"] and x["mode"] == mode
+                     and x["seed"] == 0)
+            shutil.copyfile(r["path"], ART / f"{best['student']}_{suffix}.slim")
+    results = {"teacher": TEACHER, "chosen": {"T": kd[0], "alpha": kd[1]},
+               "best_student": best["student"] if best else None, "summary": table, **sections}
+    RES.mkdir(exist_ok=True)
+    (RES / "distill.json").write_text(json.dumps(results, indent=1))
+    from torchslim.measure.report import to_markdown
+    md = [f"# Knowledge distillation from {TEACHER} on Fashion-MNIST (test split)", "",
+          f"KD setting chosen on the validation split: T={kd[0]:g}, alpha={kd[1]:g}. "
+          f"Artifacts: {best['student'] + '_kd.slim / _alone.slim (seed 0)' if best else 'none'}.", "",
+          to_markdown(table, ["student", "mode", "seeds", "top1_mean", "top1_std", "gain_pp", "vs_teacher_pp",
+                              "params", "macs", "teacher_macs_ratio"]), "",
+          "Setting search (lenet5, seed 0, 5 epochs):", "",
+          to_markdown(sections.get("search", []), ["mode", "T", "alpha", "val_top1", "top1"]), "",
+          "KD-assisted fine-tuning after pruning:", "",
+          to_markdown(sections.get("pruned", []), ["student", "mode", "T", "alpha", "top1_before_ft", "top1"])]
+    (RES / "distill.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Bit-packed binary layers: xor + popcount GEMMs (Rastegari et al. 2016, XNOR-Net;
+Courbariaux et al. 2016, BNN).
+
+Signs are packed 64 to a word along the input channels (bit 1 = -1, bit 0 = +1; tail
+bits 0 in both operands), so for ``n`` real bits ``a . b = n - 2 popcount(a XOR b)``.
+A conv packs its input once per position and gathers the ``kh x kw`` patch of words
+(im2col on words, 1/32 of the float im2col), then one xnor GEMM. Zero padding is
+neither +1 nor -1: padded positions are packed as +1 and corrected exactly by
+subtracting ``conv(padding mask, sum_c sign(W))``, computed once per input size.
+Output: ``y = scale_o * (K_p *) dot + bias_o`` where ``scale`` holds the weight scale
+(BWN alpha) and any BatchNorm folded in, and ``K`` is XNOR-Net's input scale map.
+
+The CPU kernel is numba: ``llvm.ctpop`` through a small ``@intrinsic`` lowers to the
+hardware popcount (``vpopcntq`` on AVX-512 CPUs, ``popcnt`` elsewhere); compiled
+kernels are cached on disk. Without numba (or off the CPU) a pure-torch reference runs
+the same arithmetic (byte lookup-table popcount): exact, slower.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.runtime._layout import set_conv_geometry
+
+_SHIFTS = torch.arange(64, dtype=torch.int64)
+_BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+
+
+def pack_signs(x: torch.Tensor) -> torch.Tensor:
+    """Pack the signs of the last dim into int64 words: (..., C) -> (..., ceil(C / 64)); bit 1 = negative."""
+    c = x.shape[-1]
+    bits = (x < 0).to(torch.int64)
+    pad = (-c) % 64
+    if pad:
+        bits = F.pad(bits, (0, pad))
+    bits = bits.view(*x.shape[:-1], -1, 64)
+    return (bits << _SHIFTS.to(x.device)).sum(-1)   # distinct bits: no carries, exact in int64
+
+
+def unpack_signs(words: torch.Tensor, c: int) -> torch.Tensor:
+    """Inverse of :func:`pack_signs`: (..., W) -> (..., c) of +1/-1 floats."""
+    bits = (words.unsqueeze(-1) >> _SHIFTS.to(words.device)) & 1
+    return 1.0 - 2.0 * bits.flatten(-2)[..., :c].float()
+
+
+def popcount_xor_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``out[i, j] = popcount(a[i] XOR b[j])`` summed over words, in pure torch (int32)."""
+    table = _BYTE_POPCOUNT.to(a.device)
+    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
+    for i in range(0, a.shape[0], 128):
+        x = torch.bitwise_xor(a[i:i + 128, None, :], b[None, :, :])
+        out[i:i + 128] = table[x.contiguous().view(torch.uint8).long()].sum(-1, dtype=torch.int32)
+    return out
+
+
+_NUMBA: dict | bool | None = None
+
+
+def _numba_kernels() -> dict | bool:
+    """The compiled numba kernels (pack, xnor GEMM, direct binary conv), or False without numba."""
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import numpy as np
+            from llvmlite import ir
+            from numba import njit, prange, types
+            from numba.extending import intrinsic
+        except ImportError:
+            _NUMBA = False
+            return _NUMBA
+
+        @intrinsic
+        def popcount64(typingctx, x):
+            def codegen(context, builder, signature, args):
+                fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+                return builder.call(fn, args)
+            return types.uint64(types.uint64), codegen
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def pack_rows(x, out):                       # float32 (R, C) -> uint64 (R, W)
+            r_n, c = x.shape
+            for r in prange(r_n):
+                for k in range(out.shape[1]):
+                    v = np.uint64(0)
+                    for bit in range(min(64, c - 64 * k)):  # branch-free: vectorizes
+                        v |= np.uint64(x[r, 64 * k + bit] < 0) << np.uint64(bit)
+                    out[r, k] = v
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def xnor_gemm(a, b, out):                    # (M, W) x (N, W) -> popcounts (M, N)
+            m, w = a.shape
+            for i in prange(m):
+                for j in range(b.shape[0]):
+                    acc = 0
+                    for k in range(w):
+                        acc += popcount64(a[i, k] ^ b[j, k])
+                    out[i, j] = acc
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def xnor_conv(xw, ww, sh, sw, out):          # (B, Hp, Wp, W) x (N, kh, kw, W) -> (B, Ho, Wo, N)
+            nb, ho, wo, n = out.shape
+            kh, kw, w = ww.shape[1], ww.shape[2], ww.shape[3]
+            flat = ww.reshape(n, kh * kw * w)
+            for idx in prange(nb * ho):
+                b, oy = idx // ho, idx % ho
+                patch = np.empty(kh * kw * w, np.uint64)
+                for ox in range(wo):
+                    p = 0
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            for k in range(w):
+                                patch[p] = xw[b, oy * sh + ky, ox * sw + kx, k]
+                                p += 1
+                    for o in range(n):
+                        acc = 0
+                        for q in range(p):
+                            acc += popcount64(patch[q] ^ flat[o, q])
+                        out[b, oy, ox, o] = acc
+
+        _NUMBA = {"pack": pack_rows, "gemm": xnor_gemm, "conv": xnor_conv}
+    return _NUMBA
+
+
+def _kernels(t: torch.Tensor) -> dict | bool:
+    k = _numba_kernels() if t.device.type == "cpu" else False
+    if k:
+        import numba
+
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return k
+
+
+def _u64(t: torch.Tensor):
+    return t.contiguous().numpy().view("uint64")
+
+
+def pack_rows(x: torch.Tensor) -> torch.Tensor:
+    """:func:`pack_signs` of a 2-D tensor, with the numba kernel when available."""
+    k = _kernels(x)
+    if not k:
+        return pack_signs(x)
+    out = torch.empty(x.shape[0], math.ceil(x.shape[1] / 64), dtype=torch.int64)
+    k["pack"](x.detach().float().contiguous().numpy(), out.numpy().view("uint64"))
+    return out
+
+
+def popcount_xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``popcount(a[i] XOR b[j])`` summed over words, (M, W) x (N, W) int64 -> (M, N) int32."""
+    k = _kernels(a)
+    if not k:
+        return popcount_xor_reference(a, b)
+    out = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32)
+    k["gemm"](_u64(a), _u64(b), out.numpy())
+    return out
+
+
+class _PackedBase(nn.Module):
+    """Shared state: packed weight words, per-output scale and bias, the XNOR input scaling
+    flag, and ``binary_input``: with float activations (BinaryConnect, BWN) there is no xnor
+    product, and the bits are expanded to a +/-1 float weight once (a storage format)."""
+
+    def _init_packed(self, rows: int, words: int, input_scaling: bool, binary_input: bool) -> None:
+        if input_scaling and not binary_input:
+            raise ValueError("input_scaling (XNOR-Net's K) needs binary_input=True")
+        self.input_scaling, self.binary_input = input_scaling, binary_input
+        self.register_buffer("words", torch.zeros(rows, words, dtype=torch.int64))
+        self.register_buffer("scale", torch.ones(rows))
+        self.register_buffer("bias", torch.zeros(rows))
+        self._float: tuple | None = None
+
+    def weight_counts(self) -> tuple[int, int]:
+        n = self.n_bits * self.words.shape[0]
+        return n, n
+
+    def float_weight(self) -> torch.Tensor:
+        """The +/-1 weight in the layer's float layout, expanded once and cached."""
+        key = (self.words.data_ptr(), self.words._version)
+        if self._float is None or self._float[0] != key:
+            self._float = (key, self._unpack())
+        return self._float[1]
+
+
+class PackedBinaryLinear(_PackedBase):
+    """``y = scale * (K *) (sign(x) . sign(W)) + bias`` on packed words."""
+
+    def __init__(self, in_features: int, out_features: int, input_scaling: bool = False,
+                 binary_input: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.n_bits = in_features, out_features, in_features
+        self._init_packed(out_features, math.ceil(in_features / 64), input_scaling, binary_input)
+
+    def _unpack(self) -> torch.Tensor:
+        return unpack_signs(self.words, self.in_features)
+
+    def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
+        self.words = pack_signs(sign_w)
+        self.scale, self.bias = scale.detach().float().clone(), bias.detach().float().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.binary_input:
+            return F.linear(x, self.float_weight()) * self.scale + self.bias
+        dot = self.n_bits - 2 * popcount_xor(pack_rows(x), self.words).to(x.dtype)
+        if self.input_scaling:
+            dot = dot * x.abs().mean(1, keepdim=True)
+        return dot * self.scale + self.bias
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_features}, {self.out_features}, input_scaling={self.input_scaling}, "
+                f"binary_input={self.binary_input}")
+
+
+class PackedBinaryConv2d(_PackedBase):
+    """Binary conv as an xnor GEMM over patches of packed words (dilation 1, groups 1)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
+                 input_scaling: bool = False, binary_input: bool = True) -> None:
+        super().__init__()
+        set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, [1, 1], 1)
+        kh, kw = self.kernel_size
+        self.n_bits = in_channels * kh * kw
+        self._init_packed(out_channels, kh * kw * math.ceil(in_channels / 64), input_scaling, binary_input)
+        self._corr: dict = {}
+
+    def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
+        self.words = pack_signs(sign_w.permute(0, 2, 3, 1)).flatten(1)   # (Cout, kh * kw * words)
+        self.scale, self.bias = scale.detach().float().clone(), bias.detach().float().clone()
+        self._corr = {}
+
+    def _padding_correction(self, h: int, w: int, device) -> torch.Tensor:
+        key = (h, w, self.words.data_ptr(), self.words._version)
+        if key not in self._corr:
+            mask = F.pad(torch.zeros(1, 1, h, w, device=device), (self.padding[1],) * 2 + (self.padding[0],) * 2,
+                         value=1.0)
+            sign_sum = self.float_weight().sum(1, keepdim=True)              # sum_c sign(W): (Cout, 1, kh, kw)
+            self._corr = {key: F.conv2d(mask, sign_sum, stride=self.stride)[0].permute(1, 2, 0)}
+        return self._corr[key]                                             # (Ho, Wo, Cout)
+
+    def _unpack(self) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        w = self.words.view(self.out_channels, kh, kw, -1)
+        return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.binary_input:
+            y = F.conv2d(x, self.float_weight(), None, self.stride, self.padding)
+            return y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        b, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        words = pack_rows(x.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w, -1)  # padding packs as +1
+        words = F.pad(words, (0, 0, pw, pw, ph, ph))
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        k = _kernels(x)
+        if k:
+            pop = torch.empty(b, ho, wo, self.out_channels, dtype=torch.int32)
+            k["conv"](_u64(words), _u64(self.words.view(self.out_channels, kh, kw, -1)), sh, sw, pop.numpy())
+        else:
+            patches = words.unfold(1, kh, sh).unfold(2, kw, sw)           # (B, Ho, Wo, Wd, kh, kw)
+            rows = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1)
+            pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
+        dot = self.n_bits - 2 * pop.to(x.dtype)
+        if ph or pw:
+            dot = dot - self._padding_correction(h, w, x.device)
+        y = dot.permute(0, 3, 1, 2)
+        if self.input_scaling:
+            y = y * input_scale_map(x, self.kernel_size, self.stride, self.padding)
+        return y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, input_scaling={self.input_scaling}, binary_input={self.binary_input}")
+
+
+def input_scale_map(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
+    """XNOR-Net's K: mean over channels of |x|, averaged over each k x k window (zero padding)."""
+    a = x.abs().mean(1, keepdim=True)
+    kh, kw = kernel_size
+    box = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=x.dtype, device=x.device)
+    return F.conv2d(a, box, stride=stride, padding=padding)

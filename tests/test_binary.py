@@ -1,0 +1,137 @@
+"""Binary and low-bit networks: quantizer gradients, packing, exact xnor-popcount products."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchslim as ts
+from torchslim.binary import BNN, BWN, XNOR, BinaryConnect, KBit
+from torchslim.binary.quantizers import bwn_scale, get_quantizer
+from torchslim.runtime import binary as rb
+
+from contract import MethodContract
+
+
+class _BinaryContract(MethodContract):
+    model_names = ("vgg_small", "resnet20")
+    prepare_rel_error = float("inf")   # a binarized untrained net is far from the float one by design
+    convert_atol = 1e-4
+
+
+class TestBNNContract(_BinaryContract):
+    config = BNN()
+
+
+class TestXNORContract(_BinaryContract):
+    config = XNOR()
+
+
+class TestBWNContract(_BinaryContract):
+    config = BWN()
+
+
+class TestConnectContract(_BinaryContract):
+    config = BinaryConnect()
+    convert_atol, convert_rtol = 1e-2, 1e-4    # unscaled +/-1 weights: outputs in the 1e7 range
+
+
+class TestKBitContract(_BinaryContract):
+    config = KBit(weight_bits=2, act_bits=2)
+    bad_configs = (lambda: KBit(weight_bits=0), lambda: KBit(act_bits=9))
+
+
+def test_sign_ste_gradient_matches_numpy_reference():
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
+    g = torch.arange(7, dtype=torch.float32)
+    q = get_quantizer("ste_sign")(x)
+    q.backward(g)
+    xn = x.detach().numpy()
+    np.testing.assert_array_equal(q.detach().numpy(), np.where(xn < 0, -1.0, 1.0))
+    np.testing.assert_array_equal(x.grad.numpy(), g.numpy() * (np.abs(xn) <= 1))
+
+
+def test_stochastic_sign_mean_is_hard_sigmoid():
+    torch.manual_seed(0)
+    x = torch.linspace(-1.5, 1.5, 13).repeat(20000, 1)
+    mean_plus = (get_quantizer("stochastic_sign")(x) > 0).float().mean(0)
+    expected = torch.clamp((x[0] + 1) / 2, 0, 1)
+    assert (mean_plus - expected).abs().max() < 0.015     # 20000 draws: 4 sigma ~ 0.014
+
+
+def test_bwn_alpha_is_per_filter_mean_abs():
+    w = torch.randn(6, 3, 3, 3)
+    torch.testing.assert_close(bwn_scale(w).flatten(), w.abs().mean(dim=(1, 2, 3)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 5), c=st.integers(1, 200), seed=st.integers(0, 1000))
+def test_pack_unpack_lossless(rows, c, seed):
+    x = torch.randn(rows, c, generator=torch.Generator().manual_seed(seed))
+    words = rb.pack_signs(x)
+    assert words.shape == (rows, (c + 63) // 64)
+    assert torch.equal(rb.unpack_signs(words, c), torch.where(x < 0, -1.0, 1.0))
+    assert torch.equal(rb.pack_rows(x), words)                               # numba packer agrees
+
+
+@pytest.mark.parametrize("c", [1, 63, 64, 65, 130])
+def test_xnor_popcount_linear_exact(c):
+    torch.manual_seed(c)
+    x, w = torch.randn(7, c), torch.randn(5, c)
+    layer = rb.PackedBinaryLinear(c, 5)
+    layer.set_weight(w.sign(), torch.ones(5), torch.zeros(5))
+    ref = x.sign() @ w.sign().t()
+    assert torch.equal(layer(x), ref)
+    a, b = rb.pack_signs(x), rb.pack_signs(w)
+    assert torch.equal(rb.popcount_xor(a, b), rb.popcount_xor_reference(a, b))
+
+
+@pytest.mark.parametrize("c,k,stride,pad", [(3, 3, 1, 1), (64, 3, 2, 1), (70, 3, 1, 0), (130, 5, 1, 2), (8, 1, 1, 0)])
+def test_xnor_popcount_conv_exact_with_padding(c, k, stride, pad):
+    torch.manual_seed(c + k)
+    x, w = torch.randn(2, c, 9, 7), torch.randn(4, c, k, k)
+    layer = rb.PackedBinaryConv2d(c, 4, [k, k], [stride, stride], [pad, pad])
+    layer.set_weight(w.sign(), torch.ones(4), torch.zeros(4))
+    ref = F.conv2d(torch.where(x < 0, -1.0, 1.0), w.sign(), stride=stride, padding=pad)  # padded zeros are 0
+    assert torch.equal(layer(x), ref)
+
+
+def test_design_rule_warnings():
+    with pytest.warns(UserWarning, match="1x1"):
+        ts.compress_(ts.create_model("resnet20"), BNN())
+    with pytest.warns(UserWarning, match="first or last"):
+        ts.compress_(ts.create_model("vgg_small"), XNOR(layers=("0.0", "0.3")))
+    with pytest.warns(UserWarning, match="act_bits=6"):
+        ts.compress_(ts.create_model("vgg_small"), KBit(act_bits=6))
+
+
+def test_defaults_keep_first_and_last_float_and_drop_feeding_relus():
+    model = ts.compress_(ts.create_model("vgg_small"), BNN())
+    assert type(model[0][0]) is torch.nn.Conv2d and type(model[2][3]) is torch.nn.Linear
+    # a ReLU that feeds a binary-input layer must go (else the sign it feeds is always +1); only the
+    # one before the float classifier stays
+    relus = [n for n, m in model.named_modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus == ["2.1"]
+
+
+def test_clip_callback_and_packed_file_is_small(tmp_path):
+    from torchslim.core.api import method_callbacks
+
+    model = ts.compress_(ts.create_model("vgg_small"), XNOR())
+    with torch.no_grad():
+        model[0][3].weight.mul_(5)
+    for cb in method_callbacks(model):
+        cb.after_step(model, 0)
+    assert model[0][3].weight.abs().max() <= 1
+    ts.save(ts.create_model("vgg_small"), tmp_path / "f.slim")
+    ts.save(ts.convert_(model.eval()), tmp_path / "b.slim")
+    assert (tmp_path / "f.slim").stat().st_size >= 20 * (tmp_path / "b.slim").stat().st_size
+
+
+def test_reference_path_without_numba(monkeypatch):
+    monkeypatch.setattr(rb, "_NUMBA", False)
+    test_xnor_popcount_conv_exact_with_padding(70, 3, 1, 1)
+    test_xnor_popcount_linear_exact(65)
