@@ -50,3 +50,37 @@ def run_sections(path, only: list[str], runners: dict) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(sections, indent=1))
     return sections
+
+
+def torch_ao_int8(model, static: bool, data, calib_batches: int = 16):
+    """The peer: torch.ao dynamic int8 (Linear layers) or static int8 (FX graph mode, x86 qconfig)."""
+    import warnings
+
+    import torch
+    import torch.nn as nn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not static:
+            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (next(iter(data))[0],))
+        with torch.no_grad():
+            for i, (x, _) in enumerate(data):
+                if i >= calib_batches:
+                    break
+                prepared(x)
+        return convert_fx(prepared)
+
+
+def state_bytes(model) -> int:
+    """torch.save size of a peer's state dict (peer models have no .slim form)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getbuffer().nbytes

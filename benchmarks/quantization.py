@@ -18,13 +18,11 @@ benchmarks/artifacts/vgg_small_kmeans4.slim and vgg_small_int8.slim.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import shutil
-import warnings
 from pathlib import Path
 
-from _common import compare, parse, parser, run_sections
+from _common import compare, parse, parser, run_sections, state_bytes, torch_ao_int8
 
 import torch
 import torch.nn as nn
@@ -117,30 +115,6 @@ def pq(run: _Run) -> list[dict]:
     return rows
 
 
-def _torch_ao(model: nn.Module, static: bool, data) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if not static:
-            return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-        from torch.ao.quantization import get_default_qconfig_mapping
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-        x = next(iter(data))[0]
-        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), (x,))
-        with torch.no_grad():
-            for i, (xb, _) in enumerate(data):
-                if i >= 16:
-                    break
-                prepared(xb)
-        return convert_fx(prepared)
-
-
-def _state_bytes(model: nn.Module) -> int:
-    """torch.save size of the peer's state dict (torch.ao models have no .slim form)."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
-
-
 def uniform(run: _Run) -> list[dict]:
     rows, train = [], run.loaders.train
     for tag, cfg, setting in [("int8", Uniform(), "int8 weights + activations, PTQ (x86 int8 kernels)"),
@@ -158,10 +132,10 @@ def uniform(run: _Run) -> list[dict]:
     rows.append(run.row(model, "uniform", "quant.uniform", "int4 weights + int8 activations, QAT 1 ep", path,
                         before))
     for static in (False, True):
-        peer = _torch_ao(run.model().eval(), static, train)
+        peer = torch_ao_int8(run.model().eval(), static, train)
         label = "static int8 (FX, x86 qconfig)" if static else "dynamic int8 (Linear layers)"
         rows.append(run.row(peer, "uniform", "torch.ao", label + "; bytes = torch.save(state_dict)",
-                            nbytes=_state_bytes(peer)))
+                            nbytes=state_bytes(peer)))
     return rows
 
 

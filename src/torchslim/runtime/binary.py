@@ -100,27 +100,47 @@ def _numba_kernels() -> dict | bool:
                     out[i, j] = acc
 
         @njit(parallel=True, cache=True, nogil=True)
-        def xnor_conv(xw, ww, sh, sw, out):          # (B, Hp, Wp, W) x (N, kh, kw, W) -> (B, Ho, Wo, N)
-            nb, ho, wo, n = out.shape
+        def pack_nchw(x, ph, pw, out):               # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64)
+            nb, c, h, w = x.shape
+            for idx in prange(nb * out.shape[3]):
+                b, k = idx // out.shape[3], idx % out.shape[3]
+                words = np.zeros((h, w), np.uint64)
+                for bit in range(min(64, c - 64 * k)):   # contiguous planes, branch-free: vectorizes
+                    plane = x[b, 64 * k + bit]
+                    for i in range(h):
+                        for j in range(w):
+                            words[i, j] |= np.uint64(plane[i, j] < 0) << np.uint64(bit)
+                for i in range(h):
+                    for j in range(w):
+                        out[b, i + ph, j + pw, k] = words[i, j]
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def xnor_conv(xw, ww, sh, sw, n_bits, corr, kmap, scale, bias, out):
+            # (B, Hp, Wp, W) x (N, kh, kw, W) -> float32 (B, N, Ho, Wo):
+            # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
+            nb, n, ho, wo = out.shape
             kh, kw, w = ww.shape[1], ww.shape[2], ww.shape[3]
-            flat = ww.reshape(n, kh * kw * w)
+            p = kh * kw * w
+            flat = ww.reshape(n, p)
             for idx in prange(nb * ho):
                 b, oy = idx // ho, idx % ho
-                patch = np.empty(kh * kw * w, np.uint64)
+                patches = np.empty((wo, p), np.uint64)
                 for ox in range(wo):
-                    p = 0
+                    q = 0
                     for ky in range(kh):
                         for kx in range(kw):
                             for k in range(w):
-                                patch[p] = xw[b, oy * sh + ky, ox * sw + kx, k]
-                                p += 1
-                    for o in range(n):
+                                patches[ox, q] = xw[b, oy * sh + ky, ox * sw + kx, k]
+                                q += 1
+                for o in range(n):
+                    for ox in range(wo):
                         acc = 0
                         for q in range(p):
-                            acc += popcount64(patch[q] ^ flat[o, q])
-                        out[b, oy, ox, o] = acc
+                            acc += popcount64(patches[ox, q] ^ flat[o, q])
+                        dot = (n_bits - 2 * np.float32(acc)) - corr[oy, ox, o]
+                        out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
 
-        _NUMBA = {"pack": pack_rows, "gemm": xnor_gemm, "conv": xnor_conv}
+        _NUMBA = {"pack": pack_rows, "gemm": xnor_gemm, "pack_nchw": pack_nchw, "conv": xnor_conv}
     return _NUMBA
 
 
@@ -249,24 +269,26 @@ class PackedBinaryConv2d(_PackedBase):
             return y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        words = pack_rows(x.permute(0, 2, 3, 1).reshape(-1, c)).view(b, h, w, -1)  # padding packs as +1
-        words = F.pad(words, (0, 0, pw, pw, ph, ph))
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        corr = self._padding_correction(h, w, x.device) if ph or pw else \
+            torch.zeros(ho, wo, self.out_channels, device=x.device)
+        kmap = input_scale_map(x, self.kernel_size, self.stride, self.padding)[:, 0] if self.input_scaling else \
+            torch.ones(b, ho, wo, device=x.device)
         k = _kernels(x)
-        if k:
-            pop = torch.empty(b, ho, wo, self.out_channels, dtype=torch.int32)
-            k["conv"](_u64(words), _u64(self.words.view(self.out_channels, kh, kw, -1)), sh, sw, pop.numpy())
-        else:
-            patches = words.unfold(1, kh, sh).unfold(2, kw, sw)           # (B, Ho, Wo, Wd, kh, kw)
-            rows = patches.permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1)
-            pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
-        dot = self.n_bits - 2 * pop.to(x.dtype)
-        if ph or pw:
-            dot = dot - self._padding_correction(h, w, x.device)
-        y = dot.permute(0, 3, 1, 2)
-        if self.input_scaling:
-            y = y * input_scale_map(x, self.kernel_size, self.stride, self.padding)
-        return y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        if k:  # pack straight from NCHW into the padded word grid, then one fused conv kernel
+            words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
+            k["pack_nchw"](x.detach().float().contiguous().numpy(), ph, pw, _u64(words))
+            out = torch.empty(b, self.out_channels, ho, wo)
+            k["conv"](_u64(words), _u64(self.words.view(self.out_channels, kh, kw, -1)), sh, sw,
+                      float(self.n_bits), corr.detach().float().contiguous().numpy(),
+                      kmap.detach().float().contiguous().numpy(),
+                      self.scale.float().contiguous().numpy(), self.bias.float().contiguous().numpy(), out.numpy())
+            return out
+        words = F.pad(pack_signs(x.permute(0, 2, 3, 1)), (0, 0, pw, pw, ph, ph))   # padding packs as +1
+        rows = words.unfold(1, kh, sh).unfold(2, kw, sw).permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1)
+        pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
+        dot = (self.n_bits - 2 * pop.to(x.dtype) - corr) * kmap[..., None]
+        return dot.permute(0, 3, 1, 2) * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -1,0 +1,126 @@
+"""Binary-network benchmark: packed xnor-popcount kernels against float32 torch, and
+binarized vgg_small models (BWN, XNOR-Net, BNN, DoReFa 2-bit) against the float model and
+torch.ao static int8, in one run.
+
+Sections (``--only`` picks some):
+  kernel  binary conv (256 -> 256, 3x3, 16x16 maps, batch 16, padding 1) and binary
+          linear (M=256, K=4608, N=256) against float32 conv / matmul of the same shape.
+  models  each method fine-tuned from the float baseline (Adam, 4 epochs; first conv and
+          last linear float), converted to packed layers; accuracy, file bytes, latency;
+          exactness = max |packed logits - fake-binarized logits| over the test set.
+
+Writes benchmarks/results/binary.{json,md}, binary_kernel.{json,md} and the artifacts
+benchmarks/artifacts/vgg_small_{xnor,bnn,bwn}.slim.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+from _common import compare, parse, parser, run_sections, state_bytes, torch_ao_int8
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils import benchmark
+
+import torchslim as ts
+from torchslim.binary import BNN, BWN, XNOR, KBit
+from torchslim.core.api import method_callbacks
+from torchslim.data import DataConfig, make_loaders
+from torchslim.measure import measure, write_report
+from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
+from torchslim.train import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parent
+ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
+SHAPE = (1, 28, 28)
+NAME = "vgg_small"
+FT = {"epochs": 4, "optimizer": "adam", "lr": 0.0005, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
+METHODS = {"bwn": BWN(), "xnor": XNOR(), "bnn": BNN(), "kbit2": KBit(weight_bits=2, act_bits=2)}
+COLUMNS = ["method", "setting", "top1", "delta_pp", "bytes", "bytes_ratio", "latency_b1_ms", "latency_b256_ms",
+           "speedup_b1", "speedup_b256", "max_abs_logit_diff", "train_seconds", "threads"]
+
+
+def _ms(stmt: str, **g) -> float:
+    t = benchmark.Timer(stmt, globals=g, num_threads=torch.get_num_threads())
+    return t.blocked_autorange(min_run_time=1.0).median * 1e3
+
+
+@torch.no_grad()
+def kernel() -> list[dict]:
+    torch.manual_seed(0)
+    rows = []
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False)
+    packed = PackedBinaryConv2d(256, 256, [3, 3], [1, 1], [1, 1])
+    packed.set_weight(torch.where(conv.weight < 0, -1.0, 1.0), torch.ones(256), torch.zeros(256))
+    x = torch.randn(16, 256, 16, 16)
+    assert torch.equal(packed(x), F.conv2d(torch.where(x < 0, -1.0, 1.0), packed.float_weight(), padding=1))
+    rows.append({"layer": "conv 256->256 3x3, 16x16, batch 16, pad 1", "float32_ms": _ms("m(x)", m=conv, x=x),
+                 "packed_ms": _ms("m(x)", m=packed, x=x)})
+    lin = nn.Linear(4608, 256, bias=False)
+    plin = PackedBinaryLinear(4608, 256)
+    plin.set_weight(torch.where(lin.weight < 0, -1.0, 1.0), torch.ones(256), torch.zeros(256))
+    xl = torch.randn(256, 4608)
+    rows.append({"layer": "linear M=256, K=4608, N=256", "float32_ms": _ms("m(x)", m=lin, x=xl),
+                 "packed_ms": _ms("m(x)", m=plin, x=xl)})
+    for r in rows:
+        r.update(speedup=round(r["float32_ms"] / r["packed_ms"], 2), threads=torch.get_num_threads())
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+@torch.no_grad()
+def _max_diff(a: nn.Module, b: nn.Module, loader) -> float:
+    return max(float((a(x) - b(x)).abs().max()) for x, _ in loader)
+
+
+def models(data_dir) -> list[dict]:
+    loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
+    base = {"method": "float32", "setting": "baseline",
+            **measure(ts.load(ART / f"{NAME}.slim"), SHAPE, loader=loaders.test, path=ART / f"{NAME}.slim")}
+    rows = [base]
+    for tag, cfg in METHODS.items():
+        model = ts.compress_(ts.load(ART / f"{NAME}.slim"), cfg)
+        hist = fit(model, loaders.train, TrainConfig(**FT), val_loader=loaders.val,
+                   callbacks=method_callbacks(model), checkpoint_dir=CACHE / f"binary_{tag}", desc=tag)
+        model.eval()
+        fake = copy.deepcopy(model)
+        ts.convert_(model)
+        path = CACHE / f"binary_{tag}" / "model.slim"
+        ts.save(model, path, recipe={"model": {"from": f"{NAME}.slim"},
+                                     "stages": [{**cfg.to_dict(), "finetune": FT}]})
+        packed = ts.load(path)
+        r = {"method": cfg.method, "setting": f"{FT['epochs']} ep Adam from float; first/last float",
+             **measure(packed, SHAPE, loader=loaders.test, path=path, min_run_time=1.0),
+             "max_abs_logit_diff": _max_diff(packed, fake, loaders.test), "train_seconds": round(hist["seconds"])}
+        rows.append(compare(r, base))
+        print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
+        if tag in ("xnor", "bnn", "bwn"):
+            shutil.copyfile(path, ART / f"{NAME}_{tag}.slim")
+    peer = torch_ao_int8(ts.load(ART / f"{NAME}.slim").eval(), True, loaders.train)
+    r = {"method": "torch.ao static int8", "setting": "FX, x86 qconfig; bytes = torch.save(state_dict)",
+         **measure(peer, SHAPE, loader=loaders.test, nbytes=state_bytes(peer), min_run_time=1.0)}
+    rows.append(compare(r, base))
+    return rows
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--only", nargs="*", default=["kernel", "models"])
+    a = parse(ap)
+    sections = run_sections(CACHE / "binary_sections.json", a.only,
+                            {"kernel": kernel, "models": lambda: models(a.data_dir)})
+    if "kernel" in sections:
+        write_report(sections["kernel"], RES / "binary_kernel",
+                     ["layer", "float32_ms", "packed_ms", "speedup", "threads"],
+                     title="Packed xnor-popcount layers vs float32 torch (same logical shape)")
+    if "models" in sections:
+        write_report(sections["models"], RES / "binary", COLUMNS,
+                     title=f"Binary {NAME} on Fashion-MNIST (test split), float and torch.ao int8 in the same run")
+
+
+if __name__ == "__main__":
+    main()
