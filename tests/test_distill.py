@@ -118,3 +118,11 @@ def test_cached_teacher_logits_give_the_same_training():
     assert len(cache) == 64
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+
+
+def test_cli_distill_errors_are_clean(capsys):
+    from torchslim.cli import main
+
+    assert main(["distill", "--teacher", "no/such.slim", "--student", "lenet5"]) == 2
+    assert "no file 'no/such.slim'" in capsys.readouterr().err
+    assert main(["distill", "--teacher", "x.slim", "--student", "lenet5", "--kwargs", "{bad"]) == 2

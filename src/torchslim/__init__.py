@@ -7,7 +7,7 @@
     ts.save(model, "m.slim")
     model = ts.load("m.slim")
 """
-from torchslim import lowrank, prune, quant  # noqa: F401 - namespaces: ts.prune.Magnitude, ts.quant.KMeans
+from torchslim import binary, distill, lowrank, prune, quant  # noqa: F401 - namespaces: ts.prune.Magnitude, ...
 from torchslim.core.api import compress_, convert_
 from torchslim.core.config import MethodConfig
 from torchslim.core.fold import FoldBN

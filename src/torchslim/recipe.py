@@ -78,6 +78,8 @@ def _train_and_distill(where: str, d: Any, original_ok: bool) -> tuple[TrainConf
     if not isinstance(teacher, str) or (teacher == "original" and not original_ok):
         allowed = "'original' (the recipe's baseline model) or a .slim path" if original_ok else "a .slim path"
         raise RecipeError(f"{where}.distill.teacher={teacher!r}; use {allowed}")
+    if teacher != "original" and not Path(teacher).is_file():
+        raise RecipeError(f"{where}.distill.teacher: no file {teacher!r} (give the teacher's .slim path)")
     from torchslim.distill import Distill
     import torch.nn as nn
 
