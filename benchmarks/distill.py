@@ -42,7 +42,7 @@ SHAPE = (1, 28, 28)
 TEACHER = "vgg_small"
 STUDENTS = {"lenet5": ("lenet5", {}), "lenet300_100": ("lenet300_100", {}),
             "vgg_small_w12": ("vgg_small", {"width": 12})}
-EPOCHS = 10
+EPOCHS = 6
 SEARCH_EPOCHS = 5
 GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
 SEEDS = (0, 1, 2)

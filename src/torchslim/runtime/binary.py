@@ -12,8 +12,9 @@ Output: ``y = scale_o * (K_p *) dot + bias_o`` where ``scale`` holds the weight 
 
 The CPU kernel is numba: ``llvm.ctpop`` through a small ``@intrinsic`` lowers to the
 hardware popcount (``vpopcntq`` on AVX-512 CPUs, ``popcnt`` elsewhere); compiled
-kernels are cached on disk. Without numba (or off the CPU) a pure-torch reference runs
-the same arithmetic (byte lookup-table popcount): exact, slower.
+kernels are cached on disk. Without numba a pure-torch reference runs the same
+arithmetic (byte lookup-table popcount): exact, slower. On a GPU the bits save memory,
+not time: the layer unpacks them to +/-1 in the input's dtype and runs the dense op.
 """
 from __future__ import annotations
 
@@ -221,8 +222,11 @@ class PackedBinaryLinear(_PackedBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.binary_input:
-            return F.linear(x, self.float_weight()) * self.scale + self.bias
-        dot = self.n_bits - 2 * popcount_xor(pack_rows(x), self.words).to(x.dtype)
+            return F.linear(x, self.float_weight().to(x.dtype)) * self.scale + self.bias
+        if x.device.type != "cpu":  # GPUs: the bits save memory, not time; unpack to the input's dtype
+            dot = F.linear(torch.where(x < 0, -1.0, 1.0).to(x.dtype), self.float_weight().to(x.dtype))
+        else:
+            dot = self.n_bits - 2 * popcount_xor(pack_rows(x), self.words).to(x.dtype)
         if self.input_scaling:
             dot = dot * x.abs().mean(1, keepdim=True)
         return dot * self.scale + self.bias
@@ -264,8 +268,11 @@ class PackedBinaryConv2d(_PackedBase):
         return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.binary_input:
-            y = F.conv2d(x, self.float_weight(), None, self.stride, self.padding)
+        if not self.binary_input or x.device.type != "cpu":  # float inputs; or a GPU: unpack (memory, not time)
+            xin = x if not self.binary_input else torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+            y = F.conv2d(xin, self.float_weight().to(x.dtype), None, self.stride, self.padding)
+            if self.input_scaling:
+                y = y * input_scale_map(x, self.kernel_size, self.stride, self.padding)
             return y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
