@@ -57,15 +57,15 @@ def conv_bn_pairs(model: nn.Module, pairs: dict | None = None) -> list[tuple[str
                       "nothing folded")
         return []
     mods = dict(model.named_modules())
-    pairs = []
+    found = []
     for node in graph.nodes:
         if node.op != "call_module" or type(mods.get(node.target)) not in pairs:
             continue
         src = node.args[0]
         if (isinstance(src, fx.Node) and src.op == "call_module"
                 and type(mods.get(src.target)) is pairs[type(mods[node.target])] and len(src.users) == 1):
-            pairs.append((src.target, node.target))
-    return pairs
+            found.append((src.target, node.target))
+    return found
 
 
 @torch.no_grad()
