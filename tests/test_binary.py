@@ -36,7 +36,11 @@ class TestBWNContract(_BinaryContract):
 
 class TestConnectContract(_BinaryContract):
     config = BinaryConnect()
-    convert_atol, convert_rtol = 1e-2, 1e-4    # unscaled +/-1 weights: outputs in the 1e7 range
+    # unscaled +/-1 weights on an untrained net: logits reach 4e7, so float32 rounding of the folded
+    # BatchNorm moves them by ~40 (1e-6 of the largest); the tolerance is 1e-5 of that scale
+    # (resnet20's residual sums reach 1e19 untrained; BWN/BNN/XNOR cover resnet20)
+    convert_atol, convert_rtol = 500.0, 1e-5
+    model_names = ("vgg_small",)
 
 
 class TestKBitContract(_BinaryContract):
