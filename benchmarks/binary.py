@@ -7,7 +7,9 @@ Sections (``--only`` picks some):
           linear (M=256, K=4608, N=256) against float32 conv / matmul of the same shape.
   models  each method fine-tuned from the float baseline (Adam, 4 epochs; first conv and
           last linear float), converted to packed layers; accuracy, file bytes, latency;
-          exactness = max |packed logits - fake-binarized logits| over the test set.
+          exactness: max |packed logits - fake-binarized logits| over the test set, the share
+          of identical predictions, and the fraction of binary-layer input signs that differ
+          (values within float rounding of 0 can flip; each packed layer is exact on equal inputs).
 
 Writes benchmarks/results/binary.{json,md}, binary_kernel.{json,md} and the artifacts
 benchmarks/artifacts/vgg_small_{xnor,bnn,bwn}.slim.
@@ -41,7 +43,8 @@ NAME = "vgg_small"
 FT = {"epochs": 4, "optimizer": "adam", "lr": 0.0005, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
 METHODS = {"bwn": BWN(), "xnor": XNOR(), "bnn": BNN(), "kbit2": KBit(weight_bits=2, act_bits=2)}
 COLUMNS = ["method", "setting", "top1", "delta_pp", "bytes", "bytes_ratio", "latency_b1_ms", "latency_b256_ms",
-           "speedup_b1", "speedup_b256", "max_abs_logit_diff", "train_seconds", "threads"]
+           "speedup_b1", "speedup_b256", "max_abs_logit_diff", "same_prediction_pct", "sign_flip_fraction",
+           "train_seconds", "threads"]
 
 
 def _ms(stmt: str, **g) -> float:
@@ -73,8 +76,32 @@ def kernel() -> list[dict]:
 
 
 @torch.no_grad()
-def _max_diff(a: nn.Module, b: nn.Module, loader) -> float:
-    return max(float((a(x) - b(x)).abs().max()) for x, _ in loader)
+def _exactness(packed: nn.Module, fake: nn.Module, loader) -> dict:
+    """Logit difference and prediction agreement over the test set, and the fraction of binary-layer
+    inputs whose sign differs between the two (a value within float rounding of 0 may flip)."""
+    def taps(model, types):
+        seen: list = []
+        hs = [m.register_forward_pre_hook(lambda mod, a: seen.append(a[0] < 0))
+              for m in model.modules() if isinstance(m, types) and getattr(m, "binary_input", True)
+              and getattr(m, "input_q", "ste_sign") == "ste_sign"]
+        return seen, hs
+
+    from torchslim.binary import BinaryConv2d, BinaryLinear
+
+    diff, agree, n, flips, total = 0.0, 0, 0, 0, 0
+    for x, _ in loader:
+        s_p, h_p = taps(packed, (PackedBinaryConv2d, PackedBinaryLinear))
+        s_f, h_f = taps(fake, (BinaryConv2d, BinaryLinear))
+        a, b = packed(x), fake(x)
+        for h in h_p + h_f:
+            h.remove()
+        diff = max(diff, float((a - b).abs().max()))
+        agree += int((a.argmax(1) == b.argmax(1)).sum())
+        n += len(x)
+        flips += sum(int((p != f).sum()) for p, f in zip(s_p, s_f))
+        total += sum(p.numel() for p in s_p)
+    return {"max_abs_logit_diff": diff, "same_prediction_pct": round(100 * agree / n, 3),
+            "sign_flip_fraction": flips / total if total else 0.0}
 
 
 def models(data_dir) -> list[dict]:
@@ -95,7 +122,7 @@ def models(data_dir) -> list[dict]:
         packed = ts.load(path)
         r = {"method": cfg.method, "setting": f"{FT['epochs']} ep Adam from float; first/last float",
              **measure(packed, SHAPE, loader=loaders.test, path=path, min_run_time=1.0),
-             "max_abs_logit_diff": _max_diff(packed, fake, loaders.test), "train_seconds": round(hist["seconds"])}
+             **_exactness(packed, fake, loaders.test), "train_seconds": round(hist["seconds"])}
         rows.append(compare(r, base))
         print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
         if tag in ("xnor", "bnn", "bwn"):

@@ -86,29 +86,34 @@ class _BinaryMixin:
         self.weight_scale, self.input_scale = weight_scale, input_scale
 
     def binary_weight(self) -> torch.Tensor:
+        """The quantized weight, unscaled (+/-1 for the sign quantizers)."""
         q = get_quantizer(self.weight_q)
-        w = q(self.weight, self.training) if self.weight_q == "stochastic_sign" else q(self.weight)
-        return w * bwn_scale(self.weight) if self.weight_scale else w
+        return q(self.weight, self.training) if self.weight_q == "stochastic_sign" else q(self.weight)
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
         return get_quantizer(self.input_q)(x) if self.input_q else x
 
+    def scaled(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``y * alpha (* K) + bias``. The scales multiply the +/-1 product afterwards, so the product
+        is an exact integer in float32 (a zero stays exactly zero, as in the packed kernel)."""
+        shape = (1, -1) + (1,) * (y.dim() - 2)
+        if self.weight_scale:
+            y = y * bwn_scale(self.weight).view(shape)
+        if self.input_scale:
+            y = y * (input_scale_map(x, self.kernel_size, self.stride, self.padding) if y.dim() == 4
+                     else x.abs().mean(1, keepdim=True))
+        return y if self.bias is None else y + self.bias.view(shape)
+
 
 class BinaryConv2d(nn.Conv2d, _BinaryMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(self.binary_input(x), self.binary_weight(), None, self.stride, self.padding, self.dilation,
-                     self.groups)
-        if self.input_scale:
-            y = y * input_scale_map(x, self.kernel_size, self.stride, self.padding)
-        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+        return self.scaled(F.conv2d(self.binary_input(x), self.binary_weight(), None, self.stride, self.padding,
+                                    self.dilation, self.groups), x)
 
 
 class BinaryLinear(nn.Linear, _BinaryMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(self.binary_input(x), self.binary_weight())
-        if self.input_scale:
-            y = y * x.abs().mean(1, keepdim=True)
-        return y if self.bias is None else y + self.bias
+        return self.scaled(F.linear(self.binary_input(x), self.binary_weight()), x)
 
 
 class KBitAct(nn.Module):
