@@ -128,7 +128,7 @@ def pruned(run: _Run, kd: tuple[float, float]) -> list[dict]:
 
 
 def summary(run: _Run, rows: list[dict]) -> list[dict]:
-    out = [dict(run.t_row)]
+    out = [{**run.t_row, "top1_mean": run.t_row["top1"]}]
     for cfg_name in STUDENTS:
         per = {}
         for mode in ("alone", "KD"):

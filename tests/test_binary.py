@@ -139,3 +139,12 @@ def test_reference_path_without_numba(monkeypatch):
     monkeypatch.setattr(rb, "_NUMBA", False)
     test_xnor_popcount_conv_exact_with_padding(70, 3, 1, 1)
     test_xnor_popcount_linear_exact(65)
+
+
+def test_packed_layers_count_their_macs():
+    from torchslim.measure import count_macs
+
+    model = ts.create_model("vgg_small")
+    dense = count_macs(model, (1, 28, 28))
+    ts.convert_(ts.compress_(model, XNOR()).eval())
+    assert count_macs(model, (1, 28, 28)) == dense

@@ -89,3 +89,12 @@ def test_int8_int4_on_trained_lenet5_keep_accuracy(fashion_dir):
     for cfg, tol in ((Uniform(), 0.5), (Uniform(bits=4, act_bits=0), 1.5)):
         model = ts.convert_(ts.compress_(copy.deepcopy(base), cfg, data=loaders.train))
         assert evaluate(model, loaders.test)["top1"] >= ref - tol, cfg
+
+
+def test_int8_layers_count_their_macs():
+    from torchslim.measure import count_macs
+
+    model = ts.create_model("vgg_small").eval()
+    dense = count_macs(model, (1, 28, 28))
+    ts.convert_(ts.compress_(model, Uniform(), data=[(torch.randn(8, 1, 28, 28), None)]))
+    assert count_macs(model, (1, 28, 28)) == dense

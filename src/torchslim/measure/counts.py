@@ -100,7 +100,13 @@ def _register_runtime() -> None:
     from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
     from torchslim.runtime.product import ProductConv2d, ProductLinear
     from torchslim.runtime.sparse import SparseConv2d, SparseLinear
+    from torchslim.runtime.uniform import UniformConv2d, UniformLinear
+    from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
 
+    register_macs(UniformConv2d)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
+    register_macs(UniformLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
+    register_macs(PackedBinaryConv2d)(lambda m, x, y: (y.numel() * m.n_bits,) * 2)   # binary MACs (xnor-popcount)
+    register_macs(PackedBinaryLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
     register_macs(CodebookConv2d)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
     register_macs(CodebookLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
     register_macs(ProductConv2d)(lambda m, x, y: (y.numel() * m.cols,) * 2)
