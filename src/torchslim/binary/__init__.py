@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from torchslim.binary.quantizers import bwn_scale, get_quantizer
 from torchslim.core.config import MethodConfig
+from torchslim.core.fold import bn_affine, fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import get_module, set_module
@@ -248,21 +249,18 @@ def _packed(m: nn.Module) -> nn.Module:
         return new
 
 
+@torch.no_grad()
+def _fold_scale(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A packed layer with ``bn`` folded into its per-channel scale and bias."""
+    s, t = bn_affine(bn)
+    layer.scale, layer.bias = (layer.scale * s).clone(), (layer.bias * s + t).clone()
+    return layer
+
+
 def _fold_following_bn(model: nn.Module) -> None:
     """Fold a BatchNorm that directly follows a packed binary layer into its scale and bias."""
-    from torchslim.core.fold import conv_bn_pairs
-
-    if not any(isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear)) for m in model.modules()):
-        return
-    for layer_name, bn_name in conv_bn_pairs(model, {nn.BatchNorm2d: PackedBinaryConv2d,
-                                                      nn.BatchNorm1d: PackedBinaryLinear}):
-        layer, bn = get_module(model, layer_name), get_module(model, bn_name)
-        s = (bn.weight if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-        beta = bn.bias if bn.affine else 0.0
-        with torch.no_grad():
-            layer.scale = (layer.scale * s).detach().clone()
-            layer.bias = ((layer.bias - bn.running_mean) * s + beta).detach().clone()
-        set_module(model, bn_name, nn.Identity())
+    if any(isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear)) for m in model.modules()):
+        fold_all(model, _fold_scale, {nn.BatchNorm2d: PackedBinaryConv2d, nn.BatchNorm1d: PackedBinaryLinear})
 
 
 class _BinaryMethod(Method):

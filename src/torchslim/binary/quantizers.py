@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable
 
 import torch
@@ -20,14 +21,15 @@ import torch
 _QUANTIZERS: dict[str, "Quantizer"] = {}
 
 
-class Quantizer:
+class Quantizer(ABC):
     """A named quantizer: ``q(x)`` in the forward pass, its own gradient in the backward pass."""
 
     name: str = ""
     precision: int = 1
 
+    @abstractmethod
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The quantized tensor (differentiable through the quantizer's own gradient)."""
 
 
 def register_quantizer(q: Quantizer) -> Quantizer:
@@ -71,7 +73,6 @@ class SteSign(Quantizer):
 
 class StochasticSign(Quantizer):
     name, precision = "stochastic_sign", 1
-    training = True   # set by the layer that owns it
 
     def __call__(self, x, training: bool = True):
         if not training:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.fx as fx
@@ -68,11 +69,17 @@ def conv_bn_pairs(model: nn.Module, pairs: dict | None = None) -> list[tuple[str
     return found
 
 
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, t)`` with ``bn(y) = s * y + t`` in eval mode: ``s = gamma / sqrt(var + eps)``, ``t = beta - s * mu``."""
+    s = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
+    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    return s, beta - s * bn.running_mean
+
+
 @torch.no_grad()
 def fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     """New conv/linear equal to ``bn(layer(x))`` in eval mode."""
-    s = (bn.weight if bn.affine else torch.ones_like(bn.running_var)) / torch.sqrt(bn.running_var + bn.eps)
-    beta = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    s, t = bn_affine(bn)
     if isinstance(layer, nn.Conv2d):
         new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                         layer.dilation, layer.groups, True, layer.padding_mode)
@@ -81,8 +88,18 @@ def fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Modul
     shape = (-1,) + (1,) * (layer.weight.dim() - 1)
     new.weight.copy_(layer.weight * s.view(shape))
     b = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
-    new.bias.copy_(s * (b - bn.running_mean) + beta)
+    new.bias.copy_(s * b + t)
     return new.to(layer.weight.device)
+
+
+def fold_all(model: nn.Module, fold: Callable = fold_pair, pairs: dict | None = None,
+             keep: Callable[[str, str], bool] = lambda layer, bn: True) -> None:
+    """For every (layer, BN) pair that ``keep`` accepts, the layer becomes ``fold(layer, bn)`` and the BN
+    ``nn.Identity`` (``pairs`` as in :func:`conv_bn_pairs`)."""
+    for layer_name, bn_name in conv_bn_pairs(model, pairs):
+        if keep(layer_name, bn_name):
+            set_module(model, layer_name, fold(get_module(model, layer_name), get_module(model, bn_name)))
+            set_module(model, bn_name, nn.Identity())
 
 
 @register_method("core.fold_bn")
@@ -97,9 +114,5 @@ class FoldBNMethod(Method):
     @classmethod
     def convert(cls, model: nn.Module, config: FoldBN) -> nn.Module:
         chosen = {name for name, _, _ in select(model, config, tuple(_PAIRS))}
-        for layer_name, bn_name in conv_bn_pairs(model):
-            if bn_name not in chosen:
-                continue
-            set_module(model, layer_name, fold_pair(get_module(model, layer_name), get_module(model, bn_name)))
-            set_module(model, bn_name, nn.Identity())
+        fold_all(model, keep=lambda layer, bn: bn in chosen)
         return model

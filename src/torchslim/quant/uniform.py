@@ -31,10 +31,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.core.config import MethodConfig
-from torchslim.core.fold import conv_bn_pairs, fold_pair
+from torchslim.core.fold import fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.core.surgery import get_module, set_module
+from torchslim.core.surgery import set_module
 from torchslim.runtime._layout import set_conv_geometry
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
 
@@ -229,10 +229,8 @@ class UniformMethod(Method):
             return model
         was = model.training
         if config.act_bits:  # a float BatchNorm cannot sit between two int8 layers
-            for layer, bn in conv_bn_pairs(model):
-                if layer in {n for n, _, _ in chosen}:
-                    set_module(model, layer, fold_pair(get_module(model, layer), get_module(model, bn)))
-                    set_module(model, bn, nn.Identity())
+            names = {n for n, _, _ in chosen}
+            fold_all(model, keep=lambda layer, bn: layer in names)
             chosen = list(select(model, config, (nn.Conv2d, nn.Linear)))
         flags = _flags(model, {n for n, _, _ in chosen}) if config.act_bits else {}
         for name, m, cfg in chosen:
