@@ -44,12 +44,14 @@ def run_sections(path, only: list[str], runners: dict) -> dict:
     from pathlib import Path
 
     path = Path(path)
-    sections = json.loads(path.read_text()) if path.exists() else {}
     for name in only:
-        sections[name] = runners[name]()
+        rows = runners[name]()
+        # re-read before writing: two processes may run different sections of one benchmark
+        sections = json.loads(path.read_text()) if path.exists() else {}
+        sections[name] = rows
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(sections, indent=1))
-    return sections
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def torch_ao_int8(model, static: bool, data, calib_batches: int = 16):

@@ -6,8 +6,13 @@ Sections (``--only`` picks some):
   search    Hinton KD settings (T, alpha) for lenet5, seed 0, chosen on the
             validation split (never on test).
   students  lenet5, lenet300_100 (the shallow 3-layer student) and vgg_small at
-            width 12 (7x fewer MACs than the teacher), seeds 0-2: alone vs KD with the
-            chosen setting; mean and spread (sample std) of test top-1.
+            width 12 (7x fewer MACs than the teacher), 6 epochs, seeds 0-2: alone vs
+            KD with the chosen setting; mean and spread (sample std) of test top-1.
+  light     the lightweight backbones at width 0.5: shufflenetv2 (4 epochs) and
+            mobilenetv2 (2 epochs; about 4 min per epoch on 2 cores), trained with
+            channels-last tensors, seeds 0-2, alone vs KD.
+  long      vgg_small width 12 and lenet5 for 15 epochs, seeds 0-2, alone vs KD: a
+            longer schedule, where the soft targets act as a regulariser.
   pruned    vgg_small pruned to 90 % sparsity one-shot, then 1 epoch of fine-tuning
             with plain cross-entropy vs with KD from the unpruned model.
 
@@ -41,8 +46,13 @@ ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
 SHAPE = (1, 28, 28)
 TEACHER = "vgg_small"
 STUDENTS = {"lenet5": ("lenet5", {}), "lenet300_100": ("lenet300_100", {}),
-            "vgg_small_w12": ("vgg_small", {"width": 12})}
-EPOCHS = 6
+            "vgg_small_w12": ("vgg_small", {"width": 12}),
+            "shufflenetv2_w0.5": ("shufflenetv2", {"width_mult": 0.5}),
+            "mobilenetv2_w0.5": ("mobilenetv2", {"width_mult": 0.5})}
+DEPTHWISE = ("shufflenetv2", "mobilenetv2")  # trained channels-last (faster depthwise convs on CPU)
+RUNS = {"students": [("lenet5", 6), ("lenet300_100", 6), ("vgg_small_w12", 6)],
+        "light": [("shufflenetv2_w0.5", 4), ("mobilenetv2_w0.5", 2)],
+        "long": [("vgg_small_w12", 15), ("lenet5", 15)]}
 SEARCH_EPOCHS = 5
 GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
 SEEDS = (0, 1, 2)
@@ -60,7 +70,7 @@ def _train(cfg_name: str, arch: tuple, seed: int, epochs: int, kd: tuple | None,
         model = ts.create_model(name, **kwargs)
         cbs = [Distill(teacher, T=kd[0], alpha=kd[1], cache=cache)] if kd else []
         fit(model, loaders.train, TrainConfig(epochs=epochs, optimizer="adam", lr=0.001, weight_decay=0.0,
-                                              schedule="cosine", seed=seed),
+                                              schedule="cosine", seed=seed, channels_last=name in DEPTHWISE),
             callbacks=cbs, checkpoint_dir=CACHE / tag, desc=tag)
         ts.save(model, path, recipe={"model": {"name": name, "kwargs": kwargs},
                                      "train": {"epochs": epochs, "optimizer": "adam", "lr": 0.001, "seed": seed,
@@ -99,12 +109,12 @@ def _best(sections: dict) -> tuple[float, float]:
     return best["T"], best["alpha"]
 
 
-def students(run: _Run, kd: tuple[float, float]) -> list[dict]:
+def students(run: _Run, kd: tuple[float, float], section: str) -> list[dict]:
     rows = []
-    for cfg_name in STUDENTS:
+    for cfg_name, epochs in RUNS[section]:
         for seed in SEEDS:
-            rows.append(run.train(cfg_name, seed, EPOCHS, None)[1])
-            rows.append(run.train(cfg_name, seed, EPOCHS, kd)[1])
+            rows.append(run.train(cfg_name, seed, epochs, None)[1])
+            rows.append(run.train(cfg_name, seed, epochs, kd)[1])
     return rows
 
 
@@ -129,17 +139,17 @@ def pruned(run: _Run, kd: tuple[float, float]) -> list[dict]:
 
 def summary(run: _Run, rows: list[dict]) -> list[dict]:
     out = [{**run.t_row, "top1_mean": run.t_row["top1"]}]
-    for cfg_name in STUDENTS:
+    for cfg_name, epochs in dict.fromkeys((r["student"], r["epochs"]) for r in rows):
         per = {}
         for mode in ("alone", "KD"):
-            acc = [r["top1"] for r in rows if r["student"] == cfg_name and r["mode"] == mode]
+            acc = [r["top1"] for r in rows if (r["student"], r["epochs"]) == (cfg_name, epochs) and r["mode"] == mode]
             if acc:
                 per[mode] = acc
         if len(per) < 2:
             continue
         ref = next(r for r in rows if r["student"] == cfg_name)
         for mode, acc in per.items():
-            out.append({"student": cfg_name, "mode": mode, "seeds": len(acc),
+            out.append({"student": cfg_name, "epochs": epochs, "mode": mode, "seeds": len(acc),
                         "top1_mean": round(statistics.mean(acc), 2),
                         "top1_std": round(statistics.stdev(acc), 2) if len(acc) > 1 else 0.0,
                         "gain_pp": round(statistics.mean(acc) - statistics.mean(per["alone"]), 2),
@@ -151,32 +161,34 @@ def summary(run: _Run, rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--only", nargs="*", default=["search", "students", "pruned"])
+    ap.add_argument("--only", nargs="*", default=["search", *RUNS, "pruned"])
     a = parse(ap)
     run = _Run(a.data_dir)
     path = CACHE / "distill_sections.json"
     sections = run_sections(path, [s for s in a.only if s == "search"], {"search": lambda: search(run)})
     kd = _best(sections)
     print(f"chosen on validation: T={kd[0]:g}, alpha={kd[1]:g}", flush=True)
-    sections = run_sections(path, [s for s in a.only if s != "search"],
-                            {"students": lambda: students(run, kd), "pruned": lambda: pruned(run, kd)})
-    table = summary(run, sections.get("students", []))
+    runners = {name: (lambda name=name: students(run, kd, name)) for name in RUNS}
+    sections = run_sections(path, [s for s in a.only if s != "search"], {**runners, "pruned": lambda: pruned(run, kd)})
+    trained = [r for name in RUNS for r in sections.get(name, [])]
+    table = summary(run, trained)
     gains = [r for r in table if r.get("mode") == "KD"]
     best = max(gains, key=lambda r: r["gain_pp"]) if gains else None
     if best:
         for mode, suffix in (("KD", "kd"), ("alone", "alone")):
-            r = next(x for x in sections["students"] if x["student"] == best["student"] and x["mode"] == mode
-                     and x["seed"] == 0)
+            r = next(x for x in trained if (x["student"], x["epochs"]) == (best["student"], best["epochs"])
+                     and x["mode"] == mode and x["seed"] == 0)
             shutil.copyfile(r["path"], ART / f"{best['student']}_{suffix}.slim")
     results = {"teacher": TEACHER, "chosen": {"T": kd[0], "alpha": kd[1]},
-               "best_student": best["student"] if best else None, "summary": table, **sections}
+               "best_student": {"student": best["student"], "epochs": best["epochs"]} if best else None,
+               "summary": table, **sections}
     RES.mkdir(exist_ok=True)
     (RES / "distill.json").write_text(json.dumps(results, indent=1))
     from torchslim.measure.report import to_markdown
     md = [f"# Knowledge distillation from {TEACHER} on Fashion-MNIST (test split)", "",
           f"KD setting chosen on the validation split: T={kd[0]:g}, alpha={kd[1]:g}. "
-          f"Artifacts: {best['student'] + '_kd.slim / _alone.slim (seed 0)' if best else 'none'}.", "",
-          to_markdown(table, ["student", "mode", "seeds", "top1_mean", "top1_std", "gain_pp", "vs_teacher_pp",
+          f"Artifacts: {best['student'] + '_kd.slim / _alone.slim (seed 0, ' + str(best['epochs']) + ' epochs)' if best else 'none'}.", "",
+          to_markdown(table, ["student", "epochs", "mode", "seeds", "top1_mean", "top1_std", "gain_pp", "vs_teacher_pp",
                               "params", "macs", "teacher_macs_ratio"]), "",
           "Setting search (lenet5, seed 0, 5 epochs):", "",
           to_markdown(sections.get("search", []), ["mode", "T", "alpha", "val_top1", "top1"]), "",
