@@ -8,10 +8,12 @@ Sections (``--only`` picks some):
   students  lenet5, lenet300_100 (the shallow 3-layer student) and vgg_small at
             width 12 (7x fewer MACs than the teacher), 6 epochs, seeds 0-2: alone vs
             KD with the chosen setting; mean and spread (sample std) of test top-1.
-  light     the lightweight backbones at width 0.5: shufflenetv2 (4 epochs) and
-            mobilenetv2 (2 epochs; about 4 min per epoch on 2 cores), trained with
-            channels-last tensors, seeds 0-2, alone vs KD.
-  long      vgg_small width 12 and lenet5 for 15 epochs, seeds 0-2, alone vs KD: a
+  shufflenet, mobilenet
+            the lightweight backbones at width 0.5: shufflenetv2 (4 epochs) and
+            mobilenetv2 (2 epochs; about 4 min per epoch on 2 cores, 9 on one),
+            trained with channels-last tensors, seeds 0-2, alone vs KD.
+  long, long_lenet5
+            vgg_small width 12 and lenet5 for 15 epochs, seeds 0-2, alone vs KD: a
             longer schedule, where the soft targets act as a regulariser.
   pruned    vgg_small pruned to 90 % sparsity one-shot, then 1 epoch of fine-tuning
             with plain cross-entropy vs with KD from the unpruned model.
@@ -51,8 +53,8 @@ STUDENTS = {"lenet5": ("lenet5", {}), "lenet300_100": ("lenet300_100", {}),
             "mobilenetv2_w0.5": ("mobilenetv2", {"width_mult": 0.5})}
 DEPTHWISE = ("shufflenetv2", "mobilenetv2")  # trained channels-last (faster depthwise convs on CPU)
 RUNS = {"students": [("lenet5", 6), ("lenet300_100", 6), ("vgg_small_w12", 6)],
-        "light": [("shufflenetv2_w0.5", 4), ("mobilenetv2_w0.5", 2)],
-        "long": [("vgg_small_w12", 15), ("lenet5", 15)]}
+        "shufflenet": [("shufflenetv2_w0.5", 4)], "mobilenet": [("mobilenetv2_w0.5", 2)],
+        "long": [("vgg_small_w12", 15)], "long_lenet5": [("lenet5", 15)]}
 SEARCH_EPOCHS = 5
 GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
 SEEDS = (0, 1, 2)

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchslim as ts
 from torchslim.distill import Distill, kd_loss, logit_matching_loss, soft_cross_entropy
 from torchslim.recipe import RecipeError, parse_recipe, run_recipe
-from torchslim.train import TrainConfig, fit
+from torchslim.train import Callback, TrainConfig, fit
 
 
 def test_kd_loss_hand_computed():
@@ -76,6 +76,34 @@ def test_offline_freezes_teacher_online_trains_it_hooks_removed():
         assert any(not torch.equal(s0[k], v) for k, v in student.state_dict().items())
         assert set(student.state_dict()) == set(s0)                       # no regressor left in the student
         assert all(not m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
+
+
+def test_online_resume_restores_teacher_and_regressors(tmp_path):
+    """A crashed online run with hints resumes to the uninterrupted result: the checkpoint
+    holds the teacher, the hint regressors and their optimizer, not only the student."""
+    cfg = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, seed=0)
+    steps = len(_data())
+
+    def run(crash_at=None, ckpt=None):
+        torch.manual_seed(0)
+        teacher, student = ts.create_model("lenet5"), ts.create_model("lenet5_classic")
+        cb = Distill(teacher, T=4.0, alpha=0.7, online=True, hints=[("7", "5")])
+
+        class Crash(Callback):
+            def after_step(self, model, step):
+                if step == crash_at:
+                    raise KeyboardInterrupt
+
+        fit(student, _data(), cfg, callbacks=[cb, Crash()], checkpoint_dir=ckpt, progress=False)
+        return student, teacher, cb.regressors
+
+    straight = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(crash_at=steps + 1, ckpt=tmp_path)
+    resumed = run(ckpt=tmp_path)
+    for a, b in zip(straight, resumed):
+        for (k, u), v in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(u, v), k
 
 
 def test_bad_distill_settings():

@@ -152,6 +152,19 @@ class Distill(Callback):
             self._opt.step()
             self._opt.zero_grad(set_to_none=True)
 
+    def state_dict(self) -> dict:
+        """What changes during training: the online teacher, the hint regressors, their optimizer."""
+        return {"teacher": self.teacher.state_dict() if self.online else None,
+                "regressors": self.regressors.state_dict(),
+                "optimizer": self._opt.state_dict() if self._opt is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("teacher") is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.regressors.load_state_dict(state["regressors"])
+        if state.get("optimizer") is not None and self._opt is not None:
+            self._opt.load_state_dict(state["optimizer"])
+
     def on_train_end(self, model):
         for h in self._handles:
             h.remove()

@@ -36,3 +36,10 @@ class Callback:
 
     def on_train_end(self, model: nn.Module) -> None:
         """Once after the last epoch."""
+
+    def state_dict(self) -> dict:
+        """State that ``fit`` writes into each epoch checkpoint (tensors, numbers, nested dicts/lists)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` on resume (called after :meth:`on_train_begin`)."""

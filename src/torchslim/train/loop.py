@@ -172,10 +172,11 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     start_epoch = 0
     ckpt = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():
-        start_epoch, history = _load_checkpoint(ckpt, model, opt, train_loader, cfg)
+        start_epoch, history, cb_states = _load_checkpoint(ckpt, model, opt, train_loader, cfg)
         _log(f"[{desc}] resuming after epoch {start_epoch}/{cfg.epochs} from {ckpt}")
     else:
         seed_everything(cfg.seed)
+        cb_states = None
     net: nn.Module = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -185,6 +186,12 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     task_weight = math.prod(cb.task_weight for cb in callbacks)
     for cb in callbacks:
         cb.on_train_begin(model)
+    if cb_states is not None and any(cb_states):
+        if len(cb_states) != len(callbacks):
+            raise ValueError(f"{ckpt} was written with {len(cb_states)} training callbacks, this run has "
+                             f"{len(callbacks)}; delete it to start over, or resume with the same method")
+        for cb, state in zip(callbacks, cb_states):
+            cb.load_state_dict(state)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler = getattr(train_loader, "sampler", None)
@@ -231,7 +238,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
              + (f" val {metrics['val_top1']:.2f}%" if "val_top1" in metrics else "")
              + f" ({metrics['seconds']:.0f}s)")
         if ckpt is not None and is_main_process():
-            _save_checkpoint(ckpt, model, opt, train_loader, cfg, epoch + 1, history)
+            _save_checkpoint(ckpt, model, opt, train_loader, cfg, epoch + 1, history,
+                             [cb.state_dict() for cb in callbacks])
     for cb in callbacks:
         cb.on_train_end(model)
     model.to(memory_format=torch.contiguous_format)
@@ -239,20 +247,20 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
 
 
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-                     cfg: TrainConfig, epoch: int, history: dict) -> None:
+                     cfg: TrainConfig, epoch: int, history: dict, cb_states: list) -> None:
     from torchslim.export.slim import write_slim
 
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     gen = getattr(loader, "generator", None)
     state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-             "loader_rng": gen.get_state() if gen is not None else None}
+             "loader_rng": gen.get_state() if gen is not None else None, "callbacks": cb_states}
     skeleton = flatten(state, tensors, "state")
     write_slim(path, tensors, {"arch": None, "checkpoint": {"epoch": epoch, "train": cfg.to_dict(),
                                                             "history": history, "state": skeleton}})
 
 
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-                     cfg: TrainConfig) -> tuple[int, dict]:
+                     cfg: TrainConfig) -> tuple[int, dict, list]:
     from torchslim.export.slim import read_slim
 
     tensors, header = read_slim(path)
@@ -269,4 +277,4 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, l
     gen = getattr(loader, "generator", None)
     if gen is not None and state["loader_rng"] is not None:
         gen.set_state(state["loader_rng"])
-    return ck["epoch"], ck["history"]
+    return ck["epoch"], ck["history"], state.get("callbacks")  # None: written before callbacks had state
