@@ -176,20 +176,25 @@ def main() -> None:
     table = summary(run, trained)
     gains = [r for r in table if r.get("mode") == "KD"]
     best = max(gains, key=lambda r: r["gain_pp"]) if gains else None
-    if best:
+    light = [r for r in gains if r["teacher_macs_ratio"] >= 5]
+    closest = max(light, key=lambda r: r["top1_mean"]) if light else None
+    for pick in filter(None, (best, closest)):  # seed-0 files of the largest KD gain and of the 5x-MACs student
         for mode, suffix in (("KD", "kd"), ("alone", "alone")):
-            r = next(x for x in trained if (x["student"], x["epochs"]) == (best["student"], best["epochs"])
+            r = next(x for x in trained if (x["student"], x["epochs"]) == (pick["student"], pick["epochs"])
                      and x["mode"] == mode and x["seed"] == 0)
-            shutil.copyfile(r["path"], ART / f"{best['student']}_{suffix}.slim")
-    results = {"teacher": TEACHER, "chosen": {"T": kd[0], "alpha": kd[1]},
-               "best_student": {"student": best["student"], "epochs": best["epochs"]} if best else None,
-               "summary": table, **sections}
+            shutil.copyfile(r["path"], ART / f"{pick['student']}_{suffix}.slim")
+    named = {k: {"student": r["student"], "epochs": r["epochs"], "file": f"{r['student']}_kd.slim"} if r else None
+             for k, r in (("best_student", best), ("closest_student_5x_fewer_macs", closest))}
+    results = {"teacher": TEACHER, "chosen": {"T": kd[0], "alpha": kd[1]}, **named, "summary": table, **sections}
     RES.mkdir(exist_ok=True)
     (RES / "distill.json").write_text(json.dumps(results, indent=1))
     from torchslim.measure.report import to_markdown
     md = [f"# Knowledge distillation from {TEACHER} on Fashion-MNIST (test split)", "",
           f"KD setting chosen on the validation split: T={kd[0]:g}, alpha={kd[1]:g}. "
-          f"Artifacts: {best['student'] + '_kd.slim / _alone.slim (seed 0, ' + str(best['epochs']) + ' epochs)' if best else 'none'}.", "",
+          "Artifacts (seed 0, `_kd.slim` / `_alone.slim`): "
+          + "; ".join(f"{what}: {r['student']} ({r['epochs']} epochs)" for what, r in
+                      (("largest KD gain", best), ("closest to the teacher at >= 5x fewer MACs", closest)) if r)
+          + ".", "",
           to_markdown(table, ["student", "epochs", "mode", "seeds", "top1_mean", "top1_std", "gain_pp", "vs_teacher_pp",
                               "params", "macs", "teacher_macs_ratio"]), "",
           "Setting search (lenet5, seed 0, 5 epochs):", "",
