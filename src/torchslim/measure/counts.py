@@ -103,14 +103,13 @@ def _register_runtime() -> None:
     from torchslim.runtime.uniform import UniformConv2d, UniformLinear
     from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
 
-    register_macs(UniformConv2d)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
-    register_macs(UniformLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
+    # dense layers in another storage: one MAC per (output, input) pair, all of them effective
+    for cls in (UniformLinear, PackedBinaryLinear, CodebookLinear, ProductLinear):
+        register_macs(cls)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
+    for cls in (UniformConv2d, CodebookConv2d):
+        register_macs(cls)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
     register_macs(PackedBinaryConv2d)(lambda m, x, y: (y.numel() * m.n_bits,) * 2)   # binary MACs (xnor-popcount)
-    register_macs(PackedBinaryLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
-    register_macs(CodebookConv2d)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
-    register_macs(CodebookLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
     register_macs(ProductConv2d)(lambda m, x, y: (y.numel() * m.cols,) * 2)
-    register_macs(ProductLinear)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
 
     @register_macs(SparseLinear)
     def _sparse_linear(m: SparseLinear, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:

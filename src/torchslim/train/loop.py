@@ -209,7 +209,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, total)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if x.dim() == 4:
+            if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=layout)
             out = net(x)
             loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing) * task_weight
@@ -242,7 +242,8 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
                              [cb.state_dict() for cb in callbacks])
     for cb in callbacks:
         cb.on_train_end(model)
-    model.to(memory_format=torch.contiguous_format)
+    if cfg.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return history
 
 
@@ -260,7 +261,7 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, l
 
 
 def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-                     cfg: TrainConfig) -> tuple[int, dict, list]:
+                     cfg: TrainConfig) -> tuple[int, dict, list | None]:
     from torchslim.export.slim import read_slim
 
     tensors, header = read_slim(path)
