@@ -11,12 +11,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from _common import parse, parser
-
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure.report import measure, write_report
 from torchslim.recipe import run_recipe
+
+from _common import parse, parser
 
 ROOT = Path(__file__).resolve().parent
 HEADLINE = ("lenet5", "lenet300_100", "vgg_small", "resnet20")
@@ -54,7 +54,7 @@ def main() -> None:
         trained = run_recipe(recipe, out, data_dir=a.data_dir, latency=False)[0]
         # Measured again from the saved file, so that a rerun on a quiet machine refreshes latency.
         model = ts.load(out / "model.slim")
-        shape = (model.torchslim_arch["kwargs"]["in_channels"],) + (model.torchslim_arch["kwargs"]["input_size"],) * 2
+        shape = (model.torchslim.arch["kwargs"]["in_channels"],) + (model.torchslim.arch["kwargs"]["input_size"],) * 2
         row = {"model": name, "method": "float", **measure(model, shape, loader=test, path=out / "model.slim"),
                "train_seconds": trained.get("train_seconds")}
         rows.append({**row, "kwargs": " ".join(f"{k}={v}" for k, v in kwargs.items()), "epochs": train["epochs"]})

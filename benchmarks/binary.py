@@ -21,8 +21,6 @@ import json
 import shutil
 from pathlib import Path
 
-from _common import compare, parse, parser, run_sections, state_bytes, torch_ao_int8
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +33,8 @@ from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import measure, write_report
 from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
 from torchslim.train import TrainConfig, fit
+
+from _common import compare, parse, parser, run_sections, state_bytes, torch_ao_int8
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
@@ -83,7 +83,7 @@ def _exactness(packed: nn.Module, fake: nn.Module, loader) -> dict:
         seen: list = []
         hs = [m.register_forward_pre_hook(lambda mod, a: seen.append(a[0] < 0))
               for m in model.modules() if isinstance(m, types) and getattr(m, "binary_input", True)
-              and getattr(m, "input_q", "ste_sign") == "ste_sign"]
+              and getattr(m, "binary_activations", True)]
         return seen, hs
 
     from torchslim.binary import BinaryConv2d, BinaryLinear

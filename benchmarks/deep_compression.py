@@ -13,12 +13,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from _common import parse, parser
-
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import measure, write_report
 from torchslim.recipe import run_recipe
+
+from _common import parse, parser
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE = ROOT / "artifacts", ROOT / "cache"

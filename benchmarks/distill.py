@@ -32,8 +32,6 @@ import shutil
 import statistics
 from pathlib import Path
 
-from _common import parse, parser, run_sections
-
 import torch
 
 import torchslim as ts
@@ -43,6 +41,8 @@ from torchslim.distill import Distill
 from torchslim.measure import count_macs, count_params
 from torchslim.prune import Magnitude
 from torchslim.train import TrainConfig, evaluate, fit
+
+from _common import parse, parser, run_sections
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"

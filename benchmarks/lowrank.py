@@ -23,8 +23,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-from _common import compare, parse, parser, run_sections
-
 import torch
 import torch.nn as nn
 
@@ -33,6 +31,8 @@ from torchslim.core.registry import get_method
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import count_macs, latency_ms, measure, write_report
 from torchslim.train import TrainConfig, evaluate, fit
+
+from _common import compare, parse, parser, run_sections
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
@@ -170,7 +170,7 @@ def peer(run: _Run) -> list[dict]:
                                                    "exclude": FIRST})
     rows.append(_row(ours, "peer", name, "torchslim lowrank.tucker", "50 % of MACs, no fine-tuning", run.test, base))
     theirs = ts.load(ART / f"{name}.slim")
-    for e in ours.torchslim_log:
+    for e in ours.torchslim.log:
         if e.get("decision") == "factorized":
             conv_layer = ts.core.surgery.get_module(theirs, e["layer"])
             r_out, r_in = e["ranks"]

@@ -19,19 +19,20 @@ import shutil
 import warnings
 from pathlib import Path
 
-from _common import compare, parse, parser, run_sections
-
 import torch
 import torch.nn as nn
 
 import torchslim as ts
 import torchslim.runtime
+from torchslim.core.state import slim_state
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import count_macs, latency_ms, measure, write_report
 from torchslim.prune import sparsity
-from torchslim.prune.unstructured import retune_kernels
+from torchslim.prune.magnitude import retune_kernels
 from torchslim.recipe import run_recipe
 from torchslim.train import TrainConfig, fit
+
+from _common import compare, parse, parser, run_sections
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
@@ -85,8 +86,8 @@ def magnitude(data_dir: str | None) -> list[dict]:
         run_recipe(recipe, out, data_dir=data_dir, latency=False)
         ours = ts.load(out / "model.slim")
         retune_kernels(ours)  # the kernel choice made during training may have been timed on a busy machine
-        ts.save(ours, out / "model.slim", recipe=ours.torchslim_header["recipe"],
-                extra=ours.torchslim_header["extra"])
+        ts.save(ours, out / "model.slim", recipe=ours.torchslim.header["recipe"],
+                extra=ours.torchslim.header["extra"])
         r = _row(ours, name, "torchslim prune.magnitude", f"AGP, {epochs} ep", loaders.test, base,
                  out / "model.slim")
         rows.append(r)
@@ -154,15 +155,15 @@ def filters(data_dir: str | None) -> list[dict]:
             run_recipe(recipe, out, data_dir=data_dir, latency=False)
         ours = ts.load(out / "model.slim")
         retune_kernels(ours)  # the kernel choice made during training may have been timed on a busy machine
-        ts.save(ours, out / "model.slim", recipe=ours.torchslim_header["recipe"],
-                extra=ours.torchslim_header["extra"])
+        ts.save(ours, out / "model.slim", recipe=ours.torchslim.header["recipe"],
+                extra=ours.torchslim.header["extra"])
         rows.append(_row(ours, name, "torchslim prune.filters", f"L1, <= {target:.0%} MACs, {epochs} ep",
                          loaders.test, base, out / "model.slim"))
         if artifact:
             shutil.copyfile(out / "model.slim", ART / f"{artifact}.slim")
         # Peer: Torch-Pruning MagnitudePruner with L1 importance at the same MACs, same fine-tuning.
         peer = _tp_ratio_for(ts.load(src), count_macs(ours, SHAPE))
-        peer.torchslim_arch = ts.load(src).torchslim_arch
+        slim_state(peer).arch = ts.load(src).torchslim.arch
         fit(peer, loaders.train, TrainConfig(epochs=epochs, **SGD_FT), val_loader=loaders.val,
             checkpoint_dir=CACHE / f"peer_tp_{tag}", desc="torch-pruning")
         rows.append(_row(peer, name, "Torch-Pruning MagnitudePruner", f"L1, same MACs, {epochs} ep",

@@ -22,8 +22,6 @@ import json
 import shutil
 from pathlib import Path
 
-from _common import compare, parse, parser, run_sections, state_bytes, torch_ao_int8
-
 import torch
 import torch.nn as nn
 
@@ -32,6 +30,8 @@ from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import latency_ms, measure, write_report
 from torchslim.quant import PQ, QCNN, KMeans, Uniform
 from torchslim.train import TrainConfig, evaluate, fit
+
+from _common import compare, parse, parser, run_sections, state_bytes, torch_ao_int8
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"

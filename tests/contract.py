@@ -1,9 +1,20 @@
 """Contract suite every registered compression method inherits (torchao's test-base idea).
 
 A subclass sets ``config`` (a MethodConfig), ``bad_configs`` (callables that
-must raise ValueError) and ``model_names``; it gets, per model:
-prepare keeps outputs bounded, convert matches prepare within ``atol``/``rtol``,
-config -> YAML -> config round trip, save -> load gives identical outputs.
+must raise ValueError) and ``model_names`` (at least two); it gets, per model:
+
+* prepare against the method's own maths: ``prepare_reference(original, prepared)`` builds,
+  with plain torch ops and independently of the method's code, the model prepare must
+  compute (masked weights, +/-1 weights, the dense weight a factor chain equals); the
+  outputs must agree to float rounding (``reference_rtol`` of the output norm). The
+  reference may assert its own bounds (e.g. Eckart-Young for a truncated SVD).
+  Without a reference, only the loose ``prepare_rel_error`` bound applies;
+* convert matches prepare within ``convert_atol + convert_scale_rtol * max|output|``
+  (+ ``convert_rtol``), or ``convert_reference`` for methods whose convert changes the
+  function by design (channel removal equals masking the removed channels);
+* config -> YAML -> config round trip, save -> load gives identical outputs, bad configs raise.
+
+``tests/test_contract_registry.py`` checks that every registered method has a contract.
 """
 from __future__ import annotations
 
@@ -32,8 +43,18 @@ class MethodContract:
     bad_configs: tuple = ()
     model_names: tuple[str, ...] = ("lenet5",)
     prepare_rel_error: float = 0.5   # ||prepared(x) - float(x)|| / ||float(x)|| must stay below
+    reference_rtol: float = 1e-5     # ||prepared(x) - reference(x)|| / ||reference(x)||
     convert_atol: float = 1e-4
     convert_rtol: float = 1e-3
+    convert_scale_rtol: float = 0.0  # extra absolute tolerance, relative to the largest output
+
+    def prepare_reference(self, original: torch.nn.Module, prepared: torch.nn.Module) -> torch.nn.Module | None:
+        """The model prepare must equal, built independently of the method's code (None: no reference)."""
+        return None
+
+    def convert_reference(self, prepared: torch.nn.Module, converted: torch.nn.Module) -> torch.nn.Module | None:
+        """The model convert must equal when it is not the prepared model (None: the prepared model)."""
+        return None
 
     @pytest.fixture
     def x(self):
@@ -54,16 +75,35 @@ class MethodContract:
             out = prepared(x)
             assert out.shape == ref.shape, name
             assert torch.isfinite(out).all(), name
+            if self.prepare_reference(model, prepared) is None:   # else the reference test is the bound
+                rel = ((out - ref).norm() / ref.norm()).item()
+                assert rel <= self.prepare_rel_error, f"{name}: relative output change {rel:.3f}"
+
+    def test_prepare_matches_reference(self, x):
+        for name, model in self._models():
+            prepared = ts.compress_(copy.deepcopy(model), self.config, data=self._data()).eval()
+            with torch.no_grad():
+                reference = self.prepare_reference(model, prepared)
+                if reference is None:
+                    pytest.skip("no independent reference for this method's prepare")
+                out, ref = prepared(x), reference.eval()(x)
             rel = ((out - ref).norm() / ref.norm()).item()
-            assert rel <= self.prepare_rel_error, f"{name}: relative output change {rel:.3f}"
+            assert rel <= self.reference_rtol, f"{name}: prepare differs from the reference by {rel:.2e}"
 
     def test_convert_matches_prepare(self, x):
         for name, model in self._models():
             prepared = ts.compress_(copy.deepcopy(model), self.config, data=self._data()).eval()
-            before = prepared(x)
-            converted = ts.convert_(prepared).eval()
-            after = converted(x)
-            torch.testing.assert_close(after, before, atol=self.convert_atol, rtol=self.convert_rtol, msg=name)
+            with torch.no_grad():
+                before = prepared(x)
+            snapshot = copy.deepcopy(prepared)
+            converted = ts.convert_(prepared).eval()   # not under no_grad: graph tracers need autograd
+            with torch.no_grad():
+                after = converted(x)
+                reference = self.convert_reference(snapshot, converted)
+                if reference is not None:
+                    before = reference.eval()(x)
+            atol = self.convert_atol + self.convert_scale_rtol * float(before.abs().max())
+            torch.testing.assert_close(after, before, atol=atol, rtol=self.convert_rtol, msg=name)
 
     def test_yaml_round_trip(self):
         again = MethodConfig.from_yaml(self.config.to_yaml())

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.core import FoldBN, MethodConfig, get_method, select, set_module
 from torchslim.core.config import check_choice, check_range
-from torchslim.core.registry import Method, _BY_CONFIG, _METHODS, register_method
+from torchslim.core.registry import _BY_CONFIG, _METHODS, Method, register_method
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,16 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
-from torchslim.measure import (count_nonzeros, layer_table, latency_ms, measure, plot_tradeoff, register_macs,
-                               to_markdown, write_report)
+from torchslim.measure import (
+    count_nonzeros,
+    latency_ms,
+    layer_table,
+    measure,
+    plot_tradeoff,
+    register_macs,
+    to_markdown,
+    write_report,
+)
 
 
 def test_layer_table_conv_rule():

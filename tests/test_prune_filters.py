@@ -1,6 +1,5 @@
 """prune.filters: physical channel removal that follows coupling through residual,
 depthwise, flatten and (branch-internal) shuffle blocks."""
-import copy
 import warnings
 
 import pytest

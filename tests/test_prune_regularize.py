@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import torchslim as ts
+from references import channel_mask_reference
 from torchslim.core.api import method_callbacks
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import count_macs
@@ -16,10 +17,22 @@ from contract import MethodContract, _calibrated
 class TestSlimmingContract(MethodContract):
     config = Slimming(penalty=1e-4, ratio=0.3)
     bad_configs = (lambda: Slimming(penalty=-1), lambda: Slimming(ratio=1.0))
-    model_names = ("vgg_small",)
-    prepare_rel_error = 0.0
-    convert_atol = 10.0  # convert removes channels that were not masked before: outputs change
-    convert_rtol = 10.0
+    model_names = ("vgg_small", "resnet20")
+    prepare_rel_error = 0.0   # prepare only adds a training penalty
+
+    def _models(self):
+        """Distinct BatchNorm scales (as after training), so the gamma ranking removes channels."""
+        out = super()._models()
+        g = torch.Generator().manual_seed(3)
+        for _, model in out:
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.05)
+        return out
+
+    def convert_reference(self, prepared, converted):
+        """Convert removes channels: it must equal the prepared model with those channels masked."""
+        return channel_mask_reference(prepared, converted)
 
 
 class TestGroupLassoContract(TestSlimmingContract):
@@ -43,7 +56,8 @@ def test_slimming_penalty_shrinks_gamma(fashion_dir):
         model = ts.create_model("vgg_small", width=8)
         ts.compress_(model, Slimming(penalty=penalty, ratio=0.5))
         fit(model, loaders.train, TrainConfig(epochs=2, lr=0.05), callbacks=method_callbacks(model))
-        runs[penalty] = sum(float(m.weight.detach().abs().sum()) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        runs[penalty] = sum(float(m.weight.detach().abs().sum()) for m in model.modules()
+                            if isinstance(m, torch.nn.BatchNorm2d))
         macs = count_macs(model, (1, 28, 28))
         ts.convert_(model)
         assert count_macs(model, (1, 28, 28)) < 0.6 * macs

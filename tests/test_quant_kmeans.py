@@ -1,4 +1,6 @@
 """quant.kmeans, bit packing, Huffman coding and Deep-Compression storage."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torchslim.export import huffman
 from torchslim.prune import Magnitude
 from torchslim.quant import KMeans, kmeans_1d
 from torchslim.runtime.codebook import CodebookLinear, pack_bits, unpack_bits
+from torchslim.runtime.sparse import SparseLinear
 
 from contract import MethodContract
 
@@ -37,6 +40,45 @@ def test_huffman_decode_encode_identity(values):
     x = np.asarray(values, dtype=np.int64)
     stream, alphabet, lengths = huffman.encode(x)
     assert np.array_equal(huffman.decode(stream, alphabet, lengths, len(x)), x)
+
+
+def _csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.nonzero(mask)
+    crow = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=mask.shape[0]))])
+    return crow, cols
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2 ** 31))
+def test_csr_gap_coder_round_trip(rows, cols, density, seed):
+    """Catches: a gap coder that drops a row start (e.g. the last non-empty row holding one weight),
+    or decodes empty rows wrongly. Patterns span empty matrices, empty and single-entry rows."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((rows, cols)) < density
+    crow, col = _csr(mask)
+    gaps = huffman.csr_gaps(crow, col)
+    assert (gaps >= 0).all()
+    assert np.array_equal(huffman.csr_cols(crow, gaps), col)
+
+
+@pytest.mark.parametrize("last_rows", [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]])
+def test_csr_gap_coder_edge_rows_through_a_huffman_file(last_rows, tmp_path):
+    """The same through a saved file whose column stream is really Huffman-coded: random sparse
+    rows, an empty row, then rows shaped by ``last_rows`` (1 = a single weight, 0 = empty)."""
+    rng = np.random.default_rng(0)
+    mask = rng.random((60, 200)) < 0.1
+    mask[10] = False
+    for i, single in enumerate(last_rows):
+        mask[56 + i] = False
+        mask[56 + i, 7 * i + 3] = bool(single)
+    lin = nn.Linear(200, 60, bias=False)
+    with torch.no_grad():
+        lin.weight.mul_(torch.from_numpy(mask))
+    model = nn.Sequential(SparseLinear.from_dense(lin))
+    ts.save(model, tmp_path / "m.slim", entropy="huffman")
+    assert "0.col" in ts.load(tmp_path / "m.slim", model=copy.deepcopy(model)).torchslim.header["entropy"]
+    loaded = ts.load(tmp_path / "m.slim", model=copy.deepcopy(model))
+    assert torch.equal(loaded[0].dense_weight(), lin.weight.detach())
 
 
 def test_huffman_skewed_stream_is_length_limited():
@@ -71,7 +113,6 @@ def test_codes_below_2_pow_bits_and_nearest():
     torch.manual_seed(0)
     lin = nn.Linear(50, 40)
     model = nn.Sequential(lin)
-    model.torchslim_arch = None
     ts.compress_(model, KMeans(bits=3))
     q = model[0]
     idx = q.indices()

@@ -26,13 +26,29 @@ class TestUniformWeightOnlyContract(MethodContract):
 
 
 class TestUniformInt8Contract(MethodContract):
-    """The int8 deploy layers compute what the fake-quant model computes. The kernels'
-    requantization rounds a rare tie the other way (1 element in 1e5 moves by one
-    quantum, measured on resnet20), which a residual network carries to its logits."""
+    """The int8 deploy layers compute what the fake-quant model computes: bit for bit on lenet5 and
+    vgg_small. On resnet20 the kernels' requantization rounds a rare tie the other way; the
+    residual sum carries it to the logits as a change of exactly one output quantization step
+    (measured: 6 of 80 logits)."""
     config = Uniform(bits=8, act_bits=8)
     model_names = ("lenet5", "vgg_small", "resnet20")
-    convert_atol = 0.05
-    convert_rtol = 0.0
+    exact = ("lenet5", "vgg_small")
+
+    def test_convert_matches_prepare(self, x):
+        """Catches: weight scales off by 1 %, input codes shifted by a step, a wrong zero point."""
+        for name, model in self._models():
+            prepared = ts.compress_(copy.deepcopy(model), self.config, data=self._data()).eval()
+            with torch.no_grad():
+                before = prepared(x)
+                converted = ts.convert_(prepared).eval()
+                after = converted(x)
+            if name in self.exact:
+                assert torch.equal(after, before), name
+                continue
+            step = float([m for m in converted.modules() if isinstance(m, UniformLinear)][-1].act[2])
+            diff = (after - before).abs()
+            assert int((diff > 0).sum()) <= diff.numel() // 10, name              # rare ties only
+            assert float(diff.max()) <= step * (1 + 1e-5), (name, float(diff.max()), step)  # one step each
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])

@@ -99,7 +99,7 @@ def test_deep_compression_recipe_stages(fashion_dir, tmp_path):
     sizes = [x["bytes"] for x in rows]
     assert sizes == sorted(sizes, reverse=True) and sizes[0] / sizes[-1] > 20
     assert rows[-1]["top1"] == rows[-2]["top1"]  # Huffman is lossless
-    assert ts.load(tmp_path / "model.slim").torchslim_header["entropy"]
+    assert ts.load(tmp_path / "model.slim").torchslim.header["entropy"]
 
 
 def test_cli_sensitivity(fashion_dir, tmp_path, capsys):

@@ -1,30 +1,38 @@
 """torchslim: compress CNNs and measure every gain on real files and kernels.
 
     import torchslim as ts
-    model = ts.create_model("vgg_small")
-    ts.compress_(model, ts.FoldBN())
+    model = MyNet()                                        # any nn.Module, or ts.create_model("vgg_small")
+    ts.compress_(model, ts.prune.Magnitude(sparsity=0.9))
     ts.convert_(model)
     ts.save(model, "m.slim")
     model = ts.load("m.slim")
+
+Attributes load lazily (``import torchslim.runtime`` imports no training code).
 """
-from torchslim import binary, distill, lowrank, prune, quant  # noqa: F401 - namespaces: ts.prune.Magnitude, ...
-from torchslim.core.api import compress_, convert_
-from torchslim.core.config import MethodConfig
-from torchslim.core.fold import FoldBN
-from torchslim.core.registry import list_methods
-from torchslim.export.slim import load, save
-from torchslim.measure.report import measure as report
-from torchslim.models import create_model, list_models
-from torchslim.recipe import run_recipe
-from torchslim.train.loop import TrainConfig, evaluate, fit
+from torchslim._lazy import lazy_getattr
+from torchslim.core import registry as _registry
+
+# Method families register their handlers when imported; the registry imports them on first use.
+_registry.add_method_modules("torchslim.core.fold", "torchslim.prune", "torchslim.quant", "torchslim.lowrank",
+                             "torchslim.binary")
+
+_NAMES = {
+    "binary": "binary", "distill": "distill", "lowrank": "lowrank", "prune": "prune", "quant": "quant",
+    "runtime": "runtime",
+    "compress_": "core.api:compress_", "convert_": "core.api:convert_", "finetune": "core.api:finetune",
+    "MethodConfig": "core.config:MethodConfig", "FoldBN": "core.fold:FoldBN",
+    "list_methods": "core.registry:list_methods",
+    "load": "export.slim:load", "save": "export.slim:save",
+    "report": "measure.report:measure",
+    "create_model": "models:create_model", "list_models": "models:list_models",
+    "run_recipe": "recipe:run_recipe",
+    "TrainConfig": "train.loop:TrainConfig", "evaluate": "train.loop:evaluate", "fit": "train.loop:fit",
+}
+__getattr__ = lazy_getattr(__name__, _NAMES)
 
 
-def finetune(model, train_loader, cfg: TrainConfig, **kwargs):
-    """``fit`` with the training callbacks of every method prepared on ``model``."""
-    from torchslim.core.api import method_callbacks
-
-    cbs = list(kwargs.pop("callbacks", ())) + method_callbacks(model)
-    return fit(model, train_loader, cfg, callbacks=cbs, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_NAMES))
 
 
 __all__ = ["FoldBN", "MethodConfig", "TrainConfig", "compress_", "convert_", "create_model", "evaluate",

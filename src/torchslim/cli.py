@@ -31,11 +31,11 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
 
 def _model_data(path: str, data_dir: str | None):
-    from torchslim.data import DataConfig, make_loaders
+    from torchslim.data import DataConfig
     from torchslim.export.slim import load
 
     model = load(path)
-    header = model.torchslim_header
+    header = model.torchslim.header
     d = dict((header.get("extra") or {}).get("data") or {"name": "fashion_mnist"})
     d["dir"] = data_dir or None
     d.pop("subset", None)  # reported numbers always use the full test split
@@ -46,15 +46,15 @@ def _model_data(path: str, data_dir: str | None):
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from torchslim.data import load_split
-    from torchslim.measure.report import measure, to_table
-    from torchslim.data import _Collate, _Images  # noqa: PLC2701 - same package
     from torch.utils.data import DataLoader
+
+    from torchslim.data import _Collate, _Images, load_split  # noqa: PLC2701 - same package
+    from torchslim.measure.report import measure, to_table
 
     model, cfg, shape = _model_data(a.model, a.data_dir)
     x, y = load_split(cfg, "test")
     loader = DataLoader(_Images(x, y), 256, collate_fn=_Collate(cfg.mean, cfg.std, False))
-    res = {"model": model.torchslim_header["arch"]["name"] if model.torchslim_header.get("arch") else None,
+    res = {"model": model.torchslim.header["arch"]["name"] if model.torchslim.header.get("arch") else None,
            "file": a.model, **measure(model, shape, loader=loader, path=a.model, latency=not a.no_latency)}
     print(json.dumps(res) if a.json else to_table([res]))
     return 0
@@ -66,7 +66,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     from torchslim.measure.report import to_table
 
     model = load(a.model)
-    header = model.torchslim_header
+    header = model.torchslim.header
     kw = header["arch"]["kwargs"] if header.get("arch") else {}
     shape = (kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28))
     state = model.state_dict()

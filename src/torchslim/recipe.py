@@ -80,8 +80,9 @@ def _train_and_distill(where: str, d: Any, original_ok: bool) -> tuple[TrainConf
         raise RecipeError(f"{where}.distill.teacher={teacher!r}; use {allowed}")
     if teacher != "original" and not Path(teacher).is_file():
         raise RecipeError(f"{where}.distill.teacher: no file {teacher!r} (give the teacher's .slim path)")
-    from torchslim.distill import Distill
     import torch.nn as nn
+
+    from torchslim.distill import Distill
 
     Distill(teacher=nn.Identity(), **_distill_fields(distill))  # range checks
     return train, distill
@@ -223,7 +224,7 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
     def finish(step: str, model, method: str, train_seconds: float = 0.0) -> None:
         path = out / f"{len(state['done']):02d}_{step}.slim"
         save(model, path, recipe=recipe.raw, extra={**extra, "step": step})
-        row = {"model": model.torchslim_arch["name"], "method": method, "step": step,
+        row = {"model": model.torchslim.arch["name"], "method": method, "step": step,
                **measure(model, shape, loader=loaders.test, path=path, latency=latency),
                "train_seconds": round(train_seconds, 1)}
         state["done"].append(step)
@@ -278,7 +279,7 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
         save(load(final), path, recipe=recipe.raw, extra={**extra, "step": "export"}, entropy="huffman")
         coded = load(path)  # measured from the decoded file, which proves the round trip
         state["done"].append("export")
-        state["rows"].append({"model": coded.torchslim_arch["name"], "method": "huffman", "step": "export",
+        state["rows"].append({"model": coded.torchslim.arch["name"], "method": "huffman", "step": "export",
                               **measure(coded, shape, loader=loaders.test, path=path, latency=latency)})
         state_path.write_text(json.dumps(state, indent=1))
         final = path

@@ -24,75 +24,115 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.binary.quantizers import bwn_scale, get_quantizer
-from torchslim.core.config import MethodConfig
+from torchslim.binary.quantizers import Quantizer, bwn_scale, get_quantizer
+from torchslim.core.config import MethodConfig, check_int
 from torchslim.core.fold import bn_affine, fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import get_module, set_module
+from torchslim.runtime.activation import KBitAct
 from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear, input_scale_map
 from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
 from torchslim.train.callbacks import Callback
 
 
 @dataclass(frozen=True)
-class BinaryConnect(MethodConfig):
+class _BinaryConfig(MethodConfig):
+    """Shared shape of the binary configs: each names its quantizers (objects with a ``precision``
+    and their own gradient) and its scaling; prepare and convert dispatch on those, not on the type."""
+
+    weight_scale: ClassVar[bool] = False   # BWN's alpha = mean|W| per filter
+    input_scale: ClassVar[bool] = False    # XNOR-Net's K map
+
+    def weight_quantizer(self) -> Quantizer:
+        return get_quantizer("ste_sign")
+
+    def input_quantizer(self) -> Quantizer | None:
+        """None: float activations."""
+        return None
+
+
+@dataclass(frozen=True)
+class BinaryConnect(_BinaryConfig):
     """Binary weights, float activations. ``stochastic``: sample signs in training."""
 
     stochastic: bool = False
 
+    def weight_quantizer(self) -> Quantizer:
+        return get_quantizer("stochastic_sign" if self.stochastic else "ste_sign")
+
 
 @dataclass(frozen=True)
-class BWN(MethodConfig):
+class BWN(_BinaryConfig):
     """Binary weights scaled by ``alpha = mean|W|`` per filter, float activations."""
 
+    weight_scale: ClassVar[bool] = True
+
 
 @dataclass(frozen=True)
-class BNN(MethodConfig):
+class BNN(_BinaryConfig):
     """Binary weights and activations (no scaling)."""
 
+    def input_quantizer(self) -> Quantizer | None:
+        return get_quantizer("ste_sign")
+
 
 @dataclass(frozen=True)
-class XNOR(MethodConfig):
+class XNOR(_BinaryConfig):
     """Binary weights (alpha) and activations (input scale map K)."""
 
+    weight_scale: ClassVar[bool] = True
+    input_scale: ClassVar[bool] = True
+
+    def input_quantizer(self) -> Quantizer | None:
+        return get_quantizer("ste_sign")
+
 
 @dataclass(frozen=True)
-class KBit(MethodConfig):
+class KBit(_BinaryConfig):
     """DoReFa k-bit weights and activations."""
 
     weight_bits: int = 2
     act_bits: int = 2
 
+    def weight_quantizer(self) -> Quantizer:
+        return get_quantizer(f"dorefa_weight{self.weight_bits}")
+
+    def input_quantizer(self) -> Quantizer | None:
+        return get_quantizer(f"dorefa{self.act_bits}")
+
     def validate(self) -> None:
-        for f in ("weight_bits", "act_bits"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
-                raise ValueError(f"KBit.{f}={v!r} is out of range; use an integer in [1, 8]")
+        check_int(self, "weight_bits", 1, 8)
+        check_int(self, "act_bits", 1, 8)
 
 
 # --- training layers ----------------------------------------------------------------------
 
 class _BinaryMixin:
-    """Quantizer names and scaling flags shared by the conv and linear training layers."""
+    """Quantizers and scaling flags shared by the conv and linear training layers."""
 
-    def _init_binary(self, weight_q: str, input_q: str | None, weight_scale: bool, input_scale: bool) -> None:
-        self.weight_q, self.input_q = weight_q, input_q
-        self.weight_scale, self.input_scale = weight_scale, input_scale
+    def _init_binary(self, config: _BinaryConfig) -> None:
+        self.weight_q, self.input_q = config.weight_quantizer(), config.input_quantizer()
+        self.weight_scale, self.input_scale = config.weight_scale, config.input_scale
+
+    @property
+    def binary_activations(self) -> bool:
+        """Inputs are signs (+/-1): the layer packs to an xnor-popcount kernel."""
+        return self.input_q is not None and self.input_q.precision == 1
 
     def binary_weight(self) -> torch.Tensor:
         """The quantized weight, unscaled (+/-1 for the sign quantizers)."""
-        q = get_quantizer(self.weight_q)
-        return q(self.weight, self.training) if self.weight_q == "stochastic_sign" else q(self.weight)
+        return self.weight_q(self.weight, self.training)
 
     def binary_input(self, x: torch.Tensor) -> torch.Tensor:
-        return get_quantizer(self.input_q)(x) if self.input_q else x
+        return self.input_q(x, self.training) if self.input_q is not None else x
 
     def scaled(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``y * alpha (* K) + bias``. The scales multiply the +/-1 product afterwards, so the product
@@ -117,30 +157,16 @@ class BinaryLinear(nn.Linear, _BinaryMixin):
         return self.scaled(F.linear(self.binary_input(x), self.binary_weight()), x)
 
 
-class KBitAct(nn.Module):
-    """DoReFa k-bit activation quantizer in front of a k-bit layer (kept at run time)."""
-
-    def __init__(self, bits: int) -> None:
-        super().__init__()
-        self.bits = bits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return get_quantizer(f"dorefa{self.bits}")(x)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}"
-
-
-def _training_layer(m: nn.Module, **flags) -> nn.Module:
+def _training_layer(m: nn.Module, config: _BinaryConfig) -> nn.Module:
     if isinstance(m, nn.Conv2d):
         new = BinaryConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
                            m.bias is not None, m.padding_mode)
     else:
         new = BinaryLinear(m.in_features, m.out_features, m.bias is not None)
-    new._init_binary(**flags)
+    new._init_binary(config)
     new.load_state_dict(m.state_dict())
     with torch.no_grad():
-        if flags["weight_q"] in ("ste_sign", "stochastic_sign") and not flags["weight_scale"]:
+        if new.weight_q.clip_latent and not new.weight_scale:
             new.weight.clamp_(-1, 1)
     return new.to(m.weight.device)
 
@@ -202,30 +228,17 @@ class _Clip(Callback):
     @torch.no_grad()
     def after_step(self, model, step):
         for m in model.modules():
-            if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.weight_q in ("ste_sign", "stochastic_sign"):
+            if isinstance(m, (BinaryConv2d, BinaryLinear)) and m.weight_q.clip_latent:
                 m.weight.clamp_(-1, 1)
-
-
-def _flags(config: MethodConfig) -> dict:
-    return {
-        BinaryConnect: dict(weight_q="stochastic_sign" if getattr(config, "stochastic", False) else "ste_sign",
-                            input_q=None, weight_scale=False, input_scale=False),
-        BWN: dict(weight_q="ste_sign", input_q=None, weight_scale=True, input_scale=False),
-        BNN: dict(weight_q="ste_sign", input_q="ste_sign", weight_scale=False, input_scale=False),
-        XNOR: dict(weight_q="ste_sign", input_q="ste_sign", weight_scale=True, input_scale=True),
-    }.get(type(config)) or dict(weight_q=f"dorefa_weight{config.weight_bits}", input_q=f"dorefa{config.act_bits}",
-                                weight_scale=False, input_scale=False)
 
 
 # --- convert: pack ---------------------------------------------------------------------------
 
 def _packed(m: nn.Module) -> nn.Module:
     with torch.no_grad():
-        if m.weight_q.startswith("dorefa_weight"):
-            bits = int(m.weight_q[len("dorefa_weight"):])
-            w = m.binary_weight()                                    # values 2 i / (2^k - 1) - 1
-            codes = torch.round((w + 1) / 2 * (2 ** bits - 1)).long()
-            book = torch.arange(2 ** bits, dtype=torch.float32) * 2 / (2 ** bits - 1) - 1
+        if m.weight_q.precision > 1:                                 # k-bit weights: a 2^k-entry codebook
+            bits = m.weight_q.precision
+            codes, book = m.weight_q.codes(m.binary_weight()), m.weight_q.codebook()
             if isinstance(m, nn.Conv2d):
                 new = CodebookConv2d(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride),
                                      list(m.padding), list(m.dilation), m.groups, bits, m.bias is not None)
@@ -235,11 +248,11 @@ def _packed(m: nn.Module) -> nn.Module:
             new.codebook.requires_grad_(False)
             if m.bias is not None:
                 new.bias.data.copy_(m.bias)
-            return nn.Sequential(KBitAct(int(m.input_q[len("dorefa"):])), new)
+            return nn.Sequential(KBitAct(m.input_q.precision), new)
         sign = torch.where(m.weight < 0, -1.0, 1.0)
         scale = bwn_scale(m.weight).flatten() if m.weight_scale else torch.ones(sign.shape[0])
         bias = m.bias if m.bias is not None else torch.zeros(sign.shape[0])
-        binary_in = m.input_q == "ste_sign"
+        binary_in = m.binary_activations
         if isinstance(m, nn.Conv2d):
             new = PackedBinaryConv2d(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride),
                                      list(m.padding), m.input_scale, binary_in)
@@ -265,16 +278,16 @@ def _fold_following_bn(model: nn.Module) -> None:
 
 class _BinaryMethod(Method):
     @classmethod
-    def prepare(cls, model: nn.Module, config: MethodConfig) -> nn.Module:
-        flags = _flags(config)
-        if isinstance(config, KBit) and config.act_bits > 4:
-            warnings.warn(f"binary.kbit: act_bits={config.act_bits} > 4 gains little over 4 bits and costs "
+    def prepare(cls, model: nn.Module, config: _BinaryConfig) -> nn.Module:
+        act_q = config.input_quantizer()
+        if act_q is not None and act_q.precision > 4:
+            warnings.warn(f"{config.method}: act_bits={act_q.precision} > 4 gains little over 4 bits and costs "
                           "kernel efficiency (the survey's design rule)")
         names = _chosen(model, config)
-        if flags["input_q"] == "ste_sign":
+        if act_q is not None and act_q.precision == 1:
             _drop_feeding_relus(model, set(names))
         for n in names:
-            set_module(model, n, _training_layer(get_module(model, n), **flags))
+            set_module(model, n, _training_layer(get_module(model, n), config))
         return model
 
     @classmethod
@@ -292,8 +305,29 @@ class _BinaryMethod(Method):
         return [_Clip()]
 
 
-for _name, _cfg in (("binary.connect", BinaryConnect), ("binary.bwn", BWN), ("binary.bnn", BNN),
-                    ("binary.xnor", XNOR), ("binary.kbit", KBit)):
-    register_method(_name)(type(f"{_cfg.__name__}Method", (_BinaryMethod,), {"config_cls": _cfg}))
+@register_method("binary.connect")
+class BinaryConnectMethod(_BinaryMethod):
+    config_cls = BinaryConnect
+
+
+@register_method("binary.bwn")
+class BWNMethod(_BinaryMethod):
+    config_cls = BWN
+
+
+@register_method("binary.bnn")
+class BNNMethod(_BinaryMethod):
+    config_cls = BNN
+
+
+@register_method("binary.xnor")
+class XNORMethod(_BinaryMethod):
+    config_cls = XNOR
+
+
+@register_method("binary.kbit")
+class KBitMethod(_BinaryMethod):
+    config_cls = KBit
+
 
 __all__ = ["BNN", "BWN", "XNOR", "BinaryConnect", "BinaryConv2d", "BinaryLinear", "KBit", "KBitAct"]

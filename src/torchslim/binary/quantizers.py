@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-_QUANTIZERS: dict[str, "Quantizer"] = {}
+from torchslim.runtime.activation import dorefa_levels
+
+_QUANTIZERS: dict[str, Quantizer] = {}
 
 
 class Quantizer(ABC):
@@ -26,9 +28,10 @@ class Quantizer(ABC):
 
     name: str = ""
     precision: int = 1
+    clip_latent: bool = False  # latent float weights are clipped to [-1, 1] after each step (sign quantizers)
 
     @abstractmethod
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, training: bool = True) -> torch.Tensor:
         """The quantized tensor (differentiable through the quantizer's own gradient)."""
 
 
@@ -65,14 +68,14 @@ class _STE(torch.autograd.Function):
 
 
 class SteSign(Quantizer):
-    name, precision = "ste_sign", 1
+    name, precision, clip_latent = "ste_sign", 1, True
 
-    def __call__(self, x):
+    def __call__(self, x, training: bool = True):
         return _STE.apply(x, _sign, -1.0, 1.0)
 
 
 class StochasticSign(Quantizer):
-    name, precision = "stochastic_sign", 1
+    name, precision, clip_latent = "stochastic_sign", 1, True
 
     def __call__(self, x, training: bool = True):
         if not training:
@@ -90,8 +93,8 @@ class DoReFa(Quantizer):
     def __init__(self, k: int) -> None:
         self.name, self.precision, self.levels = f"dorefa{k}", k, 2 ** k - 1
 
-    def __call__(self, x):
-        return _STE.apply(x, lambda t: torch.round(torch.clamp(t, 0, 1) * self.levels) / self.levels, 0.0, 1.0)
+    def __call__(self, x, training: bool = True):
+        return _STE.apply(x, lambda t: dorefa_levels(t, self.precision), 0.0, 1.0)
 
 
 class DoReFaWeight(Quantizer):
@@ -100,7 +103,15 @@ class DoReFaWeight(Quantizer):
     def __init__(self, k: int) -> None:
         self.name, self.precision, self.levels = f"dorefa_weight{k}", k, 2 ** k - 1
 
-    def __call__(self, w):
+    def codebook(self) -> torch.Tensor:
+        """The 2^k weight values ``2 i / (2^k - 1) - 1`` a code ``i`` stands for."""
+        return torch.arange(self.levels + 1, dtype=torch.float32) * 2 / self.levels - 1
+
+    def codes(self, q: torch.Tensor) -> torch.Tensor:
+        """Integer codes of quantized weights ``q`` (inverse of :meth:`codebook`)."""
+        return torch.round((q + 1) / 2 * self.levels).long()
+
+    def __call__(self, w, training: bool = True):
         t = torch.tanh(w)
         t = t / (2 * t.abs().max().clamp(min=1e-12)) + 0.5
         q = t + (torch.round(t * self.levels) / self.levels - t).detach()

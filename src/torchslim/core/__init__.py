@@ -1,4 +1,8 @@
-"""Core: method configs, the registry, layer selection, module surgery, the two verbs."""
+"""Core: method configs, the registry, layer selection, module surgery, the two verbs.
+
+Core imports no method family: families register themselves (``register_method``)
+and the package names the modules to import (``registry.add_method_modules``).
+"""
 from torchslim.core.api import compress_, convert_, method_callbacks, pending
 from torchslim.core.config import MethodConfig
 from torchslim.core.fold import FoldBN

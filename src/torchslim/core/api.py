@@ -1,52 +1,79 @@
 """The two verbs every method goes through: ``compress_`` (prepare) and ``convert_``."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
+import torch
 import torch.nn as nn
 
 from torchslim.core.config import MethodConfig
 from torchslim.core.registry import handler_for
+from torchslim.core.state import slim_state
 
-_PENDING = "_torchslim_pending"
 
-
-def compress_(model: nn.Module, config: MethodConfig, data: Iterable | None = None) -> nn.Module:
+def compress_(model: nn.Module, config: MethodConfig, data: Iterable | None = None, *,
+              example_inputs: torch.Tensor | None = None) -> nn.Module:
     """Prepare ``model`` in place for the method ``config`` names (reversible, trainable form).
 
     Args:
         data: calibration batches ``(inputs, targets)`` for methods that need them
             (e.g. ``quant.qcnn``); ignored by the others.
+        example_inputs: an input batch of the model (any shape; the first sample is kept).
+            Methods that run the model (kernel timing, dependency graphs, MAC budgets) use it,
+            and it is remembered for later ``convert_``, reports and hints. Registry models
+            know their input shape and need none.
 
-    Side effects, in order: the handler's ``prepare`` edits the model; the
+    Side effects, in order: ``example_inputs`` and, for a model outside the registry, the
+    specs of its original layers are remembered on ``model.torchslim`` (so that ``save``
+    can record what the methods replace); the handler's ``prepare`` edits the model; the
     config is appended to the model's pending list that :func:`convert_` uses.
     """
     if not isinstance(config, MethodConfig):
         raise TypeError(f"compress_ takes a MethodConfig, got {type(config).__name__}")
+    state = slim_state(model)
+    if example_inputs is not None:
+        if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 1:
+            raise ValueError("example_inputs must be one input batch as a tensor (batch dimension first); "
+                             f"got {type(example_inputs).__name__}")
+        state.example_inputs = example_inputs[:1].detach().clone()
+    if state.arch is None and state.original is None:
+        from torchslim.export.spec import layer_specs
+
+        state.original = layer_specs(model)
     handler = handler_for(config)
     if handler.needs_data:  # the handler raises when its config needs data and none is given
         model = handler.prepare(model, config, data) or model
     else:
         model = handler.prepare(model, config) or model
-    model.__dict__.setdefault(_PENDING, []).append(config)
+    slim_state(model).pending.append(config)
     return model
 
 
 def convert_(model: nn.Module) -> nn.Module:
     """Make every prepared method permanent, in the order they were prepared."""
-    for config in model.__dict__.pop(_PENDING, []):
+    state = slim_state(model)
+    todo, state.pending = state.pending, []
+    for config in todo:
         model = handler_for(config).convert(model, config) or model
     return model
 
 
 def pending(model: nn.Module) -> list[str]:
     """Names of methods prepared on ``model`` and not yet converted."""
-    return [c.method for c in model.__dict__.get(_PENDING, [])]
+    return [c.method for c in slim_state(model).pending]
 
 
 def method_callbacks(model: nn.Module) -> list:
     """Training callbacks of every pending method (extra loss terms, after-step actions)."""
     cbs = []
-    for config in model.__dict__.get(_PENDING, []):
+    for config in slim_state(model).pending:
         cbs.extend(handler_for(config).callbacks(model, config))
     return cbs
+
+
+def finetune(model: nn.Module, train_loader, cfg, **kwargs):
+    """``torchslim.fit`` with the training callbacks of every method prepared on ``model``."""
+    from torchslim.train.loop import fit
+
+    cbs = list(kwargs.pop("callbacks", ())) + method_callbacks(model)
+    return fit(model, train_loader, cfg, callbacks=cbs, **kwargs)

@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import yaml
-
 from torchslim.core.registry import get_method
 
 
@@ -64,7 +62,7 @@ class MethodConfig:
         """Raise ValueError naming the field, the value and the allowed range."""
 
     # -- per layer -------------------------------------------------------
-    def for_layer(self, name: str) -> "MethodConfig":
+    def for_layer(self, name: str) -> MethodConfig:
         """Config for module ``name``: exact-name override, else regex, else self."""
         if name in self.overrides:
             return dataclasses.replace(self, overrides={}, **self.overrides[name])
@@ -82,10 +80,12 @@ class MethodConfig:
         return out
 
     def to_yaml(self) -> str:
+        import yaml  # deploy-time imports of core stay free of yaml
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "MethodConfig":
+    def from_dict(d: dict[str, Any]) -> MethodConfig:
         """Build a config from ``{"method": NAME, field: value, ...}``.
 
         Only registered method names resolve; unknown fields are an error.
@@ -106,7 +106,9 @@ class MethodConfig:
             raise ValueError(f"{cls.method}: {e}") from None
 
     @staticmethod
-    def from_yaml(text: str) -> "MethodConfig":
+    def from_yaml(text: str) -> MethodConfig:
+        import yaml
+
         return MethodConfig.from_dict(yaml.safe_load(text))
 
 
@@ -142,6 +144,14 @@ def check_range(cfg: MethodConfig, name: str, lo: float, hi: float, *,
         raise ValueError(
             f"{type(cfg).__name__}.{name}={v!r} is out of range; use a number in {lb}{lo}, {hi}{rb}"
         )
+
+
+def check_int(cfg: MethodConfig, name: str, lo: int, hi: int | None = None) -> None:
+    """Validate that ``cfg.<name>`` is an integer (not a bool) in [lo, hi] (no upper bound if ``hi`` is None)."""
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise ValueError(f"{type(cfg).__name__}.{name}={v!r} is out of range; use {allowed}")
 
 
 def check_choice(cfg: MethodConfig, name: str, choices: tuple[str, ...]) -> None:

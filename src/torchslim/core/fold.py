@@ -14,8 +14,8 @@ input is a Conv2d/Linear output used by nothing else.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.fx as fx

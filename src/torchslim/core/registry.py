@@ -6,7 +6,9 @@ YAML recipes and ``MethodConfig.from_dict`` resolve names only through here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
@@ -14,8 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchslim.core.config import MethodConfig
     from torchslim.train.callbacks import Callback
 
-_METHODS: dict[str, type["Method"]] = {}
-_BY_CONFIG: dict[type, type["Method"]] = {}
+_METHODS: dict[str, type[Method]] = {}
+_BY_CONFIG: dict[type, type[Method]] = {}
 
 
 class Method:
@@ -35,15 +37,15 @@ class Method:
     needs_data: bool = False  # prepare takes calibration batches: prepare(model, config, data or None)
 
     @classmethod
-    def prepare(cls, model: nn.Module, config: "MethodConfig", data=None) -> nn.Module:
+    def prepare(cls, model: nn.Module, config: MethodConfig, data=None) -> nn.Module:
         return model
 
     @classmethod
-    def convert(cls, model: nn.Module, config: "MethodConfig") -> nn.Module:
+    def convert(cls, model: nn.Module, config: MethodConfig) -> nn.Module:
         return model
 
     @classmethod
-    def callbacks(cls, model: nn.Module, config: "MethodConfig") -> list["Callback"]:
+    def callbacks(cls, model: nn.Module, config: MethodConfig) -> list[Callback]:
         return []
 
 
@@ -80,7 +82,7 @@ def get_method(name: str) -> type[Method]:
         ) from None
 
 
-def handler_for(config: "MethodConfig") -> type[Method]:
+def handler_for(config: MethodConfig) -> type[Method]:
     """Handler that owns this config's class."""
     _import_builtin_methods()
     try:
@@ -92,11 +94,15 @@ def handler_for(config: "MethodConfig") -> type[Method]:
         ) from None
 
 
+_MODULES: list[str] = []
+
+
+def add_method_modules(*modules: str) -> None:
+    """Modules whose import registers methods; imported on the first registry lookup, so that
+    core depends on no family (the package names them, ``torchslim/__init__.py``)."""
+    _MODULES.extend(m for m in modules if m not in _MODULES)
+
+
 def _import_builtin_methods() -> None:
-    # Method families register themselves on import; import them lazily so that
-    # the registry module itself has no dependency on them.
-    import torchslim.core.fold  # noqa: F401
-    import torchslim.prune  # noqa: F401
-    import torchslim.quant  # noqa: F401
-    import torchslim.lowrank  # noqa: F401
-    import torchslim.binary  # noqa: F401
+    for m in _MODULES:
+        importlib.import_module(m)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from torchslim.core.state import slim_state
+
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
     """Module at dotted ``path`` ("" is the model itself)."""
@@ -27,11 +29,16 @@ def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def example_inputs(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A zero input batch of the model's registry input shape (C, S, S)."""
-    arch = getattr(model, "torchslim_arch", None)
+    """An input batch of ``batch`` samples: the example given to ``compress_`` (its first sample
+    repeated), or zeros of a registry model's input shape (C, S, S)."""
+    state = slim_state(model)
+    if state.example_inputs is not None:
+        x = state.example_inputs
+        return x[:1].expand(batch, *x.shape[1:]).clone()
+    arch = state.arch
     if arch is None:
-        raise ValueError("the model is not from the torchslim registry, so its input shape is unknown; "
-                         "set model.torchslim_arch = {'name': ..., 'kwargs': {'in_channels': C, 'input_size': S}}")
+        raise ValueError("this method runs the model, and the model is not from the torchslim registry, so its "
+                         "input shape is unknown: pass an input batch, compress_(model, config, example_inputs=x)")
     kw = arch["kwargs"]
     p = next(model.parameters())
     return torch.zeros(batch, kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28),

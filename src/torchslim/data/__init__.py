@@ -3,14 +3,22 @@ training set; the test set is used only for reported numbers."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from torchslim.data.readers import (DEFAULT_FASHION_DIR, ENV_DATA_DIR, DataError, read_cifar_binary,
-                                    read_idx, read_idx_split, read_image_folder)
+from torchslim.data.readers import (
+    DEFAULT_FASHION_DIR,
+    ENV_DATA_DIR,
+    DataError,
+    read_cifar_binary,
+    read_idx,
+    read_idx_split,
+    read_image_folder,
+)
 
 __all__ = ["DataConfig", "DataError", "Loaders", "load_split", "make_loaders", "read_idx", "DATASETS"]
 
@@ -60,7 +68,7 @@ class DataConfig:
             raise ValueError(f"data.subset={self.subset!r} must be an integer >= 10 or null")
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "DataConfig":
+    def from_dict(d: dict[str, Any]) -> DataConfig:
         allowed = {f.name for f in fields(DataConfig)}
         bad = set(d) - allowed
         if bad:

@@ -79,10 +79,10 @@ def decode(stream: np.ndarray, alphabet: np.ndarray, lengths: np.ndarray, n: int
     codes = canonical_codes(lengths)
     table_sym = np.zeros(1 << L, dtype=np.int64)
     table_len = np.zeros(1 << L, dtype=np.int64)
-    for i, (c, l) in enumerate(zip(codes, lengths)):
-        lo = int(c) << (L - int(l))
-        table_sym[lo: lo + (1 << (L - int(l)))] = i
-        table_len[lo: lo + (1 << (L - int(l)))] = l
+    for i, (c, length) in enumerate(zip(codes, lengths)):
+        lo = int(c) << (L - int(length))
+        table_sym[lo: lo + (1 << (L - int(length)))] = i
+        table_len[lo: lo + (1 << (L - int(length)))] = length
     bits = np.unpackbits(np.asarray(stream, dtype=np.uint8))
     nbits = len(bits)
     bits = np.concatenate([bits, np.zeros(L, np.uint8)]).astype(np.int64)
@@ -101,3 +101,21 @@ def decode(stream: np.ndarray, alphabet: np.ndarray, lengths: np.ndarray, n: int
         out[k] = ts[v]
         pos += tl[v]
     return alphabet[np.asarray(out, dtype=np.int64)]
+
+
+def csr_gaps(crow: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """CSR column indices as gaps within each row (Deep Compression's relative positions): a row's
+    first entry keeps its column, every next one stores the distance to the previous entry."""
+    gaps = col.astype(np.int64).copy()
+    gaps[1:] -= col[:-1]
+    starts = crow[:-1].astype(np.int64)
+    gaps[starts[starts < len(col)]] = col[starts[starts < len(col)]]  # empty rows share the next start
+    return gaps
+
+
+def csr_cols(crow: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`csr_gaps`: a running sum restarted at each row."""
+    lens = np.diff(crow.astype(np.int64))
+    cs = np.cumsum(gaps.astype(np.int64))
+    before = np.concatenate([[0], cs])[crow[:-1].astype(np.int64)]  # running sum just before each row
+    return cs - np.repeat(before, lens)

@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from torchslim.export.spec import apply_overrides, diff_overrides
+from torchslim.core.state import slim_state
+from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides
 
 FORMAT = "torchslim/1"
 
@@ -114,13 +115,8 @@ def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
             streams.append((f"{prefix}crow", np.diff(m.crow.long().numpy()),
                             {"kind": "csr_crow", "n": m.crow.numel() - 1}))
         if f"{prefix}col" in tensors and f"{prefix}crow" in tensors:
-            col = m.col.long().numpy()
-            starts = m.crow.long().numpy()[:-1]
-            gaps = col.copy()
-            gaps[1:] -= col[:-1]
-            nonempty = starts[starts < len(col)]
-            gaps[nonempty] = col[nonempty]
-            streams.append((f"{prefix}col", gaps, {"kind": "csr_col", "n": len(col),
+            gaps = huffman.csr_gaps(m.crow.long().numpy(), m.col.long().numpy())
+            streams.append((f"{prefix}col", gaps, {"kind": "csr_col", "n": m.col.numel(),
                                                    "dtype": str(m.col.dtype).replace("torch.", "")}))
         for key, symbols, meta in streams:
             stream, alphabet, lengths = huffman.encode(symbols)
@@ -169,11 +165,7 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
         elif meta["kind"] == "csr_crow":
             tensors[key] = torch.from_numpy(np.concatenate([[0], np.cumsum(symbols)])).to(torch.int32)
         else:
-            crow = tensors[key[: -len("col")] + "crow"].long().numpy()
-            lens = np.diff(crow)
-            cs = np.cumsum(symbols)
-            before = np.concatenate([[0], cs])[crow[:-1]]  # cumsum just before each row starts
-            col = cs - np.repeat(before, lens)
+            col = huffman.csr_cols(tensors[key[: -len("col")] + "crow"].long().numpy(), symbols)
             tensors[key] = torch.from_numpy(col).to(getattr(torch, meta["dtype"]))
 
 
@@ -194,14 +186,15 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: dict | None = Non
     if pending(model):
         raise ValueError(f"the model has methods prepared but not converted ({pending(model)}); "
                          "call torchslim.convert_(model) before save")
-    arch = getattr(model, "torchslim_arch", None)
-    header: dict[str, Any] = {"arch": None, "recipe": recipe, "extra": extra or {},
-                              "log": getattr(model, "torchslim_log", [])}
-    if arch is not None:
+    state = slim_state(model)
+    header: dict[str, Any] = {"arch": None, "recipe": recipe, "extra": extra or {}, "log": state.log}
+    if state.arch is not None:
         from torchslim.models import create_model
 
-        fresh = create_model(arch["name"], **arch["kwargs"])
-        header["arch"] = {**arch, "overrides": diff_overrides(model, fresh)}
+        fresh = create_model(state.arch["name"], **state.arch["kwargs"])
+        header["arch"] = {**state.arch, "overrides": diff_overrides(model, fresh)}
+    elif state.original is not None:   # a user's model: what the methods replaced, by path
+        header["overrides"] = changed_layers(model, state.original)
     tensors = dict(model.state_dict())
     if entropy == "huffman":
         header["entropy"] = _entropy_encode(model, tensors)
@@ -225,15 +218,35 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         from torchslim.models import create_model
 
         model = create_model(arch["name"], **arch["kwargs"])
-    if arch is not None:
-        apply_overrides(model, arch.get("overrides", {}))
+    overrides = arch.get("overrides", {}) if arch is not None else header.get("overrides") or {}
+    try:
+        apply_overrides(model, overrides)
+    except ValueError as e:
+        raise SlimFileError(f"{path}: {e}") from None
+    missing, unexpected = _key_mismatch(model, tensors)
+    if missing or unexpected:
+        raise SlimFileError(f"{path}: tensors do not fit the architecture of {type(model).__name__}: missing "
+                            f"{_few(missing)}, unexpected {_few(unexpected)} (is this the model the file was "
+                            "saved from?)")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise SlimFileError(f"{path}: tensors do not fit the architecture: {str(e).splitlines()[0]}") from None
-    model.torchslim_header = header
-    model.torchslim_log = list(header.get("log") or [])  # per-layer decisions of the methods applied
+    state = slim_state(model)
+    state.header = header
+    state.log = list(header.get("log") or [])  # per-layer decisions of the methods applied
     return model.eval()
+
+
+def _key_mismatch(model: nn.Module, tensors: dict) -> tuple[list[str], list[str]]:
+    keys = set(model.state_dict())
+    return sorted(keys - set(tensors)), sorted(set(tensors) - keys)
+
+
+def _few(keys: list[str], n: int = 6) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def file_header(path: str | os.PathLike) -> dict[str, Any]:

@@ -8,11 +8,13 @@ so loading never runs code named by the file.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 
 from torchslim.core.surgery import set_module
+from torchslim.runtime.base import RuntimeLayer, runtime_layer
 
 # type name -> (class, module -> JSON args, JSON args -> module)
 _SPECS: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[dict], nn.Module]]] = {}
@@ -55,11 +57,19 @@ for _act in (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.GE
         register_module_spec(_act, lambda m: {})
 
 
+def _registered(m: nn.Module) -> bool:
+    name = type(m).__name__
+    return (name in _SPECS and _SPECS[name][0] is type(m)) or runtime_layer(name) is type(m)
+
+
 def module_spec(m: nn.Module) -> dict[str, Any]:
-    """JSON spec of ``m``; containers (Sequential) are recorded with their children."""
+    """JSON spec of ``m``; containers (Sequential) are recorded with their children. Runtime
+    layers own their spec (``RuntimeLayer.spec_args``); torch layers are registered here."""
     if isinstance(m, nn.Sequential) and type(m) is nn.Sequential:
         return {"type": "Sequential", "children": {n: module_spec(c) for n, c in m.named_children()}}
     name = type(m).__name__
+    if isinstance(m, RuntimeLayer) and runtime_layer(name) is type(m):
+        return {"type": name, "args": m.spec_args()}
     if name not in _SPECS or _SPECS[name][0] is not type(m):
         raise ValueError(
             f"cannot store a module of type {type(m).__module__}.{name} in a .slim file; register it with "
@@ -76,6 +86,9 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
         for n, child in spec["children"].items():
             seq.add_module(n, build_module(child))
         return seq
+    layer = runtime_layer(t) if isinstance(t, str) else None
+    if layer is not None:
+        return layer.from_spec(dict(spec.get("args", {})))
     if t not in _SPECS:
         raise ValueError(f"the file names module type {t!r}, which this torchslim does not know")
     return _SPECS[t][2](dict(spec.get("args", {})))
@@ -84,7 +97,7 @@ def build_module(spec: dict[str, Any]) -> nn.Module:
 def diff_overrides(saved: nn.Module, fresh: nn.Module, path: str = "") -> dict[str, dict]:
     """Paths where ``saved`` differs from ``fresh``, with the spec of the saved module."""
     out: dict[str, dict] = {}
-    registered = type(saved).__name__ in _SPECS and _SPECS[type(saved).__name__][0] is type(saved)
+    registered = _registered(saved)
     if type(saved) is type(fresh) and not registered:
         s_names = [n for n, _ in saved.named_children()]
         f_names = [n for n, _ in fresh.named_children()]
@@ -100,6 +113,43 @@ def diff_overrides(saved: nn.Module, fresh: nn.Module, path: str = "") -> dict[s
     return out
 
 
+def layer_specs(model: nn.Module) -> dict[str, dict]:
+    """Spec of every storable leaf layer by path: the record of a user's model before compression."""
+    return {n: module_spec(m) for n, m in model.named_modules()
+            if n and _registered(m) and not isinstance(m, nn.Sequential)}
+
+
+def changed_layers(model: nn.Module, original: dict[str, dict]) -> dict[str, dict]:
+    """Paths where ``model`` no longer has the layer ``original`` (:func:`layer_specs`) recorded,
+    with the spec of what is there now (e.g. a packed layer or a factor chain). The user's own
+    container classes are walked, never stored."""
+    out: dict[str, dict] = {}
+
+    def walk(mod: nn.Module, path: str) -> None:
+        for name, child in mod.named_children():
+            p = f"{path}.{name}" if path else name
+            if p in original:
+                if _storable(child) and module_spec(child) == original[p]:
+                    continue
+                if not _storable(child):
+                    raise ValueError(f"layer {p!r} was replaced by a {type(child).__name__}, which a .slim file "
+                                     "cannot store; register it with torchslim.export.spec.register_module_spec")
+                out[p] = module_spec(child)
+            elif _storable(child) and not any(k.startswith(p + ".") for k in original):
+                out[p] = module_spec(child)                  # a layer a method added
+            else:
+                walk(child, p)
+
+    walk(model, "")
+    return out
+
+
+def _storable(m: nn.Module) -> bool:
+    if type(m) is nn.Sequential:
+        return all(_storable(c) for c in m.children())
+    return _registered(m)
+
+
 def apply_overrides(model: nn.Module, overrides: dict[str, dict]) -> nn.Module:
     """Replace modules at the given paths (parents before children)."""
     for path in sorted(overrides, key=lambda p: p.count(".")):
@@ -108,47 +158,3 @@ def apply_overrides(model: nn.Module, overrides: dict[str, dict]) -> nn.Module:
         except AttributeError:
             raise ValueError(f"the file overrides module {path!r}, which the model does not have") from None
     return model
-
-
-def _register_runtime() -> None:
-    from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
-    from torchslim.runtime.product import ProductConv2d, ProductLinear
-    from torchslim.runtime.sparse import SparseConv2d, SparseLinear
-    from torchslim.runtime.uniform import UniformConv2d, UniformLinear
-    from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
-    from torchslim.binary import KBitAct
-
-    def conv_geometry(m: nn.Module) -> dict:
-        return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-                    stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
-
-    register_module_spec(SparseLinear, lambda m: dict(
-        in_features=m.in_features, out_features=m.out_features, nnz=m.nnz, bias=m.bias is not None,
-        kernel=m.kernel, timing=m.timing, bits=m.bits))
-    register_module_spec(SparseConv2d, lambda m: dict(
-        **conv_geometry(m), nnz=m.nnz, bias=m.bias is not None, kernel=m.kernel, timing=m.timing, bits=m.bits))
-    register_module_spec(CodebookLinear, lambda m: dict(
-        in_features=m.in_features, out_features=m.out_features, bits=m.bits, bias=m.bias is not None))
-    register_module_spec(CodebookConv2d, lambda m: dict(**conv_geometry(m), bits=m.bits, bias=m.bias is not None))
-    register_module_spec(ProductLinear, lambda m: dict(
-        in_features=m.in_features, out_features=m.out_features, sub_dim=m.sub_dim, bits=m.bits,
-        bias=m.bias is not None, kernel=m.kernel, timing=m.timing))
-    register_module_spec(ProductConv2d, lambda m: dict(**conv_geometry(m), sub_dim=m.sub_dim, bits=m.bits,
-                                                       bias=m.bias is not None))
-
-    uniform = lambda m: dict(bits=m.bits, symmetric=m.symmetric, act_bits=m.act_bits,  # noqa: E731
-                             out_float=m.out_float, bias=m.bias is not None)
-    register_module_spec(UniformLinear, lambda m: dict(in_features=m.in_features, out_features=m.out_features,
-                                                       **uniform(m)))
-    register_module_spec(UniformConv2d, lambda m: dict(**conv_geometry(m), **uniform(m)))
-    register_module_spec(PackedBinaryLinear, lambda m: dict(
-        in_features=m.in_features, out_features=m.out_features, input_scaling=m.input_scaling,
-        binary_input=m.binary_input))
-    register_module_spec(PackedBinaryConv2d, lambda m: dict(
-        in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-        stride=list(m.stride), padding=list(m.padding), input_scaling=m.input_scaling,
-        binary_input=m.binary_input))
-    register_module_spec(KBitAct, lambda m: dict(bits=m.bits))
-
-
-_register_runtime()

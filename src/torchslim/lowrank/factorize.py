@@ -32,20 +32,21 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils import benchmark
 
 from torchslim.core.config import MethodConfig, check_choice, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
+from torchslim.core.state import slim_state
 from torchslim.core.surgery import capture_inputs, example_inputs, set_module
 from torchslim.lowrank.rank import energy_rank, vbmf_rank
 from torchslim.measure.counts import count_macs
+from torchslim.runtime.timing import pick, time_candidates
 
 
 @dataclass(frozen=True)
@@ -303,20 +304,10 @@ def _ranks(f: _Factorizer, layer: nn.Module, cfg: LowRank) -> list[int]:
     return [energy_rank(s, cfg.energy) for s in spectra]
 
 
-def _time(m: nn.Module, x: torch.Tensor) -> float:
-    with torch.inference_mode():
-        m(x)
-        t = benchmark.Timer("m(x)", globals={"m": m, "x": x}, num_threads=torch.get_num_threads())
-        return t.blocked_autorange(min_run_time=0.2).median * 1e3
-
-
 def _pays(dense: nn.Module, factored: nn.Module, sample: torch.Tensor) -> tuple[bool, dict]:
     """Time dense vs factorized at batch 1 and 256 of the layer's real input."""
-    timing = {}
-    for b in (1, 256):
-        x = sample.expand(b, *sample.shape[1:]).contiguous()
-        timing[f"b{b}"] = {"dense": round(_time(dense.eval(), x), 4), "factorized": round(_time(factored.eval(), x), 4)}
-    return all(v["factorized"] < v["dense"] for v in timing.values()), timing
+    timing = time_candidates({"dense": dense.eval(), "factorized": factored.eval()}, sample)
+    return pick(timing, "dense") == "factorized", timing
 
 
 def _hw(t: torch.Tensor) -> tuple[int, int]:
@@ -375,7 +366,7 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
                           f"factorizing the selected layers (closest {macs_of(chosen) / total:.1%})")
     else:
         chosen = plan(None)
-    log = model.__dict__.setdefault("torchslim_log", [])
+    log = slim_state(model).log
     for n, m, c in layers:
         entry = {"method": config.method, "layer": n, "decision": "dense", "ranks": chosen.get(n)}
         if n in chosen:
@@ -399,22 +390,34 @@ def _dense_macs(m: nn.Module, hw_out: tuple) -> int:
     return hw_out[0] * hw_out[1] * rows * cols
 
 
-def _register(name: str, cfg_cls: type, f: _Factorizer) -> None:
-    class _Handler(Method):
-        config_cls = cfg_cls
+class _LowRankMethod(Method):
+    """Shared handler: ``factorizer`` decomposes one layer; prepare is :func:`factorize`."""
 
-        @classmethod
-        def prepare(cls, model: nn.Module, config: LowRank) -> nn.Module:
-            was = model.training
-            model = factorize(model, config, f)
-            model.train(was)
-            return model
+    factorizer: _Factorizer
 
-    _Handler.__name__ = f"{cfg_cls.__name__}Method"
-    register_method(name)(_Handler)
+    @classmethod
+    def prepare(cls, model: nn.Module, config: LowRank) -> nn.Module:
+        was = model.training
+        model = factorize(model, config, cls.factorizer)
+        model.train(was)
+        return model
 
 
-_register("lowrank.svd", SVD, _SVDF())
-_register("lowrank.tucker", Tucker, _TuckerF())
-_register("lowrank.cp", CP, _CPF())
-_register("lowrank.spatial", Spatial, _SpatialF())
+@register_method("lowrank.svd")
+class SVDMethod(_LowRankMethod):
+    config_cls, factorizer = SVD, _SVDF()
+
+
+@register_method("lowrank.tucker")
+class TuckerMethod(_LowRankMethod):
+    config_cls, factorizer = Tucker, _TuckerF()
+
+
+@register_method("lowrank.cp")
+class CPMethod(_LowRankMethod):
+    config_cls, factorizer = CP, _CPF()
+
+
+@register_method("lowrank.spatial")
+class SpatialMethod(_LowRankMethod):
+    config_cls, factorizer = Spatial, _SpatialF()

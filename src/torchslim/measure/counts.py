@@ -1,19 +1,19 @@
 """Parameters, nonzeros and MACs, per layer and in total.
 
-MACs are counted with forward hooks on leaf modules through a type registry,
-so packed runtime modules register their own rule (``register_macs``). Dense
+MACs are counted with forward hooks on leaf modules: runtime layers own their
+rule (``RuntimeLayer.macs``), other types register one here (``register_macs``). Dense
 rules: Conv2d ``N * H_out * W_out * C_out * (C_in / groups) * k_h * k_w``;
 Linear ``N * in * out`` (per input row).
 """
 from __future__ import annotations
 
-import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
 from torchslim.core.surgery import leaf_modules
+from torchslim.runtime.base import RuntimeLayer
 
 # type -> f(module, input, output) -> (dense MACs, effective MACs)
 _MACS: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[int, int]]] = {}
@@ -42,13 +42,21 @@ def _linear_macs(m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[int, i
     return (y.numel() * m.in_features,) * 2
 
 
+def _mac_rule(m: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], tuple[int, int]] | None:
+    """The module's MAC rule: its own (runtime layers) or the one registered for its type."""
+    if isinstance(m, RuntimeLayer):
+        return m.macs
+    fn = _MACS.get(type(m))
+    return None if fn is None else (lambda x, y: fn(m, x, y))
+
+
 def _own_counts(m: nn.Module) -> tuple[int, int]:
     """(weights, nonzero weights) a module represents. Packed runtime modules report their
     logical weights through ``weight_counts()`` (a codebook layer stores 16 floats but
     represents every weight); other modules count their own parameters."""
-    own = list(m.parameters(recurse=False))
-    if hasattr(m, "weight_counts"):
+    if isinstance(m, RuntimeLayer):
         return m.weight_counts()
+    own = list(m.parameters(recurse=False))
     return sum(p.numel() for p in own), sum(int(torch.count_nonzero(p)) for p in own)
 
 
@@ -72,9 +80,10 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
         rows[name] = {"name": name, "type": type(mod).__name__, "out_shape": None,
                       "params": params, "nonzeros": nonzeros,
                       "macs": 0, "effective_macs": 0}
-        if type(mod) in _MACS:
-            def hook(m, inp, out, _n=name):
-                dense, eff = _MACS[type(m)](m, inp[0], out)
+        rule = _mac_rule(mod)
+        if rule is not None:
+            def hook(m, inp, out, _n=name, _rule=rule):
+                dense, eff = _rule(inp[0], out)
                 rows[_n]["macs"] += int(dense)
                 rows[_n]["effective_macs"] += int(eff)
                 rows[_n]["out_shape"] = list(out.shape[1:])
@@ -94,32 +103,3 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Total dense MACs for one input of ``input_shape`` (C, H, W)."""
     return sum(r["macs"] for r in layer_table(model, input_shape))
-
-
-def _register_runtime() -> None:
-    from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
-    from torchslim.runtime.product import ProductConv2d, ProductLinear
-    from torchslim.runtime.sparse import SparseConv2d, SparseLinear
-    from torchslim.runtime.uniform import UniformConv2d, UniformLinear
-    from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
-
-    # dense layers in another storage: one MAC per (output, input) pair, all of them effective
-    for cls in (UniformLinear, PackedBinaryLinear, CodebookLinear, ProductLinear):
-        register_macs(cls)(lambda m, x, y: (y.numel() * m.in_features,) * 2)
-    for cls in (UniformConv2d, CodebookConv2d):
-        register_macs(cls)(lambda m, x, y: (y.numel() * math.prod(m.shape[1:]),) * 2)
-    register_macs(PackedBinaryConv2d)(lambda m, x, y: (y.numel() * m.n_bits,) * 2)   # binary MACs (xnor-popcount)
-    register_macs(ProductConv2d)(lambda m, x, y: (y.numel() * m.cols,) * 2)
-
-    @register_macs(SparseLinear)
-    def _sparse_linear(m: SparseLinear, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-        rows = y.numel() // m.out_features
-        return rows * m.out_features * m.in_features, rows * m.nnz
-
-    @register_macs(SparseConv2d)
-    def _sparse_conv(m: SparseConv2d, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-        positions = y.numel() // m.out_channels  # N * H_out * W_out
-        return positions * m.out_channels * m.cols, positions * m.nnz
-
-
-_register_runtime()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch.utils import benchmark
+
+from torchslim.runtime.timing import time_ms
 
 
 @torch.inference_mode()
@@ -14,6 +15,4 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, *
     p = next(model.parameters(), None)
     x = torch.randn((batch, *input_shape), device=p.device if p is not None else "cpu")
     threads = threads or torch.get_num_threads()
-    model(x)  # warm-up: lazy init, kernel selection, numba compilation
-    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    return time_ms(model, x, min_run_time, threads)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
+
+from torchslim.core.state import slim_state
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -45,7 +48,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 1,
         raise ValueError(f"model {name!r} takes no argument(s) {sorted(bad)}; it takes {sorted(allowed)}")
     model = fn(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
     # Recorded so that save() can store the architecture as (name, kwargs).
-    model.torchslim_arch = {
+    slim_state(model).arch = {
         "name": name,
         "kwargs": {"num_classes": num_classes, "in_channels": in_channels,
                    "input_size": input_size, **kwargs},

@@ -24,7 +24,7 @@ import torch.nn as nn
 from torchslim.core.config import MethodConfig, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.prune.structured import Filters, FiltersMethod
+from torchslim.prune.filters import Filters, FiltersMethod
 from torchslim.train.callbacks import Callback
 
 

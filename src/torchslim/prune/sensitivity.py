@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from torchslim.core.api import compress_
-from torchslim.core.config import MethodConfig
 from torchslim.core.registry import get_method
 from torchslim.core.select import select
 from torchslim.train.loop import evaluate

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from torchslim.core.config import MethodConfig, check_choice
+from torchslim.core.config import MethodConfig, check_choice, check_int
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import set_module
@@ -56,11 +56,9 @@ class KMeans(MethodConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 8:
-            raise ValueError(f"KMeans.bits={self.bits!r} is out of range; use an integer in [1, 8]")
+        check_int(self, "bits", 1, 8)
         check_choice(self, "init", INITS)
-        if not isinstance(self.iters, int) or self.iters < 1:
-            raise ValueError(f"KMeans.iters={self.iters!r} must be an integer >= 1")
+        check_int(self, "iters", 1)
 
 
 def init_centroids(w: torch.Tensor, k: int, init: str, seed: int = 0) -> torch.Tensor:

@@ -21,17 +21,17 @@ their lookup-table kernel.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.core.config import MethodConfig, check_choice
+from torchslim.core.config import MethodConfig, check_choice, check_int
 from torchslim.core.registry import Method, register_method
 from torchslim.core.surgery import get_module, set_module
-from torchslim.quant.product import PQ_KERNELS, _to_product, choose_kernels, pq_layers
+from torchslim.quant.pq import PQ_KERNELS, _to_product, choose_kernels, pq_layers
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,7 @@ class QCNN(MethodConfig):
     def validate(self) -> None:
         for f, lo, hi in (("bits", 1, 8), ("sub_dim", 1, 4096), ("iters", 1, 100), ("calib_batches", 1, 10000),
                           ("max_rows", 64, 10 ** 8)):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                raise ValueError(f"QCNN.{f}={v!r} is out of range; use an integer in [{lo}, {hi}]")
+            check_int(self, f, lo, hi)
         check_choice(self, "kernel", ("auto",) + PQ_KERNELS)
 
 

@@ -22,20 +22,19 @@ Convert replaces the fake-quant layers by :class:`UniformConv2d` / :class:`Unifo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.core.config import MethodConfig
+from torchslim.core.config import MethodConfig, check_int
 from torchslim.core.fold import fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import set_module
-from torchslim.runtime._layout import set_conv_geometry
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
 
 # Modules and functions a quantized tensor passes through unchanged in scale (x86 quantized CPU ops).
@@ -65,15 +64,13 @@ class Uniform(MethodConfig):
     reduce_range: bool = True
 
     def validate(self) -> None:
-        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 2 <= self.bits <= 8:
-            raise ValueError(f"Uniform.bits={self.bits!r} is out of range; use an integer in [2, 8]")
+        check_int(self, "bits", 2, 8)
         if self.act_bits not in (0, 8):
             raise ValueError(f"Uniform.act_bits={self.act_bits!r}; use 8 (int8 activations) or 0 (weights only)")
         if self.act_bits and not self.symmetric:
             raise ValueError("Uniform: act_bits=8 needs symmetric=True (the x86 int8 kernels take weights with "
                              "zero point 0); use act_bits=0 for affine weights")
-        if not isinstance(self.calib_batches, int) or self.calib_batches < 1:
-            raise ValueError(f"Uniform.calib_batches={self.calib_batches!r} must be an integer >= 1")
+        check_int(self, "calib_batches", 1)
 
 
 class _FakeQuant(nn.Module):
@@ -139,7 +136,7 @@ class _FakeQuant(nn.Module):
 
 class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
     @classmethod
-    def from_conv(cls, m: nn.Conv2d, cfg: Uniform, **flags) -> "FakeQuantConv2d":
+    def from_conv(cls, m: nn.Conv2d, cfg: Uniform, **flags) -> FakeQuantConv2d:
         new = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
                   m.bias is not None, m.padding_mode)
         new._init_fq(cfg, **flags)
@@ -157,7 +154,7 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
 
 class FakeQuantLinear(nn.Linear, _FakeQuant):
     @classmethod
-    def from_linear(cls, m: nn.Linear, cfg: Uniform, **flags) -> "FakeQuantLinear":
+    def from_linear(cls, m: nn.Linear, cfg: Uniform, **flags) -> FakeQuantLinear:
         new = cls(m.in_features, m.out_features, m.bias is not None)
         new._init_fq(cfg, **flags)
         new.load_state_dict(m.state_dict(), strict=False)

@@ -12,3 +12,20 @@ def set_conv_geometry(m: nn.Module, in_channels: int, out_channels: int, kernel_
     m.padding, m.dilation = tuple(padding), tuple(dilation)
     m.rows = out_channels
     m.cols = in_channels // groups * m.kernel_size[0] * m.kernel_size[1]
+
+
+def conv_geometry(m: nn.Module) -> dict:
+    """The constructor arguments :func:`set_conv_geometry` stored, as JSON."""
+    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
+                stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
+
+
+def linear_geometry(m: nn.Module) -> dict:
+    return dict(in_features=m.in_features, out_features=m.out_features)
+
+
+def dense_macs(m: nn.Module, y) -> tuple[int, int]:
+    """Every (output, input) pair of a dense weight in another storage: ``y.numel() * row length``,
+    all effective. Rows are ``in_features`` for a linear, ``C_in/g * kh * kw`` for a conv."""
+    per_out = m.cols if hasattr(m, "cols") else m.in_features
+    return (y.numel() * per_out,) * 2

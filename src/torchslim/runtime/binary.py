@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import set_conv_geometry
+from torchslim.runtime._layout import dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime.base import RuntimeLayer
 
 _SHIFTS = torch.arange(64, dtype=torch.int64)
 _BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
@@ -178,7 +178,7 @@ def popcount_xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class _PackedBase(nn.Module):
+class _PackedBase(RuntimeLayer):
     """Shared state: packed weight words, per-output scale and bias, the XNOR input scaling
     flag, and ``binary_input``: with float activations (BinaryConnect, BWN) there is no xnor
     product, and the bits are expanded to a +/-1 float weight once (a storage format)."""
@@ -196,6 +196,13 @@ class _PackedBase(nn.Module):
         n = self.n_bits * self.words.shape[0]
         return n, n
 
+    def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        """Binary MACs (one xnor-popcount bit per weight and output), or float MACs for float inputs."""
+        return dense_macs(self, y)
+
+    def _flags(self) -> dict:
+        return dict(input_scaling=self.input_scaling, binary_input=self.binary_input)
+
     def float_weight(self) -> torch.Tensor:
         """The +/-1 weight in the layer's float layout, expanded once and cached."""
         key = (self.words.data_ptr(), self.words._version)
@@ -212,6 +219,9 @@ class PackedBinaryLinear(_PackedBase):
         super().__init__()
         self.in_features, self.out_features, self.n_bits = in_features, out_features, in_features
         self._init_packed(out_features, math.ceil(in_features / 64), input_scaling, binary_input)
+
+    def spec_args(self) -> dict:
+        return dict(**linear_geometry(self), **self._flags())
 
     def _unpack(self) -> torch.Tensor:
         return unpack_signs(self.words, self.in_features)
@@ -252,6 +262,11 @@ class PackedBinaryConv2d(_PackedBase):
         self.words = pack_signs(sign_w.permute(0, 2, 3, 1)).flatten(1)   # (Cout, kh * kw * words)
         self.scale, self.bias = scale.detach().float().clone(), bias.detach().float().clone()
         self._corr = {}
+
+    def spec_args(self) -> dict:
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding),
+                    **self._flags())
 
     def _padding_correction(self, h: int, w: int, device) -> torch.Tensor:
         key = (h, w, self.words.data_ptr(), self.words._version)

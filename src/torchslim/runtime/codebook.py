@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime.base import RuntimeLayer, bias_counts
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -41,7 +42,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return (b << torch.arange(bits, dtype=torch.int64)).sum(1)
 
 
-class _CodebookBase(nn.Module):
+class _CodebookBase(RuntimeLayer):
     shape: tuple[int, ...]
 
     def _init_codebook(self, bits: int, bias_len: int | None) -> None:
@@ -61,9 +62,11 @@ class _CodebookBase(nn.Module):
 
     def weight_counts(self) -> tuple[int, int]:
         """(weights + bias, nonzero weights + nonzero bias) for measurement."""
-        b = self.bias.numel() if self.bias is not None else 0
-        bnz = int(torch.count_nonzero(self.bias)) if self.bias is not None else 0
+        b, bnz = bias_counts(self.bias)
         return math.prod(self.shape) + b, int(torch.count_nonzero(self.weight())) + bnz
+
+    def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        return dense_macs(self, y)
 
     def indices(self) -> torch.Tensor:
         return unpack_bits(self.codes, self.bits, math.prod(self.shape)).view(self.shape)
@@ -85,6 +88,9 @@ class CodebookLinear(_CodebookBase):
         self.shape = (out_features, in_features)
         self._init_codebook(bits, out_features if bias else None)
 
+    def spec_args(self) -> dict:
+        return dict(**linear_geometry(self), bits=self.bits, bias=self.bias is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight(), self.bias)
 
@@ -99,6 +105,9 @@ class CodebookConv2d(_CodebookBase):
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._init_codebook(bits, out_channels if bias else None)
+
+    def spec_args(self) -> dict:
+        return dict(**conv_geometry(self), bits=self.bits, bias=self.bias is not None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -19,15 +19,16 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils import benchmark
 
-from torchslim.runtime._layout import set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.codebook import pack_bits, unpack_bits
+from torchslim.runtime.timing import pick, time_candidates
 
 PQ_KERNELS = ("dense", "lut")
 
 
-class _ProductBase(nn.Module):
+class _ProductBase(RuntimeLayer):
     rows: int
     cols: int
 
@@ -57,6 +58,9 @@ class _ProductBase(nn.Module):
         b = self.bias.numel() if self.bias is not None else 0
         return self.rows * self.cols + b, int(torch.count_nonzero(self.weight2d())) + b
 
+    def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        return dense_macs(self, y)
+
     def weight2d(self) -> torch.Tensor:
         """(rows, cols) weight; differentiable w.r.t. the codebooks when training."""
         def build():
@@ -80,6 +84,10 @@ class ProductLinear(_ProductBase):
         self.rows, self.cols = out_features, in_features
         self._init_pq(sub_dim, bits, bias, kernel, timing)
 
+    def spec_args(self) -> dict:
+        return dict(**linear_geometry(self), sub_dim=self.sub_dim, bits=self.bits, bias=self.bias is not None,
+                    kernel=self.kernel, timing=self.timing)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "dense" or (torch.is_grad_enabled() and self.codebooks.requires_grad):
             return F.linear(x, self.weight2d(), self.bias)
@@ -95,7 +103,8 @@ class ProductLinear(_ProductBase):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, sub_dim={self.sub_dim}, bits={self.bits}, kernel={self.kernel}"
+        return (f"{self.in_features}, {self.out_features}, sub_dim={self.sub_dim}, bits={self.bits}, "
+                f"kernel={self.kernel}")
 
 
 class ProductConv2d(_ProductBase):
@@ -105,27 +114,27 @@ class ProductConv2d(_ProductBase):
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_pq(sub_dim, bits, bias, "dense", None)
 
+    def spec_args(self) -> dict:
+        return dict(**conv_geometry(self), sub_dim=self.sub_dim, bits=self.bits, bias=self.bias is not None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight2d().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, sub_dim={self.sub_dim}, bits={self.bits}"
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, sub_dim={self.sub_dim}, "
+                f"bits={self.bits}")
 
 
-@torch.inference_mode()
 def choose_pq_kernel(module: ProductLinear, example: torch.Tensor, batches: tuple[int, ...] = (1, 256),
                      min_run_time: float = 0.2) -> str:
-    """Keep ``lut`` only where it beats the expanded dense weight at every batch size."""
-    timing: dict = {}
-    for b in batches:
-        x = example.expand(b, *example.shape[1:]).contiguous()
-        timing[f"b{b}"] = {}
-        for k in PQ_KERNELS:
-            module.kernel = k
-            module(x)
-            t = benchmark.Timer("m(x)", globals={"m": module, "x": x}, num_threads=torch.get_num_threads())
-            timing[f"b{b}"][k] = round(t.blocked_autorange(min_run_time=min_run_time).median * 1e3, 4)
-    module.kernel = "lut" if all(v["lut"] < v["dense"] for v in timing.values()) else "dense"
-    module.timing = timing
+    """Keep ``lut`` only where it beats the expanded dense weight at every batch size (:func:`pick`)."""
+    def run(kernel: str):
+        def call(x: torch.Tensor) -> torch.Tensor:
+            module.kernel = kernel
+            return module(x)
+        return call
+
+    timing = time_candidates({k: run(k) for k in PQ_KERNELS}, example, batches, min_run_time)
+    module.kernel, module.timing = pick(timing, "dense"), timing
     return module.kernel

@@ -23,9 +23,10 @@ import warnings
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils import benchmark
 
-from torchslim.runtime._layout import set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, linear_geometry, set_conv_geometry
+from torchslim.runtime.base import RuntimeLayer, bias_counts
+from torchslim.runtime.timing import pick, time_candidates
 
 KERNELS = ("sparse", "dense")
 
@@ -39,7 +40,7 @@ def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return csr.crow_indices().to(torch.int32), csr.col_indices().to(col_dtype), csr.values().clone()
 
 
-class _SparseBase(nn.Module):
+class _SparseBase(RuntimeLayer):
     """Shared CSR state. Subclasses define the 2-D weight shape and the op."""
 
     rows: int
@@ -66,9 +67,17 @@ class _SparseBase(nn.Module):
 
     def weight_counts(self) -> tuple[int, int]:
         """(dense weights + bias, stored nonzeros + nonzero bias) for measurement."""
-        b = self.bias.numel() if self.bias is not None else 0
-        bnz = int(torch.count_nonzero(self.bias)) if self.bias is not None else 0
+        b, bnz = bias_counts(self.bias)
         return self.rows * self.cols + b, self.nnz + bnz
+
+    def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        """Dense: every (output, input) pair; effective: one MAC per stored nonzero and output position."""
+        positions = y.numel() // self.rows          # N (* H_out * W_out)
+        return positions * self.rows * self.cols, positions * self.nnz
+
+    def _storage_args(self) -> dict:
+        return dict(nnz=self.nnz, bias=self.bias is not None, kernel=self.kernel, timing=self.timing,
+                    bits=self.bits)
 
     def _trainable(self) -> nn.Parameter:
         return self.codebook if self.bits else self.values
@@ -153,8 +162,11 @@ class SparseLinear(_SparseBase):
         self.rows, self.cols = out_features, in_features
         self._init_storage(nnz, bias, kernel, timing, bits)
 
+    def spec_args(self) -> dict:
+        return dict(**linear_geometry(self), **self._storage_args())
+
     @classmethod
-    def from_dense(cls, m: nn.Linear, kernel: str = "dense") -> "SparseLinear":
+    def from_dense(cls, m: nn.Linear, kernel: str = "dense") -> SparseLinear:
         w = m.weight.detach()
         new = cls(m.in_features, m.out_features, int(torch.count_nonzero(w)), m.bias is not None, kernel)
         new.set_weight(w)
@@ -197,8 +209,11 @@ class SparseConv2d(_SparseBase):
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_storage(nnz, bias, kernel, timing, bits)
 
+    def spec_args(self) -> dict:
+        return dict(**conv_geometry(self), **self._storage_args())
+
     @classmethod
-    def from_dense(cls, m: nn.Conv2d, kernel: str = "dense") -> "SparseConv2d":
+    def from_dense(cls, m: nn.Conv2d, kernel: str = "dense") -> SparseConv2d:
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise ValueError(f"SparseConv2d needs numeric zero padding, got {m.padding!r}/{m.padding_mode}")
         w = m.weight.detach().reshape(m.out_channels, -1)
@@ -239,28 +254,23 @@ class SparseConv2d(_SparseBase):
                 f"nnz={self.nnz}, kernel={self.kernel}")
 
 
-@torch.inference_mode()
 def choose_kernel(module: _SparseBase, example: torch.Tensor, batches: tuple[int, ...] = (1, 256),
                   min_run_time: float = 0.2) -> str:
     """Time the sparse and dense kernels on ``example`` (one input sample, batch dim 1)
-    repeated to each batch size; keep ``sparse`` only when it is faster at every size.
+    repeated to each batch size; keep ``sparse`` only when it is faster at every size (:func:`pick`).
 
     Side effects: sets ``module.kernel`` and ``module.timing`` ({"b1": {"sparse": ms, "dense": ms}, ...}).
     """
     if isinstance(module, SparseConv2d) and module.groups != 1:
         module.kernel, module.timing = "dense", {"reason": "grouped conv"}
         return "dense"
-    timing: dict = {}
-    for b in batches:
-        x = example.expand(b, *example.shape[1:]).contiguous()
-        timing[f"b{b}"] = {}
-        for k in KERNELS:
-            module.kernel = k
-            module(x)
-            t = benchmark.Timer("m(x)", globals={"m": module, "x": x}, num_threads=torch.get_num_threads())
-            timing[f"b{b}"][k] = round(t.blocked_autorange(min_run_time=min_run_time).median * 1e3, 4)
-    sparse_wins = all(v["sparse"] < v["dense"] for v in timing.values())
-    module.kernel = "sparse" if sparse_wins else "dense"
-    module.timing = timing
-    module._cache = None
+
+    def run(kernel: str):
+        def call(x: torch.Tensor) -> torch.Tensor:
+            module.kernel = kernel
+            return module(x)
+        return call
+
+    timing = time_candidates({k: run(k) for k in KERNELS}, example, batches, min_run_time)
+    module.kernel, module.timing, module._cache = pick(timing, "dense"), timing, None
     return module.kernel

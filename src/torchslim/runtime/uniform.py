@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime.base import RuntimeLayer, bias_counts
 from torchslim.runtime.codebook import pack_bits, unpack_bits
 
 
@@ -54,7 +55,7 @@ def act_codes(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     return torch.clamp(torch.round(x / scale) + zero_point, 0, 255)
 
 
-class _UniformBase(nn.Module):
+class _UniformBase(RuntimeLayer):
     shape: tuple[int, ...]
 
     def _init_uniform(self, bits: int, symmetric: bool, act_bits: int, out_float: bool, bias: bool) -> None:
@@ -99,9 +100,15 @@ class _UniformBase(nn.Module):
 
     def weight_counts(self) -> tuple[int, int]:
         w = self.weight()
-        b = self.bias.numel() if self.bias is not None else 0
-        bnz = int(torch.count_nonzero(self.bias)) if self.bias is not None else 0
+        b, bnz = bias_counts(self.bias)
         return w.numel() + b, int(torch.count_nonzero(w)) + bnz
+
+    def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        return dense_macs(self, y)
+
+    def _uniform_args(self) -> dict:
+        return dict(bits=self.bits, symmetric=self.symmetric, act_bits=self.act_bits, out_float=self.out_float,
+                    bias=self.bias is not None)
 
     def _state_key(self) -> tuple:
         return tuple(t.data_ptr() for t in (self.codes, self.scale, self.act)) + (self.codes._version,)
@@ -140,6 +147,9 @@ class UniformLinear(_UniformBase):
         self.shape = (out_features, in_features)
         self._init_uniform(bits, symmetric, act_bits, out_float, bias)
 
+    def spec_args(self) -> dict:
+        return dict(**linear_geometry(self), **self._uniform_args())
+
     def _prepack(self, qw):
         return torch.ops.quantized.linear_prepack(qw, None if self.bias is None else self.bias.detach().float())
 
@@ -159,6 +169,9 @@ class UniformConv2d(_UniformBase):
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._init_uniform(bits, symmetric, act_bits, out_float, bias)
+
+    def spec_args(self) -> dict:
+        return dict(**conv_geometry(self), **self._uniform_args())
 
     def _prepack(self, qw):
         return torch.ops.quantized.conv2d_prepack(qw, None if self.bias is None else self.bias.detach().float(),

@@ -7,9 +7,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ class TrainConfig:
             raise ValueError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
 
     @staticmethod
-    def from_dict(d: dict[str, Any], where: str = "train") -> "TrainConfig":
+    def from_dict(d: dict[str, Any], where: str = "train") -> TrainConfig:
         allowed = {f.name for f in fields(TrainConfig)}
         bad = set(d) - allowed
         if bad:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
-from torchslim.core.config import MethodConfig, check_choice, check_range
+from torchslim.core.config import MethodConfig, check_choice, check_int, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import capture_inputs, set_module
@@ -72,10 +72,8 @@ class Magnitude(MethodConfig):
             if self.schedule != "oneshot":
                 raise ValueError("Magnitude.quality (threshold = quality * std) works with schedule='oneshot' "
                                  "only; use sparsity with steps/agp schedules")
-        for f in ("n_steps", "frequency"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Magnitude.{f}={v!r} must be an integer >= 1")
+        check_int(self, "n_steps", 1)
+        check_int(self, "frequency", 1)
 
 
 def _weight(m: nn.Module) -> torch.Tensor:

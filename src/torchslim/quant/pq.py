@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from torchslim.core.config import MethodConfig, check_choice
+from torchslim.core.config import MethodConfig, check_choice, check_int
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import capture_inputs, set_module
@@ -47,12 +47,9 @@ class PQ(MethodConfig):
     kernel: str = "auto"
 
     def validate(self) -> None:
-        if not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
-            raise ValueError(f"PQ.bits={self.bits!r} is out of range; use an integer in [1, 8]")
-        if not isinstance(self.sub_dim, int) or self.sub_dim < 1:
-            raise ValueError(f"PQ.sub_dim={self.sub_dim!r} must be an integer >= 1")
-        if not isinstance(self.iters, int) or self.iters < 1:
-            raise ValueError(f"PQ.iters={self.iters!r} must be an integer >= 1")
+        check_int(self, "bits", 1, 8)
+        check_int(self, "sub_dim", 1)
+        check_int(self, "iters", 1)
         check_choice(self, "kernel", ("auto",) + PQ_KERNELS)
 
 

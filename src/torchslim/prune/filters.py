@@ -29,11 +29,11 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
-from torchslim.core.config import MethodConfig, check_choice, check_range
+from torchslim.core.config import MethodConfig, check_choice, check_int, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.measure.counts import count_macs
 from torchslim.core.surgery import example_inputs
+from torchslim.measure.counts import count_macs
 
 ROOTS = (nn.Conv2d, nn.Linear)
 
@@ -63,8 +63,8 @@ class Filters(MethodConfig):
         check_choice(self, "scope", ("layer", "global"))
         if self.target_macs is not None:
             check_range(self, "target_macs", 0.0, 1.0, lo_open=True, hi_open=True)
-        if self.round_to is not None and (not isinstance(self.round_to, int) or self.round_to < 1):
-            raise ValueError(f"Filters.round_to={self.round_to!r} must be an integer >= 1 or null")
+        if self.round_to is not None:
+            check_int(self, "round_to", 1)
 
 
 class ChannelMask(nn.Module):
@@ -187,7 +187,7 @@ def _pruners(model: nn.Module, config: Filters, ratio: float) -> list:
     else:
         imp = tp.importance.GroupMagnitudeImportance(p=1 if config.criterion == "l1" else 2)
     pruners = []
-    for unit, inp, whole, dg in _units(model):
+    for unit, inp, whole, _graph in _units(model):
         members = {id(m) for m in unit.modules()}
         ignored = [m for m in unit.modules() if isinstance(m, ROOTS) and id(m) not in chosen]
         ignored += [m for m in _frozen_roots(unit, whole, inp) if all(m is not x for x in ignored)]

@@ -1,0 +1,78 @@
+"""The one contract every deploy-time (packed) layer follows.
+
+A runtime layer is one class that owns everything about its format, so that
+adding a format is one new file in ``runtime/``:
+
+* ``spec_args()`` / ``from_spec(args)``: its constructor arguments as JSON, and
+  the validated inverse used when a ``.slim`` file is loaded (``export/spec.py``
+  looks the class up here by name; only registered classes can be built);
+* ``macs(x, y)``: (dense MACs, effective MACs) of one forward call, used by
+  ``measure/counts.py`` (effective MACs skip work the kernel really skips);
+* ``weight_counts()``: (logical weights, nonzero weights) it represents, which
+  differ from its storage (a codebook layer stores 2**b floats and represents
+  every weight).
+
+Subclasses register themselves by being defined (``__init_subclass__``); names
+that start with ``_`` are shared bases and are not registered. This package
+imports torch and numpy only: no training code, no method family.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+_LAYERS: dict[str, type[RuntimeLayer]] = {}
+
+
+class RuntimeLayer(nn.Module):
+    """Base class of the deploy-time layers (see the module docstring for the contract)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            if cls.__name__ in _LAYERS and _LAYERS[cls.__name__] is not cls:
+                raise ValueError(f"runtime layer {cls.__name__!r} is already registered")
+            _LAYERS[cls.__name__] = cls
+
+    def spec_args(self) -> dict:
+        """Constructor arguments as JSON (the inverse of :meth:`from_spec`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define spec_args()")
+
+    @classmethod
+    def from_spec(cls, args: dict) -> RuntimeLayer:
+        """A fresh layer from :meth:`spec_args` (tensors are filled by the state dict afterwards)."""
+        return cls(**args)
+
+    def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        """(dense MACs, effective MACs) of the call that mapped ``x`` to ``y``; 0 for elementwise layers."""
+        return 0, 0
+
+    def weight_counts(self) -> tuple[int, int]:
+        """(weights, nonzero weights) the layer represents, bias included."""
+        own = list(self.parameters(recurse=False))
+        return sum(p.numel() for p in own), sum(int(torch.count_nonzero(p)) for p in own)
+
+
+def runtime_layer(name: str) -> type[RuntimeLayer] | None:
+    """The registered runtime layer class called ``name``, or None."""
+    _load_formats()
+    return _LAYERS.get(name)
+
+
+def runtime_layers() -> dict[str, type[RuntimeLayer]]:
+    """Every registered runtime layer class by name."""
+    _load_formats()
+    return dict(_LAYERS)
+
+
+def _load_formats() -> None:
+    import torchslim.runtime  # noqa: F401  - the package imports every format module
+
+
+def bias_counts(bias: torch.Tensor | None) -> tuple[int, int]:
+    """(numel, nonzeros) of an optional bias."""
+    if bias is None:
+        return 0, 0
+    return bias.numel(), int(torch.count_nonzero(bias))

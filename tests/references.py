@@ -1,0 +1,158 @@
+"""Independent plain-torch references of what each method's prepare computes (the method's maths,
+not its code), used by the contract suite's ``prepare_reference`` hooks."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from torchslim.core.select import select
+
+
+def masked_reference(original: nn.Module, config) -> nn.Module:
+    """Magnitude pruning: in each selected layer the ``round(s * n)`` smallest |w| become 0."""
+    ref = copy.deepcopy(original)
+    for _, m, cfg in select(ref, config, (nn.Conv2d, nn.Linear)):
+        w = m.weight.data
+        k = int(round(cfg.sparsity * w.numel()))
+        if k:
+            threshold = w.abs().flatten().sort().values[k - 1]
+            w[w.abs() <= threshold] = 0.0
+    return ref
+
+
+class _FakeBinary(nn.Module):
+    """``y = (q_a(x) * q_w(W)) [* alpha_o] [* K] + b`` from the paper's formulas."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        w = m.weight
+        q_in, q_w = m.input_q, m.weight_q
+        if q_w.precision == 1:
+            wq = torch.where(w < 0, -1.0, 1.0)
+        else:                                          # DoReFa: 2 round(t (2^k-1)) / (2^k-1) - 1
+            levels = 2 ** q_w.precision - 1
+            t = torch.tanh(w)
+            t = t / (2 * t.abs().max()) + 0.5
+            wq = 2 * torch.round(t * levels) / levels - 1
+        if q_in is None:
+            xq = x
+        elif q_in.precision == 1:
+            xq = torch.where(x < 0, -1.0, 1.0)
+        else:
+            levels = 2 ** q_in.precision - 1
+            xq = torch.round(x.clamp(0, 1) * levels) / levels
+        conv = isinstance(m, nn.Conv2d)
+        y = F.conv2d(xq, wq, None, m.stride, m.padding, m.dilation, m.groups) if conv else F.linear(xq, wq)
+        shape = (1, -1, 1, 1) if conv else (1, -1)
+        if m.weight_scale:
+            y = y * w.abs().flatten(1).mean(1).view(shape)
+        if m.input_scale:
+            if conv:
+                kh, kw = m.kernel_size
+                y = y * F.avg_pool2d(F.pad(x.abs().mean(1, keepdim=True), (m.padding[1],) * 2 + (m.padding[0],) * 2),
+                                     (kh, kw), m.stride)
+            else:
+                y = y * x.abs().mean(1, keepdim=True)
+        return y if m.bias is None else y + m.bias.view(shape)
+
+
+def binary_reference(original: nn.Module, prepared: nn.Module) -> nn.Module:
+    """Every fake-binary training layer recomputed from the formulas; the rest of the prepared
+    model (including the ReLUs prepare removed) is kept, so this checks the layers' arithmetic."""
+    from torchslim.binary import BinaryConv2d, BinaryLinear
+
+    ref = copy.deepcopy(prepared)
+    for name, m in list(ref.named_modules()):
+        if isinstance(m, (BinaryConv2d, BinaryLinear)):
+            parent, _, leaf = name.rpartition(".")
+            setattr(ref.get_submodule(parent) if parent else ref, leaf, _FakeBinary(m))
+    return ref
+
+
+def _dense_equivalent(chain: nn.Sequential, like: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The dense weight and bias a linear chain of convs (or linears) computes, found by probing
+    a stride-1, unpadded copy with every basis input of one receptive field."""
+    chain = copy.deepcopy(chain).double()
+    bias = chain[-1].bias.detach().clone() if chain[-1].bias is not None else None
+    if bias is not None:
+        chain[-1].bias.data.zero_()
+    if isinstance(like, nn.Linear):
+        return chain(torch.eye(like.in_features, dtype=torch.float64)).t(), bias
+    for c in chain:
+        c.stride, c.padding = (1, 1), (0, 0)
+    (kh, kw), (dh, dw) = like.kernel_size, like.dilation
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    basis = torch.eye(like.in_channels * eh * ew, dtype=torch.float64).view(-1, like.in_channels, eh, ew)
+    out = chain(basis).view(like.in_channels, eh, ew, like.out_channels)         # (C, eh, ew, N)
+    return out[:, ::dh, ::dw].permute(3, 0, 1, 2).contiguous(), bias
+
+
+def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> nn.Module:
+    """The original model with each factorized layer replaced by the dense weight its factor chain
+    equals (checks stride, padding, dilation and bias of the chain). ``bound`` asserts the weight
+    error the decomposition's maths allows:
+
+    * ``eckart_young`` (SVD, spatial): ``||W - W_r||_F^2 = sum of the discarded sigma_i^2`` of the
+      matrix the method decomposes (rank r = the chain's inner width);
+    * ``hosvd`` (Tucker-2 by HOOI from an SVD start): at most the truncated HOSVD's error,
+      ``sum over modes of the discarded sigma_i^2``;
+    * ``ls`` (CP by ALS): below ``||W||`` (the zero tensor's error).
+    """
+    ref = copy.deepcopy(original)
+    mods = dict(prepared.named_modules())
+    checked = 0
+    for name, layer in list(ref.named_modules()):
+        chain = mods.get(name)
+        if not isinstance(chain, nn.Sequential) or isinstance(layer, nn.Sequential):
+            continue
+        w_eq, bias = (t.detach() if t is not None else None for t in _dense_equivalent(chain, layer))
+        w = layer.weight.detach().double()
+        err2 = float((w - w_eq.view_as(w)).pow(2).sum())
+        r = chain[0].out_features if isinstance(chain[0], nn.Linear) else chain[0].out_channels
+        if bound == "eckart_young":
+            mat = w.reshape(w.shape[0], -1) if len(chain) == 2 and (isinstance(layer, nn.Linear) or
+                                                                    chain[0].kernel_size == (1, 1)) \
+                else w.permute(1, 2, 0, 3).reshape(w.shape[1] * w.shape[2], -1)
+            s = torch.linalg.svdvals(mat)
+            assert math.isclose(err2, float(s[r:].pow(2).sum()), rel_tol=1e-6, abs_tol=1e-9), name
+        elif bound == "hosvd":
+            r_out = chain[-1].in_channels
+            s0 = torch.linalg.svdvals(w.reshape(w.shape[0], -1))
+            s1 = torch.linalg.svdvals(w.movedim(1, 0).reshape(w.shape[1], -1))
+            assert err2 <= float(s0[r_out:].pow(2).sum() + s1[r:].pow(2).sum()) * (1 + 1e-6), name
+        else:
+            assert err2 < float(w.pow(2).sum()), name
+        layer.weight.data.copy_(w_eq.view_as(w).float())
+        if bias is not None:
+            layer.bias.data.copy_(bias.float())
+        checked += 1
+    assert checked, "no layer was factorized: the contract config must factorize something"
+    return ref
+
+
+def channel_mask_reference(prepared: nn.Module, converted: nn.Module) -> nn.Module:
+    """Physically removed channels == masked channels: the prepared model with the BatchNorm
+    outputs of every removed channel forced to 0 (gamma = beta = 0). Removed channels are found
+    by their running means (distinct after calibration), which the removal must carry unchanged."""
+    ref = copy.deepcopy(prepared)
+    after = dict(converted.named_modules())
+    removed_any = False
+    for name, bn in ref.named_modules():
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue
+        kept_means = after[name].running_mean
+        keep = torch.isin(bn.running_mean, kept_means)
+        assert int(keep.sum()) == kept_means.numel(), f"{name}: kept channels changed their statistics"
+        bn.weight.data[~keep] = 0.0
+        bn.bias.data[~keep] = 0.0
+        removed_any |= bool((~keep).any())
+    assert removed_any, "nothing was removed: the contract config must remove channels"
+    return ref

@@ -1,0 +1,189 @@
+"""The runtime-layer contract (runtime/base.py), driven by the runtime registry, the import
+boundary of ``torchslim.runtime``, and the one kernel-choice rule on controlled timings."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from torchslim.export.spec import build_module, module_spec
+from torchslim.measure import layer_table
+from torchslim.runtime import (
+    CodebookConv2d,
+    CodebookLinear,
+    KBitAct,
+    PackedBinaryConv2d,
+    PackedBinaryLinear,
+    ProductConv2d,
+    ProductLinear,
+    SparseConv2d,
+    SparseLinear,
+    UniformConv2d,
+    UniformLinear,
+    runtime_layers,
+)
+from torchslim.runtime import product as product_mod
+from torchslim.runtime import sparse as sparse_mod
+from torchslim.runtime.timing import pick
+
+
+def _conv(groups=1):
+    torch.manual_seed(0)
+    c = nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=groups)
+    with torch.no_grad():
+        c.weight.mul_(torch.rand_like(c.weight) > 0.6)
+    return c
+
+
+def _sparse_conv():
+    return SparseConv2d.from_dense(_conv(), kernel="sparse")
+
+
+def _sparse_linear():
+    lin = nn.Linear(24, 10)
+    with torch.no_grad():
+        lin.weight.mul_(torch.rand_like(lin.weight) > 0.7)
+    return SparseLinear.from_dense(lin, kernel="sparse")
+
+
+def _codebook(cls, *args):
+    m = cls(*args, bits=3)
+    n = math.prod(m.shape)
+    m.set_codes(torch.arange(n) % 8, torch.linspace(-1, 1, 8))
+    return m
+
+
+def _uniform(cls, *args, **kw):
+    m = cls(*args, bits=4, **kw)
+    m.set_weight(torch.randn(m.shape), torch.randn(m.shape[0]))
+    return m
+
+
+def _product(cls, *args):
+    m = cls(*args, sub_dim=4, bits=2)
+    m.set_codes(torch.randint(0, 4, (m.rows, m.m)), torch.randn(m.m, 4, 4))
+    return m
+
+
+def _binary_conv():
+    m = PackedBinaryConv2d(8, 12, [3, 3], [2, 1], [1, 0], input_scaling=True)
+    m.set_weight(torch.randn(12, 8, 3, 3), torch.rand(12), torch.randn(12))
+    return m
+
+
+def _binary_linear():
+    m = PackedBinaryLinear(70, 5)
+    m.set_weight(torch.randn(5, 70), torch.rand(5), torch.randn(5))
+    return m
+
+
+CONV = [8, 12, [3, 3], [2, 2], [1, 1], [1, 1], 1]
+# One example per registered runtime layer: (layer factory, input, expected (dense, effective) MACs).
+# A format registered without an entry here fails test_every_runtime_layer_has_an_example.
+EXAMPLES = {
+    "SparseConv2d": (_sparse_conv, (2, 8, 9, 9), "sparse"),
+    "SparseLinear": (_sparse_linear, (3, 24), "sparse"),
+    "CodebookConv2d": (lambda: _codebook(CodebookConv2d, *CONV), (2, 8, 9, 9), "dense"),
+    "CodebookLinear": (lambda: _codebook(CodebookLinear, 24, 10), (3, 24), "dense"),
+    "UniformConv2d": (lambda: _uniform(UniformConv2d, *CONV), (2, 8, 9, 9), "dense"),
+    "UniformLinear": (lambda: _uniform(UniformLinear, 24, 10), (3, 24), "dense"),
+    "ProductConv2d": (lambda: _product(ProductConv2d, 8, 12, [2, 2], [1, 1], [0, 0], [1, 1], 1), (2, 8, 5, 5),
+                      "dense"),
+    "ProductLinear": (lambda: _product(ProductLinear, 24, 10), (3, 24), "dense"),
+    "PackedBinaryConv2d": (_binary_conv, (2, 8, 9, 9), "dense"),
+    "PackedBinaryLinear": (_binary_linear, (3, 70), "dense"),
+    "KBitAct": (lambda: KBitAct(2), (2, 3, 4, 4), "none"),
+}
+
+
+def test_every_runtime_layer_has_an_example():
+    """Catches: a new packed format registered without going through this contract."""
+    assert set(runtime_layers()) == set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_spec_round_trip_rebuilds_an_identical_layer(name):
+    """Catches: a constructor argument missing from spec_args (the rebuilt layer differs or cannot
+    take the state dict), or a spec that is not JSON."""
+    make, shape, _ = EXAMPLES[name]
+    torch.manual_seed(1)
+    layer = make().eval()
+    spec = json.loads(json.dumps(module_spec(layer)))
+    assert spec["type"] == name
+    again = build_module(spec).eval()
+    assert type(again) is type(layer)
+    again.load_state_dict(layer.state_dict())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(again(x), layer(x))
+    assert module_spec(again) == spec
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_mac_rule_and_weight_counts(name):
+    """Catches: a MAC rule that counts the wrong row length (e.g. ignores groups or the kernel
+    size), effective MACs that ignore sparsity, and weight counts that report storage instead of
+    logical weights."""
+    make, shape, kind = EXAMPLES[name]
+    layer = make().eval()
+    (row,) = layer_table(nn.Sequential(layer), shape[1:])
+    with torch.no_grad():
+        y = layer(torch.randn(shape))
+    if kind == "none":
+        assert row["macs"] == row["effective_macs"] == 0 and row["params"] == 0
+        return
+    per_out = layer.cols if hasattr(layer, "cols") else layer.in_features
+    assert row["macs"] == (y.numel() // shape[0]) * per_out
+    rows = layer.rows if hasattr(layer, "rows") else layer.out_features
+    bias = 0 if getattr(layer, "bias", None) is None or isinstance(layer, (PackedBinaryConv2d, PackedBinaryLinear)) \
+        else rows
+    assert row["params"] == rows * per_out + bias
+    if kind == "sparse":
+        assert row["effective_macs"] == (y.numel() // shape[0] // rows) * layer.nnz
+    else:
+        assert row["effective_macs"] == row["macs"]
+
+
+def test_importing_the_runtime_loads_no_training_code():
+    """Catches: a deploy-time import of recipe/train/data/yaml or of a method family."""
+    code = ("import sys, torchslim.runtime, torchslim.export.spec\n"
+            "bad = sorted(m for m in sys.modules if m == 'yaml' or m.split('.')[:2] in "
+            "[['torchslim', f] for f in ('train', 'recipe', 'data', 'prune', 'quant', 'lowrank', 'binary', "
+            "'distill', 'cli')])\n"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("timing, expected", [
+    ({"b1": {"sparse": 1.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "sparse"),
+    ({"b1": {"sparse": 1.0, "dense": 2.0}, "b256": {"sparse": 30.0, "dense": 20.0}}, "dense"),  # loses at 256
+    ({"b1": {"sparse": 3.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "dense"),  # loses at 1
+    ({"b1": {"sparse": 2.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "dense"),  # a tie is no win
+])
+def test_pick_keeps_the_default_unless_faster_everywhere(timing, expected):
+    assert pick(timing, "dense") == expected
+
+
+def test_pick_takes_the_fastest_winner_at_the_largest_batch():
+    timing = {"b1": {"dense": 5.0, "a": 1.0, "b": 2.0}, "b256": {"dense": 50.0, "a": 40.0, "b": 30.0}}
+    assert pick(timing, "dense") == "b"
+
+
+@pytest.mark.parametrize("fast", ["sparse", "dense"])
+def test_sparse_and_pq_kernel_choice_follow_the_measured_timings(monkeypatch, fast):
+    """Catches: a kernel choice that ignores its timings (e.g. always the sparse kernel)."""
+    slow = {"sparse": "dense", "dense": "sparse"}[fast]
+    fake = {"b1": {fast: 1.0, slow: 2.0}, "b256": {fast: 1.0, slow: 2.0}}
+    monkeypatch.setattr(sparse_mod, "time_candidates", lambda *a, **k: fake)
+    layer = _sparse_linear()
+    assert sparse_mod.choose_kernel(layer, torch.randn(1, 24)) == fast == layer.kernel
+    assert layer.timing == fake
+    lut = {"sparse": "lut", "dense": "dense"}
+    fake_pq = {b: {lut[k]: v for k, v in t.items()} for b, t in fake.items()}
+    monkeypatch.setattr(product_mod, "time_candidates", lambda *a, **k: fake_pq)
+    pq = _product(ProductLinear, 24, 10)
+    assert product_mod.choose_pq_kernel(pq, torch.randn(1, 24)) == lut[fast] == pq.kernel
