@@ -86,3 +86,13 @@ def state_bytes(model) -> int:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     return buf.getbuffer().nbytes
+
+
+FLOAT = ("float", "float32")
+
+
+def float_base(rows: list[dict], row: dict) -> dict | None:
+    """The float baseline row a results row compares with: same model and section, else same model."""
+    floats = [b for b in rows if (b.get("method") in FLOAT or b.get("stage") in FLOAT)
+              and b.get("model") == row.get("model")]
+    return next((b for b in floats if b.get("section") == row.get("section")), floats[0] if floats else None)

@@ -17,12 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from _common import parse, parser
+from _common import FLOAT, float_base, parse, parser
 
 ROOT = Path(__file__).resolve().parent
 ART, RES = ROOT / "artifacts", ROOT / "results"
 MEASURED = ("top1", "top5", "loss", "bytes", "params", "nonzeros", "macs", "effective_macs")
-FLOAT = ("float", "float32")
 
 # artifact -> [(results file, fields a row must match)]: the rows the file's numbers back
 BACKS: dict[str, list[tuple[str, dict]]] = {
@@ -84,9 +83,7 @@ def _rederive(rows: list[dict]) -> None:
     for row in rows:
         if row.get("method") in FLOAT or row.get("stage") in FLOAT:
             continue
-        floats = [b for b in rows if (b.get("method") in FLOAT or b.get("stage") in FLOAT)
-                  and b.get("model") == row.get("model")]
-        base = next((b for b in floats if b.get("section") == row.get("section")), floats[0] if floats else None)
+        base = float_base(rows, row)
         if base is None:
             continue
         if "delta_pp" in row:
@@ -154,8 +151,8 @@ def main() -> None:
                           if r.get(k) != m[k]]
                 r.update({k: m[k] for k in MEASURED}, artifact=name)
     if a.check:
-        for d in diffs:
-            print("differs: %s %s %s results=%r file=%r" % d)
+        for name, file, key, old, new in diffs:
+            print(f"differs: {name} {file} {key} results={old!r} file={new!r}")
         sys.exit(1 if diffs else 0)
     for file, rows in results.items():
         _rederive(rows)

@@ -96,8 +96,9 @@ def _dense_equivalent(chain: nn.Sequential, like: nn.Module) -> tuple[torch.Tens
 
 
 def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> nn.Module:
-    """The original model with each factorized layer replaced by the dense weight its factor chain
-    equals (checks stride, padding, dilation and bias of the chain). ``bound`` asserts the weight
+    """The original model with each factorized layer's weight replaced by the dense weight its
+    factor chain equals, keeping the original bias (checks stride, padding, dilation and the bias
+    the chain must carry). ``bound`` asserts the weight
     error the decomposition's maths allows:
 
     * ``eckart_young`` (SVD, spatial): ``||W - W_r||_F^2 = sum of the discarded sigma_i^2`` of the
@@ -113,7 +114,7 @@ def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> n
         chain = mods.get(name)
         if not isinstance(chain, nn.Sequential) or isinstance(layer, nn.Sequential):
             continue
-        w_eq, bias = (t.detach() if t is not None else None for t in _dense_equivalent(chain, layer))
+        w_eq = _dense_equivalent(chain, layer)[0].detach()
         w = layer.weight.detach().double()
         err2 = float((w - w_eq.view_as(w)).pow(2).sum())
         r = chain[0].out_features if isinstance(chain[0], nn.Linear) else chain[0].out_channels
@@ -130,9 +131,7 @@ def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> n
             assert err2 <= float(s0[r_out:].pow(2).sum() + s1[r:].pow(2).sum()) * (1 + 1e-6), name
         else:
             assert err2 < float(w.pow(2).sum()), name
-        layer.weight.data.copy_(w_eq.view_as(w).float())
-        if bias is not None:
-            layer.bias.data.copy_(bias.float())
+        layer.weight.data.copy_(w_eq.view_as(w).float())   # the original bias stays: the chain must carry it
         checked += 1
     assert checked, "no layer was factorized: the contract config must factorize something"
     return ref
