@@ -65,8 +65,9 @@ def test_small_or_indivisible_layers_are_skipped_with_warning(tmp_path):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         ts.compress_(model, PQ(sub_dim=4, bits=4, kernel="dense"))
-    assert any("skipping '0'" in str(x.message) for x in w)      # 20 rows <= 16? no: 25 % 4 != 0
-    assert any("skipping '7'" in str(x.message) for x in w)      # 10 rows <= 16 codewords
+    (msg,) = [str(x.message) for x in w if "skipping" in str(x.message)]   # one warning names every layer
+    assert "'0' (rows=20, row length=25)" in msg                 # 25 % 4 != 0
+    assert "'7' (rows=10, row length=500)" in msg                # 10 rows <= 16 codewords
     assert isinstance(model[5], ProductLinear)
     ts.convert_(model)
     dense = ts.save(ts.create_model("lenet5"), tmp_path / "d.slim")

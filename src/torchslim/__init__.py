@@ -22,7 +22,7 @@ _NAMES = {
     "compress_": "core.api:compress_", "convert_": "core.api:convert_", "finetune": "core.api:finetune",
     "MethodConfig": "core.config:MethodConfig", "FoldBN": "core.fold:FoldBN",
     "list_methods": "core.registry:list_methods",
-    "load": "export.slim:load", "save": "export.slim:save",
+    "load": "export.slim:load", "save": "export.slim:save", "export_onnx": "export.onnx:export_onnx",
     "report": "measure.report:measure",
     "create_model": "models:create_model", "list_models": "models:list_models",
     "run_recipe": "recipe:run_recipe",
@@ -36,5 +36,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["FoldBN", "MethodConfig", "TrainConfig", "compress_", "convert_", "create_model", "evaluate",
-           "finetune", "fit", "list_methods", "list_models", "load", "report", "run_recipe", "save"]
+           "export_onnx", "finetune", "fit", "list_methods", "list_models", "load", "report", "run_recipe", "save"]
 __version__ = "0.1.0"

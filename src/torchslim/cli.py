@@ -1,4 +1,4 @@
-"""Command line: ``torchslim run | distill | eval | inspect | sensitivity | list``."""
+"""Command line: ``torchslim run | distill | eval | inspect | export | sensitivity | list``."""
 from __future__ import annotations
 
 import argparse
@@ -86,6 +86,18 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    import torch
+
+    from torchslim.export.onnx import export_onnx
+
+    model, _, shape = _model_data(a.model, None)
+    out = export_onnx(model, torch.zeros(1, *shape), a.output, int8_initializers=not a.float_weights)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes; opset 17, dynamic batch, input 'input' of shape "
+          f"(N, {', '.join(map(str, shape))}))")
+    return 0
+
+
 def _cmd_sensitivity(a: argparse.Namespace) -> int:
     import yaml
 
@@ -164,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer table of a .slim file")
     i.add_argument("model")
     i.set_defaults(fn=_cmd_inspect)
+    x = sub.add_parser("export", help="write a .slim file as ONNX (int8 as a QDQ graph, packed layers expanded)")
+    x.add_argument("model")
+    x.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    x.add_argument("--float-weights", action="store_true", help="keep int8 weights as float initializers")
+    x.set_defaults(fn=_cmd_export)
     se = sub.add_parser("sensitivity", help="prune each layer alone at several ratios; table, plot, ratios")
     se.add_argument("recipe")
     se.add_argument("--method", default="prune.magnitude", choices=["prune.magnitude", "prune.filters"])

@@ -180,17 +180,26 @@ def _chosen(model: nn.Module, config: MethodConfig) -> list[str]:
     layers = [(n, m) for n, m, _ in select(model, config, (nn.Conv2d, nn.Linear))]
     every = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     first_last = {every[0], every[-1]} if every else set()
-    names = []
+    names, unsupported, pointwise = [], [], []
     for n, m in layers:
+        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros"
+                                         or isinstance(m.padding, str)):
+            unsupported.append(n)         # the packed kernel: groups 1, dilation 1, numeric zero padding
+            continue
         if n in first_last:
             if not config.layers:          # default: first conv and last linear stay float
                 continue
             warnings.warn(f"{config.method}: binarizing {n!r}, the first or last layer, usually costs much "
                           "accuracy (the survey's design rule keeps them in float)")
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
-            warnings.warn(f"{config.method}: binarizing the 1x1 convolution {n!r}; 1x1 convs lose much more "
-                          "accuracy than k x k convs when binarized (exclude it to keep it in float)")
+            pointwise.append(n)
         names.append(n)
+    if unsupported:
+        warnings.warn(f"{config.method}: keeping {unsupported} in float: grouped / depthwise / dilated convs (or "
+                      "non-zero padding modes) have no packed binary kernel")
+    if pointwise:
+        warnings.warn(f"{config.method}: binarizing the 1x1 convolutions {pointwise}; 1x1 convs lose much more "
+                      "accuracy than k x k convs when binarized (exclude them to keep them in float)")
     if not names:
         warnings.warn(f"{config.method}: no layer selected; nothing binarized")
     return names
@@ -220,6 +229,38 @@ def _drop_feeding_relus(model: nn.Module, binary_input: set[str]) -> None:
     for node in graph.nodes:
         if node.op == "call_module" and isinstance(mods.get(node.target), nn.ReLU) and feeds_only_binary(node):
             set_module(model, node.target, nn.Identity())
+
+    # A ReLU written as a function call cannot be removed from the user's forward code: say so.
+    def binary_reached(node: fx.Node, seen: set) -> set[str]:
+        out: set[str] = set()
+        for u in node.users:
+            if u in seen:
+                continue
+            seen.add(u)
+            if u.op == "call_module" and u.target in binary_input:
+                out.add(u.target)
+            elif (u.op == "call_module" and isinstance(mods.get(u.target), _PASS)) or \
+                    (u.op in ("call_function", "call_method") and _name(u.target) in _PASS_CALLS):
+                out |= binary_reached(u, seen)
+        return out
+
+    functional = {}
+    for node in graph.nodes:
+        if node.op in ("call_function", "call_method") and _name(node.target) in ("relu", "relu_"):
+            reached = binary_reached(node, set())
+            if reached:
+                functional[node.name] = sorted(reached)
+    if functional:
+        warnings.warn(f"binary: ReLUs written as function calls in forward ({functional}) feed binary-input "
+                      "layers, whose sign input is then always +1; write them as nn.ReLU modules (prepare "
+                      "removes those) or remove them")
+
+
+_PASS_CALLS = ("max_pool2d", "flatten", "view", "reshape", "dropout", "cat")  # keep the sign of what passes
+
+
+def _name(target) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", "")
 
 
 class _Clip(Callback):

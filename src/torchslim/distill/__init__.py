@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from torchslim.core.surgery import example_inputs, get_module
 from torchslim.train.callbacks import Callback
+from torchslim.train.loop import select_output
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
@@ -123,7 +124,7 @@ class Distill(Callback):
 
     def loss_term(self, model, inputs, outputs, targets):
         if self.online:
-            t_out = self.teacher(inputs)
+            t_out = select_output(self.teacher(inputs))
             teacher_ce = F.cross_entropy(t_out, targets)
         else:
             t_out = self._teacher_logits(inputs)
@@ -139,11 +140,11 @@ class Distill(Callback):
     @torch.no_grad()
     def _teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
-            return self.teacher(inputs)
+            return select_output(self.teacher(inputs))
         keys = [hash(row.numpy().tobytes()) for row in inputs.detach().cpu()]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:
-            for i, row in zip(missing, self.teacher(inputs[missing]).cpu()):
+            for i, row in zip(missing, select_output(self.teacher(inputs[missing])).cpu()):
                 self.cache[keys[i]] = row
         return torch.stack([self.cache[k] for k in keys]).to(inputs.device)
 

@@ -144,20 +144,28 @@ def _is_out_fn(fn) -> bool:
     return getattr(fn, "__name__", "") == "prune_out_channels"
 
 
+def _shapes(out) -> tuple:
+    """Shapes of a model's output(s): a tensor, or a tuple / list / dict of them."""
+    if isinstance(out, torch.Tensor):
+        return (tuple(out.shape),)
+    items = out.values() if isinstance(out, dict) else out
+    return tuple(s for o in items for s in _shapes(o))
+
+
 def _frozen_roots(unit: nn.Module, whole: bool, inp: torch.Tensor) -> list[nn.Module]:
     """Layers whose output channels must stay.
 
-    For the whole model: the last layer (the classes). For a sub-unit, whose input and
-    output channels belong to the untraceable graph around it: every layer whose pruning
-    group reaches the unit's input or output, found by pruning one channel of each layer
-    in a copy of the unit and checking that the copy still takes the same input and
-    gives the same output shape.
+    For a whole model with one output: the last layer (the classes). For a model with several
+    outputs (e.g. logits and an embedding), and for a sub-unit, whose input and output
+    channels belong to the untraceable graph around it: every layer whose pruning group
+    reaches an input or output, found by pruning one channel of each layer in a copy and
+    checking that the copy still takes the same input and gives the same output shapes.
     """
     roots = [m for m in unit.modules() if isinstance(m, ROOTS)]
-    if whole:
-        return roots[-1:]
     with torch.no_grad():
-        out_shape = unit(inp).shape
+        out_shape = _shapes(unit(inp))
+    if whole and len(out_shape) == 1:
+        return roots[-1:]
     frozen = []
     for i, m in enumerate(roots):
         trial = copy.deepcopy(unit)
@@ -168,7 +176,7 @@ def _frozen_roots(unit: nn.Module, whole: bool, inp: torch.Tensor) -> list[nn.Mo
                 trial_dg = _tp().DependencyGraph().build_dependency(trial, inp)
             trial_dg.get_pruning_group(tm, _out_fn(tm), [0]).prune()
             with torch.no_grad():
-                ok = trial(inp).shape == out_shape
+                ok = _shapes(trial(inp)) == out_shape
         except Exception:  # noqa: BLE001 - a shape error means the channel is coupled to the outside
             ok = False
         if not ok:

@@ -106,16 +106,22 @@ def _to_product(m: nn.Module, cfg: PQ) -> nn.Module:
     return new.to(m.weight.device)
 
 
-def pq_layers(model: nn.Module, config: MethodConfig) -> list[tuple[str, nn.Module, MethodConfig]]:
-    """Selected conv/linear layers that product quantization can compress (others warned and skipped)."""
-    out = []
+def pq_layers(model: nn.Module, config: MethodConfig, grouped: bool = True
+              ) -> list[tuple[str, nn.Module, MethodConfig]]:
+    """Selected conv/linear layers that product quantization can compress; the others are skipped
+    with one warning naming each and its reason (``grouped=False``: grouped convs too)."""
+    out, skipped = [], []
     for name, m, cfg in select(model, config, (nn.Conv2d, nn.Linear)):
         rows, cols = m.weight.shape[0], m.weight[0].numel()
-        if cols % cfg.sub_dim or rows <= 2 ** cfg.bits:
-            warnings.warn(f"{config.method}: skipping {name!r} (rows={rows}, row length={cols}): needs the row "
-                          f"length divisible by sub_dim={cfg.sub_dim} and more than {2 ** cfg.bits} rows")
-            continue
-        out.append((name, m, cfg))
+        if not grouped and getattr(m, "groups", 1) != 1:
+            skipped.append(f"{name!r} (grouped conv)")
+        elif cols % cfg.sub_dim or rows <= 2 ** cfg.bits:
+            skipped.append(f"{name!r} (rows={rows}, row length={cols})")
+        else:
+            out.append((name, m, cfg))
+    if skipped:
+        warnings.warn(f"{config.method}: skipping {', '.join(skipped)}: a layer needs its row length divisible by "
+                      f"sub_dim and more than 2**bits rows" + ("" if grouped else ", and groups=1"))
     return out
 
 

@@ -157,7 +157,7 @@ class QCNNMethod(Method):
         reference = copy.deepcopy(model)
         # Forward order of the layers, from one pass.
         order: list[str] = []
-        chosen = {n: cfg for n, _, cfg in pq_layers(model, config)}
+        chosen = {n: cfg for n, _, cfg in pq_layers(model, config, grouped=False)}
         hooks = [get_module(model, n).register_forward_hook(lambda m, i, o, _n=n: order.append(_n) and None)
                  for n in chosen]
         with torch.no_grad():

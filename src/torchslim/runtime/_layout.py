@@ -29,3 +29,20 @@ def dense_macs(m: nn.Module, y) -> tuple[int, int]:
     all effective. Rows are ``in_features`` for a linear, ``C_in/g * kh * kw`` for a conv."""
     per_out = m.cols if hasattr(m, "cols") else m.in_features
     return (y.numel() * per_out,) * 2
+
+
+def dense_module(m: nn.Module, weight, bias) -> nn.Module:
+    """A plain ``nn.Conv2d`` / ``nn.Linear`` with ``m``'s geometry and the given (expanded) weight:
+    the exact dense form of a packed layer, for export and for ``to_float``."""
+    import torch
+
+    if hasattr(m, "in_channels"):
+        new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                        bias is not None)
+    else:
+        new = nn.Linear(m.in_features, m.out_features, bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(weight.detach().reshape(new.weight.shape))
+        if bias is not None:
+            new.bias.copy_(bias.detach())
+    return new

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from torchslim.runtime.base import RuntimeLayer
 
@@ -23,6 +24,9 @@ class KBitAct(RuntimeLayer):
 
     def spec_args(self) -> dict:
         return dict(bits=self.bits)
+
+    def lowered(self, **info) -> nn.Module:
+        return self                       # clamp / round / divide: plain ops already
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dorefa_levels(x, self.bits)

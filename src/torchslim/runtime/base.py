@@ -10,7 +10,11 @@ adding a format is one new file in ``runtime/``:
   ``measure/counts.py`` (effective MACs skip work the kernel really skips);
 * ``weight_counts()``: (logical weights, nonzero weights) it represents, which
   differ from its storage (a codebook layer stores 2**b floats and represents
-  every weight).
+  every weight);
+* ``lowered(**info)``: the same function in plain torch ops that ONNX and
+  ``torch.export`` understand (``export/onnx.py``): the exact dense expansion for
+  codebook, product, sparse and binary layers, a QuantizeLinear / DequantizeLinear
+  graph for int8.
 
 Subclasses register themselves by being defined (``__init_subclass__``); names
 that start with ``_`` are shared bases and are not registered. This package
@@ -48,6 +52,10 @@ class RuntimeLayer(nn.Module):
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         """(dense MACs, effective MACs) of the call that mapped ``x`` to ``y``; 0 for elementwise layers."""
         return 0, 0
+
+    def lowered(self, **info: Any) -> nn.Module:
+        """The layer in plain torch ops (exporters see no packed storage or custom kernel)."""
+        raise NotImplementedError(f"{type(self).__name__} must define lowered()")
 
     def weight_counts(self) -> tuple[int, int]:
         """(weights, nonzero weights) the layer represents, bias included."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import dense_macs, linear_geometry, set_conv_geometry
@@ -200,6 +201,10 @@ class _PackedBase(RuntimeLayer):
         """Binary MACs (one xnor-popcount bit per weight and output), or float MACs for float inputs."""
         return dense_macs(self, y)
 
+    def lowered(self, **info) -> nn.Module:
+        """The exact dense form: +/-1 weights, ``sign`` of the input, XNOR's K, scale and bias."""
+        return SignDense(self)
+
     def _flags(self) -> dict:
         return dict(input_scaling=self.input_scaling, binary_input=self.binary_input)
 
@@ -323,3 +328,31 @@ def input_scale_map(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tens
     kh, kw = kernel_size
     box = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=x.dtype, device=x.device)
     return F.conv2d(a, box, stride=stride, padding=padding)
+
+
+class SignDense(nn.Module):
+    """A packed binary layer in plain ops (export form): ``(op(sign(x), W_pm1) [* K]) * scale + bias``,
+    with zero padding counted as 0 as in the packed kernel's correction; exact."""
+
+    def __init__(self, layer: _PackedBase) -> None:
+        super().__init__()
+        self.conv = isinstance(layer, PackedBinaryConv2d)
+        self.binary_input, self.input_scaling = layer.binary_input, layer.input_scaling
+        self.register_buffer("weight", layer.float_weight().detach().clone())
+        shape = (-1, 1, 1) if self.conv else (-1,)
+        self.register_buffer("scale", layer.scale.detach().float().reshape(shape).clone())
+        self.register_buffer("bias", layer.bias.detach().float().reshape(shape).clone())
+        if self.conv:
+            self.kernel_size, self.stride, self.padding = layer.kernel_size, layer.stride, layer.padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xin = torch.where(x < 0, -1.0, 1.0).to(x.dtype) if self.binary_input else x
+        if self.conv:
+            y = F.conv2d(xin, self.weight.to(x.dtype), None, self.stride, self.padding)
+            if self.input_scaling:
+                y = y * input_scale_map(x, self.kernel_size, self.stride, self.padding)
+        else:
+            y = F.linear(xin, self.weight.to(x.dtype))
+            if self.input_scaling:
+                y = y * x.abs().mean(1, keepdim=True)
+        return y * self.scale + self.bias

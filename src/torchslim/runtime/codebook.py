@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import conv_geometry, dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 
 
@@ -67,6 +67,10 @@ class _CodebookBase(RuntimeLayer):
 
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         return dense_macs(self, y)
+
+    def lowered(self, **info) -> nn.Module:
+        """The dense layer with ``codebook[codes]`` expanded (exact)."""
+        return dense_module(self, self.weight(), self.bias)
 
     def indices(self) -> torch.Tensor:
         return unpack_bits(self.codes, self.bits, math.prod(self.shape)).view(self.shape)

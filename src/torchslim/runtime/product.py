@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import conv_geometry, dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.codebook import pack_bits, unpack_bits
 from torchslim.runtime.timing import pick, time_candidates
@@ -60,6 +60,10 @@ class _ProductBase(RuntimeLayer):
 
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         return dense_macs(self, y)
+
+    def lowered(self, **info) -> nn.Module:
+        """The dense layer with the codewords expanded (exact)."""
+        return dense_module(self, self.weight2d(), self.bias)
 
     def weight2d(self) -> torch.Tensor:
         """(rows, cols) weight; differentiable w.r.t. the codebooks when training."""

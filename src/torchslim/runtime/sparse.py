@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import conv_geometry, linear_geometry, set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 from torchslim.runtime.timing import pick, time_candidates
 
@@ -74,6 +74,10 @@ class _SparseBase(RuntimeLayer):
         """Dense: every (output, input) pair; effective: one MAC per stored nonzero and output position."""
         positions = y.numel() // self.rows          # N (* H_out * W_out)
         return positions * self.rows * self.cols, positions * self.nnz
+
+    def lowered(self, **info) -> nn.Module:
+        """The dense layer (exact): ONNX has no standard op for CSR weights."""
+        return self.to_float()
 
     def _storage_args(self) -> dict:
         return dict(nnz=self.nnz, bias=self.bias is not None, kernel=self.kernel, timing=self.timing,
@@ -175,12 +179,7 @@ class SparseLinear(_SparseBase):
         return new
 
     def to_float(self) -> nn.Linear:
-        m = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        with torch.no_grad():
-            m.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m
+        return dense_module(self, self.dense_weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._training():
@@ -225,13 +224,7 @@ class SparseConv2d(_SparseBase):
         return new
 
     def to_float(self) -> nn.Conv2d:
-        m = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                      self.dilation, self.groups, self.bias is not None)
-        with torch.no_grad():
-            m.weight.copy_(self.dense_weight().reshape(m.weight.shape))
-            if self.bias is not None:
-                m.bias.copy_(self.bias)
-        return m
+        return dense_module(self, self.dense_weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._training() or self.kernel == "dense":

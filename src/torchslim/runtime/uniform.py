@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import conv_geometry, dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 from torchslim.runtime.codebook import pack_bits, unpack_bits
 
@@ -106,6 +106,14 @@ class _UniformBase(RuntimeLayer):
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         return dense_macs(self, y)
 
+    def lowered(self, input_quantized: bool = False, **info) -> nn.Module:
+        """Weight-only: the dense layer on the dequantized weight (exact). int8: the fake-quant graph
+        (QuantizeLinear / DequantizeLinear around the conv / gemm in ONNX, which ONNX Runtime fuses
+        into its int8 kernels); ``input_quantized``: the input arrives as the previous int8 layer's
+        output, already on its grid, so it is not quantized again (as at run time)."""
+        dense = dense_module(self, self.weight(), self.bias)
+        return UniformQDQ(self, dense, input_quantized) if self.act_bits else dense
+
     def _uniform_args(self) -> dict:
         return dict(bits=self.bits, symmetric=self.symmetric, act_bits=self.act_bits, out_float=self.out_float,
                     bias=self.bias is not None)
@@ -184,3 +192,34 @@ class UniformConv2d(_UniformBase):
         y = torch.ops.quantized.conv2d(self._quantize_input(x), self._prepared(), float(self.act[2]),
                                        int(self.act[3]))
         return self._finish(y)
+
+
+class UniformQDQ(nn.Module):
+    """An int8 layer as fake quantization: ``Q/DQ(x) -> op(x, Q/DQ(W)) + b -> Q/DQ(y)``.
+
+    The export form of :class:`UniformConv2d` / :class:`UniformLinear`. Inputs and outputs are
+    quantized with ``fake_quantize_per_tensor_affine`` (uint8, the layer's scales and zero points),
+    weights per output channel on their stored grid (symmetric codes in [-127, 127], so the ONNX
+    range [-128, 127] leaves them unchanged). Values equal the int8 kernels' outside rounding ties.
+    """
+
+    def __init__(self, layer: _UniformBase, dense: nn.Module, input_quantized: bool) -> None:
+        super().__init__()
+        self.dense, self.input_quantized = dense, input_quantized
+        self.register_buffer("w_scale", layer.scale.detach().float().clone())
+        self.register_buffer("w_zero", torch.zeros(layer.scale.numel(), dtype=torch.int32))
+        si, zi, so, zo = (float(v) for v in layer.act)
+        self.in_q, self.out_q = (si, int(zi)), (so, int(zo))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_quantized:
+            x = x.dequantize()
+        if not self.input_quantized:
+            x = torch.fake_quantize_per_tensor_affine(x, self.in_q[0], self.in_q[1], 0, 255)
+        w = torch.fake_quantize_per_channel_affine(self.dense.weight, self.w_scale, self.w_zero, 0, -128, 127)
+        if isinstance(self.dense, nn.Conv2d):
+            d = self.dense
+            y = F.conv2d(x, w, d.bias, d.stride, d.padding, d.dilation, d.groups)
+        else:
+            y = F.linear(x, w, self.dense.bias)
+        return torch.fake_quantize_per_tensor_affine(y, self.out_q[0], self.out_q[1], 0, 255)

@@ -38,6 +38,8 @@ class TrainConfig:
         channels_last: train with NHWC weights and inputs (``torch.channels_last``);
             depthwise-heavy models (mobilenetv2, shufflenetv2) train 1.2-1.8x faster
             on x86 CPUs this way. The model is returned in the default layout.
+        output: which output holds the logits when the model returns several (an index
+            into a tuple/list, a key of a dict, or a function of the output); default the first.
     """
 
     epochs: int = 10
@@ -49,6 +51,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     channels_last: bool = False
+    output: Any = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -71,7 +74,10 @@ class TrainConfig:
         return TrainConfig(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if callable(self.output):   # JSON (checkpoints): a function by its name
+            d["output"] = getattr(self.output, "__qualname__", repr(self.output))
+        return d
 
 
 def seed_everything(seed: int) -> None:
@@ -123,9 +129,25 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                            nesterov=cfg.momentum > 0)
 
 
+def select_output(out: Any, output: Any = 0) -> torch.Tensor:
+    """The logits among a model's outputs: the output itself when it is a tensor, else
+    ``output(out)`` for a function, ``out[output]`` for an index (tuple/list) or key (dict)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if callable(output):
+        return output(out)
+    try:
+        return out[output]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"the model returns a {type(out).__name__}; output={output!r} does not select its logits "
+                         "(give an index, a key or a function)") from None
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None) -> dict[str, float]:
-    """Top-1 (and top-5 with more than 5 classes) accuracy in percent, and mean loss."""
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None,
+             output: Any = 0) -> dict[str, float]:
+    """Top-1 (and top-5 with more than 5 classes) accuracy in percent, and mean loss; ``output``
+    selects the logits of a model with several outputs (:func:`select_output`)."""
     device = torch.device(device) if device else next(model.parameters(), torch.zeros(0)).device
     was_training = model.training
     model.eval()
@@ -133,7 +155,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | 
     loss = 0.0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        out = model(x)
+        out = select_output(model(x), output)
         loss += F.cross_entropy(out, y, reduction="sum").item()
         k = min(5, out.shape[1])
         top = out.topk(k, dim=1).indices
@@ -212,7 +234,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=layout)
-            out = net(x)
+            out = select_output(net(x), cfg.output)
             loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing) * task_weight
             for cb in callbacks:
                 extra = cb.loss_term(model, x, out, y)
@@ -229,7 +251,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         metrics = {"epoch": epoch + 1, "train_loss": run_loss / max(seen, 1),
                    "train_top1": 100.0 * correct / max(seen, 1), "seconds": time.perf_counter() - t0}
         if val_loader is not None:
-            metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device).items()})
+            metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device, cfg.output).items()})
         history["epochs"].append(metrics)
         history["seconds"] += metrics["seconds"]
         for cb in callbacks:

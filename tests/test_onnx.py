@@ -1,0 +1,95 @@
+"""ONNX export checked by a real client, ONNX Runtime: every registered method's converted form on
+foreign models, and the committed artifacts on a slice of the test set."""
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import torchslim as ts
+from test_zoo import CONFIGS
+
+from zoo import INPUT, ZOO, build
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+# int8: ONNX Runtime runs its own int8 kernels, which round ties their own way: the logits may move
+# by one quantization step of the classifier's output (measured: exactly one step), predictions do
+# not; a wrong scale or a missing Q/DQ moves them by many steps. Every other form is an exact
+# expansion (binary layers included: +/-1 weights and signs), compared to float rounding.
+ROUNDING = {"quant.uniform"}
+
+
+def _run(path, x: torch.Tensor) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+
+
+def _converted(method: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, *INPUT, generator=g)
+    data = [(torch.randn(16, *INPUT, generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    model = build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts.convert_(ts.compress_(model, copy.deepcopy(CONFIGS[method]), data=data, example_inputs=x))
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("name", ["resnet18", "two_head"])
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_onnx_runtime_matches_torchslim(method, name, tmp_path):
+    """Catches: an export that silently differs (e.g. packed bits not expanded), a fixed batch size."""
+    model, x = _converted(method, name)
+    path = ts.export_onnx(model, x[:2], tmp_path / "m.onnx")          # exported at batch 2, run at 4
+    onnx.checker.check_model(onnx.load(str(path)))
+    with torch.no_grad():
+        ref = model(x)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    outs = _run(path, x)
+    assert len(outs) == len(ref)
+    for r, o in zip(ref, outs):
+        o = torch.from_numpy(o)
+        assert o.shape == r.shape
+        scale = float(r.abs().max())
+        if method in ROUNDING:
+            assert torch.equal(o.argmax(-1), r.argmax(-1))
+            if r is ref[0]:   # the logits: the last int8 layer's output
+                step = float([m for m in model.modules() if type(m).__name__ == "UniformLinear"][-1].act[2])
+                assert float((o - r).abs().max()) <= step * (1 + 1e-4)
+        else:
+            torch.testing.assert_close(o, r, atol=1e-5 * max(scale, 1.0), rtol=1e-4)
+
+
+def test_int8_exports_as_qdq_with_int8_weights(tmp_path):
+    """The int8 model is a QuantizeLinear / DequantizeLinear graph whose weights are int8 tensors."""
+    model, x = _converted("quant.uniform", "resnet18")
+    graph = onnx.load(str(ts.export_onnx(model, x, tmp_path / "q.onnx"))).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= ops
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    n_layers = sum(1 for m in model.modules() if type(m).__name__.startswith("Uniform"))
+    assert len(int8) == n_layers
+
+
+def test_binary_weights_export_right_after_load(tmp_path):
+    """A BWN file exported straight after ``load`` (bits not yet expanded by a forward) is right."""
+    model, x = _converted("binary.bwn", "resnet18")
+    ts.save(model, tmp_path / "b.slim")
+    fresh = ts.load(tmp_path / "b.slim", model=ZOO["resnet18"]())
+    path = ts.export_onnx(fresh, x, tmp_path / "b.onnx")
+    with torch.no_grad():
+        ref = model(x)
+    torch.testing.assert_close(torch.from_numpy(_run(path, x)[0]), ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-4)
+
+
+def test_cli_export(tmp_path):
+    from torchslim.cli import main
+
+    assert main(["export", "benchmarks/artifacts/lenet300_100_svd.slim", "-o", str(tmp_path / "s.onnx")]) == 0
+    x = torch.randn(3, 1, 28, 28)
+    ref = ts.load("benchmarks/artifacts/lenet300_100_svd.slim")(x).detach()
+    torch.testing.assert_close(torch.from_numpy(_run(tmp_path / "s.onnx", x)[0]), ref, atol=1e-4, rtol=1e-4)

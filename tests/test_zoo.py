@@ -1,0 +1,122 @@
+"""Every registered method on every foreign architecture of tests/zoo.py, as a user would run it:
+``compress_(model, config, example_inputs=x)`` -> ``convert_`` -> ``save`` -> ``load(path, model=Fresh())``.
+Each pair either works (converted == prepared to float rounding, loaded == converted bit for
+bit), skips the layers it cannot handle with one warning naming them, or refuses with a clear
+ValueError; never a silently different model."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.binary import BNN, BWN, XNOR, BinaryConnect, KBit
+from torchslim.lowrank import CP, SVD, Spatial, Tucker
+from torchslim.prune import Filters, GroupLasso, Magnitude, Slimming
+from torchslim.quant import PQ, QCNN, KMeans, Uniform
+
+from zoo import INPUT, ZOO, build
+
+CONFIGS = {   # fast settings: no kernel timing (kernel="dense", prefer="size")
+    "core.fold_bn": ts.FoldBN(),
+    "prune.magnitude": Magnitude(sparsity=0.5, kernel="dense"),
+    "prune.filters": Filters(ratio=0.3),
+    "prune.slimming": Slimming(ratio=0.3),
+    "prune.group_lasso": GroupLasso(ratio=0.3),
+    "quant.kmeans": KMeans(bits=4),
+    "quant.pq": PQ(sub_dim=4, bits=4, kernel="dense"),
+    "quant.qcnn": QCNN(sub_dim=4, bits=4, kernel="dense"),
+    "quant.uniform": Uniform(bits=8, act_bits=8),
+    "lowrank.svd": SVD(selection="fixed", rank=0.5, prefer="size"),
+    "lowrank.tucker": Tucker(selection="fixed", rank=0.5, prefer="size"),
+    "lowrank.cp": CP(selection="fixed", rank=4, prefer="size"),
+    "lowrank.spatial": Spatial(selection="fixed", rank=0.5, prefer="size"),
+    "binary.connect": BinaryConnect(), "binary.bwn": BWN(), "binary.bnn": BNN(), "binary.xnor": XNOR(),
+    "binary.kbit": KBit(),
+}
+# convert changes the function by design (channels the penalty shrank are removed, not masked
+# first); the contract suite checks them against the masked model
+REMOVES_CHANNELS = {"prune.slimming", "prune.group_lasso"}
+REFUSES = {("prune.slimming", "inception_like"): "needs BatchNorm2d",     # no BatchNorm to penalize
+           ("prune.slimming", "functional"): "needs BatchNorm2d"}
+
+
+def test_every_registered_method_has_a_zoo_config():
+    assert set(CONFIGS) == set(ts.list_methods())
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        out = model(x)
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_method_on_foreign_model(method, name, tmp_path):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, *INPUT, generator=g)
+    data = [(torch.randn(16, *INPUT, generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    model = build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if (method, name) in REFUSES:
+            with pytest.raises(ValueError, match=REFUSES[method, name]):
+                ts.compress_(model, CONFIGS[method], data=data, example_inputs=x)
+            return
+        ts.compress_(model, CONFIGS[method], data=data, example_inputs=x)
+        prepared = _outputs(model.eval(), x)
+        ts.convert_(model)
+        converted = _outputs(model.eval(), x)
+        ts.save(model, tmp_path / "m.slim")
+        loaded = ts.load(tmp_path / "m.slim", model=ZOO[name]())
+    for p, c, ld in zip(prepared, converted, _outputs(loaded, x)):
+        assert torch.equal(ld, c), "the reloaded model differs"
+        if method not in REMOVES_CHANNELS:
+            rel = float((c - p).norm() / p.norm())
+            assert rel <= 1e-5, f"converted differs from prepared by {rel:.2e}"
+
+
+@pytest.mark.parametrize("config", [BWN(), XNOR()])
+def test_binary_keeps_grouped_and_depthwise_convs_float_with_one_warning(config):
+    """Catches: grouped convs packed by a kernel without groups (silently wrong outputs)."""
+    for name, grouped in (("resnext_like", "block.3"), ("mobilenetv3_like", "dw.0")):
+        model = build(name)
+        with pytest.warns(UserWarning, match="keeping .* in float: grouped / depthwise") as rec:
+            ts.compress_(model, config, example_inputs=torch.randn(2, *INPUT))
+        assert sum("grouped / depthwise" in str(w.message) for w in rec) == 1
+        assert grouped in str(next(w.message for w in rec if "grouped" in str(w.message)))
+        ts.convert_(model)
+        assert type(model.get_submodule(grouped)) is nn.Conv2d
+
+
+def test_functional_relu_before_a_binary_layer_is_reported():
+    """XNOR: a ReLU written as ``F.relu``/``Tensor.relu`` cannot be removed from the user's forward;
+    prepare must say which binary layers then always see +1."""
+    with pytest.warns(UserWarning, match="function calls in forward") as rec:
+        ts.compress_(build("functional"), XNOR(), example_inputs=torch.randn(2, *INPUT))
+    msg = next(str(w.message) for w in rec if "function calls" in str(w.message))
+    assert "'c'" in msg and "'d'" in msg            # conv c (after cat of relus) and d (after F.relu)
+
+
+def test_two_output_model_trains_evaluates_and_distills():
+    """fit / evaluate / Distill take the logits by an ``output`` selector (default: the first)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torchslim.distill import Distill
+    from torchslim.train import TrainConfig, evaluate, fit
+
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(32, *INPUT, generator=g), torch.randint(0, 10, (32,), generator=g)),
+                      batch_size=16)
+    model = build("two_head")
+    by_index = fit(model, data, TrainConfig(epochs=1, lr=0.01, seed=0), progress=False)
+    twin = build("two_head")
+    by_function = fit(twin, data, TrainConfig(epochs=1, lr=0.01, seed=0, output=lambda out: out[0]), progress=False)
+    assert by_index["epochs"][0]["train_loss"] == by_function["epochs"][0]["train_loss"]
+    res = evaluate(model, data)
+    assert res["top1"] == evaluate(model, data, output=lambda out: out[0])["top1"]
+    with pytest.raises(ValueError, match="does not select its logits"):
+        evaluate(model, data, output=5)
+    student = build("two_head")
+    fit(student, data, TrainConfig(epochs=1, lr=0.01, seed=0), callbacks=[Distill(model)], progress=False)
