@@ -1,4 +1,5 @@
 """Command-line options every benchmark script shares."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,9 +8,13 @@ import argparse
 def parser(doc: str | None) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (use 1 per process when training several at once; latency is "
-                         "only comparable when measured alone with the default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (use 1 per process when training several at once; latency is "
+        "only comparable when measured alone with the default)",
+    )
     return ap
 
 
@@ -17,6 +22,7 @@ def parse(ap: argparse.ArgumentParser) -> argparse.Namespace:
     a = ap.parse_args()
     if a.threads:
         import torch
+
         torch.set_num_threads(a.threads)
     return a
 
@@ -93,6 +99,7 @@ FLOAT = ("float", "float32")
 
 def float_base(rows: list[dict], row: dict) -> dict | None:
     """The float baseline row a results row compares with: same model and section, else same model."""
-    floats = [b for b in rows if (b.get("method") in FLOAT or b.get("stage") in FLOAT)
-              and b.get("model") == row.get("model")]
+    floats = [
+        b for b in rows if (b.get("method") in FLOAT or b.get("stage") in FLOAT) and b.get("model") == row.get("model")
+    ]
     return next((b for b in floats if b.get("section") == row.get("section")), floats[0] if floats else None)

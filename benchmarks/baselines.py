@@ -6,6 +6,7 @@ benchmarks/cache/<model>/, so a rerun resumes (or skips finished models).
 
     python benchmarks/baselines.py [--models lenet5 vgg_small] [--data-dir D]
 """
+
 from __future__ import annotations
 
 import shutil
@@ -35,8 +36,22 @@ SETTINGS = {
     "shufflenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 3}, True),
     "mobilenetv2": ({"width_mult": 0.5}, {**SGD, "lr": 0.1, "epochs": 2}, True),
 }
-COLUMNS = ["model", "method", "kwargs", "epochs", "top1", "top5", "bytes", "params", "nonzeros", "macs",
-           "latency_b1_ms", "latency_b256_ms", "threads", "train_seconds"]
+COLUMNS = [
+    "model",
+    "method",
+    "kwargs",
+    "epochs",
+    "top1",
+    "top5",
+    "bytes",
+    "params",
+    "nonzeros",
+    "macs",
+    "latency_b1_ms",
+    "latency_b256_ms",
+    "threads",
+    "train_seconds",
+]
 
 
 def main() -> None:
@@ -47,22 +62,31 @@ def main() -> None:
     test = make_loaders(DataConfig(dir=a.data_dir)).test
     for name in a.models:
         kwargs, train, augment = SETTINGS[name]
-        recipe = {"name": f"baseline_{name}", "model": {"name": name, "kwargs": kwargs},
-                  "data": {"name": "fashion_mnist", "batch_size": 128, "augment": augment},
-                  "train": train, "stages": []}
+        recipe = {
+            "name": f"baseline_{name}",
+            "model": {"name": name, "kwargs": kwargs},
+            "data": {"name": "fashion_mnist", "batch_size": 128, "augment": augment},
+            "train": train,
+            "stages": [],
+        }
         out = ROOT / "cache" / name
         trained = run_recipe(recipe, out, data_dir=a.data_dir, latency=False)[0]
         # Measured again from the saved file, so that a rerun on a quiet machine refreshes latency.
         model = ts.load(out / "model.slim")
         shape = (model.torchslim.arch["kwargs"]["in_channels"],) + (model.torchslim.arch["kwargs"]["input_size"],) * 2
-        row = {"model": name, "method": "float", **measure(model, shape, loader=test, path=out / "model.slim"),
-               "train_seconds": trained.get("train_seconds")}
+        row = {
+            "model": name,
+            "method": "float",
+            **measure(model, shape, loader=test, path=out / "model.slim"),
+            "train_seconds": trained.get("train_seconds"),
+        }
         rows.append({**row, "kwargs": " ".join(f"{k}={v}" for k, v in kwargs.items()), "epochs": train["epochs"]})
         if name in HEADLINE:
             (ROOT / "artifacts").mkdir(exist_ok=True)
             shutil.copyfile(out / "model.slim", ROOT / "artifacts" / f"{name}.slim")
-        write_report(rows, ROOT / "results" / "baselines", COLUMNS,
-                     title="Float baselines on Fashion-MNIST (test split)")
+        write_report(
+            rows, ROOT / "results" / "baselines", COLUMNS, title="Float baselines on Fashion-MNIST (test split)"
+        )
 
 
 if __name__ == "__main__":

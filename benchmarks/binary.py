@@ -14,6 +14,7 @@ Sections (``--only`` picks some):
 Writes benchmarks/results/binary.{json,md}, binary_kernel.{json,md} and the artifacts
 benchmarks/artifacts/vgg_small_{xnor,bnn,bwn}.slim.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,9 +43,23 @@ SHAPE = (1, 28, 28)
 NAME = "vgg_small"
 FT = {"epochs": 4, "optimizer": "adam", "lr": 0.0005, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
 METHODS = {"bwn": BWN(), "xnor": XNOR(), "bnn": BNN(), "kbit2": KBit(weight_bits=2, act_bits=2)}
-COLUMNS = ["method", "setting", "top1", "delta_pp", "bytes", "bytes_ratio", "latency_b1_ms", "latency_b256_ms",
-           "speedup_b1", "speedup_b256", "max_abs_logit_diff", "same_prediction_pct", "sign_flip_fraction",
-           "train_seconds", "threads"]
+COLUMNS = [
+    "method",
+    "setting",
+    "top1",
+    "delta_pp",
+    "bytes",
+    "bytes_ratio",
+    "latency_b1_ms",
+    "latency_b256_ms",
+    "speedup_b1",
+    "speedup_b256",
+    "max_abs_logit_diff",
+    "same_prediction_pct",
+    "sign_flip_fraction",
+    "train_seconds",
+    "threads",
+]
 
 
 def _ms(stmt: str, **g) -> float:
@@ -61,14 +76,24 @@ def kernel() -> list[dict]:
     packed.set_weight(torch.where(conv.weight < 0, -1.0, 1.0), torch.ones(256), torch.zeros(256))
     x = torch.randn(16, 256, 16, 16)
     assert torch.equal(packed(x), F.conv2d(torch.where(x < 0, -1.0, 1.0), packed.float_weight(), padding=1))
-    rows.append({"layer": "conv 256->256 3x3, 16x16, batch 16, pad 1", "float32_ms": _ms("m(x)", m=conv, x=x),
-                 "packed_ms": _ms("m(x)", m=packed, x=x)})
+    rows.append(
+        {
+            "layer": "conv 256->256 3x3, 16x16, batch 16, pad 1",
+            "float32_ms": _ms("m(x)", m=conv, x=x),
+            "packed_ms": _ms("m(x)", m=packed, x=x),
+        }
+    )
     lin = nn.Linear(4608, 256, bias=False)
     plin = PackedBinaryLinear(4608, 256)
     plin.set_weight(torch.where(lin.weight < 0, -1.0, 1.0), torch.ones(256), torch.zeros(256))
     xl = torch.randn(256, 4608)
-    rows.append({"layer": "linear M=256, K=4608, N=256", "float32_ms": _ms("m(x)", m=lin, x=xl),
-                 "packed_ms": _ms("m(x)", m=plin, x=xl)})
+    rows.append(
+        {
+            "layer": "linear M=256, K=4608, N=256",
+            "float32_ms": _ms("m(x)", m=lin, x=xl),
+            "packed_ms": _ms("m(x)", m=plin, x=xl),
+        }
+    )
     for r in rows:
         r.update(speedup=round(r["float32_ms"] / r["packed_ms"], 2), threads=torch.get_num_threads())
         print(json.dumps(r), flush=True)
@@ -79,11 +104,14 @@ def kernel() -> list[dict]:
 def _exactness(packed: nn.Module, fake: nn.Module, loader) -> dict:
     """Logit difference and prediction agreement over the test set, and the fraction of binary-layer
     inputs whose sign differs between the two (a value within float rounding of 0 may flip)."""
+
     def taps(model, types):
         seen: list = []
-        hs = [m.register_forward_pre_hook(lambda mod, a: seen.append(a[0] < 0))
-              for m in model.modules() if isinstance(m, types) and getattr(m, "binary_input", True)
-              and getattr(m, "binary_activations", True)]
+        hs = [
+            m.register_forward_pre_hook(lambda mod, a: seen.append(a[0] < 0))
+            for m in model.modules()
+            if isinstance(m, types) and getattr(m, "binary_input", True) and getattr(m, "binary_activations", True)
+        ]
         return seen, hs
 
     from torchslim.binary import BinaryConv2d, BinaryLinear
@@ -100,36 +128,55 @@ def _exactness(packed: nn.Module, fake: nn.Module, loader) -> dict:
         n += len(x)
         flips += sum(int((p != f).sum()) for p, f in zip(s_p, s_f))
         total += sum(p.numel() for p in s_p)
-    return {"max_abs_logit_diff": diff, "same_prediction_pct": round(100 * agree / n, 3),
-            "sign_flip_fraction": flips / total if total else 0.0}
+    return {
+        "max_abs_logit_diff": diff,
+        "same_prediction_pct": round(100 * agree / n, 3),
+        "sign_flip_fraction": flips / total if total else 0.0,
+    }
 
 
 def models(data_dir) -> list[dict]:
     loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
-    base = {"method": "float32", "setting": "baseline",
-            **measure(ts.load(ART / f"{NAME}.slim"), SHAPE, loader=loaders.test, path=ART / f"{NAME}.slim")}
+    base = {
+        "method": "float32",
+        "setting": "baseline",
+        **measure(ts.load(ART / f"{NAME}.slim"), SHAPE, loader=loaders.test, path=ART / f"{NAME}.slim"),
+    }
     rows = [base]
     for tag, cfg in METHODS.items():
         model = ts.compress_(ts.load(ART / f"{NAME}.slim"), cfg)
-        hist = fit(model, loaders.train, TrainConfig(**FT), val_loader=loaders.val,
-                   callbacks=method_callbacks(model), checkpoint_dir=CACHE / f"binary_{tag}", desc=tag)
+        hist = fit(
+            model,
+            loaders.train,
+            TrainConfig(**FT),
+            val_loader=loaders.val,
+            callbacks=method_callbacks(model),
+            checkpoint_dir=CACHE / f"binary_{tag}",
+            desc=tag,
+        )
         model.eval()
         fake = copy.deepcopy(model)
         ts.convert_(model)
         path = CACHE / f"binary_{tag}" / "model.slim"
-        ts.save(model, path, recipe={"model": {"from": f"{NAME}.slim"},
-                                     "stages": [{**cfg.to_dict(), "finetune": FT}]})
+        ts.save(model, path, recipe={"model": {"from": f"{NAME}.slim"}, "stages": [{**cfg.to_dict(), "finetune": FT}]})
         packed = ts.load(path)
-        r = {"method": cfg.method, "setting": f"{FT['epochs']} ep Adam from float; first/last float",
-             **measure(packed, SHAPE, loader=loaders.test, path=path, min_run_time=1.0),
-             **_exactness(packed, fake, loaders.test), "train_seconds": round(hist["seconds"])}
+        r = {
+            "method": cfg.method,
+            "setting": f"{FT['epochs']} ep Adam from float; first/last float",
+            **measure(packed, SHAPE, loader=loaders.test, path=path, min_run_time=1.0),
+            **_exactness(packed, fake, loaders.test),
+            "train_seconds": round(hist["seconds"]),
+        }
         rows.append(compare(r, base))
         print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
         if tag in ("xnor", "bnn", "bwn"):
             shutil.copyfile(path, ART / f"{NAME}_{tag}.slim")
     peer = torch_ao_int8(ts.load(ART / f"{NAME}.slim").eval(), True, loaders.train)
-    r = {"method": "torch.ao static int8", "setting": "FX, x86 qconfig; bytes = torch.save(state_dict)",
-         **measure(peer, SHAPE, loader=loaders.test, nbytes=state_bytes(peer), min_run_time=1.0)}
+    r = {
+        "method": "torch.ao static int8",
+        "setting": "FX, x86 qconfig; bytes = torch.save(state_dict)",
+        **measure(peer, SHAPE, loader=loaders.test, nbytes=state_bytes(peer), min_run_time=1.0),
+    }
     rows.append(compare(r, base))
     return rows
 
@@ -138,15 +185,23 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--only", nargs="*", default=["kernel", "models"])
     a = parse(ap)
-    sections = run_sections(CACHE / "binary_sections.json", a.only,
-                            {"kernel": kernel, "models": lambda: models(a.data_dir)})
+    sections = run_sections(
+        CACHE / "binary_sections.json", a.only, {"kernel": kernel, "models": lambda: models(a.data_dir)}
+    )
     if "kernel" in sections:
-        write_report(sections["kernel"], RES / "binary_kernel",
-                     ["layer", "float32_ms", "packed_ms", "speedup", "threads"],
-                     title="Packed xnor-popcount layers vs float32 torch (same logical shape)")
+        write_report(
+            sections["kernel"],
+            RES / "binary_kernel",
+            ["layer", "float32_ms", "packed_ms", "speedup", "threads"],
+            title="Packed xnor-popcount layers vs float32 torch (same logical shape)",
+        )
     if "models" in sections:
-        write_report(sections["models"], RES / "binary", COLUMNS,
-                     title=f"Binary {NAME} on Fashion-MNIST (test split), float and torch.ao int8 in the same run")
+        write_report(
+            sections["models"],
+            RES / "binary",
+            COLUMNS,
+            title=f"Binary {NAME} on Fashion-MNIST (test split), float and torch.ao int8 in the same run",
+        )
 
 
 if __name__ == "__main__":

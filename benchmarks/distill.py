@@ -24,6 +24,7 @@ benchmarks/artifacts/<student>_kd.slim / <student>_alone.slim (seed 0) for the s
 with the largest mean gain and for the most accurate KD student at >= 5x fewer MACs
 than the teacher; the results JSON names both.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,14 +49,21 @@ ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
 SHAPE = (1, 28, 28)
 TEACHER = "vgg_small"
-STUDENTS = {"lenet5": ("lenet5", {}), "lenet300_100": ("lenet300_100", {}),
-            "vgg_small_w12": ("vgg_small", {"width": 12}),
-            "shufflenetv2_w0.5": ("shufflenetv2", {"width_mult": 0.5}),
-            "mobilenetv2_w0.5": ("mobilenetv2", {"width_mult": 0.5})}
+STUDENTS = {
+    "lenet5": ("lenet5", {}),
+    "lenet300_100": ("lenet300_100", {}),
+    "vgg_small_w12": ("vgg_small", {"width": 12}),
+    "shufflenetv2_w0.5": ("shufflenetv2", {"width_mult": 0.5}),
+    "mobilenetv2_w0.5": ("mobilenetv2", {"width_mult": 0.5}),
+}
 DEPTHWISE = ("shufflenetv2", "mobilenetv2")  # trained channels-last (faster depthwise convs on CPU)
-RUNS = {"students": [("lenet5", 6), ("lenet300_100", 6), ("vgg_small_w12", 6)],
-        "shufflenet": [("shufflenetv2_w0.5", 4)], "mobilenet": [("mobilenetv2_w0.5", 2)],
-        "long": [("vgg_small_w12", 15)], "long_lenet5": [("lenet5", 15)]}
+RUNS = {
+    "students": [("lenet5", 6), ("lenet300_100", 6), ("vgg_small_w12", 6)],
+    "shufflenet": [("shufflenetv2_w0.5", 4)],
+    "mobilenet": [("mobilenetv2_w0.5", 2)],
+    "long": [("vgg_small_w12", 15)],
+    "long_lenet5": [("lenet5", 15)],
+}
 SEARCH_EPOCHS = 5
 GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
 SEEDS = (0, 1, 2)
@@ -72,17 +80,49 @@ def _train(cfg_name: str, arch: tuple, seed: int, epochs: int, kd: tuple | None,
         torch.manual_seed(seed)
         model = ts.create_model(name, **kwargs)
         cbs = [Distill(teacher, T=kd[0], alpha=kd[1], cache=cache)] if kd else []
-        fit(model, loaders.train, TrainConfig(epochs=epochs, optimizer="adam", lr=0.001, weight_decay=0.0,
-                                              schedule="cosine", seed=seed, channels_last=name in DEPTHWISE),
-            callbacks=cbs, checkpoint_dir=CACHE / tag, desc=tag)
-        ts.save(model, path, recipe={"model": {"name": name, "kwargs": kwargs},
-                                     "train": {"epochs": epochs, "optimizer": "adam", "lr": 0.001, "seed": seed,
-                                               **({"distill": {"teacher": f"{TEACHER}.slim", "T": kd[0],
-                                                               "alpha": kd[1]}} if kd else {})}})
-    row = {"student": cfg_name, "seed": seed, "epochs": epochs, "mode": "KD" if kd else "alone",
-           "T": kd[0] if kd else None, "alpha": kd[1] if kd else None,
-           "val_top1": evaluate(model, loaders.val)["top1"], "top1": evaluate(model, loaders.test)["top1"],
-           "params": count_params(model), "macs": count_macs(model, SHAPE), "path": str(path)}
+        fit(
+            model,
+            loaders.train,
+            TrainConfig(
+                epochs=epochs,
+                optimizer="adam",
+                lr=0.001,
+                weight_decay=0.0,
+                schedule="cosine",
+                seed=seed,
+                channels_last=name in DEPTHWISE,
+            ),
+            callbacks=cbs,
+            checkpoint_dir=CACHE / tag,
+            desc=tag,
+        )
+        ts.save(
+            model,
+            path,
+            recipe={
+                "model": {"name": name, "kwargs": kwargs},
+                "train": {
+                    "epochs": epochs,
+                    "optimizer": "adam",
+                    "lr": 0.001,
+                    "seed": seed,
+                    **({"distill": {"teacher": f"{TEACHER}.slim", "T": kd[0], "alpha": kd[1]}} if kd else {}),
+                },
+            },
+        )
+    row = {
+        "student": cfg_name,
+        "seed": seed,
+        "epochs": epochs,
+        "mode": "KD" if kd else "alone",
+        "T": kd[0] if kd else None,
+        "alpha": kd[1] if kd else None,
+        "val_top1": evaluate(model, loaders.val)["top1"],
+        "top1": evaluate(model, loaders.test)["top1"],
+        "params": count_params(model),
+        "macs": count_macs(model, SHAPE),
+        "path": str(path),
+    }
     print(json.dumps(row), flush=True)
     return model, row
 
@@ -92,9 +132,13 @@ class _Run:
         self.loaders = make_loaders(DataConfig(dir=data_dir, augment=False), seed=0)
         self.teacher = ts.load(ART / f"{TEACHER}.slim").eval()
         self.cache: dict = {}
-        self.t_row = {"student": f"{TEACHER} (teacher)", "mode": "teacher",
-                      "top1": evaluate(self.teacher, self.loaders.test)["top1"],
-                      "params": count_params(self.teacher), "macs": count_macs(self.teacher, SHAPE)}
+        self.t_row = {
+            "student": f"{TEACHER} (teacher)",
+            "mode": "teacher",
+            "top1": evaluate(self.teacher, self.loaders.test)["top1"],
+            "params": count_params(self.teacher),
+            "macs": count_macs(self.teacher, SHAPE),
+        }
 
     def train(self, cfg_name, seed, epochs, kd):
         return _train(cfg_name, STUDENTS[cfg_name], seed, epochs, kd, self.loaders, self.teacher, self.cache)
@@ -130,12 +174,26 @@ def pruned(run: _Run, kd: tuple[float, float]) -> list[dict]:
         before = evaluate(model, run.loaders.test)["top1"]
         teacher = copy.deepcopy(run.teacher)
         cbs = [Distill(teacher, T=kd[0], alpha=kd[1], cache=run.cache)] if mode == "KD" else []
-        fit(model, run.loaders.train, TrainConfig(**ft), callbacks=method_callbacks(model) + cbs,
-            checkpoint_dir=CACHE / f"distill_pruned90_{mode}", desc=f"pruned90 {mode}")
+        fit(
+            model,
+            run.loaders.train,
+            TrainConfig(**ft),
+            callbacks=method_callbacks(model) + cbs,
+            checkpoint_dir=CACHE / f"distill_pruned90_{mode}",
+            desc=f"pruned90 {mode}",
+        )
         ts.convert_(model)
-        rows.append({"student": f"{TEACHER} pruned 90 %", "mode": f"fine-tune 1 ep, {mode}", "seed": 0,
-                     "T": kd[0] if mode == "KD" else None, "alpha": kd[1] if mode == "KD" else None,
-                     "top1_before_ft": before, "top1": evaluate(model, run.loaders.test)["top1"]})
+        rows.append(
+            {
+                "student": f"{TEACHER} pruned 90 %",
+                "mode": f"fine-tune 1 ep, {mode}",
+                "seed": 0,
+                "T": kd[0] if mode == "KD" else None,
+                "alpha": kd[1] if mode == "KD" else None,
+                "top1_before_ft": before,
+                "top1": evaluate(model, run.loaders.test)["top1"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -152,13 +210,21 @@ def summary(run: _Run, rows: list[dict]) -> list[dict]:
             continue
         ref = next(r for r in rows if r["student"] == cfg_name)
         for mode, acc in per.items():
-            out.append({"student": cfg_name, "epochs": epochs, "mode": mode, "seeds": len(acc),
-                        "top1_mean": round(statistics.mean(acc), 2),
-                        "top1_std": round(statistics.stdev(acc), 2) if len(acc) > 1 else 0.0,
-                        "gain_pp": round(statistics.mean(acc) - statistics.mean(per["alone"]), 2),
-                        "vs_teacher_pp": round(statistics.mean(acc) - run.t_row["top1"], 2),
-                        "params": ref["params"], "macs": ref["macs"],
-                        "teacher_macs_ratio": round(run.t_row["macs"] / ref["macs"], 1)})
+            out.append(
+                {
+                    "student": cfg_name,
+                    "epochs": epochs,
+                    "mode": mode,
+                    "seeds": len(acc),
+                    "top1_mean": round(statistics.mean(acc), 2),
+                    "top1_std": round(statistics.stdev(acc), 2) if len(acc) > 1 else 0.0,
+                    "gain_pp": round(statistics.mean(acc) - statistics.mean(per["alone"]), 2),
+                    "vs_teacher_pp": round(statistics.mean(acc) - run.t_row["top1"], 2),
+                    "params": ref["params"],
+                    "macs": ref["macs"],
+                    "teacher_macs_ratio": round(run.t_row["macs"] / ref["macs"], 1),
+                }
+            )
     return out
 
 
@@ -181,27 +247,60 @@ def main() -> None:
     closest = max(light, key=lambda r: r["top1_mean"]) if light else None
     for pick in filter(None, (best, closest)):  # seed-0 files of the largest KD gain and of the 5x-MACs student
         for mode, suffix in (("KD", "kd"), ("alone", "alone")):
-            r = next(x for x in trained if (x["student"], x["epochs"]) == (pick["student"], pick["epochs"])
-                     and x["mode"] == mode and x["seed"] == 0)
+            r = next(
+                x
+                for x in trained
+                if (x["student"], x["epochs"]) == (pick["student"], pick["epochs"])
+                and x["mode"] == mode
+                and x["seed"] == 0
+            )
             shutil.copyfile(r["path"], ART / f"{pick['student']}_{suffix}.slim")
-    named = {k: {"student": r["student"], "epochs": r["epochs"], "file": f"{r['student']}_kd.slim"} if r else None
-             for k, r in (("best_student", best), ("closest_student_5x_fewer_macs", closest))}
+    named = {
+        k: {"student": r["student"], "epochs": r["epochs"], "file": f"{r['student']}_kd.slim"} if r else None
+        for k, r in (("best_student", best), ("closest_student_5x_fewer_macs", closest))
+    }
     results = {"teacher": TEACHER, "chosen": {"T": kd[0], "alpha": kd[1]}, **named, "summary": table, **sections}
     RES.mkdir(exist_ok=True)
     (RES / "distill.json").write_text(json.dumps(results, indent=1))
     from torchslim.measure.report import to_markdown
-    md = [f"# Knowledge distillation from {TEACHER} on Fashion-MNIST (test split)", "",
-          f"KD setting chosen on the validation split: T={kd[0]:g}, alpha={kd[1]:g}. "
-          "Artifacts (seed 0, `_kd.slim` / `_alone.slim`): "
-          + "; ".join(f"{what}: {r['student']} ({r['epochs']} epochs)" for what, r in
-                      (("largest KD gain", best), ("closest to the teacher at >= 5x fewer MACs", closest)) if r)
-          + ".", "",
-          to_markdown(table, ["student", "epochs", "mode", "seeds", "top1_mean", "top1_std", "gain_pp", "vs_teacher_pp",
-                              "params", "macs", "teacher_macs_ratio"]), "",
-          "Setting search (lenet5, seed 0, 5 epochs):", "",
-          to_markdown(sections.get("search", []), ["mode", "T", "alpha", "val_top1", "top1"]), "",
-          "KD-assisted fine-tuning after pruning:", "",
-          to_markdown(sections.get("pruned", []), ["student", "mode", "T", "alpha", "top1_before_ft", "top1"])]
+
+    md = [
+        f"# Knowledge distillation from {TEACHER} on Fashion-MNIST (test split)",
+        "",
+        f"KD setting chosen on the validation split: T={kd[0]:g}, alpha={kd[1]:g}. "
+        "Artifacts (seed 0, `_kd.slim` / `_alone.slim`): "
+        + "; ".join(
+            f"{what}: {r['student']} ({r['epochs']} epochs)"
+            for what, r in (("largest KD gain", best), ("closest to the teacher at >= 5x fewer MACs", closest))
+            if r
+        )
+        + ".",
+        "",
+        to_markdown(
+            table,
+            [
+                "student",
+                "epochs",
+                "mode",
+                "seeds",
+                "top1_mean",
+                "top1_std",
+                "gain_pp",
+                "vs_teacher_pp",
+                "params",
+                "macs",
+                "teacher_macs_ratio",
+            ],
+        ),
+        "",
+        "Setting search (lenet5, seed 0, 5 epochs):",
+        "",
+        to_markdown(sections.get("search", []), ["mode", "T", "alpha", "val_top1", "top1"]),
+        "",
+        "KD-assisted fine-tuning after pruning:",
+        "",
+        to_markdown(sections.get("pruned", []), ["student", "mode", "T", "alpha", "top1_before_ft", "top1"]),
+    ]
     (RES / "distill.md").write_text("\n".join(md) + "\n")
 
 

@@ -16,6 +16,7 @@ Writes benchmarks/results/lowrank.{json,md} and the headline models
 benchmarks/artifacts/lenet300_100_svd.slim and vgg_small_tucker.slim. Starts from the
 float baselines in benchmarks/artifacts/; fine-tuning resumes from benchmarks/cache/.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,22 +38,47 @@ from _common import compare, parse, parser, run_sections
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
 SHAPE = (1, 28, 28)
-COLUMNS = ["section", "model", "method", "setting", "top1_before_ft", "top1", "delta_pp", "fc_params",
-           "fc_params_ratio", "params", "bytes", "bytes_ratio", "macs", "macs_ratio", "latency_b1_ms",
-           "latency_b256_ms", "speedup_b256", "threads"]
+COLUMNS = [
+    "section",
+    "model",
+    "method",
+    "setting",
+    "top1_before_ft",
+    "top1",
+    "delta_pp",
+    "fc_params",
+    "fc_params_ratio",
+    "params",
+    "bytes",
+    "bytes_ratio",
+    "macs",
+    "macs_ratio",
+    "latency_b1_ms",
+    "latency_b256_ms",
+    "speedup_b256",
+    "threads",
+]
 ADAM_FT = {"optimizer": "adam", "lr": 0.0005, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
 SGD_FT = {"optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0005, "schedule": "cosine", "seed": 0}
 FIRST = ("0.0", "conv1")  # first convs (one input channel) stay dense
 
 
 def _fc_params(model: nn.Module) -> int:
-    return sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
-               for m in model.modules() if isinstance(m, nn.Linear))
+    return sum(
+        m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    )
 
 
 def _row(model, section, name, method, setting, test, base, path=None, before=None) -> dict:
-    r = {"section": section, "model": name, "method": method, "setting": setting,
-         **measure(model, SHAPE, loader=test, path=path, min_run_time=1.0)}
+    r = {
+        "section": section,
+        "model": name,
+        "method": method,
+        "setting": setting,
+        **measure(model, SHAPE, loader=test, path=path, min_run_time=1.0),
+    }
     r["fc_params"] = _fc_params(model)
     if base is not None:
         r["fc_params_ratio"] = round(base["fc_params"] / r["fc_params"], 2)
@@ -73,8 +99,9 @@ class _Run:
     def base(self, name: str, section: str) -> dict:
         """The float baseline's row (measured once per model in this run), labelled with ``section``."""
         if name not in self.bases:
-            self.bases[name] = _row(ts.load(ART / f"{name}.slim"), section, name, "float", "baseline", self.test,
-                                    None, ART / f"{name}.slim")
+            self.bases[name] = _row(
+                ts.load(ART / f"{name}.slim"), section, name, "float", "baseline", self.test, None, ART / f"{name}.slim"
+            )
         return {**self.bases[name], "section": section}
 
     def compressed(self, name: str, method: str, fields: dict) -> nn.Module:
@@ -87,29 +114,47 @@ class _Run:
         """(model fine-tuned, accuracy before fine-tuning, path of its .slim file)."""
         model = self.compressed(name, method, fields)
         before = evaluate(model, self.test)["top1"]
-        fit(model, self.loaders[augment].train, TrainConfig(**ft), val_loader=self.loaders[augment].val,
-            checkpoint_dir=CACHE / tag, desc=tag)
+        fit(
+            model,
+            self.loaders[augment].train,
+            TrainConfig(**ft),
+            val_loader=self.loaders[augment].val,
+            checkpoint_dir=CACHE / tag,
+            desc=tag,
+        )
         path = CACHE / tag / "model.slim"
-        ts.save(model, path, recipe={"model": {"from": f"{name}.slim"}, "stages": [{"method": method, **fields,
-                                                                                   "finetune": ft}]})
+        ts.save(
+            model,
+            path,
+            recipe={"model": {"from": f"{name}.slim"}, "stages": [{"method": method, **fields, "finetune": ft}]},
+        )
         return ts.load(path), before, path
 
 
 def svd(run: _Run) -> list[dict]:
     rows = []
     for name, fields, ft, artifact in [
-        ("lenet300_100", {"selection": "budget", "target_macs": 0.3, "prefer": "size", "exclude": ("5",)},
-         {"epochs": 4, **ADAM_FT}, "lenet300_100_svd"),
-        ("vgg_small", {"selection": "fixed", "rank": 64, "prefer": "size", "layers": ("2.0",)},
-         {"epochs": 2, **SGD_FT}, None),
+        (
+            "lenet300_100",
+            {"selection": "budget", "target_macs": 0.3, "prefer": "size", "exclude": ("5",)},
+            {"epochs": 4, **ADAM_FT},
+            "lenet300_100_svd",
+        ),
+        (
+            "vgg_small",
+            {"selection": "fixed", "rank": 64, "prefer": "size", "layers": ("2.0",)},
+            {"epochs": 2, **SGD_FT},
+            None,
+        ),
     ]:
         base = run.base(name, "svd")
         rows.append(base)
         tag = f"lowrank_svd_{name}"
         model, before, path = run.tuned(name, "lowrank.svd", fields, tag, ft, augment=name == "vgg_small")
         setting = "30 % of MACs (budget)" if "target_macs" in fields else f"classifier rank {fields['rank']}"
-        rows.append(_row(model, "svd", name, "lowrank.svd", f"{setting}, {ft['epochs']} ep", run.test, base, path,
-                         before))
+        rows.append(
+            _row(model, "svd", name, "lowrank.svd", f"{setting}, {ft['epochs']} ep", run.test, base, path, before)
+        )
         if artifact:
             shutil.copyfile(path, ART / f"{artifact}.slim")
     return rows
@@ -131,10 +176,20 @@ def conv(run: _Run) -> list[dict]:
             rows.append(base)
         fields = {"selection": "budget", "target_macs": 0.5, "prefer": "size", "exclude": FIRST}
         tag = f"lowrank_{method.split('.')[1]}_{name}" + ("" if lr == SGD_FT["lr"] else f"_lr{lr:g}")
-        model, before, path = run.tuned(name, method, fields, tag, {**SGD_FT, "epochs": epochs, "lr": lr},
-                                        augment=True)
-        rows.append(_row(model, "conv", name, method, f"50 % of MACs (budget), {epochs} ep, lr {lr:g}", run.test,
-                         base, path, before))
+        model, before, path = run.tuned(name, method, fields, tag, {**SGD_FT, "epochs": epochs, "lr": lr}, augment=True)
+        rows.append(
+            _row(
+                model,
+                "conv",
+                name,
+                method,
+                f"50 % of MACs (budget), {epochs} ep, lr {lr:g}",
+                run.test,
+                base,
+                path,
+                before,
+            )
+        )
         if artifact:
             shutil.copyfile(path, ART / f"{artifact}.slim")
     return rows
@@ -146,13 +201,29 @@ def ranks(run: _Run) -> list[dict]:
     rows.append(base)
     vbmf = {"selection": "vbmf", "prefer": "size", "exclude": FIRST}
     target = count_macs(run.compressed(name, "lowrank.tucker", vbmf), SHAPE) / base["macs"]
-    for label, fields in [("VBMF", vbmf),
-                          (f"budget {target:.0%}, spectrum", {"selection": "budget", "target_macs": round(target, 4),
-                                                              "allocate": "spectrum", "prefer": "size",
-                                                              "exclude": FIRST}),
-                          (f"budget {target:.0%}, uniform", {"selection": "budget", "target_macs": round(target, 4),
-                                                             "allocate": "uniform", "prefer": "size",
-                                                             "exclude": FIRST})]:
+    for label, fields in [
+        ("VBMF", vbmf),
+        (
+            f"budget {target:.0%}, spectrum",
+            {
+                "selection": "budget",
+                "target_macs": round(target, 4),
+                "allocate": "spectrum",
+                "prefer": "size",
+                "exclude": FIRST,
+            },
+        ),
+        (
+            f"budget {target:.0%}, uniform",
+            {
+                "selection": "budget",
+                "target_macs": round(target, 4),
+                "allocate": "uniform",
+                "prefer": "size",
+                "exclude": FIRST,
+            },
+        ),
+    ]:
         tag = f"lowrank_ranks_{label.split(',')[-1].strip().split()[0].lower()}"
         model, before, path = run.tuned(name, "lowrank.tucker", fields, tag, {"epochs": 1, **SGD_FT}, augment=True)
         rows.append(_row(model, "ranks", name, "lowrank.tucker", f"{label}, 1 ep", run.test, base, path, before))
@@ -166,8 +237,9 @@ def peer(run: _Run) -> list[dict]:
     name, rows = "vgg_small", []
     base = run.base(name, "peer")
     rows.append(base)
-    ours = run.compressed(name, "lowrank.tucker", {"selection": "budget", "target_macs": 0.5, "prefer": "size",
-                                                   "exclude": FIRST})
+    ours = run.compressed(
+        name, "lowrank.tucker", {"selection": "budget", "target_macs": 0.5, "prefer": "size", "exclude": FIRST}
+    )
     rows.append(_row(ours, "peer", name, "torchslim lowrank.tucker", "50 % of MACs, no fine-tuning", run.test, base))
     theirs = ts.load(ART / f"{name}.slim")
     for e in ours.torchslim.log:
@@ -175,14 +247,26 @@ def peer(run: _Run) -> list[dict]:
             conv_layer = ts.core.surgery.get_module(theirs, e["layer"])
             r_out, r_in = e["ranks"]
             kh, kw = conv_layer.kernel_size
-            ts.core.surgery.set_module(theirs, e["layer"], tltorch.FactorizedConv.from_conv(
-                conv_layer, rank=(r_out, r_in, kh, kw), factorization="tucker", implementation="factorized"))
+            ts.core.surgery.set_module(
+                theirs,
+                e["layer"],
+                tltorch.FactorizedConv.from_conv(
+                    conv_layer, rank=(r_out, r_in, kh, kw), factorization="tucker", implementation="factorized"
+                ),
+            )
     theirs.eval()
-    r = {"section": "peer", "model": name, "method": "tltorch FactorizedConv",
-         "setting": "same Tucker ranks (same MACs), no fine-tuning", **evaluate(theirs, run.test),
-         "params": sum(p.numel() for p in theirs.parameters()), "macs": rows[-1]["macs"],
-         "latency_b1_ms": latency_ms(theirs, SHAPE, 1, min_run_time=1.0),
-         "latency_b256_ms": latency_ms(theirs, SHAPE, 256, min_run_time=1.0), "threads": torch.get_num_threads()}
+    r = {
+        "section": "peer",
+        "model": name,
+        "method": "tltorch FactorizedConv",
+        "setting": "same Tucker ranks (same MACs), no fine-tuning",
+        **evaluate(theirs, run.test),
+        "params": sum(p.numel() for p in theirs.parameters()),
+        "macs": rows[-1]["macs"],
+        "latency_b1_ms": latency_ms(theirs, SHAPE, 1, min_run_time=1.0),
+        "latency_b256_ms": latency_ms(theirs, SHAPE, 256, min_run_time=1.0),
+        "threads": torch.get_num_threads(),
+    }
     r["speedup_b256"] = round(base["latency_b256_ms"] / r["latency_b256_ms"], 2)  # no .slim form: no file bytes
     print(json.dumps(r), flush=True)
     rows.append(r)
@@ -194,12 +278,17 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=["svd", "conv", "ranks", "peer"])
     a = parse(ap)
     run = _Run(a.data_dir)
-    sections = run_sections(CACHE / "lowrank_sections.json", a.only,
-                            {"svd": lambda: svd(run), "conv": lambda: conv(run), "ranks": lambda: ranks(run),
-                             "peer": lambda: peer(run)})
-    write_report([r for k in ("svd", "conv", "ranks", "peer") for r in sections.get(k, [])], RES / "lowrank",
-                 COLUMNS, title="Low-rank factorization on Fashion-MNIST (test split), float baseline and "
-                                "TensorLy-Torch in the same run")
+    sections = run_sections(
+        CACHE / "lowrank_sections.json",
+        a.only,
+        {"svd": lambda: svd(run), "conv": lambda: conv(run), "ranks": lambda: ranks(run), "peer": lambda: peer(run)},
+    )
+    write_report(
+        [r for k in ("svd", "conv", "ranks", "peer") for r in sections.get(k, [])],
+        RES / "lowrank",
+        COLUMNS,
+        title="Low-rank factorization on Fashion-MNIST (test split), float baseline and TensorLy-Torch in the same run",
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 base model, with each model's Pareto front: docs/pareto_bytes.png and docs/pareto_latency.png.
 Reads benchmarks/results/artifacts.json (``update_results.py``) and the benchmark rows' latency
 at batch 256 (measured by the benchmark scripts on an otherwise idle machine)."""
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,19 @@ def plot(points: list[tuple[str, float, float]], xlabel: str, path: Path) -> Non
         color = f"C{i}"
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, label=base, s=18)
         front, best = [], -1.0
-        for x, y, _ in pts:                     # smallest x first: a point is on the front if more accurate
+        for x, y, _ in pts:  # smallest x first: a point is on the front if more accurate
             if y > best:
                 front.append((x, y))
                 best = y
         ax.plot(*zip(*front), color=color, alpha=0.5, drawstyle="steps-post")
         for x, y, a in pts:
-            ax.annotate(a.removesuffix(".slim").removeprefix(base).strip("_") or "float", (x, y), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                a.removesuffix(".slim").removeprefix(base).strip("_") or "float",
+                (x, y),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 on the Fashion-MNIST test split (%)")
@@ -63,8 +69,11 @@ def main() -> None:
     arts = json.loads((RES / "artifacts.json").read_text())
     plot([(a["artifact"], a["bytes"], a["top1"]) for a in arts], "file bytes (.slim)", DOCS / "pareto_bytes.png")
     lat = latency_b256()
-    plot([(a["artifact"], lat[a["artifact"]], a["top1"]) for a in arts if a["artifact"] in lat],
-         "latency at batch 256 (ms, 2 threads)", DOCS / "pareto_latency.png")
+    plot(
+        [(a["artifact"], lat[a["artifact"]], a["top1"]) for a in arts if a["artifact"] in lat],
+        "latency at batch 256 (ms, 2 threads)",
+        DOCS / "pareto_latency.png",
+    )
     print(f"wrote {DOCS / 'pareto_bytes.png'}, {DOCS / 'pareto_latency.png'}")
 
 

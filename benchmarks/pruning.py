@@ -11,6 +11,7 @@ Writes benchmarks/results/pruning.{json,md} and the headline models to
 benchmarks/artifacts/. Starts from the float baselines in benchmarks/artifacts/
 (python benchmarks/baselines.py). Fine-tuning runs resume from benchmarks/cache/.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,15 +37,33 @@ from _common import compare, parse, parser, run_sections
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
-COLUMNS = ["model", "method", "setting", "top1", "delta_pp", "sparsity", "bytes", "bytes_ratio", "params",
-           "nonzeros", "macs", "macs_ratio", "latency_b1_ms", "latency_b256_ms", "speedup_b256", "threads"]
+COLUMNS = [
+    "model",
+    "method",
+    "setting",
+    "top1",
+    "delta_pp",
+    "sparsity",
+    "bytes",
+    "bytes_ratio",
+    "params",
+    "nonzeros",
+    "macs",
+    "macs_ratio",
+    "latency_b1_ms",
+    "latency_b256_ms",
+    "speedup_b256",
+    "threads",
+]
 SHAPE = (1, 28, 28)
 ADAM_FT = {"optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
 SGD_FT = {"optimizer": "sgd", "lr": 0.02, "weight_decay": 0.0005, "schedule": "cosine", "seed": 0}
 
 MAGNITUDE = {  # model -> (stage fields, fine-tune epochs); Han et al.'s per-layer pattern, >= 92 % overall
-    "lenet5": ({"sparsity": 0.93, "overrides": {"0": {"sparsity": 0.5}, "2": {"sparsity": 0.88},
-                                                "7": {"sparsity": 0.8}}}, 14),
+    "lenet5": (
+        {"sparsity": 0.93, "overrides": {"0": {"sparsity": 0.5}, "2": {"sparsity": 0.88}, "7": {"sparsity": 0.8}}},
+        14,
+    ),
     "lenet300_100": ({"sparsity": 0.93, "overrides": {"5": {"sparsity": 0.8}}}, 14),
 }
 FILTERS = [  # (model, target MACs fraction, fine-tune epochs, artifact name)
@@ -56,8 +75,12 @@ FILTERS = [  # (model, target MACs fraction, fine-tune epochs, artifact name)
 
 
 def _row(model: nn.Module, name: str, method: str, setting: str, test, base: dict | None, path=None) -> dict:
-    r = {"model": name, "method": method, "setting": setting,
-         **measure(model, SHAPE, loader=test, path=path, min_run_time=1.0)}
+    r = {
+        "model": name,
+        "method": method,
+        "setting": setting,
+        **measure(model, SHAPE, loader=test, path=path, min_run_time=1.0),
+    }
     r["sparsity"] = round(sparsity(model), 4)
     compare(r, base)
     print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
@@ -76,33 +99,48 @@ def magnitude(data_dir: str | None) -> list[dict]:
         base = _row(base_model, name, "float", "baseline", loaders.test, None, ART / f"{name}.slim")
         rows.append(base)
         steps = len(loaders.train)
-        recipe = {"name": f"magnitude_{name}", "model": {"from": str(ART / f"{name}.slim")},
-                  "data": {"name": "fashion_mnist", "batch_size": 128},
-                  "stages": [{"method": "prune.magnitude", "name": "agp", "schedule": "agp", "n_steps": 10,
-                              # AGP over the first half of fine-tuning, the second half recovers
-                              "frequency": max(1, epochs * steps // 20), **fields,
-                              "finetune": {"epochs": epochs, **ADAM_FT}}]}
+        recipe = {
+            "name": f"magnitude_{name}",
+            "model": {"from": str(ART / f"{name}.slim")},
+            "data": {"name": "fashion_mnist", "batch_size": 128},
+            "stages": [
+                {
+                    "method": "prune.magnitude",
+                    "name": "agp",
+                    "schedule": "agp",
+                    "n_steps": 10,
+                    # AGP over the first half of fine-tuning, the second half recovers
+                    "frequency": max(1, epochs * steps // 20),
+                    **fields,
+                    "finetune": {"epochs": epochs, **ADAM_FT},
+                }
+            ],
+        }
         out = CACHE / f"magnitude_{name}"
         run_recipe(recipe, out, data_dir=data_dir, latency=False)
         ours = ts.load(out / "model.slim")
         retune_kernels(ours)  # the kernel choice made during training may have been timed on a busy machine
-        ts.save(ours, out / "model.slim", recipe=ours.torchslim.header["recipe"],
-                extra=ours.torchslim.header["extra"])
-        r = _row(ours, name, "torchslim prune.magnitude", f"AGP, {epochs} ep", loaders.test, base,
-                 out / "model.slim")
+        ts.save(ours, out / "model.slim", recipe=ours.torchslim.header["recipe"], extra=ours.torchslim.header["extra"])
+        r = _row(ours, name, "torchslim prune.magnitude", f"AGP, {epochs} ep", loaders.test, base, out / "model.slim")
         rows.append(r)
         shutil.copyfile(out / "model.slim", ART / f"{name}_magnitude.slim")
         # Peer: torch.nn.utils.prune global L1 at the same overall sparsity, same fine-tuning.
         import torch.nn.utils.prune as tprune
+
         peer = ts.load(ART / f"{name}.slim")
         params = [(m, "weight") for m in peer.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured, amount=r["sparsity"])
-        fit(peer, loaders.train, TrainConfig(epochs=epochs, **ADAM_FT), val_loader=loaders.val,
-            checkpoint_dir=CACHE / f"peer_tprune_{name}", desc="torch.nn.utils.prune")
+        fit(
+            peer,
+            loaders.train,
+            TrainConfig(epochs=epochs, **ADAM_FT),
+            val_loader=loaders.val,
+            checkpoint_dir=CACHE / f"peer_tprune_{name}",
+            desc="torch.nn.utils.prune",
+        )
         for m, p in params:
             tprune.remove(m, p)
-        rows.append(_row(peer, name, "torch.nn.utils.prune", f"global L1 one-shot, {epochs} ep", loaders.test,
-                         base))
+        rows.append(_row(peer, name, "torch.nn.utils.prune", f"global L1 one-shot, {epochs} ep", loaders.test, base))
     return rows
 
 
@@ -115,8 +153,13 @@ def _tp_ratio_for(model: nn.Module, target_macs: int):
         last = [x for x in m.modules() if isinstance(x, (nn.Conv2d, nn.Linear))][-1]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pr = tp.pruner.MagnitudePruner(m, torch.zeros(1, *SHAPE), importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, ignored_layers=[last])
+            pr = tp.pruner.MagnitudePruner(
+                m,
+                torch.zeros(1, *SHAPE),
+                importance=tp.importance.MagnitudeImportance(p=1),
+                pruning_ratio=ratio,
+                ignored_layers=[last],
+            )
             pr.step()
         return m
 
@@ -145,29 +188,54 @@ def filters(data_dir: str | None) -> list[dict]:
             rows.append(bases[name])
         base = bases[name]
         tag = f"filters_{name}_{int(target * 100)}"
-        recipe = {"name": tag, "model": {"from": str(src)},
-                  "data": {"name": "fashion_mnist", "batch_size": 128, "augment": True},
-                  "stages": [{"method": "prune.filters", "name": "l1", "criterion": "l1", "target_macs": target,
-                              "finetune": {"epochs": epochs, **SGD_FT}}]}
+        recipe = {
+            "name": tag,
+            "model": {"from": str(src)},
+            "data": {"name": "fashion_mnist", "batch_size": 128, "augment": True},
+            "stages": [
+                {
+                    "method": "prune.filters",
+                    "name": "l1",
+                    "criterion": "l1",
+                    "target_macs": target,
+                    "finetune": {"epochs": epochs, **SGD_FT},
+                }
+            ],
+        }
         out = CACHE / tag
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             run_recipe(recipe, out, data_dir=data_dir, latency=False)
         ours = ts.load(out / "model.slim")
         retune_kernels(ours)  # the kernel choice made during training may have been timed on a busy machine
-        ts.save(ours, out / "model.slim", recipe=ours.torchslim.header["recipe"],
-                extra=ours.torchslim.header["extra"])
-        rows.append(_row(ours, name, "torchslim prune.filters", f"L1, <= {target:.0%} MACs, {epochs} ep",
-                         loaders.test, base, out / "model.slim"))
+        ts.save(ours, out / "model.slim", recipe=ours.torchslim.header["recipe"], extra=ours.torchslim.header["extra"])
+        rows.append(
+            _row(
+                ours,
+                name,
+                "torchslim prune.filters",
+                f"L1, <= {target:.0%} MACs, {epochs} ep",
+                loaders.test,
+                base,
+                out / "model.slim",
+            )
+        )
         if artifact:
             shutil.copyfile(out / "model.slim", ART / f"{artifact}.slim")
         # Peer: Torch-Pruning MagnitudePruner with L1 importance at the same MACs, same fine-tuning.
         peer = _tp_ratio_for(ts.load(src), count_macs(ours, SHAPE))
         slim_state(peer).arch = ts.load(src).torchslim.arch
-        fit(peer, loaders.train, TrainConfig(epochs=epochs, **SGD_FT), val_loader=loaders.val,
-            checkpoint_dir=CACHE / f"peer_tp_{tag}", desc="torch-pruning")
-        rows.append(_row(peer, name, "Torch-Pruning MagnitudePruner", f"L1, same MACs, {epochs} ep",
-                         loaders.test, base))
+        fit(
+            peer,
+            loaders.train,
+            TrainConfig(epochs=epochs, **SGD_FT),
+            val_loader=loaders.val,
+            checkpoint_dir=CACHE / f"peer_tp_{tag}",
+            desc="torch-pruning",
+        )
+        rows.append(
+            _row(peer, name, "Torch-Pruning MagnitudePruner", f"L1, same MACs, {epochs} ep", loaders.test, base)
+        )
     return rows
 
 
@@ -182,9 +250,18 @@ def kernel() -> list[dict]:
         for batch in (1, 64, 256):
             d = latency_ms(dense, (4096,), batch, min_run_time=1.0)
             s = latency_ms(packed["sparse"], (4096,), batch, min_run_time=1.0)
-            rows.append({"model": "Linear 4096x4096", "method": "CSR kernel", "setting": f"sparsity {sp}",
-                         "batch": batch, "dense_ms": round(d, 3), "sparse_ms": round(s, 3),
-                         "speedup": round(d / s, 2), "threads": torch.get_num_threads()})
+            rows.append(
+                {
+                    "model": "Linear 4096x4096",
+                    "method": "CSR kernel",
+                    "setting": f"sparsity {sp}",
+                    "batch": batch,
+                    "dense_ms": round(d, 3),
+                    "sparse_ms": round(s, 3),
+                    "speedup": round(d / s, 2),
+                    "threads": torch.get_num_threads(),
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -193,16 +270,25 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--only", nargs="*", default=["magnitude", "filters", "kernel"])
     a = parse(ap)
-    sections = run_sections(CACHE / "pruning_sections.json", a.only,
-                            {"magnitude": lambda: magnitude(a.data_dir), "filters": lambda: filters(a.data_dir),
-                             "kernel": kernel})
+    sections = run_sections(
+        CACHE / "pruning_sections.json",
+        a.only,
+        {"magnitude": lambda: magnitude(a.data_dir), "filters": lambda: filters(a.data_dir), "kernel": kernel},
+    )
     model_rows = [{"section": k, **r} for k in ("magnitude", "filters") for r in sections.get(k, [])]
-    write_report(model_rows, RES / "pruning", ["section"] + COLUMNS,
-                 title="Pruning on Fashion-MNIST (test split), float baseline and peers in the same run")
+    write_report(
+        model_rows,
+        RES / "pruning",
+        ["section"] + COLUMNS,
+        title="Pruning on Fashion-MNIST (test split), float baseline and peers in the same run",
+    )
     if "kernel" in sections:
-        write_report(sections["kernel"], RES / "sparse_kernel",
-                     ["model", "setting", "batch", "dense_ms", "sparse_ms", "speedup", "threads"],
-                     title="CSR sparse kernel vs dense, Linear 4096x4096")
+        write_report(
+            sections["kernel"],
+            RES / "sparse_kernel",
+            ["model", "setting", "batch", "dense_ms", "sparse_ms", "speedup", "threads"],
+            title="CSR sparse kernel vs dense, Linear 4096x4096",
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 documentation are exactly the ones the benchmark scripts (and ``update_results.py``) wrote.
 ``results:headline`` is the README's one small table, built from the results rows that a
 committed artifact backs."""
+
 from __future__ import annotations
 
 import json
@@ -30,18 +31,25 @@ HEADLINE = [
 
 
 def headline_table() -> str:
-    lines = ["| method | model | top-1 (float) | accuracy delta | file smaller | speedup b256 | artifact |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | model | top-1 (float) | accuracy delta | file smaller | speedup b256 | artifact |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for artifact, label, file in HEADLINE:
         rows = json.loads((RES / f"{file}.json").read_text())
         row = next(r for r in rows if r.get("artifact") == artifact)
         base = float_base(rows, row)
         model = row.get("model") or base.get("artifact", "").removesuffix(".slim")
-        speed = (f"{base['latency_b256_ms'] / row['latency_b256_ms']:.2f}x"
-                 if row.get("latency_b256_ms") and base.get("latency_b256_ms") else "")
-        lines.append(f"| {label} | {model} | {row['top1']:.2f} ({base['top1']:.2f}) | "
-                     f"{row['top1'] - base['top1']:+.2f} pp | {base['bytes'] / row['bytes']:.1f}x | {speed} | "
-                     f"[{artifact}](benchmarks/artifacts/{artifact}) |")
+        speed = (
+            f"{base['latency_b256_ms'] / row['latency_b256_ms']:.2f}x"
+            if row.get("latency_b256_ms") and base.get("latency_b256_ms")
+            else ""
+        )
+        lines.append(
+            f"| {label} | {model} | {row['top1']:.2f} ({base['top1']:.2f}) | "
+            f"{row['top1'] - base['top1']:+.2f} pp | {base['bytes'] / row['bytes']:.1f}x | {speed} | "
+            f"[{artifact}](benchmarks/artifacts/{artifact}) |"
+        )
     return "\n".join(lines)
 
 
@@ -59,9 +67,12 @@ def update(path: Path) -> None:
     for name in re.findall(r"<!-- results:([\w-]+) -->", text):
         body = table(name)
         if body is not None:
-            text = re.sub(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->",
-                          lambda _m, n=name, b=body: f"<!-- results:{n} -->\n{b}\n<!-- /results:{n} -->", text,
-                          flags=re.S)
+            text = re.sub(
+                rf"<!-- results:{name} -->.*?<!-- /results:{name} -->",
+                lambda _m, n=name, b=body: f"<!-- results:{n} -->\n{b}\n<!-- /results:{n} -->",
+                text,
+                flags=re.S,
+            )
     path.write_text(text)
 
 

@@ -11,6 +11,7 @@ artifact and its numbers also go to benchmarks/results/artifacts.{json,md}.
     python benchmarks/update_results.py            # re-measure and rewrite
     python benchmarks/update_results.py --check    # exit 1 if a results row differs from its file
 """
+
 from __future__ import annotations
 
 import json
@@ -25,42 +26,59 @@ MEASURED = ("top1", "top5", "loss", "bytes", "params", "nonzeros", "macs", "effe
 
 # artifact -> [(results file, fields a row must match)]: the rows the file's numbers back
 BACKS: dict[str, list[tuple[str, dict]]] = {
-    "lenet5.slim": [("baselines", {"model": "lenet5"}),
-                    ("pruning", {"section": "magnitude", "model": "lenet5", "method": "float"}),
-                    ("deep_compression", {"model": "lenet5", "stage": "float32"})],
-    "lenet300_100.slim": [("baselines", {"model": "lenet300_100"}),
-                          ("pruning", {"section": "magnitude", "model": "lenet300_100", "method": "float"}),
-                          ("deep_compression", {"model": "lenet300_100", "stage": "float32"}),
-                          ("lowrank", {"section": "svd", "model": "lenet300_100", "method": "float"})],
-    "vgg_small.slim": [("baselines", {"model": "vgg_small"}),
-                       ("pruning", {"section": "filters", "model": "vgg_small", "method": "float"}),
-                       ("quantization", {"section": "baseline"}),
-                       ("lowrank", {"model": "vgg_small", "method": "float"}),
-                       ("binary", {"method": "float32"})],
-    "resnet20.slim": [("baselines", {"model": "resnet20"}),
-                      ("pruning", {"section": "filters", "model": "resnet20", "method": "float"}),
-                      ("lowrank", {"section": "conv", "model": "resnet20", "method": "float"})],
-    "lenet5_magnitude.slim": [("pruning", {"model": "lenet5", "method": "torchslim prune.magnitude"}),
-                              ("deep_compression", {"model": "lenet5", "stage": "pruned"})],
-    "lenet300_100_magnitude.slim": [("pruning", {"model": "lenet300_100", "method": "torchslim prune.magnitude"}),
-                                    ("deep_compression", {"model": "lenet300_100", "stage": "pruned"})],
+    "lenet5.slim": [
+        ("baselines", {"model": "lenet5"}),
+        ("pruning", {"section": "magnitude", "model": "lenet5", "method": "float"}),
+        ("deep_compression", {"model": "lenet5", "stage": "float32"}),
+    ],
+    "lenet300_100.slim": [
+        ("baselines", {"model": "lenet300_100"}),
+        ("pruning", {"section": "magnitude", "model": "lenet300_100", "method": "float"}),
+        ("deep_compression", {"model": "lenet300_100", "stage": "float32"}),
+        ("lowrank", {"section": "svd", "model": "lenet300_100", "method": "float"}),
+    ],
+    "vgg_small.slim": [
+        ("baselines", {"model": "vgg_small"}),
+        ("pruning", {"section": "filters", "model": "vgg_small", "method": "float"}),
+        ("quantization", {"section": "baseline"}),
+        ("lowrank", {"model": "vgg_small", "method": "float"}),
+        ("binary", {"method": "float32"}),
+    ],
+    "resnet20.slim": [
+        ("baselines", {"model": "resnet20"}),
+        ("pruning", {"section": "filters", "model": "resnet20", "method": "float"}),
+        ("lowrank", {"section": "conv", "model": "resnet20", "method": "float"}),
+    ],
+    "lenet5_magnitude.slim": [
+        ("pruning", {"model": "lenet5", "method": "torchslim prune.magnitude"}),
+        ("deep_compression", {"model": "lenet5", "stage": "pruned"}),
+    ],
+    "lenet300_100_magnitude.slim": [
+        ("pruning", {"model": "lenet300_100", "method": "torchslim prune.magnitude"}),
+        ("deep_compression", {"model": "lenet300_100", "stage": "pruned"}),
+    ],
     "lenet5_deep_compression.slim": [("deep_compression", {"model": "lenet5", "stage": "+ Huffman"})],
     "lenet300_100_deep_compression.slim": [("deep_compression", {"model": "lenet300_100", "stage": "+ Huffman"})],
     "lenet300_100_svd.slim": [("lowrank", {"section": "svd", "model": "lenet300_100", "method": "lowrank.svd"})],
-    "vgg_small_filters.slim": [("pruning", {"model": "vgg_small", "method": "torchslim prune.filters",
-                                            "setting": "L1, <= 50% MACs, 3 ep"})],
+    "vgg_small_filters.slim": [
+        ("pruning", {"model": "vgg_small", "method": "torchslim prune.filters", "setting": "L1, <= 50% MACs, 3 ep"})
+    ],
     "resnet20_filters.slim": [("pruning", {"model": "resnet20", "method": "torchslim prune.filters"})],
     "vgg_small_tucker.slim": [("lowrank", {"section": "conv", "model": "vgg_small", "method": "lowrank.tucker"})],
-    "vgg_small_int8.slim": [("quantization", {"method": "quant.uniform",
-                                              "setting": "int8 weights + activations, PTQ (x86 int8 kernels)"})],
-    "vgg_small_kmeans4.slim": [("quantization", {"method": "quant.kmeans",
-                                                 "setting": "4 bits, linear init, codebook fine-tuning 1 ep"})],
+    "vgg_small_int8.slim": [
+        ("quantization", {"method": "quant.uniform", "setting": "int8 weights + activations, PTQ (x86 int8 kernels)"})
+    ],
+    "vgg_small_kmeans4.slim": [
+        ("quantization", {"method": "quant.kmeans", "setting": "4 bits, linear init, codebook fine-tuning 1 ep"})
+    ],
     "vgg_small_bwn.slim": [("binary", {"method": "binary.bwn"})],
     "vgg_small_xnor.slim": [("binary", {"method": "binary.xnor"})],
     "vgg_small_bnn.slim": [("binary", {"method": "binary.bnn"})],
     # distillation artifacts (seed 0 of their settings): numbers in artifacts.json only
-    "mobilenetv2_w0.5_kd.slim": [], "mobilenetv2_w0.5_alone.slim": [],
-    "vgg_small_w12_kd.slim": [], "vgg_small_w12_alone.slim": [],
+    "mobilenetv2_w0.5_kd.slim": [],
+    "mobilenetv2_w0.5_alone.slim": [],
+    "vgg_small_w12_kd.slim": [],
+    "vgg_small_w12_alone.slim": [],
 }
 
 
@@ -147,8 +165,9 @@ def main() -> None:
             if not hit:
                 raise SystemExit(f"{name}: no row of results/{file}.json matches {want}")
             for r in hit:
-                diffs += [(name, file, k, r.get(k), m[k]) for k in ("top1", "bytes", "params", "macs")
-                          if r.get(k) != m[k]]
+                diffs += [
+                    (name, file, k, r.get(k), m[k]) for k in ("top1", "bytes", "params", "macs") if r.get(k) != m[k]
+                ]
                 r.update({k: m[k] for k in MEASURED}, artifact=name)
     if a.check:
         for name, file, key, old, new in diffs:
@@ -158,8 +177,12 @@ def main() -> None:
         _rederive(rows)
         (RES / f"{file}.json").write_text(json.dumps(rows, indent=1) + "\n")
         rewrite_md(file, rows)
-    write_report(list(measured.values()), RES / "artifacts", ["artifact", *MEASURED],
-                 title="Committed artifacts: torchslim eval FILE --json (Fashion-MNIST test split; no latency)")
+    write_report(
+        list(measured.values()),
+        RES / "artifacts",
+        ["artifact", *MEASURED],
+        title="Committed artifacts: torchslim eval FILE --json (Fashion-MNIST test split; no latency)",
+    )
     print(f"updated {len(diffs)} values in {sorted(results)}; wrote results/artifacts.{{json,md}}")
 
 

@@ -18,6 +18,7 @@ def _threads():
 @pytest.fixture
 def fashion_dir() -> Path:
     if not (FASHION / "train-labels-idx1-ubyte.gz").exists() and not (FASHION / "train-labels-idx1-ubyte").exists():
-        pytest.skip(f"Fashion-MNIST not found in {FASHION}; run the README set-up "
-                    "(apt-get install dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not found in {FASHION}; run the README set-up (apt-get install dataset-fashion-mnist)"
+        )
     return FASHION

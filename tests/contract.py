@@ -16,6 +16,7 @@ must raise ValueError) and ``model_names`` (at least two); it gets, per model:
 
 ``tests/test_contract_registry.py`` checks that every registered method has a contract.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,8 @@ class MethodContract:
     config: MethodConfig
     bad_configs: tuple = ()
     model_names: tuple[str, ...] = ("lenet5",)
-    prepare_rel_error: float = 0.5   # ||prepared(x) - float(x)|| / ||float(x)|| must stay below
-    reference_rtol: float = 1e-5     # ||prepared(x) - reference(x)|| / ||reference(x)||
+    prepare_rel_error: float = 0.5  # ||prepared(x) - float(x)|| / ||float(x)|| must stay below
+    reference_rtol: float = 1e-5  # ||prepared(x) - reference(x)|| / ||reference(x)||
     convert_atol: float = 1e-4
     convert_rtol: float = 1e-3
     convert_scale_rtol: float = 0.0  # extra absolute tolerance, relative to the largest output
@@ -75,7 +76,7 @@ class MethodContract:
             out = prepared(x)
             assert out.shape == ref.shape, name
             assert torch.isfinite(out).all(), name
-            if self.prepare_reference(model, prepared) is None:   # else the reference test is the bound
+            if self.prepare_reference(model, prepared) is None:  # else the reference test is the bound
                 rel = ((out - ref).norm() / ref.norm()).item()
                 assert rel <= self.prepare_rel_error, f"{name}: relative output change {rel:.3f}"
 
@@ -96,7 +97,7 @@ class MethodContract:
             with torch.no_grad():
                 before = prepared(x)
             snapshot = copy.deepcopy(prepared)
-            converted = ts.convert_(prepared).eval()   # not under no_grad: graph tracers need autograd
+            converted = ts.convert_(prepared).eval()  # not under no_grad: graph tracers need autograd
             with torch.no_grad():
                 after = converted(x)
                 reference = self.convert_reference(snapshot, converted)

@@ -1,5 +1,6 @@
 """Run under ``torchrun --nproc_per_node 2``: train on a data slice with DDP and
 save this rank's final weights to OUT/rank<r>.slim."""
+
 import os
 import sys
 
@@ -17,8 +18,9 @@ def main(data_dir: str, out: str) -> None:
     rank = torch.distributed.get_rank()
     torch.manual_seed(rank)  # different inits per rank: DDP must broadcast rank 0's weights
     model = ts.create_model("vgg_small", width=8)
-    loaders = make_loaders(DataConfig(dir=data_dir, subset=400, val_size=80, batch_size=40, augment=True),
-                           distributed=True)
+    loaders = make_loaders(
+        DataConfig(dir=data_dir, subset=400, val_size=80, batch_size=40, augment=True), distributed=True
+    )
     fit(model, loaders.train, TrainConfig(epochs=2, lr=0.05), progress=False)
     write_slim(os.path.join(out, f"rank{rank}.slim"), model.state_dict(), {"arch": None})
     torch.distributed.destroy_process_group()

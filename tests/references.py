@@ -1,5 +1,6 @@
 """Independent plain-torch references of what each method's prepare computes (the method's maths,
 not its code), used by the contract suite's ``prepare_reference`` hooks."""
+
 from __future__ import annotations
 
 import copy
@@ -37,8 +38,8 @@ class _FakeBinary(nn.Module):
         q_in, q_w = m.input_q, m.weight_q
         if q_w.precision == 1:
             wq = torch.where(w < 0, -1.0, 1.0)
-        else:                                          # DoReFa: 2 round(t (2^k-1)) / (2^k-1) - 1
-            levels = 2 ** q_w.precision - 1
+        else:  # DoReFa: 2 round(t (2^k-1)) / (2^k-1) - 1
+            levels = 2**q_w.precision - 1
             t = torch.tanh(w)
             t = t / (2 * t.abs().max()) + 0.5
             wq = 2 * torch.round(t * levels) / levels - 1
@@ -47,7 +48,7 @@ class _FakeBinary(nn.Module):
         elif q_in.precision == 1:
             xq = torch.where(x < 0, -1.0, 1.0)
         else:
-            levels = 2 ** q_in.precision - 1
+            levels = 2**q_in.precision - 1
             xq = torch.round(x.clamp(0, 1) * levels) / levels
         conv = isinstance(m, nn.Conv2d)
         y = F.conv2d(xq, wq, None, m.stride, m.padding, m.dilation, m.groups) if conv else F.linear(xq, wq)
@@ -57,8 +58,9 @@ class _FakeBinary(nn.Module):
         if m.input_scale:
             if conv:
                 kh, kw = m.kernel_size
-                y = y * F.avg_pool2d(F.pad(x.abs().mean(1, keepdim=True), (m.padding[1],) * 2 + (m.padding[0],) * 2),
-                                     (kh, kw), m.stride)
+                y = y * F.avg_pool2d(
+                    F.pad(x.abs().mean(1, keepdim=True), (m.padding[1],) * 2 + (m.padding[0],) * 2), (kh, kw), m.stride
+                )
             else:
                 y = y * x.abs().mean(1, keepdim=True)
         return y if m.bias is None else y + m.bias.view(shape)
@@ -91,7 +93,7 @@ def _dense_equivalent(chain: nn.Sequential, like: nn.Module) -> tuple[torch.Tens
     (kh, kw), (dh, dw) = like.kernel_size, like.dilation
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     basis = torch.eye(like.in_channels * eh * ew, dtype=torch.float64).view(-1, like.in_channels, eh, ew)
-    out = chain(basis).view(like.in_channels, eh, ew, like.out_channels)         # (C, eh, ew, N)
+    out = chain(basis).view(like.in_channels, eh, ew, like.out_channels)  # (C, eh, ew, N)
     return out[:, ::dh, ::dw].permute(3, 0, 1, 2).contiguous(), bias
 
 
@@ -119,9 +121,11 @@ def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> n
         err2 = float((w - w_eq.view_as(w)).pow(2).sum())
         r = chain[0].out_features if isinstance(chain[0], nn.Linear) else chain[0].out_channels
         if bound == "eckart_young":
-            mat = w.reshape(w.shape[0], -1) if len(chain) == 2 and (isinstance(layer, nn.Linear) or
-                                                                    chain[0].kernel_size == (1, 1)) \
+            mat = (
+                w.reshape(w.shape[0], -1)
+                if len(chain) == 2 and (isinstance(layer, nn.Linear) or chain[0].kernel_size == (1, 1))
                 else w.permute(1, 2, 0, 3).reshape(w.shape[1] * w.shape[2], -1)
+            )
             s = torch.linalg.svdvals(mat)
             assert math.isclose(err2, float(s[r:].pow(2).sum()), rel_tol=1e-6, abs_tol=1e-9), name
         elif bound == "hosvd":
@@ -131,7 +135,7 @@ def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> n
             assert err2 <= float(s0[r_out:].pow(2).sum() + s1[r:].pow(2).sum()) * (1 + 1e-6), name
         else:
             assert err2 < float(w.pow(2).sum()), name
-        layer.weight.data.copy_(w_eq.view_as(w).float())   # the original bias stays: the chain must carry it
+        layer.weight.data.copy_(w_eq.view_as(w).float())  # the original bias stays: the chain must carry it
         checked += 1
     assert checked, "no layer was factorized: the contract config must factorize something"
     return ref

@@ -19,6 +19,7 @@ from contract import MethodContract
 class _BinaryContract(MethodContract):
     """A binarized untrained net is far from the float one by design: prepare is checked against
     the paper's formulas recomputed in plain torch (tests/references.py)."""
+
     model_names = ("vgg_small", "resnet20")
     convert_atol = 1e-4
 
@@ -68,7 +69,7 @@ def test_stochastic_sign_mean_is_hard_sigmoid():
     x = torch.linspace(-1.5, 1.5, 13).repeat(20000, 1)
     mean_plus = (get_quantizer("stochastic_sign")(x) > 0).float().mean(0)
     expected = torch.clamp((x[0] + 1) / 2, 0, 1)
-    assert (mean_plus - expected).abs().max() < 0.015     # 20000 draws: 4 sigma ~ 0.014
+    assert (mean_plus - expected).abs().max() < 0.015  # 20000 draws: 4 sigma ~ 0.014
 
 
 def test_bwn_alpha_is_per_filter_mean_abs():
@@ -83,7 +84,7 @@ def test_pack_unpack_lossless(rows, c, seed):
     words = rb.pack_signs(x)
     assert words.shape == (rows, (c + 63) // 64)
     assert torch.equal(rb.unpack_signs(words, c), torch.where(x < 0, -1.0, 1.0))
-    assert torch.equal(rb.pack_rows(x), words)                               # numba packer agrees
+    assert torch.equal(rb.pack_rows(x), words)  # numba packer agrees
 
 
 @pytest.mark.parametrize("c", [1, 63, 64, 65, 130])
@@ -109,9 +110,19 @@ def test_xnor_popcount_conv_exact_with_padding(c, k, stride, pad):
 
 
 @settings(max_examples=40, deadline=None)
-@given(c=st.integers(1, 70), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
-       ph=st.integers(0, 3), pw=st.integers(0, 3), h=st.integers(4, 9), w=st.integers(4, 9), seed=st.integers(0, 99),
-       numba=st.booleans())
+@given(
+    c=st.integers(1, 70),
+    kh=st.integers(1, 4),
+    kw=st.integers(1, 4),
+    sh=st.integers(1, 3),
+    sw=st.integers(1, 3),
+    ph=st.integers(0, 3),
+    pw=st.integers(0, 3),
+    h=st.integers(4, 9),
+    w=st.integers(4, 9),
+    seed=st.integers(0, 99),
+    numba=st.booleans(),
+)
 def test_xnor_conv_exact_for_asymmetric_kernel_stride_padding(c, kh, kw, sh, sw, ph, pw, h, w, seed, numba):
     """Catches: height and width padding (or stride, kernel size) swapped in the padding
     correction or the patch gather; square shapes cannot tell them apart."""
@@ -123,7 +134,7 @@ def test_xnor_conv_exact_for_asymmetric_kernel_stride_padding(c, kh, kw, sh, sw,
     saved = rb._NUMBA
     try:
         if not numba:
-            rb._NUMBA = False           # the pure-torch reference path
+            rb._NUMBA = False  # the pure-torch reference path
         out = layer(x)
     finally:
         rb._NUMBA = saved

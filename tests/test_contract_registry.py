@@ -1,5 +1,6 @@
 """The contract suite is driven by the registry: every registered method has a contract class
 that runs on at least two models, so a new method without one fails here."""
+
 import importlib
 from pathlib import Path
 

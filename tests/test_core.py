@@ -1,4 +1,5 @@
 """Core: config validation and round trips, registry, selectors, surgery."""
+
 from dataclasses import dataclass
 
 import pytest
@@ -25,6 +26,7 @@ def toy():
     @register_method("test.toy")
     class _ToyMethod(Method):
         config_cls = _Toy
+
     yield _Toy
     _METHODS.pop("test.toy")
     _BY_CONFIG.pop(_Toy)
@@ -53,17 +55,18 @@ def test_round_trip_and_unknown_names(toy):
 
 def test_for_layer_precedence(toy):
     cfg = toy(overrides={"re:conv.*": {"amount": 0.1}, "conv2": {"amount": 0.2}})
-    assert cfg.for_layer("conv2").amount == 0.2   # exact name wins
-    assert cfg.for_layer("conv1").amount == 0.1   # then regex
-    assert cfg.for_layer("fc").amount == 0.5      # then default
+    assert cfg.for_layer("conv2").amount == 0.2  # exact name wins
+    assert cfg.for_layer("conv1").amount == 0.1  # then regex
+    assert cfg.for_layer("fc").amount == 0.5  # then default
 
 
 def test_select_by_type_layers_exclude():
     model = ts.create_model("resnet20")
     names = [n for n, _, _ in select(model, FoldBN(), (nn.BatchNorm2d,))]
     assert len(names) == 21
-    names = [n for n, _, _ in select(model, FoldBN(layers=("re:layer1\\..*",), exclude=("layer1.0.bn1",)),
-                                    (nn.BatchNorm2d,))]
+    names = [
+        n for n, _, _ in select(model, FoldBN(layers=("re:layer1\\..*",), exclude=("layer1.0.bn1",)), (nn.BatchNorm2d,))
+    ]
     assert len(names) == 5 and "layer1.0.bn1" not in names
     with pytest.raises(ValueError, match="is a Conv2d"):
         list(select(model, FoldBN(layers=("conv1",)), (nn.BatchNorm2d,)))

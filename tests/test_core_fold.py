@@ -1,4 +1,5 @@
 """core.fold_bn through the contract suite, plus its own invariants."""
+
 import torch
 
 import torchslim as ts
@@ -9,8 +10,11 @@ from contract import MethodContract, _calibrated
 
 class TestFoldBNContract(MethodContract):
     config = FoldBN()
-    bad_configs = (lambda: FoldBN(layers=("re:(",)), lambda: FoldBN(overrides={"x": {"nope": 1}}),
-                   lambda: FoldBN(exclude=(3,)))
+    bad_configs = (
+        lambda: FoldBN(layers=("re:(",)),
+        lambda: FoldBN(overrides={"x": {"nope": 1}}),
+        lambda: FoldBN(exclude=(3,)),
+    )
     model_names = ("vgg_small", "resnet20", "mobilenetv2", "shufflenetv2")
     prepare_rel_error = 0.0  # prepare is the identity
 
@@ -32,6 +36,7 @@ def test_fold_respects_exclude():
 
 def test_fold_unknown_layer_name_is_an_error():
     import pytest
+
     model = _calibrated("vgg_small")
     with pytest.raises(ValueError, match="no module named"):
         ts.compress_(model, FoldBN(layers=("features.99",)))

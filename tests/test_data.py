@@ -1,4 +1,5 @@
 """Data readers and loaders: real Fashion-MNIST files and generated fixtures."""
+
 import gzip
 import struct
 
@@ -80,6 +81,7 @@ def test_cifar_binary_fixture(tmp_path):
 
 def test_image_folder_fixture(tmp_path):
     from PIL import Image
+
     for ci, cls in enumerate(["cat", "dog"]):
         (tmp_path / "train" / cls).mkdir(parents=True)
         for j in range(3):

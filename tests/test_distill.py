@@ -1,4 +1,5 @@
 """Knowledge distillation: losses against hand-computed values, the callback in fit, recipes."""
+
 import copy
 import json
 import math
@@ -30,21 +31,22 @@ def test_T1_reduces_to_soft_cross_entropy():
     s, t = torch.randn(8, 10, requires_grad=True), torch.randn(8, 10)
     entropy = -(F.softmax(t, 1) * F.log_softmax(t, 1)).sum(1).mean()
     torch.testing.assert_close(kd_loss(s, t, 1.0), soft_cross_entropy(s, t, 1.0) - entropy)
-    g1, = torch.autograd.grad(kd_loss(s, t, 1.0), s)
-    g2, = torch.autograd.grad(soft_cross_entropy(s, t, 1.0), s)
+    (g1,) = torch.autograd.grad(kd_loss(s, t, 1.0), s)
+    (g2,) = torch.autograd.grad(soft_cross_entropy(s, t, 1.0), s)
     torch.testing.assert_close(g1, g2)
-    hard = F.one_hot(torch.arange(8) % 10, 10).float() * 50   # a one-hot teacher: plain cross-entropy
-    torch.testing.assert_close(soft_cross_entropy(s, hard), F.cross_entropy(s, torch.arange(8) % 10), atol=1e-4,
-                               rtol=1e-4)
+    hard = F.one_hot(torch.arange(8) % 10, 10).float() * 50  # a one-hot teacher: plain cross-entropy
+    torch.testing.assert_close(
+        soft_cross_entropy(s, hard), F.cross_entropy(s, torch.arange(8) % 10), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_T_squared_keeps_gradient_scale():
     torch.manual_seed(0)
     s, t = torch.randn(16, 10, requires_grad=True), torch.randn(16, 10)
     norms = [torch.autograd.grad(kd_loss(s, t, T), s)[0].norm().item() for T in (10.0, 20.0)]
-    assert norms[1] == pytest.approx(norms[0], rel=0.1)                       # with T^2: about equal
-    raw = [n / T ** 2 for n, T in zip(norms, (10.0, 20.0))]
-    assert raw[0] / raw[1] == pytest.approx(4.0, rel=0.1)                     # without: 1 / T^2
+    assert norms[1] == pytest.approx(norms[0], rel=0.1)  # with T^2: about equal
+    raw = [n / T**2 for n, T in zip(norms, (10.0, 20.0))]
+    assert raw[0] / raw[1] == pytest.approx(4.0, rel=0.1)  # without: 1 / T^2
 
 
 def _data(n=64):
@@ -76,7 +78,7 @@ def test_offline_freezes_teacher_online_trains_it_hooks_removed():
         changed = any(not torch.equal(t0[k], v) for k, v in teacher.state_dict().items())
         assert changed == online
         assert any(not torch.equal(s0[k], v) for k, v in student.state_dict().items())
-        assert set(student.state_dict()) == set(s0)                       # no regressor left in the student
+        assert set(student.state_dict()) == set(s0)  # no regressor left in the student
         assert all(not m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
 
 
@@ -115,23 +117,48 @@ def test_bad_distill_settings():
     with pytest.raises(RecipeError, match="teacher"):
         parse_recipe({"model": {"name": "lenet5"}, "train": {"distill": {"teacher": "original"}}})
     with pytest.raises(RecipeError, match="unknown key"):
-        parse_recipe({"model": {"name": "lenet5"}, "stages": [{"finetune": {"epochs": 1, "distill": {
-            "teacher": "original", "temp": 3}}}]})
+        parse_recipe(
+            {
+                "model": {"name": "lenet5"},
+                "stages": [{"finetune": {"epochs": 1, "distill": {"teacher": "original", "temp": 3}}}],
+            }
+        )
 
 
 def test_recipe_distills_from_its_own_baseline_and_from_a_teacher_file(fashion_dir, tmp_path):
     data = {"name": "fashion_mnist", "dir": str(fashion_dir), "subset": 600, "val_size": 100, "batch_size": 100}
-    first = {"name": "kd", "model": {"name": "lenet300_100"}, "data": data,
-             "train": {"epochs": 1, "optimizer": "adam", "lr": 0.001},
-             "stages": [{"method": "prune.magnitude", "sparsity": 0.8,
-                         "finetune": {"epochs": 1, "optimizer": "adam", "lr": 0.0005,
-                                      "distill": {"teacher": "original", "T": 4, "alpha": 0.5}}}],
-             "export": {"latency": False}}
+    first = {
+        "name": "kd",
+        "model": {"name": "lenet300_100"},
+        "data": data,
+        "train": {"epochs": 1, "optimizer": "adam", "lr": 0.001},
+        "stages": [
+            {
+                "method": "prune.magnitude",
+                "sparsity": 0.8,
+                "finetune": {
+                    "epochs": 1,
+                    "optimizer": "adam",
+                    "lr": 0.0005,
+                    "distill": {"teacher": "original", "T": 4, "alpha": 0.5},
+                },
+            }
+        ],
+        "export": {"latency": False},
+    }
     run_recipe(first, tmp_path / "a")
-    student = {"name": "student", "model": {"name": "lenet5_classic"},
-               "data": data, "export": {"latency": False},
-               "train": {"epochs": 1, "optimizer": "adam", "lr": 0.001,
-                         "distill": {"teacher": str(tmp_path / "a" / "00_baseline.slim"), "alpha": 0.5}}}
+    student = {
+        "name": "student",
+        "model": {"name": "lenet5_classic"},
+        "data": data,
+        "export": {"latency": False},
+        "train": {
+            "epochs": 1,
+            "optimizer": "adam",
+            "lr": 0.001,
+            "distill": {"teacher": str(tmp_path / "a" / "00_baseline.slim"), "alpha": 0.5},
+        },
+    }
     run_recipe(student, tmp_path / "b")
     teacher, *steps = json.loads((tmp_path / "b" / "report.json").read_text())
     # the teacher row is the teacher file measured on the same test data, and every student row
@@ -153,10 +180,20 @@ def test_cached_teacher_logits_give_the_same_training():
     student, teacher = ts.create_model("lenet300_100"), ts.create_model("lenet5").eval()
     a, b = copy.deepcopy(student), copy.deepcopy(student)
     cache = {}
-    fit(a, _data(), TrainConfig(epochs=2, optimizer="sgd", lr=0.05, seed=0), callbacks=[Distill(teacher)],
-        progress=False)
-    fit(b, _data(), TrainConfig(epochs=2, optimizer="sgd", lr=0.05, seed=0),
-        callbacks=[Distill(teacher, cache=cache)], progress=False)
+    fit(
+        a,
+        _data(),
+        TrainConfig(epochs=2, optimizer="sgd", lr=0.05, seed=0),
+        callbacks=[Distill(teacher)],
+        progress=False,
+    )
+    fit(
+        b,
+        _data(),
+        TrainConfig(epochs=2, optimizer="sgd", lr=0.05, seed=0),
+        callbacks=[Distill(teacher, cache=cache)],
+        progress=False,
+    )
     assert len(cache) == 64
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)

@@ -1,4 +1,5 @@
 """.slim files: bit-identical round trips, rebuilt shapes, and clear errors on damage."""
+
 import json
 
 import pytest
@@ -70,19 +71,20 @@ def test_tampered_header_raises(tmp_path):
     ts.save(ts.create_model("lenet5"), tmp_path / "m.slim")
     raw = (tmp_path / "m.slim").read_bytes()
     n = int.from_bytes(raw[:8], "little")
-    head = json.loads(raw[8:8 + n])
+    head = json.loads(raw[8 : 8 + n])
     inner = json.loads(head["__metadata__"]["torchslim"])
     inner["arch"]["name"] = "lenet300_100"
     head["__metadata__"]["torchslim"] = json.dumps(inner, sort_keys=True)
     new = json.dumps(head).encode()
     new += b" " * (-len(new) % 8)
-    (tmp_path / "m.slim").write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
+    (tmp_path / "m.slim").write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n :])
     with pytest.raises(SlimFileError, match="checksum"):
         ts.load(tmp_path / "m.slim")
 
 
 def test_plain_safetensors_and_garbage_rejected(tmp_path):
     from safetensors.torch import save_file
+
     save_file({"a": torch.zeros(3)}, tmp_path / "p.slim")
     with pytest.raises(SlimFileError, match="without a torchslim header"):
         ts.load(tmp_path / "p.slim")

@@ -1,4 +1,5 @@
 """Low-rank factorizations and rank selection."""
+
 import warnings
 
 import pytest
@@ -16,10 +17,15 @@ from contract import MethodContract
 
 class TestTuckerContract(MethodContract):
     config = Tucker(selection="budget", target_macs=0.6, prefer="size")
-    bad_configs = (lambda: Tucker(selection="auto"), lambda: Tucker(selection="budget"),
-                   lambda: Tucker(selection="fixed"), lambda: Tucker(selection="fixed", rank=1.5),
-                   lambda: Tucker(energy=0.0), lambda: Tucker(prefer="fast"),
-                   lambda: Tucker(selection="budget", target_macs=1.0))
+    bad_configs = (
+        lambda: Tucker(selection="auto"),
+        lambda: Tucker(selection="budget"),
+        lambda: Tucker(selection="fixed"),
+        lambda: Tucker(selection="fixed", rank=1.5),
+        lambda: Tucker(energy=0.0),
+        lambda: Tucker(prefer="fast"),
+        lambda: Tucker(selection="budget", target_macs=1.0),
+    )
     model_names = ("vgg_small", "resnet20")
 
     def prepare_reference(self, original, prepared):
@@ -53,8 +59,15 @@ class TestCPContract(MethodContract):
         return lowrank_reference(original, prepared, "ls")
 
 
-@pytest.mark.parametrize("conv", [dict(stride=1, padding=1), dict(stride=2, padding=1), dict(dilation=2, padding=2),
-                                  dict(stride=(2, 1), padding=(0, 1))])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(stride=1, padding=1),
+        dict(stride=2, padding=1),
+        dict(dilation=2, padding=2),
+        dict(stride=(2, 1), padding=(0, 1)),
+    ],
+)
 @pytest.mark.parametrize("fact", [_TuckerF(), _SpatialF()])
 def test_full_rank_reproduces_conv(conv, fact):
     """Full-rank Tucker-2 / spatial factorization keeps stride, padding and dilation: same outputs."""
@@ -103,16 +116,18 @@ def test_energy_and_vbmf_ranks():
     assert vbmf_rank(low) == 5
 
 
-@pytest.mark.parametrize("cls,allocate", [(Tucker, "spectrum"), (Tucker, "uniform"), (CP, "spectrum"),
-                                          (Spatial, "uniform")])
+@pytest.mark.parametrize(
+    "cls,allocate", [(Tucker, "spectrum"), (Tucker, "uniform"), (CP, "spectrum"), (Spatial, "uniform")]
+)
 def test_budget_lands_within_5_percent(cls, allocate):
     torch.manual_seed(0)
     model = ts.create_model("resnet20").eval()
     base = count_macs(model, (1, 28, 28))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # the miss warning must not fire
-        ts.compress_(model, cls(selection="budget", target_macs=0.5, prefer="size", allocate=allocate,
-                                exclude=("conv1",)))
+        warnings.simplefilter("error")  # the miss warning must not fire
+        ts.compress_(
+            model, cls(selection="budget", target_macs=0.5, prefer="size", allocate=allocate, exclude=("conv1",))
+        )
     assert abs(count_macs(model, (1, 28, 28)) / base - 0.5) <= 0.05 * 0.5 + 1e-9
 
 
@@ -143,5 +158,3 @@ def test_prefer_speed_follows_the_measured_timings(monkeypatch, factorized_ms, e
     (entry,) = model.torchslim.log
     assert entry["timing_ms"] == fake and entry["decision"] == expected
     assert isinstance(model[3], nn.Sequential) == (expected == "factorized")
-
-

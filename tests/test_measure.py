@@ -1,4 +1,5 @@
 """Measurement: counts, MACs per layer, latency, report formats."""
+
 import json
 
 import torch

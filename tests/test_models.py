@@ -1,4 +1,5 @@
 """Every registry model builds and forwards on 1x28x28 and 3x32x32 inputs."""
+
 import pytest
 import torch
 
@@ -39,7 +40,7 @@ def test_register_model_decorator():
 
     @register_model
     def _tiny_test_net(num_classes=10, in_channels=1, input_size=28):
-        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * input_size ** 2, num_classes))
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(in_channels * input_size**2, num_classes))
 
     try:
         assert "_tiny_test_net" in ts.list_models()

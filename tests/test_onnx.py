@@ -1,5 +1,6 @@
 """ONNX export checked by a real client, ONNX Runtime: every registered method's converted form on
 foreign models, and the committed artifacts on a slice of the test set."""
+
 import copy
 import warnings
 
@@ -44,7 +45,7 @@ def _converted(method: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
 def test_onnx_runtime_matches_torchslim(method, name, tmp_path):
     """Catches: an export that silently differs (e.g. packed bits not expanded), a fixed batch size."""
     model, x = _converted(method, name)
-    path = ts.export_onnx(model, x[:2], tmp_path / "m.onnx")          # exported at batch 2, run at 4
+    path = ts.export_onnx(model, x[:2], tmp_path / "m.onnx")  # exported at batch 2, run at 4
     onnx.checker.check_model(onnx.load(str(path)))
     with torch.no_grad():
         ref = model(x)
@@ -57,7 +58,7 @@ def test_onnx_runtime_matches_torchslim(method, name, tmp_path):
         scale = float(r.abs().max())
         if method in ROUNDING:
             assert torch.equal(o.argmax(-1), r.argmax(-1))
-            if r is ref[0]:   # the logits: the last int8 layer's output
+            if r is ref[0]:  # the logits: the last int8 layer's output
                 step = float([m for m in model.modules() if type(m).__name__ == "UniformLinear"][-1].act[2])
                 assert float((o - r).abs().max()) <= step * (1 + 1e-4)
         else:

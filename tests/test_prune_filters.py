@@ -1,5 +1,6 @@
 """prune.filters: physical channel removal that follows coupling through residual,
 depthwise, flatten and (branch-internal) shuffle blocks."""
+
 import warnings
 
 import pytest
@@ -15,9 +16,13 @@ from contract import MethodContract, _calibrated
 
 class TestFiltersContract(MethodContract):
     config = Filters(ratio=0.3)
-    bad_configs = (lambda: Filters(ratio=1.0), lambda: Filters(criterion="taylor"),
-                   lambda: Filters(target_macs=1.5), lambda: Filters(round_to=0),
-                   lambda: Filters(scope="net"))
+    bad_configs = (
+        lambda: Filters(ratio=1.0),
+        lambda: Filters(criterion="taylor"),
+        lambda: Filters(target_macs=1.5),
+        lambda: Filters(round_to=0),
+        lambda: Filters(scope="net"),
+    )
     model_names = ("vgg_small", "resnet20")
     prepare_rel_error = 2.0  # removing 30 % of random filters changes outputs a lot; bounded and finite
 
@@ -25,8 +30,10 @@ class TestFiltersContract(MethodContract):
 X = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name, kwargs", [("vgg_small", {}), ("resnet20", {}), ("mobilenetv2", {"width_mult": 0.5}),
-                                          ("shufflenetv2", {"width_mult": 0.5})])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("vgg_small", {}), ("resnet20", {}), ("mobilenetv2", {"width_mult": 0.5}), ("shufflenetv2", {"width_mult": 0.5})],
+)
 def test_physical_removal_equals_masked_model(name, kwargs, tmp_path):
     """Masked model (prepare) == physically smaller model (convert); the file rebuilds it."""
     torch.manual_seed(0)

@@ -16,12 +16,18 @@ from contract import MethodContract
 
 
 class TestMagnitudeContract(MethodContract):
-    config = Magnitude(sparsity=0.5, kernel="sparse", exclude=("re:.*shortcut.*",),
-                       overrides={"re:.*fc.*": {"sparsity": 0.3}})
-    bad_configs = (lambda: Magnitude(sparsity=1.0), lambda: Magnitude(sparsity=-0.1),
-                   lambda: Magnitude(scope="model"), lambda: Magnitude(schedule="cubic"),
-                   lambda: Magnitude(quality=0.5, schedule="agp"), lambda: Magnitude(n_steps=0),
-                   lambda: Magnitude(overrides={"fc": {"sparsity": 2}}))
+    config = Magnitude(
+        sparsity=0.5, kernel="sparse", exclude=("re:.*shortcut.*",), overrides={"re:.*fc.*": {"sparsity": 0.3}}
+    )
+    bad_configs = (
+        lambda: Magnitude(sparsity=1.0),
+        lambda: Magnitude(sparsity=-0.1),
+        lambda: Magnitude(scope="model"),
+        lambda: Magnitude(schedule="cubic"),
+        lambda: Magnitude(quality=0.5, schedule="agp"),
+        lambda: Magnitude(n_steps=0),
+        lambda: Magnitude(overrides={"fc": {"sparsity": 2}}),
+    )
     model_names = ("lenet5", "resnet20")
 
     def prepare_reference(self, original, prepared):
@@ -34,8 +40,10 @@ def test_masked_weights_stay_zero_and_get_zero_grad():
     orig = model[1].weight
     ts.compress_(model, Magnitude(sparsity=0.8))
     assert model[1].weight_orig is orig  # parameter identity survives
-    for opt in (torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-3),
-                torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-3)):
+    for opt in (
+        torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-3),
+        torch.optim.Adam(model.parameters(), 1e-2, weight_decay=1e-3),
+    ):
         cb = MaskCallback(model, Magnitude(sparsity=0.8))
         for step in range(3):
             loss = model(torch.randn(16, 1, 28, 28)).pow(2).mean()
@@ -163,6 +171,7 @@ def test_auto_kernel_choice_is_saved(tmp_path):
 
 def test_effective_macs_count_nonzeros():
     from torchslim.measure import layer_table
+
     model = ts.create_model("lenet300_100")
     ts.compress_(model, Magnitude(sparsity=0.75, kernel="dense"))
     ts.convert_(model)
@@ -189,8 +198,9 @@ def test_packed_layers_fine_tune_with_fixed_pattern():
     assert (w[zeros] == 0).all() and not torch.equal(w, m.weight.detach().reshape(6, -1))
     with torch.no_grad():  # inference path agrees with the training path after the update
         x = torch.randn(2, 4, 8, 8)
-        torch.testing.assert_close(packed(x), torch.nn.functional.conv2d(x, w.view(6, 4, 3, 3), packed.bias, padding=1),
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            packed(x), torch.nn.functional.conv2d(x, w.view(6, 4, 3, 3), packed.bias, padding=1), atol=1e-5, rtol=1e-4
+        )
 
 
 @pytest.mark.parametrize("opt", ["sgd_momentum", "adam"])
@@ -204,8 +214,9 @@ def test_pruned_weights_stay_zero_with_optimizer_state_built_before_the_mask_cha
     ts.compress_(model, config)
     (cb,) = method_callbacks(model)
     params = list(model.parameters())
-    optim = torch.optim.SGD(params, lr=0.1, momentum=0.9) if opt == "sgd_momentum" else \
-        torch.optim.Adam(params, lr=0.01)
+    optim = (
+        torch.optim.SGD(params, lr=0.1, momentum=0.9) if opt == "sgd_momentum" else torch.optim.Adam(params, lr=0.01)
+    )
     x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
     zeros_seen = 0
     for step in range(16):

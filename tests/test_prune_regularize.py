@@ -1,4 +1,5 @@
 """prune.slimming / prune.group_lasso hooks and sensitivity analysis."""
+
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ class TestSlimmingContract(MethodContract):
     config = Slimming(penalty=1e-4, ratio=0.3)
     bad_configs = (lambda: Slimming(penalty=-1), lambda: Slimming(ratio=1.0))
     model_names = ("vgg_small", "resnet20")
-    prepare_rel_error = 0.0   # prepare only adds a training penalty
+    prepare_rel_error = 0.0  # prepare only adds a training penalty
 
     def _models(self):
         """Distinct BatchNorm scales (as after training), so the gamma ranking removes channels."""
@@ -56,8 +57,9 @@ def test_slimming_penalty_shrinks_gamma(fashion_dir):
         model = ts.create_model("vgg_small", width=8)
         ts.compress_(model, Slimming(penalty=penalty, ratio=0.5))
         fit(model, loaders.train, TrainConfig(epochs=2, lr=0.05), callbacks=method_callbacks(model))
-        runs[penalty] = sum(float(m.weight.detach().abs().sum()) for m in model.modules()
-                            if isinstance(m, torch.nn.BatchNorm2d))
+        runs[penalty] = sum(
+            float(m.weight.detach().abs().sum()) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+        )
         macs = count_macs(model, (1, 28, 28))
         ts.convert_(model)
         assert count_macs(model, (1, 28, 28)) < 0.6 * macs

@@ -1,4 +1,5 @@
 """quant.kmeans, bit packing, Huffman coding and Deep-Compression storage."""
+
 import copy
 
 import numpy as np
@@ -20,15 +21,20 @@ from contract import MethodContract
 
 class TestKMeansContract(MethodContract):
     config = KMeans(bits=4, overrides={"re:.*fc.*": {"bits": 6}})
-    bad_configs = (lambda: KMeans(bits=0), lambda: KMeans(bits=9), lambda: KMeans(init="kmeans++"),
-                   lambda: KMeans(iters=0), lambda: KMeans(overrides={"fc": {"bits": 12}}))
+    bad_configs = (
+        lambda: KMeans(bits=0),
+        lambda: KMeans(bits=9),
+        lambda: KMeans(init="kmeans++"),
+        lambda: KMeans(iters=0),
+        lambda: KMeans(overrides={"fc": {"bits": 12}}),
+    )
     model_names = ("lenet5", "resnet20")
     prepare_rel_error = 0.2
 
 
 @given(st.lists(st.integers(0, 255), max_size=300), st.integers(1, 8))
 def test_pack_unpack_round_trip(values, bits):
-    codes = torch.tensor([v % (2 ** bits) for v in values], dtype=torch.int64)
+    codes = torch.tensor([v % (2**bits) for v in values], dtype=torch.int64)
     packed = pack_bits(codes, bits)
     assert packed.numel() == (len(values) * bits + 7) // 8
     assert torch.equal(unpack_bits(packed, bits, len(values)), codes)
@@ -49,7 +55,7 @@ def _csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 12), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2 ** 31))
+@given(st.integers(1, 12), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**31))
 def test_csr_gap_coder_round_trip(rows, cols, density, seed):
     """Catches: a gap coder that drops a row start (e.g. the last non-empty row holding one weight),
     or decodes empty rows wrongly. Patterns span empty matrices, empty and single-entry rows."""

@@ -1,4 +1,5 @@
 """quant.pq: product quantization and its lookup-table kernel."""
+
 import warnings
 
 import torch
@@ -40,7 +41,7 @@ def test_lut_kernel_equals_dense_kernel():
         dense = pq(x)
         pq.kernel = "lut"
         torch.testing.assert_close(pq(x), dense, atol=1e-5, rtol=1e-4)
-    choose_pq_kernel(pq, x[:1], batches=(1, 4), min_run_time=0.01)   # the rule: tests/test_runtime.py
+    choose_pq_kernel(pq, x[:1], batches=(1, 4), min_run_time=0.01)  # the rule: tests/test_runtime.py
     assert set(pq.timing) == {"b1", "b4"} and all(set(t) == {"lut", "dense"} for t in pq.timing.values())
 
 
@@ -65,9 +66,9 @@ def test_small_or_indivisible_layers_are_skipped_with_warning(tmp_path):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         ts.compress_(model, PQ(sub_dim=4, bits=4, kernel="dense"))
-    (msg,) = [str(x.message) for x in w if "skipping" in str(x.message)]   # one warning names every layer
-    assert "'0' (rows=20, row length=25)" in msg                 # 25 % 4 != 0
-    assert "'7' (rows=10, row length=500)" in msg                # 10 rows <= 16 codewords
+    (msg,) = [str(x.message) for x in w if "skipping" in str(x.message)]  # one warning names every layer
+    assert "'0' (rows=20, row length=25)" in msg  # 25 % 4 != 0
+    assert "'7' (rows=10, row length=500)" in msg  # 10 rows <= 16 codewords
     assert isinstance(model[5], ProductLinear)
     ts.convert_(model)
     dense = ts.save(ts.create_model("lenet5"), tmp_path / "d.slim")

@@ -1,4 +1,5 @@
 """quant.qcnn: output-error product quantization with error correction."""
+
 import pytest
 import torch
 
@@ -11,8 +12,12 @@ from contract import MethodContract
 
 class TestQCNNContract(MethodContract):
     config = QCNN(sub_dim=2, bits=5, iters=2, kernel="dense", max_rows=2048)
-    bad_configs = (lambda: QCNN(bits=9), lambda: QCNN(max_rows=10), lambda: QCNN(kernel="x"),
-                   lambda: QCNN(calib_batches=0))
+    bad_configs = (
+        lambda: QCNN(bits=9),
+        lambda: QCNN(max_rows=10),
+        lambda: QCNN(kernel="x"),
+        lambda: QCNN(calib_batches=0),
+    )
     model_names = ("lenet5", "vgg_small")
     prepare_rel_error = 0.6
 

@@ -1,4 +1,5 @@
 """quant.uniform: per-channel int8/int4 weights, int8 activations on the x86 kernels, QAT."""
+
 import copy
 from pathlib import Path
 
@@ -20,8 +21,13 @@ ART = Path(__file__).resolve().parents[1] / "benchmarks" / "artifacts"
 
 class TestUniformWeightOnlyContract(MethodContract):
     config = Uniform(bits=4, act_bits=0, symmetric=False)
-    bad_configs = (lambda: Uniform(bits=1), lambda: Uniform(bits=9), lambda: Uniform(act_bits=4),
-                   lambda: Uniform(act_bits=8, symmetric=False), lambda: Uniform(calib_batches=0))
+    bad_configs = (
+        lambda: Uniform(bits=1),
+        lambda: Uniform(bits=9),
+        lambda: Uniform(act_bits=4),
+        lambda: Uniform(act_bits=8, symmetric=False),
+        lambda: Uniform(calib_batches=0),
+    )
     model_names = ("lenet5", "vgg_small")
 
 
@@ -30,6 +36,7 @@ class TestUniformInt8Contract(MethodContract):
     vgg_small. On resnet20 the kernels' requantization rounds a rare tie the other way; the
     residual sum carries it to the logits as a change of exactly one output quantization step
     (measured: 6 of 80 logits)."""
+
     config = Uniform(bits=8, act_bits=8)
     model_names = ("lenet5", "vgg_small", "resnet20")
     exact = ("lenet5", "vgg_small")
@@ -47,7 +54,7 @@ class TestUniformInt8Contract(MethodContract):
                 continue
             step = float([m for m in converted.modules() if isinstance(m, UniformLinear)][-1].act[2])
             diff = (after - before).abs()
-            assert int((diff > 0).sum()) <= diff.numel() // 10, name              # rare ties only
+            assert int((diff > 0).sum()) <= diff.numel() // 10, name  # rare ties only
             assert float(diff.max()) <= step * (1 + 1e-5), (name, float(diff.max()), step)  # one step each
 
 
@@ -63,15 +70,16 @@ def test_codes_in_range_error_bounded_zeros_exact(bits, symmetric):
     layer.set_weight(w, None)
     assert torch.equal(layer.int_weight(), q)
     deq = layer.weight()
-    assert (deq - w).abs().le(scale.view(-1, 1, 1, 1) / 2 + 1e-6).all()   # round to nearest
-    assert torch.equal(deq[w == 0], torch.zeros_like(deq[w == 0]))          # zeros stay zero
-    assert layer.codes.numel() == (w.numel() * bits + 7) // 8                # packed at b bits
+    assert (deq - w).abs().le(scale.view(-1, 1, 1, 1) / 2 + 1e-6).all()  # round to nearest
+    assert torch.equal(deq[w == 0], torch.zeros_like(deq[w == 0]))  # zeros stay zero
+    assert layer.codes.numel() == (w.numel() * bits + 7) // 8  # packed at b bits
 
 
 def test_ste_weight_gradient_is_the_plain_gradient():
     torch.manual_seed(0)
-    fq = FakeQuantLinear.from_linear(nn.Linear(5, 3), Uniform(bits=4, act_bits=0), in_q=True, out_float=True,
-                                     relu_after=False)
+    fq = FakeQuantLinear.from_linear(
+        nn.Linear(5, 3), Uniform(bits=4, act_bits=0), in_q=True, out_float=True, relu_after=False
+    )
     x = torch.randn(7, 5)
     fq(x).sum().backward()
     torch.testing.assert_close(fq.weight.grad, x.sum(0).expand(3, 5))
@@ -88,8 +96,8 @@ def test_int8_chain_stays_quantized_between_layers():
             m.register_forward_hook(lambda mod, i, o, n=name: seen.__setitem__(n, o.is_quantized))
     out = model(torch.randn(2, 1, 28, 28))
     assert not out.is_quantized and len(seen) == 8
-    assert sum(seen.values()) == 7 and seen["2.3"] is False     # only the classifier's output is float
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())   # folded
+    assert sum(seen.values()) == 7 and seen["2.3"] is False  # only the classifier's output is float
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # folded
 
 
 def test_int8_needs_data_and_weight_only_does_not():

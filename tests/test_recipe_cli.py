@@ -1,4 +1,5 @@
 """Recipes (schema, stage runner, resume) and the command line."""
+
 import json
 
 import pytest
@@ -11,27 +12,35 @@ from torchslim.recipe import RecipeError, parse_recipe, run_recipe
 
 
 def _recipe(fashion_dir, **over):
-    r = {"name": "t", "model": {"name": "vgg_small", "kwargs": {"width": 8}},
-         "data": {"dir": str(fashion_dir), "subset": 400, "val_size": 80, "batch_size": 40},
-         "train": {"epochs": 1, "optimizer": "adam", "lr": 0.002},
-         "stages": [{"method": "core.fold_bn", "name": "a"},
-                    {"method": "core.fold_bn", "name": "b", "finetune": {"epochs": 1, "lr": 0.01}}],
-         "export": {"latency": False}}
+    r = {
+        "name": "t",
+        "model": {"name": "vgg_small", "kwargs": {"width": 8}},
+        "data": {"dir": str(fashion_dir), "subset": 400, "val_size": 80, "batch_size": 40},
+        "train": {"epochs": 1, "optimizer": "adam", "lr": 0.002},
+        "stages": [
+            {"method": "core.fold_bn", "name": "a"},
+            {"method": "core.fold_bn", "name": "b", "finetune": {"epochs": 1, "lr": 0.01}},
+        ],
+        "export": {"latency": False},
+    }
     r.update(over)
     return r
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"modle": {}}, r"unknown key\(s\) \['modle'\]"),
-    ({"model": {"name": "alexnet"}}, "model.name='alexnet' is unknown"),
-    ({"train": {"lr": -1}}, "train.lr"),
-    ({"train": {"optimizer": "rmsprop"}}, "use 'sgd' or 'adam'"),
-    ({"stages": [{"method": "prune.nothing"}]}, "unknown method 'prune.nothing'"),
-    ({"stages": [{"method": "core.fold_bn", "sparsity": 0.5}]}, r"stages\[1\].*unknown field"),
-    ({"stages": [{"method": "core.fold_bn", "layers": ["re:("]}]}, "bad regex"),
-    ({"stages": [{"method": "core.fold_bn", "finetune": {"epochz": 1}}]}, r"stages\[1\].finetune: unknown key"),
-    ({"data": {"name": "imagenet"}}, "data.name='imagenet'"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"modle": {}}, r"unknown key\(s\) \['modle'\]"),
+        ({"model": {"name": "alexnet"}}, "model.name='alexnet' is unknown"),
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"train": {"optimizer": "rmsprop"}}, "use 'sgd' or 'adam'"),
+        ({"stages": [{"method": "prune.nothing"}]}, "unknown method 'prune.nothing'"),
+        ({"stages": [{"method": "core.fold_bn", "sparsity": 0.5}]}, r"stages\[1\].*unknown field"),
+        ({"stages": [{"method": "core.fold_bn", "layers": ["re:("]}]}, "bad regex"),
+        ({"stages": [{"method": "core.fold_bn", "finetune": {"epochz": 1}}]}, r"stages\[1\].finetune: unknown key"),
+        ({"data": {"name": "imagenet"}}, "data.name='imagenet'"),
+    ],
+)
 def test_recipe_errors_name_field_and_fix(fashion_dir, bad, match):
     with pytest.raises(RecipeError, match=match):
         parse_recipe(_recipe(fashion_dir, **bad))
@@ -39,6 +48,7 @@ def test_recipe_errors_name_field_and_fix(fashion_dir, bad, match):
 
 def test_all_shipped_recipes_parse():
     from pathlib import Path
+
     for p in sorted(Path(__file__).parents[1].glob("recipes/*.yaml")):
         parse_recipe(p)
 
@@ -77,9 +87,14 @@ def test_interrupted_run_resumes_at_stage_2(fashion_dir, tmp_path, monkeypatch, 
 
 
 def test_finetune_only_stage(fashion_dir, tmp_path):
-    r = _recipe(fashion_dir, model={"name": "lenet300_100"},
-                stages=[{"method": "prune.magnitude", "sparsity": 0.5, "kernel": "dense"},
-                        {"name": "recover", "finetune": {"epochs": 1, "lr": 0.01}}])
+    r = _recipe(
+        fashion_dir,
+        model={"name": "lenet300_100"},
+        stages=[
+            {"method": "prune.magnitude", "sparsity": 0.5, "kernel": "dense"},
+            {"name": "recover", "finetune": {"epochs": 1, "lr": 0.01}},
+        ],
+    )
     rows = run_recipe(r, tmp_path)
     assert [x["method"] for x in rows] == ["float", "prune.magnitude", "finetune"]
     assert rows[2]["nonzeros"] == rows[1]["nonzeros"]  # fine-tuning a packed sparse model keeps its zeros
@@ -89,11 +104,20 @@ def test_finetune_only_stage(fashion_dir, tmp_path):
 
 def test_deep_compression_recipe_stages(fashion_dir, tmp_path):
     """prune -> k-means -> Huffman: every stage shrinks the file; the Huffman file decodes."""
-    r = _recipe(fashion_dir, model={"name": "lenet300_100"},
-                stages=[{"method": "prune.magnitude", "sparsity": 0.9, "kernel": "dense",
-                         "finetune": {"epochs": 1, "optimizer": "adam", "lr": 0.001}},
-                        {"method": "quant.kmeans", "bits": 4}],
-                export={"latency": False, "entropy": "huffman"})
+    r = _recipe(
+        fashion_dir,
+        model={"name": "lenet300_100"},
+        stages=[
+            {
+                "method": "prune.magnitude",
+                "sparsity": 0.9,
+                "kernel": "dense",
+                "finetune": {"epochs": 1, "optimizer": "adam", "lr": 0.001},
+            },
+            {"method": "quant.kmeans", "bits": 4},
+        ],
+        export={"latency": False, "entropy": "huffman"},
+    )
     rows = run_recipe(r, tmp_path)
     assert [x["step"] for x in rows] == ["baseline", "stage1_prune.magnitude", "stage2_quant.kmeans", "export"]
     sizes = [x["bytes"] for x in rows]
@@ -105,8 +129,21 @@ def test_deep_compression_recipe_stages(fashion_dir, tmp_path):
 def test_cli_sensitivity(fashion_dir, tmp_path, capsys):
     r = _recipe(fashion_dir, model={"name": "lenet300_100"}, stages=[])
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(r))
-    assert main(["sensitivity", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "run"), "--ratios", "0.5,0.9",
-                 "--max-drop", "2"]) == 0
+    assert (
+        main(
+            [
+                "sensitivity",
+                str(tmp_path / "r.yaml"),
+                "--out",
+                str(tmp_path / "run"),
+                "--ratios",
+                "0.5,0.9",
+                "--max-drop",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "overrides:" in out and "sparsity:" in out
     assert (tmp_path / "run" / "sensitivity" / "sensitivity.png").stat().st_size > 1000

@@ -2,6 +2,7 @@
 results rows equal what the committed artifacts give, and the artifacts' sizes, weights and MACs
 equal a fresh measurement of the files (accuracy too, for the artifacts that evaluate in seconds;
 ``python benchmarks/update_results.py --check`` re-evaluates all of them)."""
+
 import json
 import re
 import sys
@@ -19,8 +20,13 @@ import update_readme  # noqa: E402
 import update_results  # noqa: E402
 
 ARTIFACTS = {a["artifact"]: a for a in json.loads((BENCH / "results" / "artifacts.json").read_text())}
-FAST = ("lenet300_100.slim", "lenet300_100_svd.slim", "lenet300_100_magnitude.slim",
-        "lenet300_100_deep_compression.slim", "vgg_small_int8.slim")
+FAST = (
+    "lenet300_100.slim",
+    "lenet300_100_svd.slim",
+    "lenet300_100_magnitude.slim",
+    "lenet300_100_deep_compression.slim",
+    "vgg_small_int8.slim",
+)
 
 
 @pytest.mark.parametrize("doc", ["README.md", *sorted(p.name for p in (ROOT / "docs").glob("*.md"))])
@@ -39,13 +45,17 @@ def test_every_artifact_backs_its_results_rows():
     assert on_disk == set(update_results.BACKS) == set(ARTIFACTS)
     for name, backs in update_results.BACKS.items():
         for file, want in backs:
-            rows = [r for r in json.loads((BENCH / "results" / f"{file}.json").read_text())
-                    if update_results._matches(r, want)]
+            rows = [
+                r
+                for r in json.loads((BENCH / "results" / f"{file}.json").read_text())
+                if update_results._matches(r, want)
+            ]
             assert rows, (name, file, want)
             for r in rows:
                 assert r["artifact"] == name
-                assert {k: r[k] for k in ("top1", "bytes", "params", "macs")} == \
-                    {k: ARTIFACTS[name][k] for k in ("top1", "bytes", "params", "macs")}, (name, file)
+                assert {k: r[k] for k in ("top1", "bytes", "params", "macs")} == {
+                    k: ARTIFACTS[name][k] for k in ("top1", "bytes", "params", "macs")
+                }, (name, file)
 
 
 @pytest.mark.parametrize("name", sorted(ARTIFACTS))

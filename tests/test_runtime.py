@@ -1,5 +1,6 @@
 """The runtime-layer contract (runtime/base.py), driven by the runtime registry, the import
 boundary of ``torchslim.runtime``, and the one kernel-choice rule on controlled timings."""
+
 import json
 import math
 import subprocess
@@ -90,8 +91,7 @@ EXAMPLES = {
     "CodebookLinear": (lambda: _codebook(CodebookLinear, 24, 10), (3, 24), "dense"),
     "UniformConv2d": (lambda: _uniform(UniformConv2d, *CONV), (2, 8, 9, 9), "dense"),
     "UniformLinear": (lambda: _uniform(UniformLinear, 24, 10), (3, 24), "dense"),
-    "ProductConv2d": (lambda: _product(ProductConv2d, 8, 12, [2, 2], [1, 1], [0, 0], [1, 1], 1), (2, 8, 5, 5),
-                      "dense"),
+    "ProductConv2d": (lambda: _product(ProductConv2d, 8, 12, [2, 2], [1, 1], [0, 0], [1, 1], 1), (2, 8, 5, 5), "dense"),
     "ProductLinear": (lambda: _product(ProductLinear, 24, 10), (3, 24), "dense"),
     "PackedBinaryConv2d": (_binary_conv, (2, 8, 9, 9), "dense"),
     "PackedBinaryLinear": (_binary_linear, (3, 70), "dense"),
@@ -138,8 +138,11 @@ def test_mac_rule_and_weight_counts(name):
     per_out = layer.cols if hasattr(layer, "cols") else layer.in_features
     assert row["macs"] == (y.numel() // shape[0]) * per_out
     rows = layer.rows if hasattr(layer, "rows") else layer.out_features
-    bias = 0 if getattr(layer, "bias", None) is None or isinstance(layer, (PackedBinaryConv2d, PackedBinaryLinear)) \
+    bias = (
+        0
+        if getattr(layer, "bias", None) is None or isinstance(layer, (PackedBinaryConv2d, PackedBinaryLinear))
         else rows
+    )
     assert row["params"] == rows * per_out + bias
     if kind == "sparse":
         assert row["effective_macs"] == (y.numel() // shape[0] // rows) * layer.nnz
@@ -149,21 +152,26 @@ def test_mac_rule_and_weight_counts(name):
 
 def test_importing_the_runtime_loads_no_training_code():
     """Catches: a deploy-time import of recipe/train/data/yaml or of a method family."""
-    code = ("import sys, torchslim.runtime, torchslim.export.spec\n"
-            "bad = sorted(m for m in sys.modules if m == 'yaml' or m.split('.')[:2] in "
-            "[['torchslim', f] for f in ('train', 'recipe', 'data', 'prune', 'quant', 'lowrank', 'binary', "
-            "'distill', 'cli')])\n"
-            "print(','.join(bad))")
+    code = (
+        "import sys, torchslim.runtime, torchslim.export.spec\n"
+        "bad = sorted(m for m in sys.modules if m == 'yaml' or m.split('.')[:2] in "
+        "[['torchslim', f] for f in ('train', 'recipe', 'data', 'prune', 'quant', 'lowrank', 'binary', "
+        "'distill', 'cli')])\n"
+        "print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("timing, expected", [
-    ({"b1": {"sparse": 1.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "sparse"),
-    ({"b1": {"sparse": 1.0, "dense": 2.0}, "b256": {"sparse": 30.0, "dense": 20.0}}, "dense"),  # loses at 256
-    ({"b1": {"sparse": 3.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "dense"),  # loses at 1
-    ({"b1": {"sparse": 2.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "dense"),  # a tie is no win
-])
+@pytest.mark.parametrize(
+    "timing, expected",
+    [
+        ({"b1": {"sparse": 1.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "sparse"),
+        ({"b1": {"sparse": 1.0, "dense": 2.0}, "b256": {"sparse": 30.0, "dense": 20.0}}, "dense"),  # loses at 256
+        ({"b1": {"sparse": 3.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "dense"),  # loses at 1
+        ({"b1": {"sparse": 2.0, "dense": 2.0}, "b256": {"sparse": 10.0, "dense": 20.0}}, "dense"),  # a tie is no win
+    ],
+)
 def test_pick_keeps_the_default_unless_faster_everywhere(timing, expected):
     assert pick(timing, "dense") == expected
 

@@ -1,4 +1,5 @@
 """fit / evaluate: learning on real data, callbacks, schedules, checkpoint resume."""
+
 import pytest
 import torch
 
@@ -45,14 +46,16 @@ def test_callbacks_are_called(loaders):
             self.ended += 1
 
     cb = Count()
-    fit(ts.create_model("lenet300_100"), loaders.train, TrainConfig(epochs=2, optimizer="adam", lr=1e-3),
-        callbacks=[cb])
+    fit(
+        ts.create_model("lenet300_100"), loaders.train, TrainConfig(epochs=2, optimizer="adam", lr=1e-3), callbacks=[cb]
+    )
     n = len(loaders.train)
     assert cb.steps == list(range(2 * n)) and cb.epochs == [0, 1] and cb.begun == cb.ended == 1
 
 
 def test_after_step_action_holds(loaders):
     """An after-step action (here: clip to [-0.01, 0.01]) holds after every step."""
+
     class Clip(Callback):
         def after_step(self, model, step):
             with torch.no_grad():

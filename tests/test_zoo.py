@@ -3,6 +3,7 @@
 Each pair either works (converted == prepared to float rounding, loaded == converted bit for
 bit), skips the layers it cannot handle with one warning naming them, or refuses with a clear
 ValueError; never a silently different model."""
+
 import warnings
 
 import pytest
@@ -17,7 +18,7 @@ from torchslim.quant import PQ, QCNN, KMeans, Uniform
 
 from zoo import INPUT, ZOO, build
 
-CONFIGS = {   # fast settings: no kernel timing (kernel="dense", prefer="size")
+CONFIGS = {  # fast settings: no kernel timing (kernel="dense", prefer="size")
     "core.fold_bn": ts.FoldBN(),
     "prune.magnitude": Magnitude(sparsity=0.5, kernel="dense"),
     "prune.filters": Filters(ratio=0.3),
@@ -31,14 +32,19 @@ CONFIGS = {   # fast settings: no kernel timing (kernel="dense", prefer="size")
     "lowrank.tucker": Tucker(selection="fixed", rank=0.5, prefer="size"),
     "lowrank.cp": CP(selection="fixed", rank=4, prefer="size"),
     "lowrank.spatial": Spatial(selection="fixed", rank=0.5, prefer="size"),
-    "binary.connect": BinaryConnect(), "binary.bwn": BWN(), "binary.bnn": BNN(), "binary.xnor": XNOR(),
+    "binary.connect": BinaryConnect(),
+    "binary.bwn": BWN(),
+    "binary.bnn": BNN(),
+    "binary.xnor": XNOR(),
     "binary.kbit": KBit(),
 }
 # convert changes the function by design (channels the penalty shrank are removed, not masked
 # first); the contract suite checks them against the masked model
 REMOVES_CHANNELS = {"prune.slimming", "prune.group_lasso"}
-REFUSES = {("prune.slimming", "inception_like"): "needs BatchNorm2d",     # no BatchNorm to penalize
-           ("prune.slimming", "functional"): "needs BatchNorm2d"}
+REFUSES = {
+    ("prune.slimming", "inception_like"): "needs BatchNorm2d",  # no BatchNorm to penalize
+    ("prune.slimming", "functional"): "needs BatchNorm2d",
+}
 
 
 def test_every_registered_method_has_a_zoo_config():
@@ -96,7 +102,7 @@ def test_functional_relu_before_a_binary_layer_is_reported():
     with pytest.warns(UserWarning, match="function calls in forward") as rec:
         ts.compress_(build("functional"), XNOR(), example_inputs=torch.randn(2, *INPUT))
     msg = next(str(w.message) for w in rec if "function calls" in str(w.message))
-    assert "'c'" in msg and "'d'" in msg            # conv c (after cat of relus) and d (after F.relu)
+    assert "'c'" in msg and "'d'" in msg  # conv c (after cat of relus) and d (after F.relu)
 
 
 def test_two_output_model_trains_evaluates_and_distills():
@@ -107,8 +113,9 @@ def test_two_output_model_trains_evaluates_and_distills():
     from torchslim.train import TrainConfig, evaluate, fit
 
     g = torch.Generator().manual_seed(0)
-    data = DataLoader(TensorDataset(torch.randn(32, *INPUT, generator=g), torch.randint(0, 10, (32,), generator=g)),
-                      batch_size=16)
+    data = DataLoader(
+        TensorDataset(torch.randn(32, *INPUT, generator=g), torch.randint(0, 10, (32,), generator=g)), batch_size=16
+    )
     model = build("two_head")
     by_index = fit(model, data, TrainConfig(epochs=1, lr=0.01, seed=0), progress=False)
     twin = build("two_head")

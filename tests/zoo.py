@@ -1,6 +1,7 @@
 """Foreign architectures, written in plain PyTorch as a user would (no torchslim registry, no
 torchvision): every registered method must work on them, skip what it cannot handle with a
 warning, or refuse with a clear error. Small widths and 3 x 16 x 16 inputs keep the tests fast."""
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:   # projection shortcut
+        if stride != 1 or cin != cout:  # projection shortcut
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
@@ -34,7 +35,7 @@ class ResNet18(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         layers, cin = [], width
         for i, n in enumerate((2, 2, 2, 2)):
-            cout = width * 2 ** i
+            cout = width * 2**i
             for j in range(n):
                 layers.append(BasicBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
                 cin = cout
@@ -66,8 +67,9 @@ class MobileNetV3Like(nn.Module):
         self.dw = nn.Sequential(nn.Conv2d(48, 48, 3, 1, 1, groups=48, bias=False), nn.BatchNorm2d(48), nn.Hardswish())
         self.se = SqueezeExcite(48)
         self.project = nn.Sequential(nn.Conv2d(48, 16, 1, bias=False), nn.BatchNorm2d(16))
-        self.head = nn.Sequential(nn.Conv2d(16, 64, 1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(64, num_classes))
+        self.head = nn.Sequential(
+            nn.Conv2d(16, 64, 1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)
+        )
 
     def forward(self, x):
         x = self.stem(x)
@@ -100,9 +102,16 @@ class ResNeXtLike(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-                                   nn.Conv2d(32, 32, 3, 1, 1, groups=8, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-                                   nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32))
+        self.block = nn.Sequential(
+            nn.Conv2d(32, 32, 1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, 1, 1, groups=8, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 1, bias=False),
+            nn.BatchNorm2d(32),
+        )
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.fc = nn.Linear(32 * 4, num_classes)
 
@@ -134,9 +143,19 @@ class TwoHead(nn.Module):
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(16, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, 1, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, 64),
+            nn.ReLU(),
+        )
         self.classifier = nn.Linear(64, num_classes)
 
     def forward(self, x):
@@ -156,14 +175,20 @@ class DataDependent(nn.Module):
 
     def forward(self, x):
         x = torch.relu(self.bn1(self.conv1(x)))
-        if x.mean() > 0.5:      # data-dependent branch
+        if x.mean() > 0.5:  # data-dependent branch
             x = x * 0.5
         return self.fc(torch.relu(self.conv2(x)).flatten(1))
 
 
-ZOO = {"resnet18": ResNet18, "mobilenetv3_like": MobileNetV3Like, "inception_like": InceptionLike,
-       "resnext_like": ResNeXtLike, "functional": Functional, "two_head": TwoHead,
-       "data_dependent": DataDependent}
+ZOO = {
+    "resnet18": ResNet18,
+    "mobilenetv3_like": MobileNetV3Like,
+    "inception_like": InceptionLike,
+    "resnext_like": ResNeXtLike,
+    "functional": Functional,
+    "two_head": TwoHead,
+    "data_dependent": DataDependent,
+}
 
 
 def build(name: str) -> nn.Module:

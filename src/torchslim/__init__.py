@@ -9,24 +9,38 @@
 
 Attributes load lazily (``import torchslim.runtime`` imports no training code).
 """
+
 from torchslim._lazy import lazy_getattr
 from torchslim.core import registry as _registry
 
 # Method families register their handlers when imported; the registry imports them on first use.
-_registry.add_method_modules("torchslim.core.fold", "torchslim.prune", "torchslim.quant", "torchslim.lowrank",
-                             "torchslim.binary")
+_registry.add_method_modules(
+    "torchslim.core.fold", "torchslim.prune", "torchslim.quant", "torchslim.lowrank", "torchslim.binary"
+)
 
 _NAMES = {
-    "binary": "binary", "distill": "distill", "lowrank": "lowrank", "prune": "prune", "quant": "quant",
+    "binary": "binary",
+    "distill": "distill",
+    "lowrank": "lowrank",
+    "prune": "prune",
+    "quant": "quant",
     "runtime": "runtime",
-    "compress_": "core.api:compress_", "convert_": "core.api:convert_", "finetune": "core.api:finetune",
-    "MethodConfig": "core.config:MethodConfig", "FoldBN": "core.fold:FoldBN",
+    "compress_": "core.api:compress_",
+    "convert_": "core.api:convert_",
+    "finetune": "core.api:finetune",
+    "MethodConfig": "core.config:MethodConfig",
+    "FoldBN": "core.fold:FoldBN",
     "list_methods": "core.registry:list_methods",
-    "load": "export.slim:load", "save": "export.slim:save", "export_onnx": "export.onnx:export_onnx",
+    "load": "export.slim:load",
+    "save": "export.slim:save",
+    "export_onnx": "export.onnx:export_onnx",
     "report": "measure.report:measure",
-    "create_model": "models:create_model", "list_models": "models:list_models",
+    "create_model": "models:create_model",
+    "list_models": "models:list_models",
     "run_recipe": "recipe:run_recipe",
-    "TrainConfig": "train.loop:TrainConfig", "evaluate": "train.loop:evaluate", "fit": "train.loop:fit",
+    "TrainConfig": "train.loop:TrainConfig",
+    "evaluate": "train.loop:evaluate",
+    "fit": "train.loop:fit",
 }
 __getattr__ = lazy_getattr(__name__, _NAMES)
 
@@ -35,6 +49,22 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_NAMES))
 
 
-__all__ = ["FoldBN", "MethodConfig", "TrainConfig", "compress_", "convert_", "create_model", "evaluate",
-           "export_onnx", "finetune", "fit", "list_methods", "list_models", "load", "report", "run_recipe", "save"]
+__all__ = [
+    "FoldBN",
+    "MethodConfig",
+    "TrainConfig",
+    "compress_",
+    "convert_",
+    "create_model",
+    "evaluate",
+    "export_onnx",
+    "finetune",
+    "fit",
+    "list_methods",
+    "list_models",
+    "load",
+    "report",
+    "run_recipe",
+    "save",
+]
 __version__ = "0.1.0"

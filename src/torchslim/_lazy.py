@@ -1,5 +1,6 @@
 """Lazy attribute import for package ``__init__`` files (PEP 562), as large PyTorch libraries do:
 ``import torchslim.runtime`` then loads no training code, and ``ts.prune`` loads only pruning."""
+
 from __future__ import annotations
 
 import importlib

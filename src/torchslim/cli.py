@@ -1,4 +1,5 @@
 """Command line: ``torchslim run | distill | eval | inspect | export | sensitivity | list``."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,12 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     from torchslim.recipe import run_recipe
 
     teacher = {"teacher": a.teacher, "T": a.T, "alpha": a.alpha, "loss": a.loss}
-    recipe = {"name": a.name or f"distill_{a.student}",
-              "model": {"name": a.student, "kwargs": json.loads(a.kwargs)},
-              "data": {"name": "fashion_mnist", "batch_size": 128, "augment": a.augment},
-              "train": {"epochs": a.epochs, "optimizer": a.optimizer, "lr": a.lr, "seed": a.seed,
-                        "distill": teacher}}
+    recipe = {
+        "name": a.name or f"distill_{a.student}",
+        "model": {"name": a.student, "kwargs": json.loads(a.kwargs)},
+        "data": {"name": "fashion_mnist", "batch_size": 128, "augment": a.augment},
+        "train": {"epochs": a.epochs, "optimizer": a.optimizer, "lr": a.lr, "seed": a.seed, "distill": teacher},
+    }
     run_recipe(recipe, a.out, data_dir=a.data_dir, restart=a.restart, latency=False if a.no_latency else None)
     return 0
 
@@ -54,8 +56,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     model, cfg, shape = _model_data(a.model, a.data_dir)
     x, y = load_split(cfg, "test")
     loader = DataLoader(_Images(x, y), 256, collate_fn=_Collate(cfg.mean, cfg.std, False))
-    res = {"model": model.torchslim.header["arch"]["name"] if model.torchslim.header.get("arch") else None,
-           "file": a.model, **measure(model, shape, loader=loader, path=a.model, latency=not a.no_latency)}
+    res = {
+        "model": model.torchslim.header["arch"]["name"] if model.torchslim.header.get("arch") else None,
+        "file": a.model,
+        **measure(model, shape, loader=loader, path=a.model, latency=not a.no_latency),
+    }
     print(json.dumps(res) if a.json else to_table([res]))
     return 0
 
@@ -72,17 +77,22 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     state = model.state_dict()
     rows = []
     for r in layer_table(model, shape):
-        nbytes = sum(t.numel() * t.element_size() for k, t in state.items()
-                     if k.rsplit(".", 1)[0] == r["name"])
+        nbytes = sum(t.numel() * t.element_size() for k, t in state.items() if k.rsplit(".", 1)[0] == r["name"])
         if r["params"] or r["macs"] or nbytes:
             rows.append({**r, "out_shape": "x".join(map(str, r["out_shape"] or [])), "bytes": nbytes})
-    print(f"{a.model}: {header['arch']['name'] if header.get('arch') else 'custom'} "
-          f"{Path(a.model).stat().st_size:,} bytes")
+    print(
+        f"{a.model}: {header['arch']['name'] if header.get('arch') else 'custom'} "
+        f"{Path(a.model).stat().st_size:,} bytes"
+    )
     print(to_table(rows, ["name", "type", "out_shape", "params", "nonzeros", "bytes", "macs"]))
     if header.get("entropy"):
         print("\nHuffman-coded streams (bytes as stored; bits per index or gap):")
-        print(to_table([{"stream": k, **v} for k, v in header["entropy"].items()],
-                       ["stream", "kind", "n", "raw_bytes", "coded_bytes", "bits_per_symbol"]))
+        print(
+            to_table(
+                [{"stream": k, **v} for k, v in header["entropy"].items()],
+                ["stream", "kind", "n", "raw_bytes", "coded_bytes", "bits_per_symbol"],
+            )
+        )
     return 0
 
 
@@ -93,8 +103,10 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     model, _, shape = _model_data(a.model, None)
     out = export_onnx(model, torch.zeros(1, *shape), a.output, int8_initializers=not a.float_weights)
-    print(f"wrote {out} ({out.stat().st_size:,} bytes; opset 17, dynamic batch, input 'input' of shape "
-          f"(N, {', '.join(map(str, shape))}))")
+    print(
+        f"wrote {out} ({out.stat().st_size:,} bytes; opset 17, dynamic batch, input 'input' of shape "
+        f"(N, {', '.join(map(str, shape))}))"
+    )
     return 0
 
 
@@ -131,9 +143,11 @@ def _cmd_sensitivity(a: argparse.Namespace) -> int:
 def _cmd_list(a: argparse.Namespace) -> int:
     if a.what == "models":
         from torchslim.models import list_models
+
         print("\n".join(list_models()))
     else:
         from torchslim.core.registry import list_methods
+
         print("\n".join(list_methods()))
     return 0
 
@@ -148,11 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--restart", action="store_true", help="delete the run folder and start over")
     r.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     r.set_defaults(fn=_cmd_run)
-    d = sub.add_parser("distill", help="train a registry student from a teacher .slim file (Hinton KD); "
-                                       "the report compares student and teacher")
+    d = sub.add_parser(
+        "distill",
+        help="train a registry student from a teacher .slim file (Hinton KD); the report compares student and teacher",
+    )
     d.add_argument("--teacher", required=True, help="teacher .slim file")
     d.add_argument("--student", required=True, help="registry model name (torchslim list models)")
-    d.add_argument("--kwargs", default="{}", help='student constructor arguments as JSON, e.g. \'{"width_mult": 0.5}\'')
+    d.add_argument("--kwargs", default="{}", help="student constructor arguments as JSON, e.g. '{\"width_mult\": 0.5}'")
     d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     d.add_argument("--lr", type=float, default=0.001)

@@ -21,6 +21,7 @@ Run folder: ``recipe.yaml``, ``state.json`` (finished steps), per-step
 ``report.md``. A rerun skips finished steps and resumes training mid-step
 from the last finished epoch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -135,17 +136,23 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
         raise RecipeError(f"name={name!r} must be a non-empty string without '/'")
     model = dict(_keys("model", raw.get("model"), _MODEL))
     if not isinstance(model.get("name"), str) and not model.get("from"):
-        raise RecipeError("model.name is required (a registry model, see 'torchslim list models'), "
-                          "or model.from: a .slim file")
+        raise RecipeError(
+            "model.name is required (a registry model, see 'torchslim list models'), or model.from: a .slim file"
+        )
     if not isinstance(model.setdefault("kwargs", {}), dict):
         raise RecipeError(f"model.kwargs must be a mapping, got {model['kwargs']!r}")
     if model.get("name"):
         from torchslim.models import list_models
+
         if model["name"] not in list_models():
             raise RecipeError(f"model.name={model['name']!r} is unknown; allowed: {list_models()}")
     try:
-        data = DataConfig.from_dict({**_keys("data", raw.get("data"), set(DataConfig.__dataclass_fields__)),
-                                     **({"dir": data_dir} if data_dir else {})})
+        data = DataConfig.from_dict(
+            {
+                **_keys("data", raw.get("data"), set(DataConfig.__dataclass_fields__)),
+                **({"dir": data_dir} if data_dir else {}),
+            }
+        )
         train, train_distill = _train_and_distill("train", raw.get("train"), original_ok=False)
     except ValueError as e:
         raise RecipeError(str(e)) from None
@@ -161,8 +168,9 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
             raise RecipeError(f"stages[{i}]: fields {sorted(fields)} need a 'method'")
         try:
             cfg = MethodConfig.from_dict({"method": s["method"], **fields}) if "method" in s else None
-            ft, distill = _train_and_distill(f"stages[{i}].finetune", s["finetune"], True) \
-                if s.get("finetune") else (None, None)
+            ft, distill = (
+                _train_and_distill(f"stages[{i}].finetune", s["finetune"], True) if s.get("finetune") else (None, None)
+            )
         except RecipeError:
             raise
         except ValueError as e:
@@ -178,8 +186,14 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None = None, *,
-               data_dir: str | None = None, restart: bool = False, latency: bool | None = None) -> list[dict]:
+def run_recipe(
+    src: str | os.PathLike | dict,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    data_dir: str | None = None,
+    restart: bool = False,
+    latency: bool | None = None,
+) -> list[dict]:
     """Run a recipe: train or load the model, run every stage, write model + report.
 
     Returns the report rows (baseline first, then one per stage). Safe to rerun
@@ -200,8 +214,9 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
     state_path = out / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     if state and state.get("digest") != recipe.digest():
-        raise RecipeError(f"{out} holds a run of a different recipe; pass --restart to start over "
-                          "or --out DIR for a new folder")
+        raise RecipeError(
+            f"{out} holds a run of a different recipe; pass --restart to start over or --out DIR for a new folder"
+        )
     state.setdefault("digest", recipe.digest())
     state.setdefault("done", [])
     state.setdefault("rows", [])
@@ -224,9 +239,13 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
     def finish(step: str, model, method: str, train_seconds: float = 0.0) -> None:
         path = out / f"{len(state['done']):02d}_{step}.slim"
         save(model, path, recipe=recipe.raw, extra={**extra, "step": step})
-        row = {"model": model.torchslim.arch["name"], "method": method, "step": step,
-               **measure(model, shape, loader=loaders.test, path=path, latency=latency),
-               "train_seconds": round(train_seconds, 1)}
+        row = {
+            "model": model.torchslim.arch["name"],
+            "method": method,
+            "step": step,
+            **measure(model, shape, loader=loaders.test, path=path, latency=latency),
+            "train_seconds": round(train_seconds, 1),
+        }
         state["done"].append(step)
         state["rows"].append(row)
         tmp = state_path.with_suffix(".tmp")
@@ -249,14 +268,26 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
                 model = load(recipe.model["from"])
                 _log(f"[{recipe.name}] baseline loaded from {recipe.model['from']}")
             else:
-                model = create_model(recipe.model["name"], num_classes=loaders.num_classes,
-                                     in_channels=loaders.in_channels, input_size=loaders.input_size,
-                                     **recipe.model["kwargs"])
-                _log(f"[{recipe.name}] training {recipe.model['name']} for {recipe.train.epochs} epochs"
-                     + (f", distilled from {recipe.distill['teacher']}" if recipe.distill else ""))
-                seconds = fit(model, loaders.train, recipe.train, val_loader=loaders.val,
-                              callbacks=distill_callbacks(recipe.distill), checkpoint_dir=out / "ckpt_baseline",
-                              desc="baseline")["seconds"]
+                model = create_model(
+                    recipe.model["name"],
+                    num_classes=loaders.num_classes,
+                    in_channels=loaders.in_channels,
+                    input_size=loaders.input_size,
+                    **recipe.model["kwargs"],
+                )
+                _log(
+                    f"[{recipe.name}] training {recipe.model['name']} for {recipe.train.epochs} epochs"
+                    + (f", distilled from {recipe.distill['teacher']}" if recipe.distill else "")
+                )
+                seconds = fit(
+                    model,
+                    loaders.train,
+                    recipe.train,
+                    val_loader=loaders.val,
+                    callbacks=distill_callbacks(recipe.distill),
+                    checkpoint_dir=out / "ckpt_baseline",
+                    desc="baseline",
+                )["seconds"]
             finish(step, model, "float", seconds)
             continue
         stage = recipe.stages[i - 1]
@@ -266,9 +297,15 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
             compress_(model, stage.config, data=loaders.train)
         seconds = 0.0
         if stage.finetune is not None and stage.finetune.epochs > 0:
-            seconds = fit(model, loaders.train, stage.finetune, val_loader=loaders.val,
-                          callbacks=method_callbacks(model) + distill_callbacks(stage.distill),
-                          checkpoint_dir=out / f"ckpt_{step}", desc=step)["seconds"]
+            seconds = fit(
+                model,
+                loaders.train,
+                stage.finetune,
+                val_loader=loaders.val,
+                callbacks=method_callbacks(model) + distill_callbacks(stage.distill),
+                checkpoint_dir=out / f"ckpt_{step}",
+                desc=step,
+            )["seconds"]
         convert_(model)
         finish(step, model, method, seconds)
 
@@ -279,24 +316,47 @@ def run_recipe(src: str | os.PathLike | dict, out_dir: str | os.PathLike | None 
         save(load(final), path, recipe=recipe.raw, extra={**extra, "step": "export"}, entropy="huffman")
         coded = load(path)  # measured from the decoded file, which proves the round trip
         state["done"].append("export")
-        state["rows"].append({"model": coded.torchslim.arch["name"], "method": "huffman", "step": "export",
-                              **measure(coded, shape, loader=loaders.test, path=path, latency=latency)})
+        state["rows"].append(
+            {
+                "model": coded.torchslim.arch["name"],
+                "method": "huffman",
+                "step": "export",
+                **measure(coded, shape, loader=loaders.test, path=path, latency=latency),
+            }
+        )
         state_path.write_text(json.dumps(state, indent=1))
         final = path
     shutil.copyfile(final, out / "model.slim")
     rows = [dict(r) for r in state["rows"]]
     if recipe.distill:  # a student: compare every step with its teacher
         src = recipe.distill["teacher"]
-        t = {"step": "teacher", "method": "teacher", **measure(load(src), shape, loader=loaders.test, path=src,
-                                                                 latency=latency)}
+        t = {
+            "step": "teacher",
+            "method": "teacher",
+            **measure(load(src), shape, loader=loaders.test, path=src, latency=latency),
+        }
         for r in rows:
-            r.update(top1_vs_teacher=round(r["top1"] - t["top1"], 2),
-                     teacher_params_ratio=round(t["params"] / r["params"], 2),
-                     teacher_macs_ratio=round(t["macs"] / r["macs"], 2))
+            r.update(
+                top1_vs_teacher=round(r["top1"] - t["top1"], 2),
+                teacher_params_ratio=round(t["params"] / r["params"], 2),
+                teacher_macs_ratio=round(t["macs"] / r["macs"], 2),
+            )
         rows.insert(0, t)
     write_report(rows, out / "report", title=f"torchslim run: {recipe.name}")
-    cols = ["step", "method", "top1", "bytes", "params", "nonzeros", "macs", "latency_b1_ms", "latency_b256_ms",
-            "top1_vs_teacher", "teacher_params_ratio", "teacher_macs_ratio"]
+    cols = [
+        "step",
+        "method",
+        "top1",
+        "bytes",
+        "params",
+        "nonzeros",
+        "macs",
+        "latency_b1_ms",
+        "latency_b256_ms",
+        "top1_vs_teacher",
+        "teacher_params_ratio",
+        "teacher_macs_ratio",
+    ]
     print(to_table(rows, [c for c in cols if any(c in r for r in rows)]))
     print(f"\nwrote {out / 'model.slim'}, {out / 'report.json'}, {out / 'report.md'}")
     return state["rows"]

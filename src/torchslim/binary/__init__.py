@@ -20,6 +20,7 @@ the per-channel scale) or, for ``kbit``, bit-packed codebook layers behind a k-b
 activation quantizer. Design-rule warnings (from the survey): binarizing a 1x1
 conv, activations above 4 bits, binarizing the first or last layer.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -48,8 +49,8 @@ class _BinaryConfig(MethodConfig):
     """Shared shape of the binary configs: each names its quantizers (objects with a ``precision``
     and their own gradient) and its scaling; prepare and convert dispatch on those, not on the type."""
 
-    weight_scale: ClassVar[bool] = False   # BWN's alpha = mean|W| per filter
-    input_scale: ClassVar[bool] = False    # XNOR-Net's K map
+    weight_scale: ClassVar[bool] = False  # BWN's alpha = mean|W| per filter
+    input_scale: ClassVar[bool] = False  # XNOR-Net's K map
 
     def weight_quantizer(self) -> Quantizer:
         return get_quantizer("ste_sign")
@@ -115,6 +116,7 @@ class KBit(_BinaryConfig):
 
 # --- training layers ----------------------------------------------------------------------
 
+
 class _BinaryMixin:
     """Quantizers and scaling flags shared by the conv and linear training layers."""
 
@@ -141,15 +143,22 @@ class _BinaryMixin:
         if self.weight_scale:
             y = y * bwn_scale(self.weight).view(shape)
         if self.input_scale:
-            y = y * (input_scale_map(x, self.kernel_size, self.stride, self.padding) if y.dim() == 4
-                     else x.abs().mean(1, keepdim=True))
+            y = y * (
+                input_scale_map(x, self.kernel_size, self.stride, self.padding)
+                if y.dim() == 4
+                else x.abs().mean(1, keepdim=True)
+            )
         return y if self.bias is None else y + self.bias.view(shape)
 
 
 class BinaryConv2d(nn.Conv2d, _BinaryMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaled(F.conv2d(self.binary_input(x), self.binary_weight(), None, self.stride, self.padding,
-                                    self.dilation, self.groups), x)
+        return self.scaled(
+            F.conv2d(
+                self.binary_input(x), self.binary_weight(), None, self.stride, self.padding, self.dilation, self.groups
+            ),
+            x,
+        )
 
 
 class BinaryLinear(nn.Linear, _BinaryMixin):
@@ -159,8 +168,17 @@ class BinaryLinear(nn.Linear, _BinaryMixin):
 
 def _training_layer(m: nn.Module, config: _BinaryConfig) -> nn.Module:
     if isinstance(m, nn.Conv2d):
-        new = BinaryConv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                           m.bias is not None, m.padding_mode)
+        new = BinaryConv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+        )
     else:
         new = BinaryLinear(m.in_features, m.out_features, m.bias is not None)
     new._init_binary(config)
@@ -182,24 +200,31 @@ def _chosen(model: nn.Module, config: MethodConfig) -> list[str]:
     first_last = {every[0], every[-1]} if every else set()
     names, unsupported, pointwise = [], [], []
     for n, m in layers:
-        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros"
-                                         or isinstance(m.padding, str)):
-            unsupported.append(n)         # the packed kernel: groups 1, dilation 1, numeric zero padding
+        if isinstance(m, nn.Conv2d) and (
+            m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str)
+        ):
+            unsupported.append(n)  # the packed kernel: groups 1, dilation 1, numeric zero padding
             continue
         if n in first_last:
-            if not config.layers:          # default: first conv and last linear stay float
+            if not config.layers:  # default: first conv and last linear stay float
                 continue
-            warnings.warn(f"{config.method}: binarizing {n!r}, the first or last layer, usually costs much "
-                          "accuracy (the survey's design rule keeps them in float)")
+            warnings.warn(
+                f"{config.method}: binarizing {n!r}, the first or last layer, usually costs much "
+                "accuracy (the survey's design rule keeps them in float)"
+            )
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
             pointwise.append(n)
         names.append(n)
     if unsupported:
-        warnings.warn(f"{config.method}: keeping {unsupported} in float: grouped / depthwise / dilated convs (or "
-                      "non-zero padding modes) have no packed binary kernel")
+        warnings.warn(
+            f"{config.method}: keeping {unsupported} in float: grouped / depthwise / dilated convs (or "
+            "non-zero padding modes) have no packed binary kernel"
+        )
     if pointwise:
-        warnings.warn(f"{config.method}: binarizing the 1x1 convolutions {pointwise}; 1x1 convs lose much more "
-                      "accuracy than k x k convs when binarized (exclude them to keep them in float)")
+        warnings.warn(
+            f"{config.method}: binarizing the 1x1 convolutions {pointwise}; 1x1 convs lose much more "
+            "accuracy than k x k convs when binarized (exclude them to keep them in float)"
+        )
     if not names:
         warnings.warn(f"{config.method}: no layer selected; nothing binarized")
     return names
@@ -210,8 +235,10 @@ def _drop_feeding_relus(model: nn.Module, binary_input: set[str]) -> None:
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as e:  # fx raises many types on untraceable code
-        warnings.warn(f"binary: cannot trace the model ({type(e).__name__}); ReLUs before binary layers are "
-                      "kept, so their sign is always +1: remove them by hand")
+        warnings.warn(
+            f"binary: cannot trace the model ({type(e).__name__}); ReLUs before binary layers are "
+            "kept, so their sign is always +1: remove them by hand"
+        )
         return
     mods = dict(model.named_modules())
 
@@ -239,8 +266,9 @@ def _drop_feeding_relus(model: nn.Module, binary_input: set[str]) -> None:
             seen.add(u)
             if u.op == "call_module" and u.target in binary_input:
                 out.add(u.target)
-            elif (u.op == "call_module" and isinstance(mods.get(u.target), _PASS)) or \
-                    (u.op in ("call_function", "call_method") and _name(u.target) in _PASS_CALLS):
+            elif (u.op == "call_module" and isinstance(mods.get(u.target), _PASS)) or (
+                u.op in ("call_function", "call_method") and _name(u.target) in _PASS_CALLS
+            ):
                 out |= binary_reached(u, seen)
         return out
 
@@ -251,9 +279,11 @@ def _drop_feeding_relus(model: nn.Module, binary_input: set[str]) -> None:
             if reached:
                 functional[node.name] = sorted(reached)
     if functional:
-        warnings.warn(f"binary: ReLUs written as function calls in forward ({functional}) feed binary-input "
-                      "layers, whose sign input is then always +1; write them as nn.ReLU modules (prepare "
-                      "removes those) or remove them")
+        warnings.warn(
+            f"binary: ReLUs written as function calls in forward ({functional}) feed binary-input "
+            "layers, whose sign input is then always +1; write them as nn.ReLU modules (prepare "
+            "removes those) or remove them"
+        )
 
 
 _PASS_CALLS = ("max_pool2d", "flatten", "view", "reshape", "dropout", "cat")  # keep the sign of what passes
@@ -275,14 +305,24 @@ class _Clip(Callback):
 
 # --- convert: pack ---------------------------------------------------------------------------
 
+
 def _packed(m: nn.Module) -> nn.Module:
     with torch.no_grad():
-        if m.weight_q.precision > 1:                                 # k-bit weights: a 2^k-entry codebook
+        if m.weight_q.precision > 1:  # k-bit weights: a 2^k-entry codebook
             bits = m.weight_q.precision
             codes, book = m.weight_q.codes(m.binary_weight()), m.weight_q.codebook()
             if isinstance(m, nn.Conv2d):
-                new = CodebookConv2d(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride),
-                                     list(m.padding), list(m.dilation), m.groups, bits, m.bias is not None)
+                new = CodebookConv2d(
+                    m.in_channels,
+                    m.out_channels,
+                    list(m.kernel_size),
+                    list(m.stride),
+                    list(m.padding),
+                    list(m.dilation),
+                    m.groups,
+                    bits,
+                    m.bias is not None,
+                )
             else:
                 new = CodebookLinear(m.in_features, m.out_features, bits, m.bias is not None)
             new.set_codes(codes, book)
@@ -295,8 +335,15 @@ def _packed(m: nn.Module) -> nn.Module:
         bias = m.bias if m.bias is not None else torch.zeros(sign.shape[0])
         binary_in = m.binary_activations
         if isinstance(m, nn.Conv2d):
-            new = PackedBinaryConv2d(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride),
-                                     list(m.padding), m.input_scale, binary_in)
+            new = PackedBinaryConv2d(
+                m.in_channels,
+                m.out_channels,
+                list(m.kernel_size),
+                list(m.stride),
+                list(m.padding),
+                m.input_scale,
+                binary_in,
+            )
         else:
             new = PackedBinaryLinear(m.in_features, m.out_features, m.input_scale, binary_in)
         new.set_weight(sign, scale, bias)
@@ -322,8 +369,10 @@ class _BinaryMethod(Method):
     def prepare(cls, model: nn.Module, config: _BinaryConfig) -> nn.Module:
         act_q = config.input_quantizer()
         if act_q is not None and act_q.precision > 4:
-            warnings.warn(f"{config.method}: act_bits={act_q.precision} > 4 gains little over 4 bits and costs "
-                          "kernel efficiency (the survey's design rule)")
+            warnings.warn(
+                f"{config.method}: act_bits={act_q.precision} > 4 gains little over 4 bits and costs "
+                "kernel efficiency (the survey's design rule)"
+            )
         names = _chosen(model, config)
         if act_q is not None and act_q.precision == 1:
             _drop_feeding_relus(model, set(names))

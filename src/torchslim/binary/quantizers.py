@@ -11,6 +11,7 @@
   ``q = 2 quantize_k(w') - 1`` (straight-through).
 * ``bwn_scale`` (Rastegari et al. 2016): ``alpha_o = mean |W_o|`` per output filter.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -84,6 +85,7 @@ class StochasticSign(Quantizer):
         def sample(t):
             p = torch.clamp((t + 1) / 2, 0, 1)
             return torch.where(torch.rand_like(t) < p, torch.ones_like(t), -torch.ones_like(t))
+
         return _STE.apply(x, sample, -1.0, 1.0)
 
 
@@ -91,7 +93,7 @@ class DoReFa(Quantizer):
     """k-bit activations in [0, 1]."""
 
     def __init__(self, k: int) -> None:
-        self.name, self.precision, self.levels = f"dorefa{k}", k, 2 ** k - 1
+        self.name, self.precision, self.levels = f"dorefa{k}", k, 2**k - 1
 
     def __call__(self, x, training: bool = True):
         return _STE.apply(x, lambda t: dorefa_levels(t, self.precision), 0.0, 1.0)
@@ -101,7 +103,7 @@ class DoReFaWeight(Quantizer):
     """k-bit weights in [-1, 1]."""
 
     def __init__(self, k: int) -> None:
-        self.name, self.precision, self.levels = f"dorefa_weight{k}", k, 2 ** k - 1
+        self.name, self.precision, self.levels = f"dorefa_weight{k}", k, 2**k - 1
 
     def codebook(self) -> torch.Tensor:
         """The 2^k weight values ``2 i / (2^k - 1) - 1`` a code ``i`` stands for."""

@@ -3,6 +3,7 @@
 Core imports no method family: families register themselves (``register_method``)
 and the package names the modules to import (``registry.add_method_modules``).
 """
+
 from torchslim.core.api import compress_, convert_, method_callbacks, pending
 from torchslim.core.config import MethodConfig
 from torchslim.core.fold import FoldBN
@@ -10,5 +11,18 @@ from torchslim.core.registry import Method, get_method, list_methods, register_m
 from torchslim.core.select import select
 from torchslim.core.surgery import get_module, set_module
 
-__all__ = ["FoldBN", "Method", "MethodConfig", "compress_", "convert_", "get_method", "get_module",
-           "list_methods", "method_callbacks", "pending", "register_method", "select", "set_module"]
+__all__ = [
+    "FoldBN",
+    "Method",
+    "MethodConfig",
+    "compress_",
+    "convert_",
+    "get_method",
+    "get_module",
+    "list_methods",
+    "method_callbacks",
+    "pending",
+    "register_method",
+    "select",
+    "set_module",
+]

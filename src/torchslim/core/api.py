@@ -1,4 +1,5 @@
 """The two verbs every method goes through: ``compress_`` (prepare) and ``convert_``."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -11,8 +12,9 @@ from torchslim.core.registry import handler_for
 from torchslim.core.state import slim_state
 
 
-def compress_(model: nn.Module, config: MethodConfig, data: Iterable | None = None, *,
-              example_inputs: torch.Tensor | None = None) -> nn.Module:
+def compress_(
+    model: nn.Module, config: MethodConfig, data: Iterable | None = None, *, example_inputs: torch.Tensor | None = None
+) -> nn.Module:
     """Prepare ``model`` in place for the method ``config`` names (reversible, trainable form).
 
     Args:
@@ -33,8 +35,10 @@ def compress_(model: nn.Module, config: MethodConfig, data: Iterable | None = No
     state = slim_state(model)
     if example_inputs is not None:
         if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 1:
-            raise ValueError("example_inputs must be one input batch as a tensor (batch dimension first); "
-                             f"got {type(example_inputs).__name__}")
+            raise ValueError(
+                "example_inputs must be one input batch as a tensor (batch dimension first); "
+                f"got {type(example_inputs).__name__}"
+            )
         state.example_inputs = example_inputs[:1].detach().clone()
     if state.arch is None and state.original is None:
         from torchslim.export.spec import layer_specs

@@ -6,6 +6,7 @@ modules, ``exclude`` removes modules, ``overrides`` changes fields per layer::
 
     Magnitude(sparsity=0.9, exclude=("fc2",), overrides={"re:conv.*": {"sparsity": 0.5}})
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,9 +98,7 @@ class MethodConfig:
         allowed = {f.name for f in dataclasses.fields(cls)}
         bad = set(d) - allowed
         if bad:
-            raise ValueError(
-                f"{cls.method}: unknown field(s) {sorted(bad)}; allowed: {sorted(allowed)}"
-            )
+            raise ValueError(f"{cls.method}: unknown field(s) {sorted(bad)}; allowed: {sorted(allowed)}")
         try:
             return cls(**d)
         except TypeError as e:  # wrong types that dataclass itself rejects
@@ -132,8 +131,9 @@ def _as_selectors(field_name: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def check_range(cfg: MethodConfig, name: str, lo: float, hi: float, *,
-                lo_open: bool = False, hi_open: bool = False) -> None:
+def check_range(
+    cfg: MethodConfig, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+) -> None:
     """Validate that ``cfg.<name>`` lies in [lo, hi] (or open ends)."""
     v = getattr(cfg, name)
     ok = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -141,9 +141,7 @@ def check_range(cfg: MethodConfig, name: str, lo: float, hi: float, *,
         ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
-        raise ValueError(
-            f"{type(cfg).__name__}.{name}={v!r} is out of range; use a number in {lb}{lo}, {hi}{rb}"
-        )
+        raise ValueError(f"{type(cfg).__name__}.{name}={v!r} is out of range; use a number in {lb}{lo}, {hi}{rb}")
 
 
 def check_int(cfg: MethodConfig, name: str, lo: int, hi: int | None = None) -> None:

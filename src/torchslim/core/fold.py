@@ -11,6 +11,7 @@ Prepare does nothing (folding has no trainable form); convert folds.
 Pairs are found by tracing with ``torch.fx``: a BN is folded only when its
 input is a Conv2d/Linear output used by nothing else.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -54,8 +55,7 @@ def conv_bn_pairs(model: nn.Module, pairs: dict | None = None) -> list[tuple[str
     try:
         graph = _Tracer(tuple(pairs.values())).trace(model)
     except Exception as e:  # fx raises many types on untraceable code
-        warnings.warn(f"core.fold_bn: cannot trace the model with torch.fx ({type(e).__name__}: {e}); "
-                      "nothing folded")
+        warnings.warn(f"core.fold_bn: cannot trace the model with torch.fx ({type(e).__name__}: {e}); nothing folded")
         return []
     mods = dict(model.named_modules())
     found = []
@@ -63,8 +63,12 @@ def conv_bn_pairs(model: nn.Module, pairs: dict | None = None) -> list[tuple[str
         if node.op != "call_module" or type(mods.get(node.target)) not in pairs:
             continue
         src = node.args[0]
-        if (isinstance(src, fx.Node) and src.op == "call_module"
-                and type(mods.get(src.target)) is pairs[type(mods[node.target])] and len(src.users) == 1):
+        if (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and type(mods.get(src.target)) is pairs[type(mods[node.target])]
+            and len(src.users) == 1
+        ):
             found.append((src.target, node.target))
     return found
 
@@ -81,8 +85,17 @@ def fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Modul
     """New conv/linear equal to ``bn(layer(x))`` in eval mode."""
     s, t = bn_affine(bn)
     if isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        layer.dilation, layer.groups, True, layer.padding_mode)
+        new = nn.Conv2d(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+            True,
+            layer.padding_mode,
+        )
     else:
         new = nn.Linear(layer.in_features, layer.out_features, True)
     shape = (-1,) + (1,) * (layer.weight.dim() - 1)
@@ -92,8 +105,12 @@ def fold_pair(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Modul
     return new.to(layer.weight.device)
 
 
-def fold_all(model: nn.Module, fold: Callable = fold_pair, pairs: dict | None = None,
-             keep: Callable[[str, str], bool] = lambda layer, bn: True) -> None:
+def fold_all(
+    model: nn.Module,
+    fold: Callable = fold_pair,
+    pairs: dict | None = None,
+    keep: Callable[[str, str], bool] = lambda layer, bn: True,
+) -> None:
     """For every (layer, BN) pair that ``keep`` accepts, the layer becomes ``fold(layer, bn)`` and the BN
     ``nn.Identity`` (``pairs`` as in :func:`conv_bn_pairs`)."""
     for layer_name, bn_name in conv_bn_pairs(model, pairs):

@@ -4,6 +4,7 @@ A compression method is a frozen config dataclass (see ``config.py``) plus a
 handler class registered under a dotted name such as ``prune.magnitude``.
 YAML recipes and ``MethodConfig.from_dict`` resolve names only through here.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -77,9 +78,7 @@ def get_method(name: str) -> type[Method]:
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}"
-        ) from None
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}") from None
 
 
 def handler_for(config: MethodConfig) -> type[Method]:
@@ -89,8 +88,7 @@ def handler_for(config: MethodConfig) -> type[Method]:
         return _BY_CONFIG[type(config)]
     except KeyError:
         raise ValueError(
-            f"{type(config).__name__} is not registered; decorate its handler with "
-            "@register_method"
+            f"{type(config).__name__} is not registered; decorate its handler with @register_method"
         ) from None
 
 

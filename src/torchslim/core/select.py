@@ -1,4 +1,5 @@
 """Which layers a method touches: exact name, then ``re:`` regex, then type."""
+
 from __future__ import annotations
 
 import re

@@ -13,6 +13,7 @@ Fields (all plain data, deep-copied with the model, never pickled into files):
 * ``log``: per-layer decisions of the methods applied (ranks, kernel timings), saved in the file;
 * ``header``: the JSON header of the ``.slim`` file the model was loaded from.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Module-tree surgery by dotted path: the one traversal helper every method uses."""
+
 from __future__ import annotations
 
 import torch
@@ -37,12 +38,15 @@ def example_inputs(model: nn.Module, batch: int = 1) -> torch.Tensor:
         return x[:1].expand(batch, *x.shape[1:]).clone()
     arch = state.arch
     if arch is None:
-        raise ValueError("this method runs the model, and the model is not from the torchslim registry, so its "
-                         "input shape is unknown: pass an input batch, compress_(model, config, example_inputs=x)")
+        raise ValueError(
+            "this method runs the model, and the model is not from the torchslim registry, so its "
+            "input shape is unknown: pass an input batch, compress_(model, config, example_inputs=x)"
+        )
     kw = arch["kwargs"]
     p = next(model.parameters())
-    return torch.zeros(batch, kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28),
-                       device=p.device)
+    return torch.zeros(
+        batch, kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28), device=p.device
+    )
 
 
 @torch.no_grad()
@@ -54,6 +58,7 @@ def capture_inputs(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor
     def hook(name: str):
         def grab(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:  # must return None
             inputs.setdefault(name, args[0][:1].detach().clone())
+
         return grab
 
     handles = [mods[n].register_forward_hook(hook(n)) for n in names]

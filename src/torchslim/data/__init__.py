@@ -1,5 +1,6 @@
 """Data sets and loaders: a deterministic train/validation split carved from the
 training set; the test set is used only for reported numbers."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,11 @@ DATASETS: dict[str, tuple[Callable[..., tuple[torch.Tensor, torch.Tensor]], tupl
     "mnist": (lambda r, s, c: read_idx_split(r, s), (0.1307,), (0.3081,)),
     "kmnist": (lambda r, s, c: read_idx_split(r, s), (0.1918,), (0.3483,)),
     "cifar10": (lambda r, s, c: read_cifar_binary(r, s), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "image_folder": (lambda r, s, c: read_image_folder(r, s, size=c.image_size, grayscale=c.grayscale),
-                     (0.5,), (0.25,)),
+    "image_folder": (
+        lambda r, s, c: read_image_folder(r, s, size=c.image_size, grayscale=c.grayscale),
+        (0.5,),
+        (0.25,),
+    ),
 }
 
 
@@ -85,8 +89,7 @@ class DataConfig:
             return os.environ[ENV_DATA_DIR]
         if self.name == "fashion_mnist":
             return DEFAULT_FASHION_DIR
-        raise DataError(f"data set {self.name!r} has no default location; pass --data-dir DIR "
-                        f"or set {ENV_DATA_DIR}")
+        raise DataError(f"data set {self.name!r} has no default location; pass --data-dir DIR or set {ENV_DATA_DIR}")
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -140,7 +143,7 @@ def _augment(x: torch.Tensor) -> torch.Tensor:
     padded = torch.nn.functional.pad(x, (p, p, p, p))
     ox = torch.randint(0, 2 * p + 1, (n,)).tolist()
     oy = torch.randint(0, 2 * p + 1, (n,)).tolist()
-    out = torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(n)])
+    out = torch.stack([padded[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(n)])
     flip = torch.rand(n) < 0.5
     out[flip] = out[flip].flip(-1)
     return out
@@ -164,15 +167,23 @@ def make_loaders(cfg: DataConfig, *, distributed: bool = False, seed: int = 0) -
     xt, yt = load_split(cfg, "test")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     nval = min(cfg.val_size, len(y) // 5)
-    tr, va = perm[: len(y) - nval], perm[len(y) - nval:]
+    tr, va = perm[: len(y) - nval], perm[len(y) - nval :]
     train_ds = _Images(x[tr], y[tr])
     sampler = None
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
+
         sampler = DistributedSampler(train_ds, shuffle=True, seed=seed)
     g = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler, generator=g,
-                       collate_fn=_Collate(cfg.mean, cfg.std, cfg.augment), drop_last=len(tr) > cfg.batch_size)
+    train = DataLoader(
+        train_ds,
+        cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=g,
+        collate_fn=_Collate(cfg.mean, cfg.std, cfg.augment),
+        drop_last=len(tr) > cfg.batch_size,
+    )
     plain = _Collate(cfg.mean, cfg.std, False)
     val = DataLoader(_Images(x[va], y[va]), 2 * cfg.batch_size, collate_fn=plain) if nval else None
     test = DataLoader(_Images(xt, yt), 2 * cfg.batch_size, collate_fn=plain)

@@ -3,6 +3,7 @@
 Every reader returns ``(images, labels)`` as a uint8 tensor ``(N, C, H, W)``
 and an int64 tensor ``(N,)``. Errors name the file and say how to get the data.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -49,7 +50,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     head = 4 + 4 * rank
     if len(raw) < head:
         raise DataError(f"{path}: truncated IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank))
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(rank))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - head != expected:
@@ -80,8 +81,10 @@ def read_idx_split(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
-CIFAR_HELP = ("CIFAR-10 is read in its binary format (data_batch_1.bin .. data_batch_5.bin, "
-              "test_batch.bin, from cifar-10-binary.tar.gz); pass --data-dir to the extracted folder.")
+CIFAR_HELP = (
+    "CIFAR-10 is read in its binary format (data_batch_1.bin .. data_batch_5.bin, "
+    "test_batch.bin, from cifar-10-binary.tar.gz); pass --data-dir to the extracted folder."
+)
 
 
 def read_cifar_binary(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,8 +110,9 @@ def read_cifar_binary(root: str | os.PathLike, split: str) -> tuple[torch.Tensor
 _IMG_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def read_image_folder(root: str | os.PathLike, split: str, *, size: int = 32,
-                      grayscale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def read_image_folder(
+    root: str | os.PathLike, split: str, *, size: int = 32, grayscale: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Image folder: ``root/<split>/<class>/*.png`` (or ``root/<class>/*`` for ``train``).
 
     Classes are the sorted subfolder names; images are resized to ``size``.

@@ -16,6 +16,7 @@ logits computed on the fly) or online (the teacher trains on the labels in the s
 loop and the student distils from its current logits). Hooks and the regressors'
 optimizer live in the callback and are removed at the end of training.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,8 +51,10 @@ def hint_regressor(student_feature: torch.Tensor, teacher_feature: torch.Tensor)
     s, t = student_feature.shape, teacher_feature.shape
     if len(s) == 4 and len(t) == 4:
         if s[2:] != t[2:]:
-            raise ValueError(f"hint features have spatial sizes {tuple(s[2:])} (student) and {tuple(t[2:])} "
-                             "(teacher); pick layers with equal feature-map sizes")
+            raise ValueError(
+                f"hint features have spatial sizes {tuple(s[2:])} (student) and {tuple(t[2:])} "
+                "(teacher); pick layers with equal feature-map sizes"
+            )
         return nn.Conv2d(s[1], t[1], 1)
     return nn.Sequential(nn.Flatten(), nn.Linear(s[1:].numel(), t[1:].numel()), nn.Unflatten(1, t[1:]))
 
@@ -89,8 +92,10 @@ class Distill(Callback):
         if self.loss not in ("kd", "mse"):
             raise ValueError(f"Distill.loss={self.loss!r}; use 'kd' or 'mse'")
         if self.cache is not None and (self.online or self.hints):
-            raise ValueError("Distill.cache works offline without hints (the teacher must not change and "
-                             "its features are not cached)")
+            raise ValueError(
+                "Distill.cache works offline without hints (the teacher must not change and "
+                "its features are not cached)"
+            )
         self.task_weight = 1.0 - self.alpha
         self._handles: list = []
         self._feats: dict[str, torch.Tensor] = {}
@@ -100,6 +105,7 @@ class Distill(Callback):
     def _tap(self, model: nn.Module, name: str, key: str) -> None:
         def grab(mod, args, out):
             self._feats[key] = out
+
         self._handles.append(get_module(model, name).register_forward_hook(grab))
 
     def on_train_begin(self, model: nn.Module) -> None:
@@ -117,8 +123,9 @@ class Distill(Callback):
                 model.eval()(x)
                 model.train(was)
                 self.teacher(x)
-            self.regressors = nn.ModuleList(hint_regressor(self._feats[f"s{i}"], self._feats[f"t{i}"])
-                                            for i in range(len(self.hints))).to(device)
+            self.regressors = nn.ModuleList(
+                hint_regressor(self._feats[f"s{i}"], self._feats[f"t{i}"]) for i in range(len(self.hints))
+            ).to(device)
         params = list(self.regressors.parameters()) + (list(self.teacher.parameters()) if self.online else [])
         self._opt = torch.optim.SGD(params, lr=self.teacher_lr, momentum=0.9) if params else None
 
@@ -133,8 +140,12 @@ class Distill(Callback):
         soft = kd_loss(outputs, t_out_d, self.T) if self.loss == "kd" else logit_matching_loss(outputs, t_out_d)
         total = self.alpha * soft + teacher_ce
         for i, reg in enumerate(self.regressors):
-            total = total + self.hint_weight * 0.5 * (reg(self._feats[f"s{i}"]) - self._feats[f"t{i}"].detach()
-                                                      ).pow(2).flatten(1).sum(1).mean()
+            total = (
+                total
+                + self.hint_weight
+                * 0.5
+                * (reg(self._feats[f"s{i}"]) - self._feats[f"t{i}"].detach()).pow(2).flatten(1).sum(1).mean()
+            )
         return total
 
     @torch.no_grad()
@@ -155,9 +166,11 @@ class Distill(Callback):
 
     def state_dict(self) -> dict:
         """What changes during training: the online teacher, the hint regressors, their optimizer."""
-        return {"teacher": self.teacher.state_dict() if self.online else None,
-                "regressors": self.regressors.state_dict(),
-                "optimizer": self._opt.state_dict() if self._opt is not None else None}
+        return {
+            "teacher": self.teacher.state_dict() if self.online else None,
+            "regressors": self.regressors.state_dict(),
+            "optimizer": self._opt.state_dict() if self._opt is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("teacher") is not None:

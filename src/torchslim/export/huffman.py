@@ -6,6 +6,7 @@ so no code table is stored. ``decode`` reverses it with a 2**L lookup table
 (L = longest code, at most 16: when plain Huffman would need longer codes, the
 symbol counts are halved until it does not, trading a little optimality).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -81,15 +82,15 @@ def decode(stream: np.ndarray, alphabet: np.ndarray, lengths: np.ndarray, n: int
     table_len = np.zeros(1 << L, dtype=np.int64)
     for i, (c, length) in enumerate(zip(codes, lengths)):
         lo = int(c) << (L - int(length))
-        table_sym[lo: lo + (1 << (L - int(length)))] = i
-        table_len[lo: lo + (1 << (L - int(length)))] = length
+        table_sym[lo : lo + (1 << (L - int(length)))] = i
+        table_len[lo : lo + (1 << (L - int(length)))] = length
     bits = np.unpackbits(np.asarray(stream, dtype=np.uint8))
     nbits = len(bits)
     bits = np.concatenate([bits, np.zeros(L, np.uint8)]).astype(np.int64)
     # Window value at every bit position: the L bits starting there, as an integer.
     vals = np.zeros(nbits, dtype=np.int64)
     for j in range(L):
-        vals |= bits[j: j + nbits] << (L - 1 - j)
+        vals |= bits[j : j + nbits] << (L - 1 - j)
     vals = vals.tolist()
     tl, ts = table_len.tolist(), table_sym.tolist()
     out = [0] * n

@@ -11,6 +11,7 @@
 The exported graph has a dynamic batch dimension, opset 17, and passes ``onnx.checker``.
 Needs the ``onnx`` extra: ``pip install "torchslim[onnx]"``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,22 +31,34 @@ OPSET = 17
 def lowered_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy of ``model`` with every runtime layer replaced by its plain-torch form."""
     quantized_in: dict[str, bool] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: quantized_in.__setitem__(n, args[0].is_quantized))
-             for n, m in model.named_modules() if isinstance(m, _UniformBase)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: quantized_in.__setitem__(n, args[0].is_quantized))
+        for n, m in model.named_modules()
+        if isinstance(m, _UniformBase)
+    ]
     try:
         with torch.no_grad():
-            model.eval()(example)               # which int8 layers receive an int8 tensor
+            model.eval()(example)  # which int8 layers receive an int8 tensor
     finally:
         for h in hooks:
             h.remove()
     # the copy takes each runtime layer's lowered form in its place (packed caches are never copied)
-    memo = {id(m): m.lowered(input_quantized=quantized_in.get(n, False))
-            for n, m in model.named_modules() if isinstance(m, RuntimeLayer)}
+    memo = {
+        id(m): m.lowered(input_quantized=quantized_in.get(n, False))
+        for n, m in model.named_modules()
+        if isinstance(m, RuntimeLayer)
+    }
     return copy.deepcopy(model, memo).eval()
 
 
-def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.PathLike, *,
-                opset: int = OPSET, int8_initializers: bool = True) -> Path:
+def export_onnx(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    opset: int = OPSET,
+    int8_initializers: bool = True,
+) -> Path:
     """Write ``model`` (converted) as ONNX to ``path`` with a dynamic batch dimension.
 
     Args:
@@ -65,8 +78,16 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(low, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=outputs, dynamic_axes={n: {0: "batch"} for n in ["input", *outputs]})
+        torch.onnx.export(
+            low,
+            (x,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=outputs,
+            dynamic_axes={n: {0: "batch"} for n in ["input", *outputs]},
+        )
     graph = onnx.load(str(tmp))
     if int8_initializers:
         _fold_weight_quantization(graph)

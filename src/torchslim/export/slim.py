@@ -5,6 +5,7 @@ JSON header: format version, architecture spec, recipe, extra info) and
 ``sha256`` (over the header JSON and every tensor's name, dtype, shape and
 bytes). Nothing on the load path unpickles or executes file content.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,7 +79,7 @@ def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     if n > len(raw) - 8:
         raise SlimFileError(f"{path}: header length {n} exceeds the file size {len(raw)}; file is truncated")
     try:
-        meta = json.loads(raw[8:8 + n]).get("__metadata__", {})
+        meta = json.loads(raw[8 : 8 + n]).get("__metadata__", {})
         tensors = st_load(raw)
     except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as e:
         raise SlimFileError(f"{path}: not a valid .slim/safetensors file ({e}); truncated or corrupt") from None
@@ -109,15 +110,22 @@ def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
         streams = []
         if getattr(m, "bits", 0) and f"{prefix}codes" in tensors:
             n = m.nnz if hasattr(m, "nnz") else int(np.prod(m.shape))
-            streams.append((f"{prefix}codes", unpack_bits(m.codes, m.bits, n).numpy(),
-                            {"kind": "codes", "bits": m.bits, "n": n}))
+            streams.append(
+                (f"{prefix}codes", unpack_bits(m.codes, m.bits, n).numpy(), {"kind": "codes", "bits": m.bits, "n": n})
+            )
         if f"{prefix}crow" in tensors:
-            streams.append((f"{prefix}crow", np.diff(m.crow.long().numpy()),
-                            {"kind": "csr_crow", "n": m.crow.numel() - 1}))
+            streams.append(
+                (f"{prefix}crow", np.diff(m.crow.long().numpy()), {"kind": "csr_crow", "n": m.crow.numel() - 1})
+            )
         if f"{prefix}col" in tensors and f"{prefix}crow" in tensors:
             gaps = huffman.csr_gaps(m.crow.long().numpy(), m.col.long().numpy())
-            streams.append((f"{prefix}col", gaps, {"kind": "csr_col", "n": m.col.numel(),
-                                                   "dtype": str(m.col.dtype).replace("torch.", "")}))
+            streams.append(
+                (
+                    f"{prefix}col",
+                    gaps,
+                    {"kind": "csr_col", "n": m.col.numel(), "dtype": str(m.col.dtype).replace("torch.", "")},
+                )
+            )
         for key, symbols, meta in streams:
             stream, alphabet, lengths = huffman.encode(symbols)
             alphabet = _narrow(alphabet)
@@ -129,8 +137,12 @@ def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
             tensors[f"{key}.huff"] = torch.from_numpy(stream.copy())
             tensors[f"{key}.huff_alphabet"] = torch.from_numpy(alphabet)
             tensors[f"{key}.huff_lengths"] = torch.from_numpy(lengths.copy())
-            info[key] = {**meta, "raw_bytes": raw, "coded_bytes": coded,
-                         "bits_per_symbol": round(8 * stream.nbytes / max(len(symbols), 1), 3)}
+            info[key] = {
+                **meta,
+                "raw_bytes": raw,
+                "coded_bytes": coded,
+                "bits_per_symbol": round(8 * stream.nbytes / max(len(symbols), 1), 3),
+            }
     return info
 
 
@@ -155,9 +167,12 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
     # Row pointers first: decoding column gaps needs them.
     for key, meta in sorted(info.items(), key=lambda kv: kv[1]["kind"] != "csr_crow"):
         try:
-            symbols = huffman.decode(tensors.pop(f"{key}.huff").numpy(),
-                                     tensors.pop(f"{key}.huff_alphabet").numpy().astype(np.int64),
-                                     tensors.pop(f"{key}.huff_lengths").numpy(), meta["n"])
+            symbols = huffman.decode(
+                tensors.pop(f"{key}.huff").numpy(),
+                tensors.pop(f"{key}.huff_alphabet").numpy().astype(np.int64),
+                tensors.pop(f"{key}.huff_lengths").numpy(),
+                meta["n"],
+            )
         except (KeyError, ValueError, IndexError) as e:
             raise SlimFileError(f"Huffman stream {key!r} cannot be decoded ({e})") from None
         if meta["kind"] == "codes":
@@ -169,8 +184,14 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
             tensors[key] = torch.from_numpy(col).to(getattr(torch, meta["dtype"]))
 
 
-def save(model: nn.Module, path: str | os.PathLike, *, recipe: dict | None = None,
-         extra: dict | None = None, entropy: str | None = None) -> int:
+def save(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    recipe: dict | None = None,
+    extra: dict | None = None,
+    entropy: str | None = None,
+) -> int:
     """Save ``model`` (converted, not mid-compression) as a ``.slim`` file; returns bytes written.
 
     The architecture is stored as the registry name + kwargs plus per-module
@@ -184,8 +205,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: dict | None = Non
     from torchslim.core.api import pending
 
     if pending(model):
-        raise ValueError(f"the model has methods prepared but not converted ({pending(model)}); "
-                         "call torchslim.convert_(model) before save")
+        raise ValueError(
+            f"the model has methods prepared but not converted ({pending(model)}); "
+            "call torchslim.convert_(model) before save"
+        )
     state = slim_state(model)
     header: dict[str, Any] = {"arch": None, "recipe": recipe, "extra": extra or {}, "log": state.log}
     if state.arch is not None:
@@ -193,7 +216,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, recipe: dict | None = Non
 
         fresh = create_model(state.arch["name"], **state.arch["kwargs"])
         header["arch"] = {**state.arch, "overrides": diff_overrides(model, fresh)}
-    elif state.original is not None:   # a user's model: what the methods replaced, by path
+    elif state.original is not None:  # a user's model: what the methods replaced, by path
         header["overrides"] = changed_layers(model, state.original)
     tensors = dict(model.state_dict())
     if entropy == "huffman":
@@ -225,9 +248,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise SlimFileError(f"{path}: {e}") from None
     missing, unexpected = _key_mismatch(model, tensors)
     if missing or unexpected:
-        raise SlimFileError(f"{path}: tensors do not fit the architecture of {type(model).__name__}: missing "
-                            f"{_few(missing)}, unexpected {_few(unexpected)} (is this the model the file was "
-                            "saved from?)")
+        raise SlimFileError(
+            f"{path}: tensors do not fit the architecture of {type(model).__name__}: missing "
+            f"{_few(missing)}, unexpected {_few(unexpected)} (is this the model the file was "
+            "saved from?)"
+        )
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:

@@ -6,6 +6,7 @@ path whose type or constructor arguments differ from the freshly built model,
 the spec of the module now there. Only types registered here can be rebuilt,
 so loading never runs code named by the file.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -20,26 +21,41 @@ from torchslim.runtime.base import RuntimeLayer, runtime_layer
 _SPECS: dict[str, tuple[type, Callable[[nn.Module], dict], Callable[[dict], nn.Module]]] = {}
 
 
-def register_module_spec(cls: type, to_args: Callable[[nn.Module], dict],
-                         from_args: Callable[[dict], nn.Module] | None = None) -> None:
+def register_module_spec(
+    cls: type, to_args: Callable[[nn.Module], dict], from_args: Callable[[dict], nn.Module] | None = None
+) -> None:
     """Allow ``cls`` in saved files. ``from_args`` defaults to ``cls(**args)``."""
     _SPECS[cls.__name__] = (cls, to_args, from_args or (lambda a: cls(**a)))
 
 
 def _conv_args(m: nn.Conv2d) -> dict:
-    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-                stride=list(m.stride), padding=list(m.padding) if not isinstance(m.padding, str) else m.padding,
-                dilation=list(m.dilation), groups=m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+    return dict(
+        in_channels=m.in_channels,
+        out_channels=m.out_channels,
+        kernel_size=list(m.kernel_size),
+        stride=list(m.stride),
+        padding=list(m.padding) if not isinstance(m.padding, str) else m.padding,
+        dilation=list(m.dilation),
+        groups=m.groups,
+        bias=m.bias is not None,
+        padding_mode=m.padding_mode,
+    )
 
 
 def _bn_args(m: nn.modules.batchnorm._BatchNorm) -> dict:
-    return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                track_running_stats=m.track_running_stats)
+    return dict(
+        num_features=m.num_features,
+        eps=m.eps,
+        momentum=m.momentum,
+        affine=m.affine,
+        track_running_stats=m.track_running_stats,
+    )
 
 
 register_module_spec(nn.Conv2d, _conv_args)
-register_module_spec(nn.Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features,
-                                               bias=m.bias is not None))
+register_module_spec(
+    nn.Linear, lambda m: dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)
+)
 register_module_spec(nn.BatchNorm2d, _bn_args)
 register_module_spec(nn.BatchNorm1d, _bn_args)
 register_module_spec(nn.Identity, lambda m: {})
@@ -115,8 +131,9 @@ def diff_overrides(saved: nn.Module, fresh: nn.Module, path: str = "") -> dict[s
 
 def layer_specs(model: nn.Module) -> dict[str, dict]:
     """Spec of every storable leaf layer by path: the record of a user's model before compression."""
-    return {n: module_spec(m) for n, m in model.named_modules()
-            if n and _registered(m) and not isinstance(m, nn.Sequential)}
+    return {
+        n: module_spec(m) for n, m in model.named_modules() if n and _registered(m) and not isinstance(m, nn.Sequential)
+    }
 
 
 def changed_layers(model: nn.Module, original: dict[str, dict]) -> dict[str, dict]:
@@ -132,11 +149,13 @@ def changed_layers(model: nn.Module, original: dict[str, dict]) -> dict[str, dic
                 if _storable(child) and module_spec(child) == original[p]:
                     continue
                 if not _storable(child):
-                    raise ValueError(f"layer {p!r} was replaced by a {type(child).__name__}, which a .slim file "
-                                     "cannot store; register it with torchslim.export.spec.register_module_spec")
+                    raise ValueError(
+                        f"layer {p!r} was replaced by a {type(child).__name__}, which a .slim file "
+                        "cannot store; register it with torchslim.export.spec.register_module_spec"
+                    )
                 out[p] = module_spec(child)
             elif _storable(child) and not any(k.startswith(p + ".") for k in original):
-                out[p] = module_spec(child)                  # a layer a method added
+                out[p] = module_spec(child)  # a layer a method added
             else:
                 walk(child, p)
 

@@ -1,4 +1,5 @@
 """Low-rank approximation: SVD, Tucker-2, CP, spatial separable; automatic ranks."""
+
 from torchslim.lowrank.factorize import CP, SVD, LowRank, Spatial, Tucker
 from torchslim.lowrank.rank import energy_rank, vbmf_rank
 

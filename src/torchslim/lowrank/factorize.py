@@ -28,6 +28,7 @@ and keeps the dense layer unless the factorized one is faster at both;
 ``prefer="size"`` factorizes whenever it reduces MACs. Every decision is logged
 on the model and stored in the ``.slim`` header. Convert has nothing left to do.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,10 +77,15 @@ class LowRank(MethodConfig):
         check_choice(self, "prefer", ("speed", "size"))
         if self.selection == "fixed":
             r = self.rank
-            if r is None or isinstance(r, bool) or not ((isinstance(r, int) and r >= 1) or
-                                                       (isinstance(r, float) and 0 < r <= 1)):
-                raise ValueError(f"{type(self).__name__}.rank={r!r}: selection='fixed' needs an integer rank >= 1 "
-                                 "or a fraction in (0, 1]")
+            if (
+                r is None
+                or isinstance(r, bool)
+                or not ((isinstance(r, int) and r >= 1) or (isinstance(r, float) and 0 < r <= 1))
+            ):
+                raise ValueError(
+                    f"{type(self).__name__}.rank={r!r}: selection='fixed' needs an integer rank >= 1 "
+                    "or a fraction in (0, 1]"
+                )
         if self.selection == "budget":
             if self.target_macs is None:
                 raise ValueError(f"{type(self).__name__}: selection='budget' needs target_macs in (0, 1)")
@@ -108,12 +114,21 @@ class Spatial(LowRank):
 
 # --- the four factorizations ------------------------------------------------------------
 
+
 def _w(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().double().cpu()
 
 
-def _conv(cin: int, cout: int, k: tuple, stride: tuple = (1, 1), padding: tuple = (0, 0),
-          dilation: tuple = (1, 1), groups: int = 1, bias: bool = False) -> nn.Conv2d:
+def _conv(
+    cin: int,
+    cout: int,
+    k: tuple,
+    stride: tuple = (1, 1),
+    padding: tuple = (0, 0),
+    dilation: tuple = (1, 1),
+    groups: int = 1,
+    bias: bool = False,
+) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias)
 
 
@@ -173,8 +188,8 @@ class _SVDF(_Factorizer):
         k = ranks[0]
         w = _w(layer).reshape(layer.weight.shape[0], -1)
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        a = (s[:k].sqrt()[:, None] * vh[:k])           # (k, n)
-        b = (u[:, :k] * s[:k].sqrt())                  # (m, k)
+        a = s[:k].sqrt()[:, None] * vh[:k]  # (k, n)
+        b = u[:, :k] * s[:k].sqrt()  # (m, k)
         if isinstance(layer, nn.Linear):
             first = _set(nn.Linear(layer.in_features, k, bias=False), a)
             second = _set(nn.Linear(k, layer.out_features, bias=layer.bias is not None), b, layer.bias)
@@ -185,8 +200,13 @@ class _SVDF(_Factorizer):
 
 
 def _spatial_conv(m: nn.Module) -> bool:
-    return isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1 and \
-        m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    return (
+        isinstance(m, nn.Conv2d)
+        and m.groups == 1
+        and max(m.kernel_size) > 1
+        and m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+    )
 
 
 class _TuckerF(_Factorizer):
@@ -203,8 +223,11 @@ class _TuckerF(_Factorizer):
     def macs(self, layer, ranks, hw_in, hw_out):
         r_out, r_in = ranks
         kh, kw = layer.kernel_size
-        return (hw_in[0] * hw_in[1] * layer.in_channels * r_in + hw_out[0] * hw_out[1] * r_in * r_out * kh * kw
-                + hw_out[0] * hw_out[1] * r_out * layer.out_channels)
+        return (
+            hw_in[0] * hw_in[1] * layer.in_channels * r_in
+            + hw_out[0] * hw_out[1] * r_in * r_out * kh * kw
+            + hw_out[0] * hw_out[1] * r_out * layer.out_channels
+        )
 
     def build(self, layer, ranks):
         from tensorly.decomposition import partial_tucker
@@ -237,8 +260,12 @@ class _CPF(_TuckerF):
     def macs(self, layer, ranks, hw_in, hw_out):
         r = max(ranks)
         kh, kw = layer.kernel_size
-        return (hw_in[0] * hw_in[1] * layer.in_channels * r + hw_out[0] * hw_in[1] * r * kh
-                + hw_out[0] * hw_out[1] * r * kw + hw_out[0] * hw_out[1] * r * layer.out_channels)
+        return (
+            hw_in[0] * hw_in[1] * layer.in_channels * r
+            + hw_out[0] * hw_in[1] * r * kh
+            + hw_out[0] * hw_out[1] * r * kw
+            + hw_out[0] * hw_out[1] * r * layer.out_channels
+        )
 
     def build(self, layer, ranks):
         from tensorly.decomposition import parafac
@@ -248,7 +275,7 @@ class _CPF(_TuckerF):
         with warnings.catch_warnings(), _numpy_backend():
             warnings.simplefilter("ignore")
             cp = parafac(w, r, init="svd", n_iter_max=200, normalize_factors=False)
-        a, b, h, v = cp.factors                                  # (N,R) (C,R) (kh,R) (kw,R)
+        a, b, h, v = cp.factors  # (N,R) (C,R) (kh,R) (kw,R)
         a = a * np.asarray(cp.weights)[None, :]
         (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
         kh, kw = layer.kernel_size
@@ -264,9 +291,9 @@ class _SpatialF(_Factorizer):
 
     @staticmethod
     def _matrix(layer):
-        w = _w(layer)                                           # (N, C, kh, kw)
+        w = _w(layer)  # (N, C, kh, kw)
         n, c, kh, kw = w.shape
-        return w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)    # rows (c, i), cols (n, j)
+        return w.permute(1, 2, 0, 3).reshape(c * kh, n * kw)  # rows (c, i), cols (n, j)
 
     def spectra(self, layer):
         return [torch.linalg.svdvals(self._matrix(layer))]
@@ -283,16 +310,16 @@ class _SpatialF(_Factorizer):
         k = ranks[0]
         n, c, kh, kw = layer.weight.shape
         u, s, vh = torch.linalg.svd(self._matrix(layer), full_matrices=False)
-        vert = (u[:, :k] * s[:k].sqrt()).reshape(c, kh, k).permute(2, 0, 1)        # (K, C, kh)
+        vert = (u[:, :k] * s[:k].sqrt()).reshape(c, kh, k).permute(2, 0, 1)  # (K, C, kh)
         horiz = (s[:k].sqrt()[:, None] * vh[:k]).reshape(k, n, kw).permute(1, 0, 2)  # (N, K, kw)
         (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
         first = _set(_conv(c, k, (kh, 1), (sh, 1), (ph, 0), (dh, 1)), vert)
-        second = _set(_conv(k, n, (1, kw), (1, sw), (0, pw), (1, dw), bias=layer.bias is not None), horiz,
-                      layer.bias)
+        second = _set(_conv(k, n, (1, kw), (1, sw), (0, pw), (1, dw), bias=layer.bias is not None), horiz, layer.bias)
         return nn.Sequential(first, second)
 
 
 # --- rank selection and the shared prepare ----------------------------------------------
+
 
 def _ranks(f: _Factorizer, layer: nn.Module, cfg: LowRank) -> list[int]:
     spectra = f.spectra(layer)
@@ -323,8 +350,9 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
     names = [n for n, _, _ in layers]
     inputs = capture_inputs(model, names)
     outs: dict[str, tuple] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, _n=n: outs.__setitem__(_n, _hw(o)) and None)
-             for n, m, _ in layers]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, _n=n: outs.__setitem__(_n, _hw(o)) and None) for n, m, _ in layers
+    ]
     with torch.no_grad():
         model.eval()(example_inputs(model))
     for h in hooks:
@@ -334,8 +362,7 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
     def plan(level: float | None) -> dict[str, list[int]]:
         chosen = {}
         for n, m, c in layers:
-            r = _ranks(f, m, c) if level is None else \
-                f.budget_ranks(m, level, config.allocate, _hw(inputs[n]), outs[n])
+            r = _ranks(f, m, c) if level is None else f.budget_ranks(m, level, config.allocate, _hw(inputs[n]), outs[n])
             if f.macs(m, r, _hw(inputs[n]), outs[n]) < dense_macs[n]:
                 chosen[n] = r
         return chosen
@@ -349,7 +376,7 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
             saved = sum(dense_macs[n] - f.macs(m, p[n], _hw(inputs[n]), outs[n]) for n, m, _ in layers if n in p)
             return total - saved
 
-        lo, hi = 0.0, 1.0   # level: low -> few MACs
+        lo, hi = 0.0, 1.0  # level: low -> few MACs
         for _ in range(30):
             mid = (lo + hi) / 2
             if macs_of(plan(mid)) <= target:
@@ -362,8 +389,10 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
             if macs_of(trial) <= target:
                 chosen = trial
         if abs(macs_of(chosen) - target) > 0.05 * target:
-            warnings.warn(f"{config.method}: the budget {config.target_macs:.0%} cannot be met within 5 % by "
-                          f"factorizing the selected layers (closest {macs_of(chosen) / total:.1%})")
+            warnings.warn(
+                f"{config.method}: the budget {config.target_macs:.0%} cannot be met within 5 % by "
+                f"factorizing the selected layers (closest {macs_of(chosen) / total:.1%})"
+            )
     else:
         chosen = plan(None)
     log = slim_state(model).log

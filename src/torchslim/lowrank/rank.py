@@ -8,6 +8,7 @@
 * budget: one energy level for all layers, bisected until the model's MACs reach
   the target; each layer's rank then follows its own spectrum.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,18 +40,24 @@ def vbmf_rank(y: torch.Tensor) -> int:
     alpha = L / M
     tauubar = 2.5129 * math.sqrt(alpha)
     s = np.linalg.svd(y, compute_uv=False)[:H]
-    residual = 0.0 if H >= L else float(np.sum(y ** 2) - np.sum(s ** 2))
+    residual = 0.0 if H >= L else float(np.sum(y**2) - np.sum(s**2))
     xubar = (1 + tauubar) * (1 + alpha / tauubar)
     eH_ub = int(min(math.ceil(L / (1 + alpha)) - 1, H)) - 1
-    upper = (np.sum(s ** 2) + residual) / (L * M)
-    lower = max(s[eH_ub + 1] ** 2 / (M * xubar), np.mean(s[eH_ub + 1:] ** 2) / M) if eH_ub + 1 < H else upper * 1e-6
+    upper = (np.sum(s**2) + residual) / (L * M)
+    lower = max(s[eH_ub + 1] ** 2 / (M * xubar), np.mean(s[eH_ub + 1 :] ** 2) / M) if eH_ub + 1 < H else upper * 1e-6
 
     def free_energy(sigma2: float) -> float:
-        x = s ** 2 / (M * sigma2)
+        x = s**2 / (M * sigma2)
         z1, z2 = x[x > xubar], x[x <= xubar]
         t1 = _tau(z1, alpha)
-        return float(np.sum(z2 - np.log(z2)) + np.sum(z1 - t1) + np.sum(np.log((t1 + 1) / z1))
-                     + alpha * np.sum(np.log(t1 / alpha + 1)) + residual / (M * sigma2) + (L - H) * np.log(sigma2))
+        return float(
+            np.sum(z2 - np.log(z2))
+            + np.sum(z1 - t1)
+            + np.sum(np.log((t1 + 1) / z1))
+            + alpha * np.sum(np.log(t1 / alpha + 1))
+            + residual / (M * sigma2)
+            + (L - H) * np.log(sigma2)
+        )
 
     sigma2 = minimize_scalar(free_energy, bounds=[lower, upper], method="bounded").x
     threshold = math.sqrt(M * sigma2 * (1 + tauubar) * (1 + alpha / tauubar))

@@ -1,7 +1,21 @@
 """Measurement: params, nonzeros, bytes, MACs, latency, reports."""
+
 from torchslim.measure.counts import count_macs, count_nonzeros, count_params, layer_table, register_macs
 from torchslim.measure.latency import latency_ms
 from torchslim.measure.report import ROW_KEYS, file_bytes, measure, plot_tradeoff, to_markdown, to_table, write_report
 
-__all__ = ["ROW_KEYS", "count_macs", "count_nonzeros", "count_params", "file_bytes", "latency_ms", "layer_table",
-           "measure", "plot_tradeoff", "register_macs", "to_markdown", "to_table", "write_report"]
+__all__ = [
+    "ROW_KEYS",
+    "count_macs",
+    "count_nonzeros",
+    "count_params",
+    "file_bytes",
+    "latency_ms",
+    "layer_table",
+    "measure",
+    "plot_tradeoff",
+    "register_macs",
+    "to_markdown",
+    "to_table",
+    "write_report",
+]

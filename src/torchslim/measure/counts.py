@@ -5,6 +5,7 @@ rule (``RuntimeLayer.macs``), other types register one here (``register_macs``).
 rules: Conv2d ``N * H_out * W_out * C_out * (C_in / groups) * k_h * k_w``;
 Linear ``N * in * out`` (per input row).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,9 +26,11 @@ def register_macs(cls: type) -> Callable:
     Effective MACs skip work the layer really skips (zeros in a sparse kernel);
     for dense layers the two are equal.
     """
+
     def deco(fn: Callable) -> Callable:
         _MACS[cls] = fn
         return fn
+
     return deco
 
 
@@ -77,16 +80,24 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
     hooks = []
     for name, mod in leaf_modules(model):
         params, nonzeros = _own_counts(mod)
-        rows[name] = {"name": name, "type": type(mod).__name__, "out_shape": None,
-                      "params": params, "nonzeros": nonzeros,
-                      "macs": 0, "effective_macs": 0}
+        rows[name] = {
+            "name": name,
+            "type": type(mod).__name__,
+            "out_shape": None,
+            "params": params,
+            "nonzeros": nonzeros,
+            "macs": 0,
+            "effective_macs": 0,
+        }
         rule = _mac_rule(mod)
         if rule is not None:
+
             def hook(m, inp, out, _n=name, _rule=rule):
                 dense, eff = _rule(inp[0], out)
                 rows[_n]["macs"] += int(dense)
                 rows[_n]["effective_macs"] += int(eff)
                 rows[_n]["out_shape"] = list(out.shape[1:])
+
             hooks.append(mod.register_forward_hook(hook))
     was_training = model.training
     model.eval()

@@ -1,4 +1,5 @@
 """Latency: median of repeated runs with ``torch.utils.benchmark``, thread count recorded."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,14 @@ from torchslim.runtime.timing import time_ms
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, *,
-               min_run_time: float = 1.0, threads: int | None = None) -> float:
+def latency_ms(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch: int = 1,
+    *,
+    min_run_time: float = 1.0,
+    threads: int | None = None,
+) -> float:
     """Median milliseconds per forward pass of a batch of ``batch`` inputs of ``input_shape``."""
     model.eval()
     p = next(model.parameters(), None)

@@ -1,4 +1,5 @@
 """Measurement of a model and reports: terminal table, JSON, Markdown, plots."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,18 @@ from torchslim.measure.counts import count_nonzeros, count_params, layer_table
 from torchslim.measure.latency import latency_ms
 
 # The keys every benchmark row carries (benchmark convention).
-ROW_KEYS = ("model", "method", "top1", "bytes", "params", "nonzeros", "macs",
-            "latency_b1_ms", "latency_b256_ms", "threads")
+ROW_KEYS = (
+    "model",
+    "method",
+    "top1",
+    "bytes",
+    "params",
+    "nonzeros",
+    "macs",
+    "latency_b1_ms",
+    "latency_b256_ms",
+    "threads",
+)
 
 
 def file_bytes(model: nn.Module) -> int:
@@ -28,9 +39,17 @@ def file_bytes(model: nn.Module) -> int:
         return save(model, Path(d) / "m.slim")
 
 
-def measure(model: nn.Module, input_shape: tuple[int, ...], *, loader: DataLoader | None = None,
-            path: str | os.PathLike | None = None, latency: bool = True,
-            big_batch: int = 256, min_run_time: float = 1.0, nbytes: int | None = None) -> dict[str, Any]:
+def measure(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    loader: DataLoader | None = None,
+    path: str | os.PathLike | None = None,
+    latency: bool = True,
+    big_batch: int = 256,
+    min_run_time: float = 1.0,
+    nbytes: int | None = None,
+) -> dict[str, Any]:
     """Accuracy, size, MACs and latency of ``model`` side by side in one dict.
 
     Args:
@@ -92,8 +111,9 @@ def _columns(rows: Iterable[dict]) -> list[str]:
     return cols
 
 
-def write_report(rows: Sequence[dict], stem: str | os.PathLike, columns: Sequence[str] | None = None,
-                 title: str | None = None) -> tuple[Path, Path]:
+def write_report(
+    rows: Sequence[dict], stem: str | os.PathLike, columns: Sequence[str] | None = None, title: str | None = None
+) -> tuple[Path, Path]:
     """Write ``stem.json`` (the rows) and ``stem.md`` (a table) and return both paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -103,10 +123,17 @@ def write_report(rows: Sequence[dict], stem: str | os.PathLike, columns: Sequenc
     return jp, mp
 
 
-def plot_tradeoff(rows: Sequence[dict], path: str | os.PathLike, x: str = "macs", y: str = "top1",
-                  label: str = "method", logx: bool = True) -> Path:
+def plot_tradeoff(
+    rows: Sequence[dict],
+    path: str | os.PathLike,
+    x: str = "macs",
+    y: str = "top1",
+    label: str = "method",
+    logx: bool = True,
+) -> Path:
     """Scatter ``y`` against ``x`` (accuracy against size / MACs), one labelled point per row."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,5 @@
 """LeNet family: the models Han et al. (Deep Compression, 2016) compressed."""
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -18,10 +19,13 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) ->
     """
     s = _conv_out(_conv_out(input_size, 5) // 2, 5) // 2  # 28 -> 24 -> 12 -> 8 -> 4
     return nn.Sequential(
-        nn.Conv2d(in_channels, 20, 5), nn.MaxPool2d(2),
-        nn.Conv2d(20, 50, 5), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 20, 5),
+        nn.MaxPool2d(2),
+        nn.Conv2d(20, 50, 5),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(50 * s * s, 500), nn.ReLU(),
+        nn.Linear(50 * s * s, 500),
+        nn.ReLU(),
         nn.Linear(500, num_classes),
     )
 
@@ -32,11 +36,17 @@ def lenet5_classic(num_classes: int = 10, in_channels: int = 1, input_size: int 
     pad = 2 if input_size == 28 else 0  # the 1998 net saw 32x32 inputs
     s = _conv_out(_conv_out(input_size + 2 * pad, 5) // 2, 5) // 2
     return nn.Sequential(
-        nn.Conv2d(in_channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, 6, 5, padding=pad),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * s * s, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(16 * s * s, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
         nn.Linear(84, num_classes),
     )
 
@@ -46,7 +56,9 @@ def lenet300_100(num_classes: int = 10, in_channels: int = 1, input_size: int = 
     """LeNet-300-100 MLP: 784-300-100-classes (267K parameters on 28x28)."""
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(in_channels * input_size * input_size, 300), nn.ReLU(),
-        nn.Linear(300, 100), nn.ReLU(),
+        nn.Linear(in_channels * input_size * input_size, 300),
+        nn.ReLU(),
+        nn.Linear(300, 100),
+        nn.ReLU(),
         nn.Linear(100, num_classes),
     )

@@ -1,4 +1,5 @@
 """MobileNetV2 (Sandler et al. 2018) for 28-32 px inputs: stride-1 stem."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,7 @@ def _divisible(v: float, d: int = 8) -> int:
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act:
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
@@ -39,8 +39,9 @@ class InvertedResidual(nn.Module):
 
 
 @register_model
-def mobilenetv2(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-                width_mult: float = 1.0) -> nn.Module:
+def mobilenetv2(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width_mult: float = 1.0
+) -> nn.Module:
     """MobileNetV2 with a stride-1 stem and the first stride-2 stage at stride 1.
 
     Three stride-2 stages remain (28 -> 14 -> 7 -> 4). ``width_mult`` scales
@@ -48,8 +49,15 @@ def mobilenetv2(num_classes: int = 10, in_channels: int = 1, input_size: int = 2
     the paper.
     """
     # t (expansion), c (channels), n (repeats), s (first stride)
-    settings = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
-                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    settings = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 1),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     c = _divisible(32 * width_mult)
     last = _divisible(1280 * max(1.0, width_mult))
     features: list[nn.Module] = [_conv_bn(in_channels, c, 3, 1)]
@@ -61,5 +69,8 @@ def mobilenetv2(num_classes: int = 10, in_channels: int = 1, input_size: int = 2
     features.append(_conv_bn(c, last, 1))
     return nn.Sequential(
         nn.Sequential(*features),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(last, num_classes),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(last, num_classes),
     )

@@ -1,4 +1,5 @@
 """Model registry: ``@register_model``, ``create_model``, ``list_models`` (timm's shape)."""
+
 from __future__ import annotations
 
 import inspect
@@ -31,8 +32,9 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 1,
-                 input_size: int = 28, **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, **kwargs: Any
+) -> nn.Module:
     """Build registered model ``name``.
 
     Raises:
@@ -50,8 +52,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 1,
     # Recorded so that save() can store the architecture as (name, kwargs).
     slim_state(model).arch = {
         "name": name,
-        "kwargs": {"num_classes": num_classes, "in_channels": in_channels,
-                   "input_size": input_size, **kwargs},
+        "kwargs": {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size, **kwargs},
     }
     return model
 

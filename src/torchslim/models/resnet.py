@@ -1,4 +1,5 @@
 """ResNet-20 for small images (He et al. 2016, CIFAR variant)."""
+
 from __future__ import annotations
 
 import torch
@@ -58,7 +59,6 @@ class ResNet(nn.Module):
 
 
 @register_model
-def resnet20(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-             width: int = 16) -> nn.Module:
+def resnet20(num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 16) -> nn.Module:
     """ResNet-20: 3 stages x 3 basic blocks, widths 16-32-64 (0.27M parameters)."""
     return ResNet(20, num_classes, in_channels, width)

@@ -1,4 +1,5 @@
 """Small CIFAR-style VGG with BatchNorm."""
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -7,8 +8,9 @@ from torchslim.models.registry import register_model
 
 
 @register_model
-def vgg_small(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
-              width: int = 32, hidden: int = 256) -> nn.Module:
+def vgg_small(
+    num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 32, hidden: int = 256
+) -> nn.Module:
     """VGG-style net: [w, w, M, 2w, 2w, M, 4w, 4w, M] 3x3 conv-BN-ReLU, FC hidden, FC classes.
 
     ``width=32`` on 1x28x28: about 0.6M parameters and 29M MACs. The
@@ -26,6 +28,7 @@ def vgg_small(num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
     return nn.Sequential(
         nn.Sequential(*layers),
         nn.Flatten(),
-        nn.Sequential(nn.Linear(c * s * s, hidden), nn.ReLU(inplace=True), nn.Dropout(0.3),
-                      nn.Linear(hidden, num_classes)),
+        nn.Sequential(
+            nn.Linear(c * s * s, hidden), nn.ReLU(inplace=True), nn.Dropout(0.3), nn.Linear(hidden, num_classes)
+        ),
     )

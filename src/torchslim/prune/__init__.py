@@ -1,4 +1,5 @@
 """Pruning and sparsity: magnitude (unstructured), filters (structured), regularizers, sensitivity."""
+
 from torchslim.prune.filters import Filters
 from torchslim.prune.magnitude import Magnitude, sparsity
 from torchslim.prune.regularize import GroupLasso, Slimming

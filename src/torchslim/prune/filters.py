@@ -19,6 +19,7 @@ them. Convert removes the masks and deletes the channels physically, giving a
 smaller dense model with the same outputs. ``target_macs`` searches the
 global ratio that reaches a MACs budget (fraction of the model's MACs).
 """
+
 from __future__ import annotations
 
 import copy
@@ -129,8 +130,10 @@ def _units(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor, bool, object
     visit(model, example)
     model.train(was)
     if not units or not units[0][2]:
-        warnings.warn("prune.filters: the whole model cannot be traced as one graph (e.g. channel shuffle); "
-                      f"pruning inside {len(units)} traceable submodules, keeping their output channels")
+        warnings.warn(
+            "prune.filters: the whole model cannot be traced as one graph (e.g. channel shuffle); "
+            f"pruning inside {len(units)} traceable submodules, keeping their output channels"
+        )
     return units
 
 
@@ -201,10 +204,18 @@ def _pruners(model: nn.Module, config: Filters, ratio: float) -> list:
         ignored += [m for m in _frozen_roots(unit, whole, inp) if all(m is not x for x in ignored)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruners.append(tp.pruner.MetaPruner(
-                unit, inp, importance=imp, pruning_ratio=ratio,
-                pruning_ratio_dict={m: r for m, r in ratio_dict.items() if id(m) in members} or None,
-                global_pruning=config.scope == "global", ignored_layers=ignored, round_to=config.round_to))
+            pruners.append(
+                tp.pruner.MetaPruner(
+                    unit,
+                    inp,
+                    importance=imp,
+                    pruning_ratio=ratio,
+                    pruning_ratio_dict={m: r for m, r in ratio_dict.items() if id(m) in members} or None,
+                    global_pruning=config.scope == "global",
+                    ignored_layers=ignored,
+                    round_to=config.round_to,
+                )
+            )
     return pruners
 
 

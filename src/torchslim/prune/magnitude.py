@@ -20,6 +20,7 @@ Pitfall: the schedule counts optimizer steps of the fine-tuning run; if it
 ends before ``n_steps * frequency`` steps, convert applies the final sparsity
 anyway (with a warning) and the last increment gets no retraining.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -70,8 +71,10 @@ class Magnitude(MethodConfig):
         if self.quality is not None:
             check_range(self, "quality", 0.0, 10.0, lo_open=True)
             if self.schedule != "oneshot":
-                raise ValueError("Magnitude.quality (threshold = quality * std) works with schedule='oneshot' "
-                                 "only; use sparsity with steps/agp schedules")
+                raise ValueError(
+                    "Magnitude.quality (threshold = quality * std) works with schedule='oneshot' "
+                    "only; use sparsity with steps/agp schedules"
+                )
         check_int(self, "n_steps", 1)
         check_int(self, "frequency", 1)
 
@@ -80,8 +83,7 @@ def _weight(m: nn.Module) -> torch.Tensor:
     return m.weight_orig if hasattr(m, "weight_orig") else m.weight
 
 
-def compute_masks(layers: list[tuple[str, nn.Module, Magnitude]], progress: float = 1.0
-                  ) -> dict[str, torch.Tensor]:
+def compute_masks(layers: list[tuple[str, nn.Module, Magnitude]], progress: float = 1.0) -> dict[str, torch.Tensor]:
     """Boolean keep-masks for ``(name, module, per-layer config)``.
 
     ``progress`` in (0, 1] scales every layer's final sparsity (schedules).
@@ -209,15 +211,20 @@ class MagnitudeMethod(Method):
     @torch.no_grad()
     def convert(cls, model: nn.Module, config: Magnitude) -> nn.Module:
         mods = dict(model.named_modules())
-        layers = [(n, mods[n], config.for_layer(n)) for n in MaskCallback(model, config).names
-                  if hasattr(mods[n], "weight_mask")]
+        layers = [
+            (n, mods[n], config.for_layer(n))
+            for n in MaskCallback(model, config).names
+            if hasattr(mods[n], "weight_mask")
+        ]
         if config.schedule != "oneshot" and layers:
             zeros = sum(float((1 - m.weight_mask).sum()) for _, m, _ in layers)
             total = sum(m.weight_mask.numel() for _, m, _ in layers)
             want = sum(c.sparsity * m.weight_mask.numel() for _, m, c in layers)
             if zeros < want - 0.001 * total:
-                warnings.warn(f"prune.magnitude: the {config.schedule} schedule did not finish during fine-tuning "
-                              f"(sparsity {zeros / total:.3f}); applying the final sparsity now")
+                warnings.warn(
+                    f"prune.magnitude: the {config.schedule} schedule did not finish during fine-tuning "
+                    f"(sparsity {zeros / total:.3f}); applying the final sparsity now"
+                )
                 apply_masks(layers, compute_masks(layers))
         inputs = capture_inputs(model, [n for n, _, _ in layers]) if config.kernel == "auto" else {}
         for name, m, _ in layers:

@@ -14,6 +14,7 @@ fine-tuning; convert removes channels physically through ``prune.filters``.
 Pitfall: a penalty too large for the learning rate collapses accuracy before
 pruning; 1e-5 .. 1e-4 (slimming) is the usual range.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,8 +98,10 @@ class SlimmingMethod(Method):
     @classmethod
     def prepare(cls, model: nn.Module, config: Slimming) -> nn.Module:
         if not list(select(model, config, (nn.BatchNorm2d,))):
-            raise ValueError("prune.slimming needs BatchNorm2d layers (it penalizes their gamma); the model has "
-                             "none selected. Use prune.group_lasso or prune.filters instead")
+            raise ValueError(
+                "prune.slimming needs BatchNorm2d layers (it penalizes their gamma); the model has "
+                "none selected. Use prune.group_lasso or prune.filters instead"
+            )
         return model
 
     @classmethod
@@ -122,5 +125,7 @@ class GroupLassoMethod(Method):
 
     @classmethod
     def convert(cls, model: nn.Module, config: GroupLasso) -> nn.Module:
-        return _remove(model, Filters(ratio=config.ratio, criterion="l2", scope="global",
-                                      layers=config.layers, exclude=config.exclude))
+        return _remove(
+            model,
+            Filters(ratio=config.ratio, criterion="l2", scope="global", layers=config.layers, exclude=config.exclude),
+        )

@@ -7,6 +7,7 @@
   ``s_t = s_f + (s_i - s_f) * (1 - t / (n * dt))**3`` for t = dt, 2 dt, ..., n dt:
   prune fast while redundancy is high, slowly near the target.
 """
+
 from __future__ import annotations
 
 SCHEDULES = ("oneshot", "steps", "agp")

@@ -5,6 +5,7 @@ at a time at several ratios, evaluate, and see which layers tolerate pruning.
 drop: each layer gets the largest tested ratio whose drop, alone, stays within
 ``max_drop`` percentage points.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,14 @@ from torchslim.train.loop import evaluate
 RATIO_FIELD = {"prune.magnitude": "sparsity", "prune.filters": "ratio"}
 
 
-def sensitivity(model: nn.Module, loader: DataLoader, method: str = "prune.magnitude",
-                ratios: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9), layers: Sequence[str] | None = None,
-                progress: bool = True) -> list[dict]:
+def sensitivity(
+    model: nn.Module,
+    loader: DataLoader,
+    method: str = "prune.magnitude",
+    ratios: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    layers: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Rows ``{layer, ratio, top1, drop}`` from pruning each layer alone (the model is not changed)."""
     if method not in RATIO_FIELD:
         raise ValueError(f"sensitivity supports {sorted(RATIO_FIELD)}, got {method!r}")
@@ -46,8 +52,11 @@ def sensitivity(model: nn.Module, loader: DataLoader, method: str = "prune.magni
             top1 = evaluate(trial, loader)["top1"]
             rows.append({"layer": name, "ratio": r, "top1": top1, "drop": base - top1})
         if progress:
-            print(f"[sensitivity] {name}: " + " ".join(f"{r['ratio']:.1f}->{r['top1']:.2f}"
-                                                      for r in rows if r["layer"] == name), flush=True)
+            print(
+                f"[sensitivity] {name}: "
+                + " ".join(f"{r['ratio']:.1f}->{r['top1']:.2f}" for r in rows if r["layer"] == name),
+                flush=True,
+            )
     return rows
 
 
@@ -64,6 +73,7 @@ def auto_overrides(rows: list[dict], max_drop: float, method: str = "prune.magni
 def plot_sensitivity(rows: list[dict], path) -> None:
     """Accuracy against ratio, one line per layer."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

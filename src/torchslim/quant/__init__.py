@@ -1,4 +1,5 @@
 """Parameter quantization: k-means weight sharing, product quantization, Q-CNN, uniform int8/int4."""
+
 from torchslim.quant.kmeans import KMeans, kmeans_1d
 from torchslim.quant.pq import PQ, pq_kmeans
 from torchslim.quant.qcnn import QCNN

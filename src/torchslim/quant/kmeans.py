@@ -20,6 +20,7 @@ fixed. Prepare already produces the packed trainable layer, so convert has
 nothing left to do; the layer's original weight Parameter is replaced (an
 optimizer built before prepare must be rebuilt).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -71,8 +72,9 @@ def init_centroids(w: torch.Tensor, k: int, init: str, seed: int = 0) -> torch.T
     return w[torch.randint(0, w.numel(), (k,), generator=g)].clone()
 
 
-def kmeans_1d(w: torch.Tensor, k: int, init: str = "linear", iters: int = 30, seed: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans_1d(
+    w: torch.Tensor, k: int, init: str = "linear", iters: int = 30, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's algorithm on a 1-D tensor. Returns (codes int64 of w's shape, centroids (k,)).
 
     Assignment uses sorted centroids and ``bucketize`` on their midpoints (exact
@@ -98,10 +100,19 @@ def kmeans_1d(w: torch.Tensor, k: int, init: str = "linear", iters: int = 30, se
 
 
 def _dense_to_codebook(m: nn.Module, cfg: KMeans) -> nn.Module:
-    codes, centroids = kmeans_1d(m.weight, 2 ** cfg.bits, cfg.init, cfg.iters, cfg.seed)
+    codes, centroids = kmeans_1d(m.weight, 2**cfg.bits, cfg.init, cfg.iters, cfg.seed)
     if isinstance(m, nn.Conv2d):
-        new = CodebookConv2d(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride),
-                             list(m.padding), list(m.dilation), m.groups, cfg.bits, m.bias is not None)
+        new = CodebookConv2d(
+            m.in_channels,
+            m.out_channels,
+            list(m.kernel_size),
+            list(m.stride),
+            list(m.padding),
+            list(m.dilation),
+            m.groups,
+            cfg.bits,
+            m.bias is not None,
+        )
     else:
         new = CodebookLinear(m.in_features, m.out_features, cfg.bits, m.bias is not None)
     new.set_codes(codes, centroids)
@@ -122,10 +133,12 @@ class KMeansMethod(Method):
             warnings.warn("quant.kmeans: no Conv2d/Linear layer selected; nothing quantized")
         for name, m, cfg in chosen:
             if hasattr(m, "weight_mask") or hasattr(m, "parametrizations"):
-                raise ValueError(f"quant.kmeans: layer {name!r} still has a pending mask; run convert_ on the "
-                                 "pruning stage first (a recipe does this at the end of every stage)")
+                raise ValueError(
+                    f"quant.kmeans: layer {name!r} still has a pending mask; run convert_ on the "
+                    "pruning stage first (a recipe does this at the end of every stage)"
+                )
             if isinstance(m, (SparseConv2d, SparseLinear)):
-                codes, centroids = kmeans_1d(m.value_tensor().detach(), 2 ** cfg.bits, cfg.init, cfg.iters, cfg.seed)
+                codes, centroids = kmeans_1d(m.value_tensor().detach(), 2**cfg.bits, cfg.init, cfg.iters, cfg.seed)
                 m.set_codebook(codes, centroids, cfg.bits)
             else:
                 set_module(model, name, _dense_to_codebook(m, cfg))

@@ -13,6 +13,7 @@ Pitfall: a layer with fewer rows than ``2**bits`` gains nothing (every row gets
 its own codeword) and codebooks can outweigh the weights; such layers, and
 rows not divisible by ``sub_dim``, are skipped with a warning.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -59,8 +60,8 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     distance to the nearest codeword so far (Arthur & Vassilvitskii 2007)."""
     m, rows, d = x.shape
     first = torch.randint(0, rows, (m,), generator=g)
-    c = [x[torch.arange(m), first]]                                                        # (m, d)
-    dist = (x - c[0][:, None]).pow(2).sum(-1)                                              # (m, rows)
+    c = [x[torch.arange(m), first]]  # (m, d)
+    dist = (x - c[0][:, None]).pow(2).sum(-1)  # (m, rows)
     for _ in range(1, k):
         p = dist + 1e-12
         nxt = torch.multinomial(p / p.sum(1, keepdim=True), 1, generator=g).squeeze(1)
@@ -69,17 +70,18 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack(c, 1).clone()
 
 
-def pq_kmeans(w2d: torch.Tensor, sub_dim: int, k: int, iters: int = 25, seed: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def pq_kmeans(
+    w2d: torch.Tensor, sub_dim: int, k: int, iters: int = 25, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means in every sub-space at once. ``w2d (rows, m*d)`` -> codes (rows, m), codebooks (m, k, d)."""
     rows, cols = w2d.shape
     m = cols // sub_dim
-    x = w2d.detach().float().cpu().reshape(rows, m, sub_dim).transpose(0, 1).contiguous()   # (m, rows, d)
-    c = _kmeans_pp(x, k, torch.Generator().manual_seed(seed))                              # (m, k, d)
+    x = w2d.detach().float().cpu().reshape(rows, m, sub_dim).transpose(0, 1).contiguous()  # (m, rows, d)
+    c = _kmeans_pp(x, k, torch.Generator().manual_seed(seed))  # (m, k, d)
     flat_off = (torch.arange(m) * k)[:, None]
     codes = None
     for _ in range(iters):
-        new = torch.cdist(x, c).argmin(2)                                                  # (m, rows)
+        new = torch.cdist(x, c).argmin(2)  # (m, rows)
         if codes is not None and torch.equal(new, codes):
             break
         codes = new
@@ -93,21 +95,38 @@ def pq_kmeans(w2d: torch.Tensor, sub_dim: int, k: int, iters: int = 25, seed: in
 
 def _to_product(m: nn.Module, cfg: PQ) -> nn.Module:
     w2d = m.weight.detach().reshape(m.weight.shape[0], -1)
-    codes, books = pq_kmeans(w2d, cfg.sub_dim, 2 ** cfg.bits, cfg.iters, cfg.seed)
+    codes, books = pq_kmeans(w2d, cfg.sub_dim, 2**cfg.bits, cfg.iters, cfg.seed)
     if isinstance(m, nn.Conv2d):
-        new = ProductConv2d(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride), list(m.padding),
-                            list(m.dilation), m.groups, cfg.sub_dim, cfg.bits, m.bias is not None)
+        new = ProductConv2d(
+            m.in_channels,
+            m.out_channels,
+            list(m.kernel_size),
+            list(m.stride),
+            list(m.padding),
+            list(m.dilation),
+            m.groups,
+            cfg.sub_dim,
+            cfg.bits,
+            m.bias is not None,
+        )
     else:
-        new = ProductLinear(m.in_features, m.out_features, cfg.sub_dim, cfg.bits, m.bias is not None,
-                            kernel="dense" if cfg.kernel == "auto" else cfg.kernel)
+        new = ProductLinear(
+            m.in_features,
+            m.out_features,
+            cfg.sub_dim,
+            cfg.bits,
+            m.bias is not None,
+            kernel="dense" if cfg.kernel == "auto" else cfg.kernel,
+        )
     new.set_codes(codes, books)
     if m.bias is not None:
         new.bias.data.copy_(m.bias.detach())
     return new.to(m.weight.device)
 
 
-def pq_layers(model: nn.Module, config: MethodConfig, grouped: bool = True
-              ) -> list[tuple[str, nn.Module, MethodConfig]]:
+def pq_layers(
+    model: nn.Module, config: MethodConfig, grouped: bool = True
+) -> list[tuple[str, nn.Module, MethodConfig]]:
     """Selected conv/linear layers that product quantization can compress; the others are skipped
     with one warning naming each and its reason (``grouped=False``: grouped convs too)."""
     out, skipped = [], []
@@ -115,13 +134,15 @@ def pq_layers(model: nn.Module, config: MethodConfig, grouped: bool = True
         rows, cols = m.weight.shape[0], m.weight[0].numel()
         if not grouped and getattr(m, "groups", 1) != 1:
             skipped.append(f"{name!r} (grouped conv)")
-        elif cols % cfg.sub_dim or rows <= 2 ** cfg.bits:
+        elif cols % cfg.sub_dim or rows <= 2**cfg.bits:
             skipped.append(f"{name!r} (rows={rows}, row length={cols})")
         else:
             out.append((name, m, cfg))
     if skipped:
-        warnings.warn(f"{config.method}: skipping {', '.join(skipped)}: a layer needs its row length divisible by "
-                      f"sub_dim and more than 2**bits rows" + ("" if grouped else ", and groups=1"))
+        warnings.warn(
+            f"{config.method}: skipping {', '.join(skipped)}: a layer needs its row length divisible by "
+            f"sub_dim and more than 2**bits rows" + ("" if grouped else ", and groups=1")
+        )
     return out
 
 

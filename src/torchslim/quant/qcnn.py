@@ -18,6 +18,7 @@ others fixed. With ``E = Y - X W^T`` the current error, ``G_j = X_j^T X_j`` and
 Starting point: weight-space PQ (k-means++). Inference uses the PQ layers and
 their lookup-table kernel.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,13 @@ class QCNN(MethodConfig):
     kernel: str = "auto"
 
     def validate(self) -> None:
-        for f, lo, hi in (("bits", 1, 8), ("sub_dim", 1, 4096), ("iters", 1, 100), ("calib_batches", 1, 10000),
-                          ("max_rows", 64, 10 ** 8)):
+        for f, lo, hi in (
+            ("bits", 1, 8),
+            ("sub_dim", 1, 4096),
+            ("iters", 1, 100),
+            ("calib_batches", 1, 10000),
+            ("max_rows", 64, 10**8),
+        ):
             check_int(self, f, lo, hi)
         check_choice(self, "kernel", ("auto",) + PQ_KERNELS)
 
@@ -64,7 +70,7 @@ class QCNN(MethodConfig):
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Layer input as rows of the weight's column space: (n, cols)."""
     if isinstance(layer, nn.Conv2d):
-        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)   # (N, C*k*k, L)
+        cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # (N, C*k*k, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     return x.reshape(-1, x.shape[-1])
 
@@ -79,8 +85,9 @@ def _out_rows(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _calibration_pairs(float_model: nn.Module, quant_model: nn.Module, name: str, batches: list[torch.Tensor],
-                       max_rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _calibration_pairs(
+    float_model: nn.Module, quant_model: nn.Module, name: str, batches: list[torch.Tensor], max_rows: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(X from the quantized model's input to ``name``, Y from the float model's output of ``name``)."""
     f_layer, q_layer = get_module(float_model, name), get_module(quant_model, name)
     got: dict[str, torch.Tensor] = {}
@@ -106,25 +113,26 @@ def _calibration_pairs(float_model: nn.Module, quant_model: nn.Module, name: str
 
 
 @torch.no_grad()
-def refine(codes: torch.Tensor, books: torch.Tensor, x: torch.Tensor, y: torch.Tensor, iters: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def refine(
+    codes: torch.Tensor, books: torch.Tensor, x: torch.Tensor, y: torch.Tensor, iters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternating output-error minimisation; codes (rows, m), books (m, k, d)."""
     rows, m = codes.shape
     _, k, d = books.shape
     codes, books = codes.clone(), books.clone()
     j_idx = torch.arange(m)
-    w = books[j_idx.expand(rows, m), codes].reshape(rows, m * d)                  # (rows, cols)
-    err = y - x @ w.t()                                                           # (n, rows)
+    w = books[j_idx.expand(rows, m), codes].reshape(rows, m * d)  # (rows, cols)
+    err = y - x @ w.t()  # (n, rows)
     eye = torch.eye(d) * 1e-6
     for _ in range(iters):
         for j in range(m):
-            xj = x[:, j * d:(j + 1) * d]                                           # (n, d)
-            wj = w[:, j * d:(j + 1) * d]                                           # (rows, d)
+            xj = x[:, j * d : (j + 1) * d]  # (n, d)
+            wj = w[:, j * d : (j + 1) * d]  # (rows, d)
             g = xj.t() @ xj + eye * (1 + xj.pow(2).mean())
-            p = xj.t() @ err + g @ wj.t()                                         # (d, rows)
-            dc = books[j]                                                         # (k, d)
-            score = ((dc @ g) * dc).sum(1, keepdim=True) - 2 * dc @ p             # (k, rows)
-            b = score.argmin(0)                                                   # (rows,)
+            p = xj.t() @ err + g @ wj.t()  # (d, rows)
+            dc = books[j]  # (k, d)
+            score = ((dc @ g) * dc).sum(1, keepdim=True) - 2 * dc @ p  # (k, rows)
+            b = score.argmin(0)  # (rows,)
             sums = torch.zeros(k, d).index_add_(0, b, p.t())
             counts = torch.bincount(b, minlength=k).float()[:, None]
             solved = torch.linalg.solve(g, (sums / counts.clamp(min=1)).t()).t()  # (k, d)
@@ -132,7 +140,7 @@ def refine(codes: torch.Tensor, books: torch.Tensor, x: torch.Tensor, y: torch.T
             codes[:, j] = b
             new_wj = books[j][b]
             err -= xj @ (new_wj - wj).t()
-            w[:, j * d:(j + 1) * d] = new_wj
+            w[:, j * d : (j + 1) * d] = new_wj
     return codes, books
 
 
@@ -158,8 +166,9 @@ class QCNNMethod(Method):
         # Forward order of the layers, from one pass.
         order: list[str] = []
         chosen = {n: cfg for n, _, cfg in pq_layers(model, config, grouped=False)}
-        hooks = [get_module(model, n).register_forward_hook(lambda m, i, o, _n=n: order.append(_n) and None)
-                 for n in chosen]
+        hooks = [
+            get_module(model, n).register_forward_hook(lambda m, i, o, _n=n: order.append(_n) and None) for n in chosen
+        ]
         with torch.no_grad():
             model(batches[0][:1])
         for h in hooks:
@@ -168,7 +177,7 @@ class QCNNMethod(Method):
             cfg = chosen[name]
             layer = get_module(model, name)
             x, y = _calibration_pairs(reference, model, name, batches, cfg.max_rows, cfg.seed)
-            packed = _to_product(layer, cfg)                      # weight-space PQ start
+            packed = _to_product(layer, cfg)  # weight-space PQ start
             codes, books = refine(packed.indices(), packed.codebooks.detach(), x, y, cfg.iters)
             packed.set_codes(codes, books)
             set_module(model, name, packed)

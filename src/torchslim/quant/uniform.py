@@ -19,6 +19,7 @@ a float input. Gradients pass straight through the rounding (clipped outside the
 activation range; ``torch.fake_quantize_*``), so fine-tuning after prepare is QAT.
 Convert replaces the fake-quant layers by :class:`UniformConv2d` / :class:`UniformLinear`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -38,8 +39,7 @@ from torchslim.core.surgery import set_module
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
 
 # Modules and functions a quantized tensor passes through unchanged in scale (x86 quantized CPU ops).
-_TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,
-                        nn.Identity)
+_TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 _TRANSPARENT_CALLS = {F.relu, torch.relu, torch.flatten, F.max_pool2d, F.adaptive_avg_pool2d, F.dropout}
 _TRANSPARENT_METHODS = {"relu", "flatten", "view", "reshape", "contiguous"}
 _RELU = (nn.ReLU,)
@@ -68,8 +68,10 @@ class Uniform(MethodConfig):
         if self.act_bits not in (0, 8):
             raise ValueError(f"Uniform.act_bits={self.act_bits!r}; use 8 (int8 activations) or 0 (weights only)")
         if self.act_bits and not self.symmetric:
-            raise ValueError("Uniform: act_bits=8 needs symmetric=True (the x86 int8 kernels take weights with "
-                             "zero point 0); use act_bits=0 for affine weights")
+            raise ValueError(
+                "Uniform: act_bits=8 needs symmetric=True (the x86 int8 kernels take weights with "
+                "zero point 0); use act_bits=0 for affine weights"
+            )
         check_int(self, "calib_batches", 1)
 
 
@@ -123,8 +125,13 @@ class _FakeQuant(nn.Module):
         return self._fq_act(op(x, self.fq_weight()), self.out_range)
 
     def packed_args(self) -> dict:
-        return dict(bits=self.bits, symmetric=self.symmetric, act_bits=self.act_bits, out_float=self.out_float,
-                    bias=self.bias is not None)
+        return dict(
+            bits=self.bits,
+            symmetric=self.symmetric,
+            act_bits=self.act_bits,
+            out_float=self.out_float,
+            bias=self.bias is not None,
+        )
 
     def fill(self, new: nn.Module) -> nn.Module:
         new.set_weight(self.weight, self.bias)
@@ -137,8 +144,17 @@ class _FakeQuant(nn.Module):
 class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
     @classmethod
     def from_conv(cls, m: nn.Conv2d, cfg: Uniform, **flags) -> FakeQuantConv2d:
-        new = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                  m.bias is not None, m.padding_mode)
+        new = cls(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+        )
         new._init_fq(cfg, **flags)
         new.load_state_dict(m.state_dict(), strict=False)
         return new.to(m.weight.device)
@@ -147,9 +163,18 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
         return self.run(x, lambda inp, w: self._conv_forward(inp, w, self.bias))
 
     def packed(self) -> UniformConv2d:
-        return self.fill(UniformConv2d(self.in_channels, self.out_channels, list(self.kernel_size),
-                                       list(self.stride), list(self.padding), list(self.dilation), self.groups,
-                                       **self.packed_args()))
+        return self.fill(
+            UniformConv2d(
+                self.in_channels,
+                self.out_channels,
+                list(self.kernel_size),
+                list(self.stride),
+                list(self.padding),
+                list(self.dilation),
+                self.groups,
+                **self.packed_args(),
+            )
+        )
 
 
 class FakeQuantLinear(nn.Linear, _FakeQuant):
@@ -173,8 +198,10 @@ def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as e:  # fx raises many types on untraceable code
-        warnings.warn(f"quant.uniform: cannot trace the model with torch.fx ({type(e).__name__}); every int8 "
-                      "layer quantizes its input and dequantizes its output (correct, slower)")
+        warnings.warn(
+            f"quant.uniform: cannot trace the model with torch.fx ({type(e).__name__}); every int8 "
+            "layer quantizes its input and dequantizes its output (correct, slower)"
+        )
         return default
     mods = dict(model.named_modules())
 
@@ -197,7 +224,7 @@ def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
     for name, node in nodes.items():
         users = list(node.users)
         while len(users) == 1 and users[0].op == "call_module" and type(mods.get(users[0].target)) is nn.Identity:
-            users = list(users[0].users)   # a folded BatchNorm
+            users = list(users[0].users)  # a folded BatchNorm
         relu = len(users) == 1 and users[0].op == "call_module" and isinstance(mods.get(users[0].target), _RELU)
         out[name] = {"in_q": True, "out_float": not ends(node), "relu_after": relu}
     for name, node in nodes.items():  # input arrives quantized iff it comes from a chained quantized layer
@@ -218,8 +245,10 @@ class UniformMethod(Method):
     @torch.no_grad()
     def prepare(cls, model: nn.Module, config: Uniform, data: Iterable | None = None) -> nn.Module:
         if config.act_bits and data is None:
-            raise ValueError("quant.uniform with act_bits=8 needs calibration data (compress_(model, config, "
-                             "data=loader)); use act_bits=0 for weight-only quantization")
+            raise ValueError(
+                "quant.uniform with act_bits=8 needs calibration data (compress_(model, config, "
+                "data=loader)); use act_bits=0 for weight-only quantization"
+            )
         chosen = list(select(model, config, (nn.Conv2d, nn.Linear)))
         if not chosen:
             warnings.warn("quant.uniform: no Conv2d/Linear layer selected; nothing quantized")

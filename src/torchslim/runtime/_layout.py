@@ -1,11 +1,13 @@
 """Shared attribute layout of the packed conv layers (as ``nn.Conv2d`` names them)."""
+
 from __future__ import annotations
 
 import torch.nn as nn
 
 
-def set_conv_geometry(m: nn.Module, in_channels: int, out_channels: int, kernel_size, stride, padding,
-                      dilation, groups: int) -> None:
+def set_conv_geometry(
+    m: nn.Module, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation, groups: int
+) -> None:
     """Store conv geometry on ``m`` and set ``m.rows``/``m.cols`` of its 2-D weight (C_out x C_in/g*kh*kw)."""
     m.in_channels, m.out_channels, m.groups = in_channels, out_channels, groups
     m.kernel_size, m.stride = tuple(kernel_size), tuple(stride)
@@ -16,8 +18,15 @@ def set_conv_geometry(m: nn.Module, in_channels: int, out_channels: int, kernel_
 
 def conv_geometry(m: nn.Module) -> dict:
     """The constructor arguments :func:`set_conv_geometry` stored, as JSON."""
-    return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=list(m.kernel_size),
-                stride=list(m.stride), padding=list(m.padding), dilation=list(m.dilation), groups=m.groups)
+    return dict(
+        in_channels=m.in_channels,
+        out_channels=m.out_channels,
+        kernel_size=list(m.kernel_size),
+        stride=list(m.stride),
+        padding=list(m.padding),
+        dilation=list(m.dilation),
+        groups=m.groups,
+    )
 
 
 def linear_geometry(m: nn.Module) -> dict:
@@ -37,8 +46,9 @@ def dense_module(m: nn.Module, weight, bias) -> nn.Module:
     import torch
 
     if hasattr(m, "in_channels"):
-        new = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
-                        bias is not None)
+        new = nn.Conv2d(
+            m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups, bias is not None
+        )
     else:
         new = nn.Linear(m.in_features, m.out_features, bias is not None)
     with torch.no_grad():

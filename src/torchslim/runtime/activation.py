@@ -1,4 +1,5 @@
 """Deploy-time activation quantizers (kept in the converted model)."""
+
 from __future__ import annotations
 
 import torch
@@ -9,7 +10,7 @@ from torchslim.runtime.base import RuntimeLayer
 
 def dorefa_levels(x: torch.Tensor, bits: int) -> torch.Tensor:
     """DoReFa k-bit activation (Zhou et al. 2016): ``round(clip(x, 0, 1) (2^k - 1)) / (2^k - 1)``."""
-    levels = 2 ** bits - 1
+    levels = 2**bits - 1
     return torch.round(torch.clamp(x, 0, 1) * levels) / levels
 
 
@@ -26,7 +27,7 @@ class KBitAct(RuntimeLayer):
         return dict(bits=self.bits)
 
     def lowered(self, **info) -> nn.Module:
-        return self                       # clamp / round / divide: plain ops already
+        return self  # clamp / round / divide: plain ops already
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dorefa_levels(x, self.bits)

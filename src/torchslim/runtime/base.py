@@ -20,6 +20,7 @@ Subclasses register themselves by being defined (``__init_subclass__``); names
 that start with ``_`` are shared bases and are not registered. This package
 imports torch and numpy only: no training code, no method family.
 """
+
 from __future__ import annotations
 
 from typing import Any

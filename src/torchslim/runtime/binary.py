@@ -16,6 +16,7 @@ kernels are cached on disk. Without numba a pure-torch reference runs the same
 arithmetic (byte lookup-table popcount): exact, slower. On a GPU the bits save memory,
 not time: the layer unpacks them to +/-1 in the input's dtype and runs the dense op.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
     if pad:
         bits = F.pad(bits, (0, pad))
     bits = bits.view(*x.shape[:-1], -1, 64)
-    return (bits << _SHIFTS.to(x.device)).sum(-1)   # distinct bits: no carries, exact in int64
+    return (bits << _SHIFTS.to(x.device)).sum(-1)  # distinct bits: no carries, exact in int64
 
 
 def unpack_signs(words: torch.Tensor, c: int) -> torch.Tensor:
@@ -53,8 +54,8 @@ def popcount_xor_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     table = _BYTE_POPCOUNT.to(a.device)
     out = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32, device=a.device)
     for i in range(0, a.shape[0], 128):
-        x = torch.bitwise_xor(a[i:i + 128, None, :], b[None, :, :])
-        out[i:i + 128] = table[x.contiguous().view(torch.uint8).long()].sum(-1, dtype=torch.int32)
+        x = torch.bitwise_xor(a[i : i + 128, None, :], b[None, :, :])
+        out[i : i + 128] = table[x.contiguous().view(torch.uint8).long()].sum(-1, dtype=torch.int32)
     return out
 
 
@@ -79,10 +80,11 @@ def _numba_kernels() -> dict | bool:
             def codegen(context, builder, signature, args):
                 fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
                 return builder.call(fn, args)
+
             return types.uint64(types.uint64), codegen
 
         @njit(parallel=True, cache=True, nogil=True)
-        def pack_rows(x, out):                       # float32 (R, C) -> uint64 (R, W)
+        def pack_rows(x, out):  # float32 (R, C) -> uint64 (R, W)
             r_n, c = x.shape
             for r in prange(r_n):
                 for k in range(out.shape[1]):
@@ -92,7 +94,7 @@ def _numba_kernels() -> dict | bool:
                     out[r, k] = v
 
         @njit(parallel=True, cache=True, nogil=True)
-        def xnor_gemm(a, b, out):                    # (M, W) x (N, W) -> popcounts (M, N)
+        def xnor_gemm(a, b, out):  # (M, W) x (N, W) -> popcounts (M, N)
             m, w = a.shape
             for i in prange(m):
                 for j in range(b.shape[0]):
@@ -102,12 +104,12 @@ def _numba_kernels() -> dict | bool:
                     out[i, j] = acc
 
         @njit(parallel=True, cache=True, nogil=True)
-        def pack_nchw(x, ph, pw, out):               # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64)
+        def pack_nchw(x, ph, pw, out):  # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64)
             nb, c, h, w = x.shape
             for idx in prange(nb * out.shape[3]):
                 b, k = idx // out.shape[3], idx % out.shape[3]
                 words = np.zeros((h, w), np.uint64)
-                for bit in range(min(64, c - 64 * k)):   # contiguous planes, branch-free: vectorizes
+                for bit in range(min(64, c - 64 * k)):  # contiguous planes, branch-free: vectorizes
                     plane = x[b, 64 * k + bit]
                     for i in range(h):
                         for j in range(w):
@@ -219,8 +221,9 @@ class _PackedBase(RuntimeLayer):
 class PackedBinaryLinear(_PackedBase):
     """``y = scale * (K *) (sign(x) . sign(W)) + bias`` on packed words."""
 
-    def __init__(self, in_features: int, out_features: int, input_scaling: bool = False,
-                 binary_input: bool = True) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, input_scaling: bool = False, binary_input: bool = True
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.n_bits = in_features, out_features, in_features
         self._init_packed(out_features, math.ceil(in_features / 64), input_scaling, binary_input)
@@ -247,15 +250,25 @@ class PackedBinaryLinear(_PackedBase):
         return dot * self.scale + self.bias
 
     def extra_repr(self) -> str:
-        return (f"{self.in_features}, {self.out_features}, input_scaling={self.input_scaling}, "
-                f"binary_input={self.binary_input}")
+        return (
+            f"{self.in_features}, {self.out_features}, input_scaling={self.input_scaling}, "
+            f"binary_input={self.binary_input}"
+        )
 
 
 class PackedBinaryConv2d(_PackedBase):
     """Binary conv as an xnor GEMM over patches of packed words (dilation 1, groups 1)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
-                 input_scaling: bool = False, binary_input: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: list,
+        stride: list,
+        padding: list,
+        input_scaling: bool = False,
+        binary_input: bool = True,
+    ) -> None:
         super().__init__()
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, [1, 1], 1)
         kh, kw = self.kernel_size
@@ -264,23 +277,29 @@ class PackedBinaryConv2d(_PackedBase):
         self._corr: dict = {}
 
     def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
-        self.words = pack_signs(sign_w.permute(0, 2, 3, 1)).flatten(1)   # (Cout, kh * kw * words)
+        self.words = pack_signs(sign_w.permute(0, 2, 3, 1)).flatten(1)  # (Cout, kh * kw * words)
         self.scale, self.bias = scale.detach().float().clone(), bias.detach().float().clone()
         self._corr = {}
 
     def spec_args(self) -> dict:
-        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
-                    kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding),
-                    **self._flags())
+        return dict(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_size=list(self.kernel_size),
+            stride=list(self.stride),
+            padding=list(self.padding),
+            **self._flags(),
+        )
 
     def _padding_correction(self, h: int, w: int, device) -> torch.Tensor:
         key = (h, w, self.words.data_ptr(), self.words._version)
         if key not in self._corr:
-            mask = F.pad(torch.zeros(1, 1, h, w, device=device), (self.padding[1],) * 2 + (self.padding[0],) * 2,
-                         value=1.0)
-            sign_sum = self.float_weight().sum(1, keepdim=True)              # sum_c sign(W): (Cout, 1, kh, kw)
+            mask = F.pad(
+                torch.zeros(1, 1, h, w, device=device), (self.padding[1],) * 2 + (self.padding[0],) * 2, value=1.0
+            )
+            sign_sum = self.float_weight().sum(1, keepdim=True)  # sum_c sign(W): (Cout, 1, kh, kw)
             self._corr = {key: F.conv2d(mask, sign_sum, stride=self.stride)[0].permute(1, 2, 0)}
-        return self._corr[key]                                             # (Ho, Wo, Cout)
+        return self._corr[key]  # (Ho, Wo, Cout)
 
     def _unpack(self) -> torch.Tensor:
         kh, kw = self.kernel_size
@@ -297,29 +316,45 @@ class PackedBinaryConv2d(_PackedBase):
         b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        corr = self._padding_correction(h, w, x.device) if ph or pw else \
-            torch.zeros(ho, wo, self.out_channels, device=x.device)
-        kmap = input_scale_map(x, self.kernel_size, self.stride, self.padding)[:, 0] if self.input_scaling else \
-            torch.ones(b, ho, wo, device=x.device)
+        corr = (
+            self._padding_correction(h, w, x.device)
+            if ph or pw
+            else torch.zeros(ho, wo, self.out_channels, device=x.device)
+        )
+        kmap = (
+            input_scale_map(x, self.kernel_size, self.stride, self.padding)[:, 0]
+            if self.input_scaling
+            else torch.ones(b, ho, wo, device=x.device)
+        )
         k = _kernels(x)
         if k:  # pack straight from NCHW into the padded word grid, then one fused conv kernel
             words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
             k["pack_nchw"](x.detach().float().contiguous().numpy(), ph, pw, _u64(words))
             out = torch.empty(b, self.out_channels, ho, wo)
-            k["conv"](_u64(words), _u64(self.words.view(self.out_channels, kh, kw, -1)), sh, sw,
-                      float(self.n_bits), corr.detach().float().contiguous().numpy(),
-                      kmap.detach().float().contiguous().numpy(),
-                      self.scale.float().contiguous().numpy(), self.bias.float().contiguous().numpy(), out.numpy())
+            k["conv"](
+                _u64(words),
+                _u64(self.words.view(self.out_channels, kh, kw, -1)),
+                sh,
+                sw,
+                float(self.n_bits),
+                corr.detach().float().contiguous().numpy(),
+                kmap.detach().float().contiguous().numpy(),
+                self.scale.float().contiguous().numpy(),
+                self.bias.float().contiguous().numpy(),
+                out.numpy(),
+            )
             return out
-        words = F.pad(pack_signs(x.permute(0, 2, 3, 1)), (0, 0, pw, pw, ph, ph))   # padding packs as +1
+        words = F.pad(pack_signs(x.permute(0, 2, 3, 1)), (0, 0, pw, pw, ph, ph))  # padding packs as +1
         rows = words.unfold(1, kh, sh).unfold(2, kw, sw).permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1)
         pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
         dot = (self.n_bits - 2 * pop.to(x.dtype) - corr) * kmap[..., None]
         return dot.permute(0, 3, 1, 2) * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, input_scaling={self.input_scaling}, binary_input={self.binary_input}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, input_scaling={self.input_scaling}, binary_input={self.binary_input}"
+        )
 
 
 def input_scale_map(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:

@@ -11,6 +11,7 @@ the dense op: for scalar codebooks a gather-based kernel on this CPU class is
 slower than dense BLAS (a float table gather ran at 0.3-0.45x of dense), so the
 packed form is a storage format here, reported as such.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,10 @@ from torchslim.runtime.base import RuntimeLayer, bias_counts
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes in [0, 2**bits) into a uint8 stream, little-endian within bytes."""
     c = codes.flatten().to(torch.int64)
-    if c.numel() and (c.min() < 0 or c.max() >= 2 ** bits):
-        raise ValueError(f"codes must lie in [0, {2 ** bits}) to pack at {bits} bits")
+    if c.numel() and (c.min() < 0 or c.max() >= 2**bits):
+        raise ValueError(f"codes must lie in [0, {2**bits}) to pack at {bits} bits")
     shifts = torch.arange(bits, dtype=torch.int64)
-    bitstream = ((c[:, None] >> shifts) & 1).flatten()                 # (n * bits,)
+    bitstream = ((c[:, None] >> shifts) & 1).flatten()  # (n * bits,)
     pad = (-bitstream.numel()) % 8
     bitstream = torch.cat([bitstream, bitstream.new_zeros(pad)]).view(-1, 8)
     return (bitstream << torch.arange(8, dtype=torch.int64)).sum(1).to(torch.uint8)
@@ -51,7 +52,7 @@ class _CodebookBase(RuntimeLayer):
         self.bits = bits
         n = math.prod(self.shape)
         self.register_buffer("codes", torch.zeros(math.ceil(n * bits / 8), dtype=torch.uint8))
-        self.codebook = nn.Parameter(torch.zeros(2 ** bits))
+        self.codebook = nn.Parameter(torch.zeros(2**bits))
         self.bias = nn.Parameter(torch.zeros(bias_len)) if bias_len else None
         self._cache: tuple | None = None
 
@@ -103,8 +104,18 @@ class CodebookLinear(_CodebookBase):
 
 
 class CodebookConv2d(_CodebookBase):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
-                 dilation: list, groups: int, bits: int, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: list,
+        stride: list,
+        padding: list,
+        dilation: list,
+        groups: int,
+        bits: int,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.shape = (out_channels, in_channels // groups, *self.kernel_size)

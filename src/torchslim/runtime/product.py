@@ -12,6 +12,7 @@ Two kernels, chosen by measurement (``choose_kernel`` in ``runtime.sparse`` styl
   (``m * k`` inner products of length d) and each output is a sum of m table
   look-ups, ``y[n, r] = sum_j T[n, j, codes[r, j]]`` (Wu et al. 2016, Q-CNN's inference).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ class _ProductBase(RuntimeLayer):
         self.timing = dict(timing or {})
         self.m = self.cols // sub_dim
         self.register_buffer("codes", torch.zeros(math.ceil(self.rows * self.m * bits / 8), dtype=torch.uint8))
-        self.codebooks = nn.Parameter(torch.zeros(self.m, 2 ** bits, sub_dim))
+        self.codebooks = nn.Parameter(torch.zeros(self.m, 2**bits, sub_dim))
         self.bias = nn.Parameter(torch.zeros(self.rows)) if bias else None
         self._cache: tuple | None = None
 
@@ -67,10 +68,12 @@ class _ProductBase(RuntimeLayer):
 
     def weight2d(self) -> torch.Tensor:
         """(rows, cols) weight; differentiable w.r.t. the codebooks when training."""
+
         def build():
-            idx = self.indices()                                           # (rows, m)
+            idx = self.indices()  # (rows, m)
             j = torch.arange(self.m).expand_as(idx)
-            return self.codebooks[j, idx].reshape(self.rows, self.cols)     # (rows, m, d) -> (rows, cols)
+            return self.codebooks[j, idx].reshape(self.rows, self.cols)  # (rows, m, d) -> (rows, cols)
+
         if torch.is_grad_enabled() and self.codebooks.requires_grad:
             return build()
         key = (self.codebooks._version, self.codebooks.data_ptr())
@@ -81,39 +84,65 @@ class _ProductBase(RuntimeLayer):
 
 
 class ProductLinear(_ProductBase):
-    def __init__(self, in_features: int, out_features: int, sub_dim: int, bits: int, bias: bool = True,
-                 kernel: str = "dense", timing: dict | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        sub_dim: int,
+        bits: int,
+        bias: bool = True,
+        kernel: str = "dense",
+        timing: dict | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.rows, self.cols = out_features, in_features
         self._init_pq(sub_dim, bits, bias, kernel, timing)
 
     def spec_args(self) -> dict:
-        return dict(**linear_geometry(self), sub_dim=self.sub_dim, bits=self.bits, bias=self.bias is not None,
-                    kernel=self.kernel, timing=self.timing)
+        return dict(
+            **linear_geometry(self),
+            sub_dim=self.sub_dim,
+            bits=self.bits,
+            bias=self.bias is not None,
+            kernel=self.kernel,
+            timing=self.timing,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "dense" or (torch.is_grad_enabled() and self.codebooks.requires_grad):
             return F.linear(x, self.weight2d(), self.bias)
         self.weight2d()  # fills the cached indices
-        idx = self._cache[2]                                                    # (rows, m)
+        idx = self._cache[2]  # (rows, m)
         lead = x.shape[:-1]
-        xs = x.reshape(-1, self.m, self.sub_dim)                                # (N, m, d)
-        table = torch.einsum("nmd,mkd->nmk", xs, self.codebooks.detach())       # (N, m, k)
-        y = table.gather(2, idx.t().unsqueeze(0).expand(xs.shape[0], -1, -1))   # (N, m, rows)
+        xs = x.reshape(-1, self.m, self.sub_dim)  # (N, m, d)
+        table = torch.einsum("nmd,mkd->nmk", xs, self.codebooks.detach())  # (N, m, k)
+        y = table.gather(2, idx.t().unsqueeze(0).expand(xs.shape[0], -1, -1))  # (N, m, rows)
         y = y.sum(1)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_features}, {self.out_features}, sub_dim={self.sub_dim}, bits={self.bits}, "
-                f"kernel={self.kernel}")
+        return (
+            f"{self.in_features}, {self.out_features}, sub_dim={self.sub_dim}, bits={self.bits}, kernel={self.kernel}"
+        )
 
 
 class ProductConv2d(_ProductBase):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
-                 dilation: list, groups: int, sub_dim: int, bits: int, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: list,
+        stride: list,
+        padding: list,
+        dilation: list,
+        groups: int,
+        sub_dim: int,
+        bits: int,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_pq(sub_dim, bits, bias, "dense", None)
@@ -126,17 +155,22 @@ class ProductConv2d(_ProductBase):
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, sub_dim={self.sub_dim}, "
-                f"bits={self.bits}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, sub_dim={self.sub_dim}, "
+            f"bits={self.bits}"
+        )
 
 
-def choose_pq_kernel(module: ProductLinear, example: torch.Tensor, batches: tuple[int, ...] = (1, 256),
-                     min_run_time: float = 0.2) -> str:
+def choose_pq_kernel(
+    module: ProductLinear, example: torch.Tensor, batches: tuple[int, ...] = (1, 256), min_run_time: float = 0.2
+) -> str:
     """Keep ``lut`` only where it beats the expanded dense weight at every batch size (:func:`pick`)."""
+
     def run(kernel: str):
         def call(x: torch.Tensor) -> torch.Tensor:
             module.kernel = kernel
             return module(x)
+
         return call
 
     timing = time_candidates({k: run(k) for k in PQ_KERNELS}, example, batches, min_run_time)

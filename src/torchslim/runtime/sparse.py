@@ -15,6 +15,7 @@ weight once, at load, and runs the ordinary dense op. :func:`choose_kernel`
 times both on the layer's real input shape and keeps the faster one; the
 choice and the timings are stored in the file's architecture spec.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ class _SparseBase(RuntimeLayer):
         self.register_buffer("col", torch.zeros(nnz, dtype=torch.int16 if self.cols <= 32767 else torch.int32))
         if bits:  # values = codebook[codes], codes bit-packed (Deep Compression)
             self.register_buffer("codes", torch.zeros(math.ceil(nnz * bits / 8), dtype=torch.uint8))
-            self.codebook = nn.Parameter(torch.zeros(2 ** bits))
+            self.codebook = nn.Parameter(torch.zeros(2**bits))
         else:
             self.values = nn.Parameter(torch.zeros(nnz))
         self.bias = nn.Parameter(torch.zeros(self.rows)) if bias else None
@@ -72,7 +73,7 @@ class _SparseBase(RuntimeLayer):
 
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         """Dense: every (output, input) pair; effective: one MAC per stored nonzero and output position."""
-        positions = y.numel() // self.rows          # N (* H_out * W_out)
+        positions = y.numel() // self.rows  # N (* H_out * W_out)
         return positions * self.rows * self.cols, positions * self.nnz
 
     def lowered(self, **info) -> nn.Module:
@@ -80,8 +81,7 @@ class _SparseBase(RuntimeLayer):
         return self.to_float()
 
     def _storage_args(self) -> dict:
-        return dict(nnz=self.nnz, bias=self.bias is not None, kernel=self.kernel, timing=self.timing,
-                    bits=self.bits)
+        return dict(nnz=self.nnz, bias=self.bias is not None, kernel=self.kernel, timing=self.timing, bits=self.bits)
 
     def _trainable(self) -> nn.Parameter:
         return self.codebook if self.bits else self.values
@@ -90,12 +90,14 @@ class _SparseBase(RuntimeLayer):
         """The nnz stored values (``codebook[codes]`` for codebook layers; differentiable)."""
         if self.bits:
             from torchslim.runtime.codebook import unpack_bits
+
             return self.codebook[unpack_bits(self.codes, self.bits, self.nnz)]
         return self.values
 
     def set_codebook(self, codes: torch.Tensor, codebook: torch.Tensor, bits: int) -> None:
         """Replace float values by ``bits``-bit codes into ``codebook`` (weight sharing)."""
         from torchslim.runtime.codebook import pack_bits
+
         if codes.numel() != self.nnz:
             raise ValueError(f"{codes.numel()} codes for {self.nnz} stored values")
         if not self.bits:
@@ -120,8 +122,9 @@ class _SparseBase(RuntimeLayer):
 
     def train_weight(self) -> torch.Tensor:
         """Dense (rows, cols) weight, differentiable w.r.t. ``values`` (zeros stay zero)."""
-        rows = torch.repeat_interleave(torch.arange(self.rows, device=self.crow.device),
-                                       (self.crow[1:] - self.crow[:-1]).long())
+        rows = torch.repeat_interleave(
+            torch.arange(self.rows, device=self.crow.device), (self.crow[1:] - self.crow[:-1]).long()
+        )
         flat = rows * self.cols + self.col.long()
         v = self.value_tensor()
         w = torch.zeros(self.rows * self.cols, device=v.device, dtype=v.dtype)
@@ -134,8 +137,9 @@ class _SparseBase(RuntimeLayer):
         if self._cache is None or self._cache[0] != key:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-                csr = torch.sparse_csr_tensor(self.crow, self.col.to(torch.int32),
-                                              self.value_tensor().detach(), (self.rows, self.cols))
+                csr = torch.sparse_csr_tensor(
+                    self.crow, self.col.to(torch.int32), self.value_tensor().detach(), (self.rows, self.cols)
+                )
                 op = csr if self.kernel == "sparse" else csr.to_dense()
             self._cache = (key, op)
         return self._cache[1]
@@ -143,8 +147,9 @@ class _SparseBase(RuntimeLayer):
     def dense_weight(self) -> torch.Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.sparse_csr_tensor(self.crow, self.col.to(torch.int32), self.value_tensor().detach(),
-                                           (self.rows, self.cols)).to_dense()
+            return torch.sparse_csr_tensor(
+                self.crow, self.col.to(torch.int32), self.value_tensor().detach(), (self.rows, self.cols)
+            ).to_dense()
 
     def _mm(self, x2d: torch.Tensor) -> torch.Tensor:
         """(rows, cols) @ x2d with x2d of shape (cols, M)."""
@@ -159,8 +164,16 @@ class _SparseBase(RuntimeLayer):
 class SparseLinear(_SparseBase):
     """Linear layer with a CSR weight (out_features x in_features)."""
 
-    def __init__(self, in_features: int, out_features: int, nnz: int, bias: bool = True,
-                 kernel: str = "dense", timing: dict | None = None, bits: int = 0) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        nnz: int,
+        bias: bool = True,
+        kernel: str = "dense",
+        timing: dict | None = None,
+        bits: int = 0,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.rows, self.cols = out_features, in_features
@@ -199,9 +212,21 @@ class SparseLinear(_SparseBase):
 class SparseConv2d(_SparseBase):
     """Conv2d with a CSR weight (C_out x C_in*k_h*k_w); groups=1 for the sparse kernel."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
-                 dilation: list, groups: int, nnz: int, bias: bool = True, kernel: str = "dense",
-                 timing: dict | None = None, bits: int = 0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: list,
+        stride: list,
+        padding: list,
+        dilation: list,
+        groups: int,
+        nnz: int,
+        bias: bool = True,
+        kernel: str = "dense",
+        timing: dict | None = None,
+        bits: int = 0,
+    ) -> None:
         super().__init__()
         if groups != 1 and kernel == "sparse":
             raise ValueError("the sparse conv kernel supports groups=1 only; use kernel='dense'")
@@ -216,8 +241,18 @@ class SparseConv2d(_SparseBase):
         if m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise ValueError(f"SparseConv2d needs numeric zero padding, got {m.padding!r}/{m.padding_mode}")
         w = m.weight.detach().reshape(m.out_channels, -1)
-        new = cls(m.in_channels, m.out_channels, list(m.kernel_size), list(m.stride), list(m.padding),
-                  list(m.dilation), m.groups, int(torch.count_nonzero(w)), m.bias is not None, kernel)
+        new = cls(
+            m.in_channels,
+            m.out_channels,
+            list(m.kernel_size),
+            list(m.stride),
+            list(m.padding),
+            list(m.dilation),
+            m.groups,
+            int(torch.count_nonzero(w)),
+            m.bias is not None,
+            kernel,
+        )
         new.set_weight(w)
         if m.bias is not None:
             new.bias.data.copy_(m.bias.detach())
@@ -236,19 +271,22 @@ class SparseConv2d(_SparseBase):
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         wo = (w_ + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*k*k, L)
-        y = self._mm(cols.transpose(0, 1).reshape(self.cols, -1))                       # (C_out, N*L)
+        y = self._mm(cols.transpose(0, 1).reshape(self.cols, -1))  # (C_out, N*L)
         y = y.reshape(self.out_channels, n, ho * wo).transpose(0, 1).reshape(n, self.out_channels, ho, wo)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"nnz={self.nnz}, kernel={self.kernel}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"nnz={self.nnz}, kernel={self.kernel}"
+        )
 
 
-def choose_kernel(module: _SparseBase, example: torch.Tensor, batches: tuple[int, ...] = (1, 256),
-                  min_run_time: float = 0.2) -> str:
+def choose_kernel(
+    module: _SparseBase, example: torch.Tensor, batches: tuple[int, ...] = (1, 256), min_run_time: float = 0.2
+) -> str:
     """Time the sparse and dense kernels on ``example`` (one input sample, batch dim 1)
     repeated to each batch size; keep ``sparse`` only when it is faster at every size (:func:`pick`).
 
@@ -262,6 +300,7 @@ def choose_kernel(module: _SparseBase, example: torch.Tensor, batches: tuple[int
         def call(x: torch.Tensor) -> torch.Tensor:
             module.kernel = kernel
             return module(x)
+
         return call
 
     timing = time_candidates({k: run(k) for k in KERNELS}, example, batches, min_run_time)

@@ -5,6 +5,7 @@ vs dense layers are all decided by :func:`time_candidates` (median of repeated
 runs with ``torch.utils.benchmark`` at each batch size) followed by the pure
 rule :func:`pick`, which tests check on controlled timings.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,16 +16,21 @@ from torch.utils import benchmark
 
 
 @torch.inference_mode()
-def time_ms(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, min_run_time: float = 0.2,
-            threads: int | None = None) -> float:
+def time_ms(
+    fn: Callable[[torch.Tensor], Any], x: torch.Tensor, min_run_time: float = 0.2, threads: int | None = None
+) -> float:
     """Median milliseconds of ``fn(x)`` after one warm-up call (lazy init, kernel compilation)."""
     fn(x)
     t = benchmark.Timer("fn(x)", globals={"fn": fn, "x": x}, num_threads=threads or torch.get_num_threads())
     return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def time_candidates(candidates: dict[str, Callable[[torch.Tensor], Any]], example: torch.Tensor,
-                    batches: tuple[int, ...] = (1, 256), min_run_time: float = 0.2) -> dict[str, dict[str, float]]:
+def time_candidates(
+    candidates: dict[str, Callable[[torch.Tensor], Any]],
+    example: torch.Tensor,
+    batches: tuple[int, ...] = (1, 256),
+    min_run_time: float = 0.2,
+) -> dict[str, dict[str, float]]:
     """``{"b<batch>": {name: ms}}`` for each candidate on ``example`` (one sample, batch dim 1)
     repeated to each batch size."""
     timing: dict[str, dict[str, float]] = {}

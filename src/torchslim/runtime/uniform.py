@@ -14,6 +14,7 @@ quantized tensors) is used as is, and the output stays quantized unless
 ``out_float`` (its consumer cannot take a quantized tensor). Weight-only layers
 (``act_bits=0``) expand the codes to float once at load: a storage format.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.T
         qmax = 2 ** (bits - 1) - 1
         scale = (flat.abs().amax(1) / qmax).clamp(min=1e-12)
         return scale, torch.zeros_like(scale, dtype=torch.int64), -qmax, qmax
-    qmax = 2 ** bits - 1
+    qmax = 2**bits - 1
     lo, hi = flat.amin(1).clamp(max=0), flat.amax(1).clamp(min=0)
     scale = ((hi - lo) / qmax).clamp(min=1e-12)
     zp = torch.round(-lo / scale).clamp(0, qmax).to(torch.int64)
@@ -64,8 +65,9 @@ class _UniformBase(RuntimeLayer):
         if act_bits not in (0, 8):
             raise ValueError(f"act_bits={act_bits}; use 0 (weights only) or 8")
         if act_bits and not symmetric:
-            raise ValueError("8-bit activations need symmetric weights (the x86 int8 kernels take qint8 weights "
-                             "with zero point 0)")
+            raise ValueError(
+                "8-bit activations need symmetric weights (the x86 int8 kernels take qint8 weights with zero point 0)"
+            )
         self.bits, self.symmetric, self.act_bits, self.out_float = bits, symmetric, act_bits, out_float
         n, c = math.prod(self.shape), self.shape[0]
         self.register_buffer("codes", torch.zeros(math.ceil(n * bits / 8), dtype=torch.uint8))
@@ -115,8 +117,13 @@ class _UniformBase(RuntimeLayer):
         return UniformQDQ(self, dense, input_quantized) if self.act_bits else dense
 
     def _uniform_args(self) -> dict:
-        return dict(bits=self.bits, symmetric=self.symmetric, act_bits=self.act_bits, out_float=self.out_float,
-                    bias=self.bias is not None)
+        return dict(
+            bits=self.bits,
+            symmetric=self.symmetric,
+            act_bits=self.act_bits,
+            out_float=self.out_float,
+            bias=self.bias is not None,
+        )
 
     def _state_key(self) -> tuple:
         return tuple(t.data_ptr() for t in (self.codes, self.scale, self.act)) + (self.codes._version,)
@@ -127,7 +134,8 @@ class _UniformBase(RuntimeLayer):
         if self._cache is None or self._cache[0] != key:
             if self.act_bits:
                 qw = torch._make_per_channel_quantized_tensor(
-                    self.int_weight().to(torch.int8), self.scale.double(), self.zero_point.to(torch.int64), 0)
+                    self.int_weight().to(torch.int8), self.scale.double(), self.zero_point.to(torch.int64), 0
+                )
                 self._cache = (key, self._prepack(qw))
             else:
                 self._cache = (key, self.weight())
@@ -143,13 +151,20 @@ class _UniformBase(RuntimeLayer):
         return y.dequantize() if self.out_float else y
 
     def extra_repr(self) -> str:
-        return (f"bits={self.bits}, symmetric={self.symmetric}, act_bits={self.act_bits}, "
-                f"out_float={self.out_float}")
+        return f"bits={self.bits}, symmetric={self.symmetric}, act_bits={self.act_bits}, out_float={self.out_float}"
 
 
 class UniformLinear(_UniformBase):
-    def __init__(self, in_features: int, out_features: int, bits: int = 8, symmetric: bool = True,
-                 act_bits: int = 0, out_float: bool = True, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int = 8,
+        symmetric: bool = True,
+        act_bits: int = 0,
+        out_float: bool = True,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.shape = (out_features, in_features)
@@ -164,15 +179,26 @@ class UniformLinear(_UniformBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.act_bits:
             return F.linear(x, self._prepared(), self.bias)
-        y = torch.ops.quantized.linear(self._quantize_input(x), self._prepared(), float(self.act[2]),
-                                       int(self.act[3]))
+        y = torch.ops.quantized.linear(self._quantize_input(x), self._prepared(), float(self.act[2]), int(self.act[3]))
         return self._finish(y)
 
 
 class UniformConv2d(_UniformBase):
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: list, stride: list, padding: list,
-                 dilation: list, groups: int, bits: int = 8, symmetric: bool = True, act_bits: int = 0,
-                 out_float: bool = True, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: list,
+        stride: list,
+        padding: list,
+        dilation: list,
+        groups: int,
+        bits: int = 8,
+        symmetric: bool = True,
+        act_bits: int = 0,
+        out_float: bool = True,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.shape = (out_channels, in_channels // groups, *self.kernel_size)
@@ -182,15 +208,19 @@ class UniformConv2d(_UniformBase):
         return dict(**conv_geometry(self), **self._uniform_args())
 
     def _prepack(self, qw):
-        return torch.ops.quantized.conv2d_prepack(qw, None if self.bias is None else self.bias.detach().float(),
-                                                  list(self.stride), list(self.padding), list(self.dilation),
-                                                  self.groups)
+        return torch.ops.quantized.conv2d_prepack(
+            qw,
+            None if self.bias is None else self.bias.detach().float(),
+            list(self.stride),
+            list(self.padding),
+            list(self.dilation),
+            self.groups,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.act_bits:
             return F.conv2d(x, self._prepared(), self.bias, self.stride, self.padding, self.dilation, self.groups)
-        y = torch.ops.quantized.conv2d(self._quantize_input(x), self._prepared(), float(self.act[2]),
-                                       int(self.act[3]))
+        y = torch.ops.quantized.conv2d(self._quantize_input(x), self._prepared(), float(self.act[2]), int(self.act[3]))
         return self._finish(y)
 
 

@@ -1,4 +1,5 @@
 """Training: ``fit``, ``evaluate``, callbacks, checkpoints, data-parallel runs."""
+
 from torchslim.train.callbacks import Callback
 from torchslim.train.loop import TrainConfig, evaluate, fit, init_distributed, is_main_process, seed_everything
 

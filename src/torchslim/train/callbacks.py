@@ -5,6 +5,7 @@ calls ``loss_term`` after the task loss (e.g. L1 on BN gamma for network
 slimming) and ``after_step`` after each optimizer step (re-apply masks, clip
 latent binary weights to [-1, 1]).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,9 @@ class Callback:
     def on_train_begin(self, model: nn.Module) -> None:
         """Once before the first epoch."""
 
-    def loss_term(self, model: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor,
-                  targets: torch.Tensor) -> torch.Tensor | None:
+    def loss_term(
+        self, model: nn.Module, inputs: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor | None:
         """Extra loss added to the task loss for this batch (or None)."""
         return None
 

@@ -1,5 +1,6 @@
 """``fit`` / ``evaluate``: the one training loop, with callbacks, checkpoints,
 resume and data-parallel training under ``torchrun``."""
+
 from __future__ import annotations
 
 import math
@@ -75,7 +76,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if callable(self.output):   # JSON (checkpoints): a function by its name
+        if callable(self.output):  # JSON (checkpoints): a function by its name
             d["output"] = getattr(self.output, "__qualname__", repr(self.output))
         return d
 
@@ -125,8 +126,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.momentum > 0)
+    return torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+    )
 
 
 def select_output(out: Any, output: Any = 0) -> torch.Tensor:
@@ -139,13 +141,16 @@ def select_output(out: Any, output: Any = 0) -> torch.Tensor:
     try:
         return out[output]
     except (KeyError, IndexError, TypeError):
-        raise ValueError(f"the model returns a {type(out).__name__}; output={output!r} does not select its logits "
-                         "(give an index, a key or a function)") from None
+        raise ValueError(
+            f"the model returns a {type(out).__name__}; output={output!r} does not select its logits "
+            "(give an index, a key or a function)"
+        ) from None
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str | None = None,
-             output: Any = 0) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: DataLoader, device: torch.device | str | None = None, output: Any = 0
+) -> dict[str, float]:
     """Top-1 (and top-5 with more than 5 classes) accuracy in percent, and mean loss; ``output``
     selects the logits of a model with several outputs (:func:`select_output`)."""
     device = torch.device(device) if device else next(model.parameters(), torch.zeros(0)).device
@@ -174,10 +179,18 @@ def _log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
-        val_loader: DataLoader | None = None, callbacks: Iterable[Callback] = (),
-        checkpoint_dir: str | os.PathLike | None = None, device: torch.device | str | None = None,
-        progress: bool | None = None, desc: str = "train") -> dict[str, Any]:
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    cfg: TrainConfig,
+    *,
+    val_loader: DataLoader | None = None,
+    callbacks: Iterable[Callback] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+    desc: str = "train",
+) -> dict[str, Any]:
     """Train ``model`` in place and return its history.
 
     With ``checkpoint_dir``, state (model, optimizer, RNG, history) is written
@@ -211,8 +224,10 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         cb.on_train_begin(model)
     if cb_states is not None and any(cb_states):
         if len(cb_states) != len(callbacks):
-            raise ValueError(f"{ckpt} was written with {len(cb_states)} training callbacks, this run has "
-                             f"{len(callbacks)}; delete it to start over, or resume with the same method")
+            raise ValueError(
+                f"{ckpt} was written with {len(cb_states)} training callbacks, this run has "
+                f"{len(callbacks)}; delete it to start over, or resume with the same method"
+            )
         for cb, state in zip(callbacks, cb_states):
             cb.load_state_dict(state)
     for epoch in range(start_epoch, cfg.epochs):
@@ -224,6 +239,7 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
         it = train_loader
         if progress and is_main_process():
             from tqdm import tqdm
+
             it = tqdm(train_loader, desc=f"[{desc}] epoch {epoch + 1}/{cfg.epochs}", leave=False)
         seen = correct = 0
         run_loss = 0.0
@@ -248,21 +264,28 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
             seen += len(y)
             correct += (out.argmax(1) == y).sum().item()
             run_loss += loss.item() * len(y)
-        metrics = {"epoch": epoch + 1, "train_loss": run_loss / max(seen, 1),
-                   "train_top1": 100.0 * correct / max(seen, 1), "seconds": time.perf_counter() - t0}
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": run_loss / max(seen, 1),
+            "train_top1": 100.0 * correct / max(seen, 1),
+            "seconds": time.perf_counter() - t0,
+        }
         if val_loader is not None:
             metrics.update({f"val_{k}": v for k, v in evaluate(model, val_loader, device, cfg.output).items()})
         history["epochs"].append(metrics)
         history["seconds"] += metrics["seconds"]
         for cb in callbacks:
             cb.on_epoch_end(model, epoch, metrics)
-        _log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} "
-             f"train {metrics['train_top1']:.2f}%"
-             + (f" val {metrics['val_top1']:.2f}%" if "val_top1" in metrics else "")
-             + f" ({metrics['seconds']:.0f}s)")
+        _log(
+            f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} "
+            f"train {metrics['train_top1']:.2f}%"
+            + (f" val {metrics['val_top1']:.2f}%" if "val_top1" in metrics else "")
+            + f" ({metrics['seconds']:.0f}s)"
+        )
         if ckpt is not None and is_main_process():
-            _save_checkpoint(ckpt, model, opt, train_loader, cfg, epoch + 1, history,
-                             [cb.state_dict() for cb in callbacks])
+            _save_checkpoint(
+                ckpt, model, opt, train_loader, cfg, epoch + 1, history, [cb.state_dict() for cb in callbacks]
+            )
     for cb in callbacks:
         cb.on_train_end(model)
     if cfg.channels_last:
@@ -270,21 +293,37 @@ def fit(model: nn.Module, train_loader: DataLoader, cfg: TrainConfig, *,
     return history
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-                     cfg: TrainConfig, epoch: int, history: dict, cb_states: list) -> None:
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    epoch: int,
+    history: dict,
+    cb_states: list,
+) -> None:
     from torchslim.export.slim import write_slim
 
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
     gen = getattr(loader, "generator", None)
-    state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-             "loader_rng": gen.get_state() if gen is not None else None, "callbacks": cb_states}
+    state = {
+        "optimizer": opt.state_dict(),
+        "rng": torch.get_rng_state(),
+        "loader_rng": gen.get_state() if gen is not None else None,
+        "callbacks": cb_states,
+    }
     skeleton = flatten(state, tensors, "state")
-    write_slim(path, tensors, {"arch": None, "checkpoint": {"epoch": epoch, "train": cfg.to_dict(),
-                                                            "history": history, "state": skeleton}})
+    write_slim(
+        path,
+        tensors,
+        {"arch": None, "checkpoint": {"epoch": epoch, "train": cfg.to_dict(), "history": history, "state": skeleton}},
+    )
 
 
-def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader,
-                     cfg: TrainConfig) -> tuple[int, dict, list | None]:
+def _load_checkpoint(
+    path: Path, model: nn.Module, opt: torch.optim.Optimizer, loader: DataLoader, cfg: TrainConfig
+) -> tuple[int, dict, list | None]:
     from torchslim.export.slim import read_slim
 
     tensors, header = read_slim(path)
@@ -292,8 +331,10 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, l
     if ck is None:
         raise ValueError(f"{path} is not a training checkpoint")
     if ck["train"] != cfg.to_dict():
-        raise ValueError(f"{path} was written with different train settings {ck['train']}; "
-                         "delete it to start over, or restore the settings to resume")
+        raise ValueError(
+            f"{path} was written with different train settings {ck['train']}; "
+            "delete it to start over, or restore the settings to resume"
+        )
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = unflatten(ck["state"], tensors)
     opt.load_state_dict(state["optimizer"])

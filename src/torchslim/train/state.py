@@ -3,6 +3,7 @@
 Tensors go into a ``.slim`` file's tensor section, everything else into its
 JSON header; dict keys keep their int/str type.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,10 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "s") -> An
     if isinstance(obj, dict):
         return {"__d__": [[k, flatten(v, tensors, f"{prefix}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__l__": [flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "__l__": [flatten(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot checkpoint a value of type {type(obj).__name__}")
