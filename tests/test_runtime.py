@@ -28,6 +28,7 @@ from torchslim.runtime import (
 )
 from torchslim.runtime import product as product_mod
 from torchslim.runtime import sparse as sparse_mod
+from torchslim.runtime import timing as timing_mod
 from torchslim.runtime.timing import pick
 
 
@@ -186,12 +187,12 @@ def test_sparse_and_pq_kernel_choice_follow_the_measured_timings(monkeypatch, fa
     """Catches: a kernel choice that ignores its timings (e.g. always the sparse kernel)."""
     slow = {"sparse": "dense", "dense": "sparse"}[fast]
     fake = {"b1": {fast: 1.0, slow: 2.0}, "b256": {fast: 1.0, slow: 2.0}}
-    monkeypatch.setattr(sparse_mod, "time_candidates", lambda *a, **k: fake)
+    monkeypatch.setattr(timing_mod, "time_candidates", lambda *a, **k: fake)
     layer = _sparse_linear()
     assert sparse_mod.choose_kernel(layer, torch.randn(1, 24)) == fast == layer.kernel
     assert layer.timing == fake
     lut = {"sparse": "lut", "dense": "dense"}
     fake_pq = {b: {lut[k]: v for k, v in t.items()} for b, t in fake.items()}
-    monkeypatch.setattr(product_mod, "time_candidates", lambda *a, **k: fake_pq)
+    monkeypatch.setattr(timing_mod, "time_candidates", lambda *a, **k: fake_pq)
     pq = _product(ProductLinear, 24, 10)
     assert product_mod.choose_pq_kernel(pq, torch.randn(1, 24)) == lut[fast] == pq.kernel

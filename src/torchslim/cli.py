@@ -24,7 +24,7 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     teacher = {"teacher": a.teacher, "T": a.T, "alpha": a.alpha, "loss": a.loss}
     recipe = {
         "name": a.name or f"distill_{a.student}",
-        "model": {"name": a.student, "kwargs": json.loads(a.kwargs)},
+        "model": {"import" if ":" in a.student else "name": a.student, "kwargs": json.loads(a.kwargs)},
         "data": {"name": "fashion_mnist", "batch_size": 128, "augment": a.augment},
         "train": {"epochs": a.epochs, "optimizer": a.optimizer, "lr": a.lr, "seed": a.seed, "distill": teacher},
     }
@@ -32,19 +32,34 @@ def _cmd_distill(a: argparse.Namespace) -> int:
     return 0
 
 
-def _model_data(path: str, data_dir: str | None):
+def _model_data(path: str, data_dir: str | None, model_spec: str | None = None):
+    """The file's model (a user model needs ``--model pkg.module:factory``), data config and input shape."""
     from torchslim.data import DataConfig
     from torchslim.export.slim import load
 
-    model = load(path)
+    fresh = None
+    if model_spec:
+        from torchslim.export.slim import file_header
+        from torchslim.models.imported import build_imported
+
+        made_by = (file_header(path).get("recipe") or {}).get("model") or {}
+        kwargs = made_by.get("kwargs") if made_by.get("import") == model_spec else None  # data, never code
+        fresh = build_imported(model_spec, kwargs)
+    model = load(path, model=fresh)
     header = model.torchslim.header
     d = dict((header.get("extra") or {}).get("data") or {"name": "fashion_mnist"})
     d["dir"] = data_dir or None
     d.pop("subset", None)  # reported numbers always use the full test split
     cfg = DataConfig.from_dict(d)
+    return model, cfg, _input_shape(header)
+
+
+def _input_shape(header: dict) -> tuple[int, ...]:
+    """(C, H, W) of the file's model: from the registry arguments, or as recorded by the run."""
+    if (header.get("extra") or {}).get("input_shape"):
+        return tuple(header["extra"]["input_shape"])
     kw = header["arch"]["kwargs"] if header.get("arch") else {}
-    shape = (kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28))
-    return model, cfg, shape
+    return (kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28))
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -53,7 +68,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from torchslim.data import _Collate, _Images, load_split  # noqa: PLC2701 - same package
     from torchslim.measure.report import measure, to_table
 
-    model, cfg, shape = _model_data(a.model, a.data_dir)
+    model, cfg, shape = _model_data(a.model, a.data_dir, a.import_model)
     x, y = load_split(cfg, "test")
     loader = DataLoader(_Images(x, y), 256, collate_fn=_Collate(cfg.mean, cfg.std, False))
     res = {
@@ -66,14 +81,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(a: argparse.Namespace) -> int:
-    from torchslim.export.slim import load
     from torchslim.measure.counts import layer_table
     from torchslim.measure.report import to_table
 
-    model = load(a.model)
+    model, _, shape = _model_data(a.model, None, a.import_model)
     header = model.torchslim.header
-    kw = header["arch"]["kwargs"] if header.get("arch") else {}
-    shape = (kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28))
     state = model.state_dict()
     rows = []
     for r in layer_table(model, shape):
@@ -101,7 +113,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
     from torchslim.export.onnx import export_onnx
 
-    model, _, shape = _model_data(a.model, None)
+    model, _, shape = _model_data(a.model, None, a.import_model)
     out = export_onnx(model, torch.zeros(1, *shape), a.output, int8_initializers=not a.float_weights)
     print(
         f"wrote {out} ({out.stat().st_size:,} bytes; opset 17, dynamic batch, input 'input' of shape "
@@ -167,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a registry student from a teacher .slim file (Hinton KD); the report compares student and teacher",
     )
     d.add_argument("--teacher", required=True, help="teacher .slim file")
-    d.add_argument("--student", required=True, help="registry model name (torchslim list models)")
+    d.add_argument(
+        "--student",
+        required=True,
+        help="registry model name (torchslim list models) or your own model as package.module:factory",
+    )
     d.add_argument("--kwargs", default="{}", help="student constructor arguments as JSON, e.g. '{\"width_mult\": 0.5}'")
     d.add_argument("--epochs", type=int, default=10)
     d.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
@@ -192,10 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="per-layer table of a .slim file")
     i.add_argument("model")
     i.set_defaults(fn=_cmd_inspect)
+    for cmd in (e, i):
+        cmd.add_argument(
+            "--model",
+            dest="import_model",
+            metavar="PKG.MODULE:FACTORY",
+            help="your own model's factory, for files of models outside the registry",
+        )
     x = sub.add_parser("export", help="write a .slim file as ONNX (int8 as a QDQ graph, packed layers expanded)")
     x.add_argument("model")
     x.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     x.add_argument("--float-weights", action="store_true", help="keep int8 weights as float initializers")
+    x.add_argument(
+        "--model",
+        dest="import_model",
+        metavar="PKG.MODULE:FACTORY",
+        help="your own model's factory, for files of models outside the registry",
+    )
     x.set_defaults(fn=_cmd_export)
     se = sub.add_parser("sensitivity", help="prune each layer alone at several ratios; table, plot, ratios")
     se.add_argument("recipe")

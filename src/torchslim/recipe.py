@@ -4,6 +4,8 @@ Schema (unknown keys are errors)::
 
     name: quickstart                  # run folder: runs/<name> unless --out is given
     model: {name: lenet5, kwargs: {}, from: null}   # 'from': start from a .slim file
+    # or a user's own model by import path (weights: .slim, .safetensors or a weights-only .pt):
+    # model: {import: "pkg.module:factory", kwargs: {}, weights: path}
     data: {name: fashion_mnist, batch_size: 128, ...}   # torchslim.data.DataConfig
     train: {epochs: 5, optimizer: adam, lr: 0.001, ...} # torchslim.train.TrainConfig (+ distill:
                                       # {teacher: path.slim, ...} trains the model as a student)
@@ -40,7 +42,7 @@ from torchslim.data import DataConfig
 from torchslim.train.loop import TrainConfig
 
 _TOP = {"name", "model", "data", "train", "stages", "export"}
-_MODEL = {"name", "kwargs", "from"}
+_MODEL = {"name", "kwargs", "from", "import", "weights"}
 _STAGE_RESERVED = {"method", "name", "finetune"}
 _EXPORT = {"latency", "entropy"}
 
@@ -135,9 +137,23 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
     if not isinstance(name, str) or not name or "/" in name:
         raise RecipeError(f"name={name!r} must be a non-empty string without '/'")
     model = dict(_keys("model", raw.get("model"), _MODEL))
-    if not isinstance(model.get("name"), str) and not model.get("from"):
+    if model.get("import") is not None:
+        if model.get("name") or model.get("from"):
+            raise RecipeError("model.import names a user model; do not combine it with model.name or model.from")
+        from torchslim.models.imported import resolve_factory
+
+        try:
+            resolve_factory(model["import"])
+        except ValueError as e:
+            raise RecipeError(f"model.import: {e}") from None
+        if model.get("weights") is not None and not Path(str(model["weights"])).is_file():
+            raise RecipeError(f"model.weights: no file {model['weights']!r}")
+    elif model.get("weights") is not None:
+        raise RecipeError("model.weights goes with model.import (a registry model starts from model.from)")
+    elif not isinstance(model.get("name"), str) and not model.get("from"):
         raise RecipeError(
-            "model.name is required (a registry model, see 'torchslim list models'), or model.from: a .slim file"
+            "model.name is required (a registry model, see 'torchslim list models'), model.from: a .slim file, "
+            "or model.import: 'package.module:factory' for your own model"
         )
     if not isinstance(model.setdefault("kwargs", {}), dict):
         raise RecipeError(f"model.kwargs must be a mapping, got {model['kwargs']!r}")
@@ -204,7 +220,7 @@ def run_recipe(
     from torchslim.export.slim import load, save
     from torchslim.measure.report import measure, to_table, write_report
     from torchslim.models import create_model
-    from torchslim.train.loop import fit
+    from torchslim.train.loop import fit, seed_everything
 
     recipe = parse_recipe(src, data_dir)
     out = Path(out_dir or Path("runs") / recipe.name)
@@ -225,7 +241,17 @@ def run_recipe(
 
     loaders = make_loaders(recipe.data, seed=recipe.train.seed)
     shape = (loaders.in_channels, loaders.input_size, loaders.input_size)
-    extra = {"data": {**recipe.data.to_dict(), "dir": None}}
+    extra = {"data": {**recipe.data.to_dict(), "dir": None}, "input_shape": list(shape)}
+    imported = recipe.model.get("import")
+
+    def fresh():
+        """A new instance of a user's model (for loading step files), or None for registry models."""
+        from torchslim.models.imported import build_imported
+
+        return build_imported(imported, recipe.model["kwargs"]) if imported else None
+
+    def model_name(m) -> str:
+        return imported or m.torchslim.arch["name"]
 
     def distill_callbacks(spec: dict | None) -> list:
         """[Distill(teacher)] for a ``distill`` mapping; teacher 'original' = this run's baseline file."""
@@ -240,7 +266,7 @@ def run_recipe(
         path = out / f"{len(state['done']):02d}_{step}.slim"
         save(model, path, recipe=recipe.raw, extra={**extra, "step": step})
         row = {
-            "model": model.torchslim.arch["name"],
+            "model": model_name(model),
             "method": method,
             "step": step,
             **measure(model, shape, loader=loaders.test, path=path, latency=latency),
@@ -257,26 +283,36 @@ def run_recipe(
     model = None
     if state["done"]:
         last = state["done"][-1]
-        model = load(out / f"{len(state['done']) - 1:02d}_{last}.slim")
+        model = load(out / f"{len(state['done']) - 1:02d}_{last}.slim", model=fresh())
         _log(f"[{recipe.name}] resuming after step '{last}' ({len(state['done'])}/{len(steps)} done)")
     for i, step in enumerate(steps):
         if step in state["done"]:
             continue
         if i == 0:
             seconds = 0.0
+            seed_everything(recipe.train.seed)  # before anything random is built: same seed, same model
             if recipe.model.get("from"):
                 model = load(recipe.model["from"])
                 _log(f"[{recipe.name}] baseline loaded from {recipe.model['from']}")
+            elif imported and recipe.model.get("weights"):
+                from torchslim.models.imported import load_weights
+
+                model = load_weights(fresh(), recipe.model["weights"])
+                _log(f"[{recipe.name}] {imported} loaded from {recipe.model['weights']}")
             else:
-                model = create_model(
-                    recipe.model["name"],
-                    num_classes=loaders.num_classes,
-                    in_channels=loaders.in_channels,
-                    input_size=loaders.input_size,
-                    **recipe.model["kwargs"],
+                model = (
+                    fresh()
+                    if imported
+                    else create_model(
+                        recipe.model["name"],
+                        num_classes=loaders.num_classes,
+                        in_channels=loaders.in_channels,
+                        input_size=loaders.input_size,
+                        **recipe.model["kwargs"],
+                    )
                 )
                 _log(
-                    f"[{recipe.name}] training {recipe.model['name']} for {recipe.train.epochs} epochs"
+                    f"[{recipe.name}] training {imported or recipe.model['name']} for {recipe.train.epochs} epochs"
                     + (f", distilled from {recipe.distill['teacher']}" if recipe.distill else "")
                 )
                 seconds = fit(
@@ -294,7 +330,8 @@ def run_recipe(
         method = stage.config.method if stage.config is not None else "finetune"
         _log(f"[{recipe.name}] stage {i}/{len(recipe.stages)}: {method}")
         if stage.config is not None:
-            compress_(model, stage.config, data=loaders.train)
+            example = next(iter(loaders.test))[0][:1]
+            compress_(model, stage.config, data=loaders.train, example_inputs=example)
         seconds = 0.0
         if stage.finetune is not None and stage.finetune.epochs > 0:
             seconds = fit(
@@ -313,12 +350,12 @@ def run_recipe(
     if recipe.export.get("entropy") and state["done"][-1] != "export":
         # Deep Compression's last stage: the same model, indices and gaps Huffman-coded.
         path = out / f"{len(state['done']):02d}_export.slim"
-        save(load(final), path, recipe=recipe.raw, extra={**extra, "step": "export"}, entropy="huffman")
-        coded = load(path)  # measured from the decoded file, which proves the round trip
+        save(load(final, model=fresh()), path, recipe=recipe.raw, extra={**extra, "step": "export"}, entropy="huffman")
+        coded = load(path, model=fresh())  # measured from the decoded file, which proves the round trip
         state["done"].append("export")
         state["rows"].append(
             {
-                "model": coded.torchslim.arch["name"],
+                "model": model_name(coded),
                 "method": "huffman",
                 "step": "export",
                 **measure(coded, shape, loader=loaders.test, path=path, latency=latency),

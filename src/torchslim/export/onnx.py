@@ -30,12 +30,16 @@ OPSET = 17
 
 def lowered_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """A copy of ``model`` with every runtime layer replaced by its plain-torch form."""
-    quantized_in: dict[str, bool] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda mod, args, n=n: quantized_in.__setitem__(n, args[0].is_quantized))
-        for n, m in model.named_modules()
-        if isinstance(m, _UniformBase)
-    ]
+    quantized_in: dict[str, tuple[float, int]] = {}  # int8 layer -> qparams of the int8 tensor it receives
+
+    def grab(name: str):
+        def hook(mod, args):
+            if args[0].is_quantized:
+                quantized_in[name] = (float(args[0].q_scale()), int(args[0].q_zero_point()))
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(grab(n)) for n, m in model.named_modules() if isinstance(m, _UniformBase)]
     try:
         with torch.no_grad():
             model.eval()(example)  # which int8 layers receive an int8 tensor
@@ -44,7 +48,7 @@ def lowered_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
             h.remove()
     # the copy takes each runtime layer's lowered form in its place (packed caches are never copied)
     memo = {
-        id(m): m.lowered(input_quantized=quantized_in.get(n, False))
+        id(m): m.lowered(input_qparams=quantized_in.get(n))
         for n, m in model.named_modules()
         if isinstance(m, RuntimeLayer)
     }

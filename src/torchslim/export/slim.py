@@ -22,7 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from torchslim.core.state import slim_state
-from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides
+from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides, layer_specs
 
 FORMAT = "torchslim/1"
 
@@ -237,11 +237,16 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     arch = header.get("arch")
     if model is None:
         if arch is None:
-            raise SlimFileError(f"{path}: the file holds a custom architecture; pass load(path, model=YourModel())")
+            raise SlimFileError(
+                f"{path}: the file holds a model outside the registry; pass load(path, model=YourModel()) "
+                "(command line: --model package.module:factory)"
+            )
         from torchslim.models import create_model
 
         model = create_model(arch["name"], **arch["kwargs"])
     overrides = arch.get("overrides", {}) if arch is not None else header.get("overrides") or {}
+    # a user model: its layers before the overrides, so that saving it again records them again
+    original = layer_specs(model) if arch is None else None
     try:
         apply_overrides(model, overrides)
     except ValueError as e:
@@ -259,6 +264,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise SlimFileError(f"{path}: tensors do not fit the architecture: {str(e).splitlines()[0]}") from None
     state = slim_state(model)
     state.header = header
+    if original is not None and state.original is None:
+        state.original = original
     state.log = list(header.get("log") or [])  # per-layer decisions of the methods applied
     return model.eval()
 

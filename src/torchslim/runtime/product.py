@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.codebook import pack_bits, unpack_bits
-from torchslim.runtime.timing import pick, time_candidates
+from torchslim.runtime.timing import choose_module_kernel
 
 PQ_KERNELS = ("dense", "lut")
 
@@ -165,14 +165,4 @@ def choose_pq_kernel(
     module: ProductLinear, example: torch.Tensor, batches: tuple[int, ...] = (1, 256), min_run_time: float = 0.2
 ) -> str:
     """Keep ``lut`` only where it beats the expanded dense weight at every batch size (:func:`pick`)."""
-
-    def run(kernel: str):
-        def call(x: torch.Tensor) -> torch.Tensor:
-            module.kernel = kernel
-            return module(x)
-
-        return call
-
-    timing = time_candidates({k: run(k) for k in PQ_KERNELS}, example, batches, min_run_time)
-    module.kernel, module.timing = pick(timing, "dense"), timing
-    return module.kernel
+    return choose_module_kernel(module, PQ_KERNELS, "dense", example, batches, min_run_time)

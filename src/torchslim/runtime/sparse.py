@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from torchslim.runtime._layout import conv_geometry, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer, bias_counts
-from torchslim.runtime.timing import pick, time_candidates
+from torchslim.runtime.timing import choose_module_kernel
 
 KERNELS = ("sparse", "dense")
 
@@ -296,13 +296,6 @@ def choose_kernel(
         module.kernel, module.timing = "dense", {"reason": "grouped conv"}
         return "dense"
 
-    def run(kernel: str):
-        def call(x: torch.Tensor) -> torch.Tensor:
-            module.kernel = kernel
-            return module(x)
-
-        return call
-
-    timing = time_candidates({k: run(k) for k in KERNELS}, example, batches, min_run_time)
-    module.kernel, module.timing, module._cache = pick(timing, "dense"), timing, None
+    choose_module_kernel(module, KERNELS, "dense", example, batches, min_run_time)
+    module._cache = None
     return module.kernel

@@ -49,3 +49,26 @@ def pick(timing: dict[str, dict[str, float]], default: str) -> str:
         return default
     last = timing[max(timing, key=lambda k: int(k[1:]))]
     return min(winners, key=lambda n: last[n])
+
+
+def choose_module_kernel(
+    module,
+    kernels: tuple[str, ...],
+    default: str,
+    example: torch.Tensor,
+    batches: tuple[int, ...] = (1, 256),
+    min_run_time: float = 0.2,
+) -> str:
+    """Time ``module`` with each of its ``kernels`` (``module.kernel = k``) and keep the one :func:`pick`
+    chooses. Side effects: sets ``module.kernel`` and ``module.timing``."""
+
+    def run(kernel: str):
+        def call(x: torch.Tensor) -> torch.Tensor:
+            module.kernel = kernel
+            return module(x)
+
+        return call
+
+    timing = time_candidates({k: run(k) for k in kernels}, example, batches, min_run_time)
+    module.kernel, module.timing = pick(timing, default), timing
+    return module.kernel

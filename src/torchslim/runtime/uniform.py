@@ -108,13 +108,17 @@ class _UniformBase(RuntimeLayer):
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         return dense_macs(self, y)
 
-    def lowered(self, input_quantized: bool = False, **info) -> nn.Module:
+    def lowered(self, input_qparams: tuple[float, int] | None = None, **info) -> nn.Module:
         """Weight-only: the dense layer on the dequantized weight (exact). int8: the fake-quant graph
         (QuantizeLinear / DequantizeLinear around the conv / gemm in ONNX, which ONNX Runtime fuses
-        into its int8 kernels); ``input_quantized``: the input arrives as the previous int8 layer's
-        output, already on its grid, so it is not quantized again (as at run time)."""
+        into its int8 kernels). ``input_qparams``: (scale, zero point) of the int8 tensor the layer
+        receives at run time from the previous int8 layer; the input is then already on that grid,
+        and quantizing it again with the same parameters changes nothing but lets the runtime
+        see a quantized input (as the int8 kernels do)."""
         dense = dense_module(self, self.weight(), self.bias)
-        return UniformQDQ(self, dense, input_quantized) if self.act_bits else dense
+        if not self.act_bits:
+            return dense
+        return UniformQDQ(self, dense, input_qparams or (float(self.act[0]), int(self.act[1])))
 
     def _uniform_args(self) -> dict:
         return dict(
@@ -233,19 +237,17 @@ class UniformQDQ(nn.Module):
     range [-128, 127] leaves them unchanged). Values equal the int8 kernels' outside rounding ties.
     """
 
-    def __init__(self, layer: _UniformBase, dense: nn.Module, input_quantized: bool) -> None:
+    def __init__(self, layer: _UniformBase, dense: nn.Module, input_qparams: tuple[float, int]) -> None:
         super().__init__()
-        self.dense, self.input_quantized = dense, input_quantized
+        self.dense = dense
         self.register_buffer("w_scale", layer.scale.detach().float().clone())
         self.register_buffer("w_zero", torch.zeros(layer.scale.numel(), dtype=torch.int32))
-        si, zi, so, zo = (float(v) for v in layer.act)
-        self.in_q, self.out_q = (si, int(zi)), (so, int(zo))
+        self.in_q, self.out_q = input_qparams, (float(layer.act[2]), int(layer.act[3]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_quantized:
             x = x.dequantize()
-        if not self.input_quantized:
-            x = torch.fake_quantize_per_tensor_affine(x, self.in_q[0], self.in_q[1], 0, 255)
+        x = torch.fake_quantize_per_tensor_affine(x, self.in_q[0], self.in_q[1], 0, 255)
         w = torch.fake_quantize_per_channel_affine(self.dense.weight, self.w_scale, self.w_zero, 0, -128, 127)
         if isinstance(self.dense, nn.Conv2d):
             d = self.dense
