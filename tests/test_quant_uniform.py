@@ -122,3 +122,36 @@ def test_int8_layers_count_their_macs():
     dense = count_macs(model, (1, 28, 28))
     ts.convert_(ts.compress_(model, Uniform(), data=[(torch.randn(8, 1, 28, 28), None)]))
     assert count_macs(model, (1, 28, 28)) == dense
+
+
+def test_float_fallback_keeps_low_sqnr_layers_float_and_the_int8_chain_consistent(tmp_path):
+    """min_sqnr: layers whose own int8 error is too large stay float, recorded in the log and the
+    file; their neighbours leave or re-enter int8 correctly, so converted == fake-quant still."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from torchslim.quant.uniform import _layer_sqnr
+
+    from zoo import INPUT, ZOO, build
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, *INPUT, generator=g), None) for _ in range(4)]
+    probe = ts.compress_(build("resnet18"), Uniform(calib_batches=4), data=data)
+    sqnr = _layer_sqnr(probe, data, 4)
+    cut = sorted(sqnr.values())[len(sqnr) // 2]  # about half the layers below it
+    model = build("resnet18")
+    with pytest.warns(UserWarning, match="keeping .* in float"):
+        ts.compress_(model, Uniform(calib_batches=4, min_sqnr=cut), data=data)
+    low = {n for n, v in sqnr.items() if v < cut}
+    log = {e["layer"]: e for e in model.torchslim.log if e["method"] == "quant.uniform"}
+    assert {n for n, e in log.items() if e["decision"] == "float"} == low and low
+    x = torch.randn(4, *INPUT, generator=g)
+    with torch.no_grad():
+        before = model.eval()(x)
+        ts.convert_(model)
+        after = model(x)
+    assert all(type(model.get_submodule(n)) in (nn.Conv2d, nn.Linear) for n in low)
+    assert torch.equal(after, before)
+    ts.save(model, tmp_path / "m.slim")
+    loaded = ts.load(tmp_path / "m.slim", model=ZOO["resnet18"]())
+    assert torch.equal(loaded(x), after) and loaded.torchslim.log == model.torchslim.log

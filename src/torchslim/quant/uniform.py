@@ -22,6 +22,7 @@ Convert replaces the fake-quant layers by :class:`UniformConv2d` / :class:`Unifo
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ class Uniform(MethodConfig):
         symmetric: symmetric weights (zero point 0); required with ``act_bits=8``.
         calib_batches: calibration batches for activation ranges (``act_bits=8``).
         reduce_range: 7-bit activations (safe on x86 CPUs without VNNI).
+        min_sqnr: float fallback (``act_bits=8``): a layer whose own int8 error on the calibration
+            data has ``SQNR = 10 log10(|y|^2 / |y - y_int8|^2)`` below this many dB stays float
+            (squeeze-excitation gates, layers before SiLU / hardswish); None keeps every layer int8.
+            The decisions and SQNRs are recorded in the model's log (and the .slim header).
     """
 
     bits: int = 8
@@ -62,6 +67,7 @@ class Uniform(MethodConfig):
     symmetric: bool = True
     calib_batches: int = 16
     reduce_range: bool = True
+    min_sqnr: float | None = None
 
     def validate(self) -> None:
         check_int(self, "bits", 2, 8)
@@ -73,6 +79,14 @@ class Uniform(MethodConfig):
                 "zero point 0); use act_bits=0 for affine weights"
             )
         check_int(self, "calib_batches", 1)
+        if self.min_sqnr is not None and (
+            isinstance(self.min_sqnr, bool)
+            or not isinstance(self.min_sqnr, (int, float))
+            or not 0 <= self.min_sqnr <= 100
+        ):
+            raise ValueError(
+                f"Uniform.min_sqnr={self.min_sqnr!r} is out of range; use a number of dB in [0, 100] or null"
+            )
 
 
 class _FakeQuant(nn.Module):
@@ -236,6 +250,80 @@ def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
     return out
 
 
+def _layer_sqnr(model: nn.Module, data: Iterable, batches: int) -> dict[str, float]:
+    """Per fake-quant layer: SQNR (dB) of its int8 output against its float output on the same input."""
+    sig: dict[str, float] = {}
+    err: dict[str, float] = {}
+
+    def hook(name: str):
+        def grab(m, args, y):
+            x = args[0]
+            ref = nn.Conv2d.forward(m, x) if isinstance(m, nn.Conv2d) else nn.Linear.forward(m, x)
+            if m.relu_after:  # the output range starts at 0 because a ReLU follows: compare after it
+                ref, y = F.relu(ref), F.relu(y)
+            sig[name] = sig.get(name, 0.0) + float(ref.pow(2).sum())
+            err[name] = err.get(name, 0.0) + float((y - ref).pow(2).sum())
+
+        return grab
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, _FakeQuant)]
+    device = next(model.parameters()).device
+    try:
+        for i, batch in enumerate(data):
+            if i >= batches:
+                break
+            model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: 10 * math.log10(max(sig[n], 1e-30) / max(err[n], 1e-30)) for n in sig}
+
+
+def _float_fallback(model: nn.Module, config: Uniform, data: Iterable) -> None:
+    """Keep the layers whose int8 SQNR is below ``config.min_sqnr`` in float and re-derive which
+    outputs stay int8 between the remaining layers (a float neighbour breaks the int8 chain)."""
+    from torchslim.core.state import slim_state
+
+    sqnr = _layer_sqnr(model, data, config.calib_batches)
+    low = {n for n, v in sqnr.items() if v < config.min_sqnr}
+    for name in low:
+        m = model.get_submodule(name)
+        dense = (
+            nn.Conv2d(
+                m.in_channels,
+                m.out_channels,
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.dilation,
+                m.groups,
+                m.bias is not None,
+                m.padding_mode,
+            )
+            if isinstance(m, nn.Conv2d)
+            else nn.Linear(m.in_features, m.out_features, m.bias is not None)
+        )
+        dense.load_state_dict({k: v for k, v in m.state_dict().items() if k in ("weight", "bias")})
+        set_module(model, name, dense.to(m.weight.device))
+    if low:
+        keep = {n for n in sqnr if n not in low}
+        for name, f in _flags(model, keep).items():
+            m = model.get_submodule(name)
+            m.in_q, m.out_float = f["in_q"], f["out_float"]
+    log = slim_state(model).log
+    for name, v in sorted(sqnr.items()):
+        log.append(
+            {
+                "method": "quant.uniform",
+                "layer": name,
+                "sqnr_db": round(v, 2),
+                "decision": "float" if name in low else "int8",
+            }
+        )
+    if low:
+        warnings.warn(f"quant.uniform: keeping {sorted(low)} in float (int8 SQNR below {config.min_sqnr} dB)")
+
+
 @register_method("quant.uniform")
 class UniformMethod(Method):
     config_cls = Uniform
@@ -276,6 +364,8 @@ class UniformMethod(Method):
                 model(x.to(device))
             for m in fq:
                 m.observing = False
+            if config.min_sqnr is not None:
+                _float_fallback(model, config, data)
         return model.train(was)
 
     @classmethod
