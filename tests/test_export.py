@@ -10,6 +10,8 @@ import torchslim as ts
 from torchslim.core.surgery import set_module
 from torchslim.export import SlimFileError, read_slim, write_slim
 
+ROOT_ART = __import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks" / "artifacts"
+
 
 @pytest.mark.parametrize("name", ts.list_models())
 def test_save_load_bit_identical(name, tmp_path):
@@ -118,3 +120,63 @@ def test_save_refuses_unconverted_model(tmp_path):
     ts.compress_(model, ts.FoldBN())
     with pytest.raises(ValueError, match="convert_"):
         ts.save(model, tmp_path / "m.slim")
+
+
+def _rewrite(path, edit):
+    """Edit a .slim file's tensors / header and recompute its checksum (what an attacker can do)."""
+    from torchslim.export.slim import read_slim, write_slim
+
+    tensors, header = read_slim(path)
+    edit(tensors, header)
+    header.pop("format", None)
+    write_slim(path, tensors, header)
+
+
+def test_crafted_csr_indices_are_refused_before_any_kernel_runs(tmp_path):
+    """Catches: a file's CSR row pointers trusted (a large negative value crashed the process in the
+    sparse kernel; 1e9 hung it)."""
+    import torch
+
+    from torchslim.export.slim import SlimFileError
+    from torchslim.prune import Magnitude
+
+    model = ts.create_model("lenet300_100")
+    ts.convert_(ts.compress_(model, Magnitude(sparsity=0.9, kernel="sparse")))
+    good = tmp_path / "m.slim"
+    ts.save(model, good)
+    cases = {
+        "negative": lambda t, h: t["1.crow"].fill_(-(2**30)),
+        "huge": lambda t, h: t["1.crow"].__setitem__(-1, 10**9),
+        "decreasing": lambda t, h: t["1.crow"].__setitem__(slice(1, 3), torch.tensor([5, 2], dtype=torch.int32)),
+        "column out of range": lambda t, h: t["1.col"].__setitem__(0, 30000),
+    }
+    for what, edit in cases.items():
+        bad = tmp_path / f"{what}.slim"
+        bad.write_bytes(good.read_bytes())
+        _rewrite(bad, edit)
+        with pytest.raises(SlimFileError, match=r"layer '1' \(SparseLinear\)"):
+            ts.load(bad)
+
+
+def test_crafted_huffman_streams_are_refused(tmp_path):
+    """Catches: zeroed code lengths, out-of-range alphabets and inflated symbol counts loading as a
+    silently broken model (6.9 % / 9.9 % accuracy) or exhausting memory."""
+    import torch
+
+    from torchslim.export.slim import SlimFileError
+
+    good = ROOT_ART / "lenet5_deep_compression.slim"
+    key = next(k for k, v in ts.load(good).torchslim.header["entropy"].items() if v["kind"] == "codes")
+    cases = {
+        "zero lengths": (lambda t, h: t[f"{key}.huff_lengths"].zero_(), "code lengths"),
+        "alphabet out of range": (lambda t, h: t[f"{key}.huff_alphabet"].fill_(100), "outside"),
+        "1e10 symbols": (lambda t, h: h["entropy"][key].__setitem__("n", 10**10), "declares"),
+        "kind missing": (lambda t, h: h["entropy"][key].pop("kind"), "entropy-coded streams"),
+    }
+    for what, (edit, match) in cases.items():
+        bad = tmp_path / f"{what.replace(' ', '_')}.slim"
+        bad.write_bytes(good.read_bytes())
+        _rewrite(bad, edit)
+        with pytest.raises(SlimFileError, match=match):
+            ts.load(bad)
+    assert torch.isfinite(ts.load(good)(torch.zeros(1, 1, 28, 28))).all()

@@ -74,9 +74,15 @@ def decode(stream: np.ndarray, alphabet: np.ndarray, lengths: np.ndarray, n: int
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     lengths = lengths.astype(np.int64)
+    if len(lengths) == 0 or len(lengths) != len(alphabet):
+        raise ValueError(f"corrupt Huffman table: {len(lengths)} code lengths for {len(alphabet)} symbols")
     L = int(lengths.max())
-    if L > MAX_LEN:
-        raise ValueError("corrupt Huffman table: code length above the limit")
+    if L > MAX_LEN or int(lengths.min()) < 1:
+        raise ValueError(f"corrupt Huffman table: code lengths must lie in [1, {MAX_LEN}]")
+    if float(np.sum(2.0**-lengths)) > 1.0:
+        raise ValueError("corrupt Huffman table: the code lengths do not form a prefix code (Kraft sum > 1)")
+    if n > 8 * len(stream):
+        raise ValueError(f"the stream declares {n} symbols but holds only {8 * len(stream)} bits")
     codes = canonical_codes(lengths)
     table_sym = np.zeros(1 << L, dtype=np.int64)
     table_len = np.zeros(1 << L, dtype=np.int64)

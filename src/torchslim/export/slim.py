@@ -23,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from torchslim.core.state import slim_state
 from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides, layer_specs
+from torchslim.runtime.base import RuntimeLayer
 
 FORMAT = "torchslim/1"
 
@@ -173,8 +174,13 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
                 tensors.pop(f"{key}.huff_lengths").numpy(),
                 meta["n"],
             )
-        except (KeyError, ValueError, IndexError) as e:
+        except (KeyError, ValueError, IndexError, TypeError) as e:
             raise SlimFileError(f"Huffman stream {key!r} cannot be decoded ({e})") from None
+        lo, hi = 0, (2 ** meta["bits"] - 1) if meta["kind"] == "codes" else None
+        if symbols.size and (int(symbols.min()) < lo or (hi is not None and int(symbols.max()) > hi)):
+            raise SlimFileError(
+                f"Huffman stream {key!r}: decoded values outside [{lo}, {hi if hi is not None else 'inf'}]"
+            )
         if meta["kind"] == "codes":
             tensors[key] = pack_bits(torch.from_numpy(symbols), meta["bits"])
         elif meta["kind"] == "csr_crow":
@@ -233,7 +239,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """
     tensors, header = read_slim(path)
     if header.get("entropy"):
-        _entropy_decode(tensors, header["entropy"])
+        try:
+            _entropy_decode(tensors, header["entropy"])
+        except (SlimFileError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise SlimFileError(f"{path}: entropy-coded streams: {e}") from None
     arch = header.get("arch")
     if model is None:
         if arch is None:
@@ -262,6 +271,12 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise SlimFileError(f"{path}: tensors do not fit the architecture: {str(e).splitlines()[0]}") from None
+    for name, m in model.named_modules():  # indices and lengths are checked before anything runs
+        if isinstance(m, RuntimeLayer):
+            try:
+                m.validate()
+            except ValueError as e:
+                raise SlimFileError(f"{path}: layer {name!r} ({type(m).__name__}): {e}") from None
     state = slim_state(model)
     state.header = header
     if original is not None and state.original is None:

@@ -54,6 +54,11 @@ class RuntimeLayer(nn.Module):
         """(dense MACs, effective MACs) of the call that mapped ``x`` to ``y``; 0 for elementwise layers."""
         return 0, 0
 
+    def validate(self) -> None:
+        """Check the loaded tensors against the spec (index ranges, stream lengths); raise ValueError
+        naming the tensor. Called by ``load`` before the layer runs: a file's indices are never
+        trusted (an out-of-range CSR row pointer crashes the process inside a sparse kernel)."""
+
     def lowered(self, **info: Any) -> nn.Module:
         """The layer in plain torch ops (exporters see no packed storage or custom kernel)."""
         raise NotImplementedError(f"{type(self).__name__} must define lowered()")

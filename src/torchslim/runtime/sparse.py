@@ -80,6 +80,26 @@ class _SparseBase(RuntimeLayer):
         """The dense layer (exact): ONNX has no standard op for CSR weights."""
         return self.to_float()
 
+    def validate(self) -> None:
+        """CSR invariants: ``crow`` starts at 0, never decreases, ends at nnz; ``col`` in [0, cols) and
+        strictly increasing within each row; codes (if any) hold nnz b-bit values."""
+        crow, col = self.crow.long(), self.col.long()
+        if crow.numel() != self.rows + 1 or col.numel() != self.nnz:
+            raise ValueError(
+                f"crow has {crow.numel()} entries (want {self.rows + 1}), col {col.numel()} (want {self.nnz})"
+            )
+        if int(crow[0]) != 0 or int(crow[-1]) != self.nnz or bool((crow[1:] < crow[:-1]).any()):
+            raise ValueError("crow must start at 0, never decrease and end at nnz")
+        if col.numel() and (int(col.min()) < 0 or int(col.max()) >= self.cols):
+            raise ValueError(f"col holds indices outside [0, {self.cols})")
+        rows = torch.repeat_interleave(torch.arange(self.rows), crow[1:] - crow[:-1])
+        if col.numel() > 1 and bool(((col[1:] <= col[:-1]) & (rows[1:] == rows[:-1])).any()):
+            raise ValueError("col must increase strictly within each row")
+        if self.bits and self.codes.numel() != math.ceil(self.nnz * self.bits / 8):
+            raise ValueError(f"codes hold {self.codes.numel()} bytes, want {math.ceil(self.nnz * self.bits / 8)}")
+        if not self.bits and self.values.numel() != self.nnz:
+            raise ValueError(f"values hold {self.values.numel()} entries, want {self.nnz}")
+
     def _storage_args(self) -> dict:
         return dict(nnz=self.nnz, bias=self.bias is not None, kernel=self.kernel, timing=self.timing, bits=self.bits)
 
