@@ -255,3 +255,60 @@ def test_two_fresh_runs_of_a_recipe_that_trains_its_baseline_are_identical(fashi
     assert [r["top1"] for r in a] == [r["top1"] for r in b]
     wa, wb = ts.load(tmp_path / "a" / "model.slim"), ts.load(tmp_path / "b" / "model.slim")
     assert all(torch.equal(x, y) for x, y in zip(wa.state_dict().values(), wb.state_dict().values()))
+
+
+def _tiny(fashion_dir, name="tiny"):
+    return {
+        "name": name,
+        "model": {"name": "lenet300_100"},
+        "data": {"name": "fashion_mnist", "dir": str(fashion_dir), "subset": 300, "val_size": 0, "batch_size": 100},
+        "train": {"epochs": 0},
+        "export": {"latency": False},
+    }
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "", "-x", "a b"])
+def test_run_name_must_be_one_safe_folder_name(name):
+    """Catches: name '..' with --restart deleting the current folder, '.' every run under runs/."""
+    with pytest.raises(RecipeError, match="must be one folder name"):
+        parse_recipe({"name": name, "model": {"name": "lenet5"}, "data": {"name": "fashion_mnist"}})
+
+
+def test_restart_removes_only_what_the_run_wrote(fashion_dir, tmp_path):
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "other_run").mkdir()
+    (out / "other_run" / "model.slim").write_text("not yours")
+    run_recipe(_tiny(fashion_dir), out)
+    assert (out / "model.slim").exists() and (out / "00_baseline.slim").exists()
+    (out / "leftover.slim.tmp").write_text("a killed write")
+    run_recipe(_tiny(fashion_dir), out, restart=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "other_run" / "model.slim").read_text() == "not yours"
+    assert not (out / "leftover.slim.tmp").exists() and (out / "model.slim").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(fashion_dir, tmp_path):
+    import fcntl
+    import os
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_CREAT | os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another run holds the folder
+    try:
+        with pytest.raises(RecipeError, match="in use by another torchslim run"):
+            run_recipe(_tiny(fashion_dir), out)
+    finally:
+        os.close(fd)
+    run_recipe(_tiny(fashion_dir), out)  # released: runs
+
+
+def test_a_broken_state_file_is_a_clear_error(fashion_dir, tmp_path):
+    out = tmp_path / "broken"
+    run_recipe(_tiny(fashion_dir), out)
+    (out / "state.json").write_text("")
+    with pytest.raises(RecipeError, match="state.json is not valid JSON; pass --restart"):
+        run_recipe(_tiny(fashion_dir), out)
+    run_recipe(_tiny(fashion_dir), out, restart=True)

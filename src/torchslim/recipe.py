@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from torchslim.data import DataConfig
 from torchslim.train.loop import TrainConfig
 
 _TOP = {"name", "model", "data", "train", "stages", "export"}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RUN_FILE = re.compile(r"(state\.json|recipe\.yaml|model\.slim|report\.(json|md)|\d\d_[\w.-]+\.slim|ckpt_[\w.-]+)")
 _MODEL = {"name", "kwargs", "from", "import", "weights"}
 _STAGE_RESERVED = {"method", "name", "finetune"}
 _EXPORT = {"latency", "entropy"}
@@ -134,8 +137,11 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
             raise RecipeError(f"{p}: not valid YAML: {e}") from None
     raw = _keys("recipe", raw, _TOP)
     name = raw.get("name", "run")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise RecipeError(f"name={name!r} must be a non-empty string without '/'")
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise RecipeError(
+            f"name={name!r} must be one folder name: letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit (it names the run folder runs/<name>)"
+        )
     model = dict(_keys("model", raw.get("model"), _MODEL))
     if model.get("import") is not None:
         if model.get("name") or model.get("from"):
@@ -215,6 +221,57 @@ def run_recipe(
     Returns the report rows (baseline first, then one per stage). Safe to rerun
     after a crash: finished steps are skipped.
     """
+    recipe = parse_recipe(src, data_dir)
+    out = Path(out_dir or Path("runs") / recipe.name)
+    out.mkdir(parents=True, exist_ok=True)
+    with _RunLock(out):
+        return _run(recipe, out, restart, latency)
+
+
+class _RunLock:
+    """An exclusive OS lock on the run folder (released on exit or crash): a second run into the same
+    folder is an error instead of two runs overwriting each other."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / ".lock"
+
+    def __enter__(self) -> _RunLock:
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): no lock
+            pass
+        except OSError:
+            os.close(self.fd)
+            raise RecipeError(
+                f"{self.path.parent} is in use by another torchslim run; wait for it or pass --out DIR"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)  # closing releases the lock
+
+
+def _restart(out: Path, state_path: Path) -> None:
+    """Remove what an earlier run wrote in ``out`` (the files its state lists), nothing else."""
+    try:
+        files = json.loads(state_path.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        files = []
+    for name in [*files, "state.json"]:
+        if not isinstance(name, str) or not _RUN_FILE.fullmatch(name):
+            continue  # a state file that names anything else is not trusted
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+
+
+def _run(recipe: Recipe, out: Path, restart: bool, latency: bool | None) -> list[dict]:
+    from torchslim._files import atomic_write
     from torchslim.core.api import compress_, convert_, method_callbacks
     from torchslim.data import make_loaders
     from torchslim.export.slim import load, save
@@ -222,13 +279,15 @@ def run_recipe(
     from torchslim.models import create_model
     from torchslim.train.loop import fit, seed_everything
 
-    recipe = parse_recipe(src, data_dir)
-    out = Path(out_dir or Path("runs") / recipe.name)
-    if restart and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    for stale in [*out.glob("*.tmp"), *out.glob("ckpt_*/*.tmp")]:  # left by a killed write
+        stale.unlink(missing_ok=True)
+    if restart:
+        _restart(out, state_path)
+    try:
+        state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    except ValueError:
+        raise RecipeError(f"{state_path} is not valid JSON; pass --restart to start the run over") from None
     if state and state.get("digest") != recipe.digest():
         raise RecipeError(
             f"{out} holds a run of a different recipe; pass --restart to start over or --out DIR for a new folder"
@@ -236,7 +295,17 @@ def run_recipe(
     state.setdefault("digest", recipe.digest())
     state.setdefault("done", [])
     state.setdefault("rows", [])
-    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
+    state.setdefault("files", [])
+
+    def wrote(*names: str) -> None:
+        state["files"].extend(n for n in names if n not in state["files"])
+
+    def save_state() -> None:
+        atomic_write(state_path, json.dumps(state, indent=1))
+
+    atomic_write(out / "recipe.yaml", yaml.safe_dump(recipe.raw, sort_keys=False))
+    wrote("recipe.yaml")
+    save_state()
     latency = recipe.export.get("latency", True) if latency is None else latency
 
     loaders = make_loaders(recipe.data, seed=recipe.train.seed)
@@ -274,9 +343,8 @@ def run_recipe(
         }
         state["done"].append(step)
         state["rows"].append(row)
-        tmp = state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, state_path)
+        wrote(path.name, *(f"ckpt_{step}",) * (out / f"ckpt_{step}").is_dir())
+        save_state()
         _log(f"[{recipe.name}] {step}: top1 {row['top1']:.2f}%  {row['bytes']:,} bytes  {row['macs']:,} MACs")
 
     steps = ["baseline"] + [f"stage{i}_{s.name}" for i, s in enumerate(recipe.stages, 1)]
@@ -284,7 +352,8 @@ def run_recipe(
     if state["done"]:
         last = state["done"][-1]
         model = load(out / f"{len(state['done']) - 1:02d}_{last}.slim", model=fresh())
-        _log(f"[{recipe.name}] resuming after step '{last}' ({len(state['done'])}/{len(steps)} done)")
+        total = len(steps) + bool(recipe.export.get("entropy"))
+        _log(f"[{recipe.name}] resuming after step '{last}' ({len(state['done'])}/{total} done)")
     for i, step in enumerate(steps):
         if step in state["done"]:
             continue
@@ -361,9 +430,12 @@ def run_recipe(
                 **measure(coded, shape, loader=loaders.test, path=path, latency=latency),
             }
         )
-        state_path.write_text(json.dumps(state, indent=1))
+        wrote(path.name)
+        save_state()
         final = path
-    shutil.copyfile(final, out / "model.slim")
+    atomic_write(out / "model.slim", final.read_bytes())
+    wrote("model.slim", "report.json", "report.md")
+    save_state()
     rows = [dict(r) for r in state["rows"]]
     if recipe.distill:  # a student: compare every step with its teacher
         src = recipe.distill["teacher"]

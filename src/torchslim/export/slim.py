@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from torchslim._files import atomic_write
 from torchslim.core.state import slim_state
 from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides, layer_specs
 from torchslim.runtime.base import RuntimeLayer
@@ -47,22 +47,7 @@ def write_slim(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     head = json.dumps({"format": FORMAT, **header}, sort_keys=True)
     meta = {"torchslim": head, "sha256": _digest(head, tensors)}
-    data = st_save(tensors, metadata=meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(data)
+    return atomic_write(path, st_save(tensors, metadata=meta))
 
 
 def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

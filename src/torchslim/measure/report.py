@@ -115,11 +115,12 @@ def write_report(
     rows: Sequence[dict], stem: str | os.PathLike, columns: Sequence[str] | None = None, title: str | None = None
 ) -> tuple[Path, Path]:
     """Write ``stem.json`` (the rows) and ``stem.md`` (a table) and return both paths."""
+    from torchslim._files import atomic_write
+
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     jp, mp = stem.with_suffix(".json"), stem.with_suffix(".md")
-    jp.write_text(json.dumps(list(rows), indent=1) + "\n")
-    mp.write_text((f"# {title}\n\n" if title else "") + to_markdown(rows, columns))
+    atomic_write(jp, json.dumps(list(rows), indent=1) + "\n")
+    atomic_write(mp, (f"# {title}\n\n" if title else "") + to_markdown(rows, columns))
     return jp, mp
 
 
