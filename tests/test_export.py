@@ -180,3 +180,68 @@ def test_crafted_huffman_streams_are_refused(tmp_path):
         with pytest.raises(SlimFileError, match=match):
             ts.load(bad)
     assert torch.isfinite(ts.load(good)(torch.zeros(1, 1, 28, 28))).all()
+
+
+def _with_raw_header(src, dst, head: str):
+    """Copy ``src`` with the JSON header text replaced and the checksum recomputed."""
+    from safetensors.torch import save as st_save
+
+    from torchslim.export.slim import _digest
+
+    tensors, _ = read_slim(src)
+    dst.write_bytes(st_save(tensors, metadata={"torchslim": head, "sha256": _digest(head, tensors)}))
+
+
+def test_crafted_headers_are_refused_with_the_file_and_field_named(tmp_path):
+    """Catches: raw AttributeError / TypeError / KeyError / RecursionError tracebacks, device or dtype
+    chosen by the file, and a small file that allocates gigabytes."""
+    good = tmp_path / "good.slim"
+    ts.save(ts.create_model("lenet300_100"), good)
+    header = read_slim(good)[1]
+    linear = {"type": "Linear", "args": {"in_features": 784, "out_features": 300, "bias": True}}
+    cases = {
+        "list": ("[1, 2]", "must be a JSON object"),
+        "deep": ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    }
+    edits = {
+        "arch string": (lambda h: h.update(arch="lenet5"), "header field 'arch' has the wrong type"),
+        "no name": (lambda h: h["arch"].pop("name"), "arch must be a mapping with a model 'name'"),
+        "kwargs type": (lambda h: h["arch"].update(kwargs=[1]), "arch.kwargs and arch.overrides must be mappings"),
+        "bad kwarg": (lambda h: h["arch"]["kwargs"].update(evil=1), "architecture: "),
+        "unknown arg": (
+            lambda h: h["arch"]["overrides"].update({"1": {**linear, "args": {**linear["args"], "evil": 1}}}),
+            "unknown constructor argument",
+        ),
+        "device": (
+            lambda h: h["arch"]["overrides"].update({"1": {**linear, "args": {**linear["args"], "device": "meta"}}}),
+            "unknown constructor argument",
+        ),
+        "bomb": (
+            lambda h: h["arch"]["overrides"].update(
+                {"1": {"type": "Linear", "args": {"in_features": 20000, "out_features": 20000, "bias": True}}}
+            ),
+            "need .* bytes but the file holds",
+        ),
+        "nested specs": (lambda h: h["arch"]["overrides"].update({"1": _nest(40)}), "nest deeper"),
+    }
+    for name, (head, match) in cases.items():
+        bad = tmp_path / f"{name}.slim"
+        _with_raw_header(good, bad, head)
+        with pytest.raises(SlimFileError, match=match) as e:
+            ts.load(bad)
+        assert str(bad) in str(e.value)
+    for name, (edit, match) in edits.items():
+        h = json.loads(json.dumps(header))
+        edit(h)
+        bad = tmp_path / f"{name.replace(' ', '_')}.slim"
+        _with_raw_header(good, bad, json.dumps(h))
+        with pytest.raises(SlimFileError, match=match) as e:
+            ts.load(bad)
+        assert str(bad) in str(e.value)
+
+
+def _nest(depth: int) -> dict:
+    spec = {"type": "Identity", "args": {}}
+    for _ in range(depth):
+        spec = {"type": "Sequential", "children": {"0": spec}}
+    return spec

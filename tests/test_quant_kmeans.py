@@ -98,8 +98,10 @@ def test_huffman_skewed_stream_is_length_limited():
 def test_truncated_huffman_stream_raises():
     x = np.arange(100) % 7
     stream, alphabet, lengths = huffman.encode(x)
+    with pytest.raises(ValueError, match="declares 100 symbols but holds only 40 bits"):
+        huffman.decode(stream[:5], alphabet, lengths, len(x))  # fewer bits than symbols: refused up front
     with pytest.raises(ValueError, match="ends early"):
-        huffman.decode(stream[:5], alphabet, lengths, len(x))
+        huffman.decode(stream[: len(stream) - 3], alphabet, lengths, len(x))  # enough bits, cut short
 
 
 def test_kmeans_1d_codes_and_centroids():

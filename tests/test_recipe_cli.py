@@ -312,3 +312,57 @@ def test_a_broken_state_file_is_a_clear_error(fashion_dir, tmp_path):
     with pytest.raises(RecipeError, match="state.json is not valid JSON; pass --restart"):
         run_recipe(_tiny(fashion_dir), out)
     run_recipe(_tiny(fashion_dir), out, restart=True)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("label_smoothing", "0.1"),
+        ("momentum", "0.9"),
+        ("seed", "0"),
+        ("seed", __import__("datetime").date(2024, 1, 1)),
+        ("epochs", True),
+        ("weight_decay", -1e-4),
+        ("lr", float("nan")),
+    ],
+)
+def test_train_fields_of_the_wrong_type_name_the_field(field, value):
+    """Catches: raw TypeError / RuntimeError tracebacks, ``epochs: true`` taken as one epoch."""
+    with pytest.raises(RecipeError, match=f"train.{field}="):
+        parse_recipe(
+            {"name": "x", "model": {"name": "lenet5"}, "data": {"name": "fashion_mnist"}, "train": {field: value}}
+        )
+
+
+def test_yaml_alias_bomb_is_refused(tmp_path):
+    """A 1 KB recipe with 9^9 aliases under model.kwargs would exhaust memory in Recipe.digest()."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    text = "\n".join(lines) + "\nname: bomb\nmodel: {name: lenet5, kwargs: {k: *a8}}\ndata: {name: fashion_mnist}\n"
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    assert len(text) < 1200
+    with pytest.raises(RecipeError, match="expands to more than"):
+        parse_recipe(path)
+
+
+def test_labels_outside_the_classes_are_a_data_error(tmp_path):
+    import gzip
+    import shutil
+
+    import numpy as np
+
+    from torchslim.data import DataConfig, DataError, load_split
+
+    src = pytest.importorskip("conftest").FASHION
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    name = next(p for p in tmp_path.iterdir() if p.name.startswith("t10k-labels"))
+    raw = gzip.decompress(name.read_bytes()) if name.suffix == ".gz" else name.read_bytes()
+    arr = np.frombuffer(raw, dtype=np.uint8).copy()
+    arr[8 + 5] = 200  # one test label beyond the 10 classes
+    name.write_bytes(gzip.compress(arr.tobytes()) if name.suffix == ".gz" else arr.tobytes())
+    with pytest.raises(DataError, match="test labels hold 200"):
+        load_split(DataConfig(dir=str(tmp_path)), "test")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_split(DataConfig(dir=str(name)), "test")

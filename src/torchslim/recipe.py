@@ -123,6 +123,28 @@ def _keys(where: str, d: Any, allowed: set[str]) -> dict:
     return d
 
 
+MAX_NODES, MAX_DEPTH = 20_000, 32
+
+
+def _check_size(raw: Any) -> None:
+    """Refuse a recipe whose expanded size is out of all proportion (a YAML alias bomb expands a 1 KB
+    file to billions of nodes): count nodes as they would be walked, aliases expanded, with a budget."""
+    todo, seen = [(raw, 0)], 0
+    while todo:
+        node, depth = todo.pop()
+        seen += 1
+        if seen > MAX_NODES or depth > MAX_DEPTH:
+            raise RecipeError(
+                f"the recipe expands to more than {MAX_NODES:,} values or nests deeper than {MAX_DEPTH} "
+                "(YAML aliases?); write it out plainly"
+            )
+        if isinstance(node, dict):
+            todo.extend((v, depth + 1) for v in node.values())
+            todo.extend((k, depth + 1) for k in node)
+        elif isinstance(node, (list, tuple)):
+            todo.extend((v, depth + 1) for v in node)
+
+
 def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> Recipe:
     """Validate a recipe (path, YAML text or dict) and return it."""
     if isinstance(src, dict):
@@ -133,8 +155,9 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
             raise RecipeError(f"recipe file {p} does not exist")
         try:
             raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, RecursionError) as e:
             raise RecipeError(f"{p}: not valid YAML: {e}") from None
+    _check_size(raw)
     raw = _keys("recipe", raw, _TOP)
     name = raw.get("name", "run")
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):

@@ -100,9 +100,21 @@ class DataConfig:
         return DATASETS[self.name][2]
 
 
+# classes each data set declares (image_folder: one per class folder, so its labels are in range)
+CLASSES = {"fashion_mnist": 10, "mnist": 10, "kmnist": 10, "cifar10": 10}
+
+
 def load_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw uint8 images (N, C, H, W) and labels of ``train`` or ``test``."""
+    """Raw uint8 images (N, C, H, W) and labels of ``train`` or ``test``; labels outside the data
+    set's declared classes are an error (a stray 200 would otherwise build a 201-class model)."""
     x, y = DATASETS[cfg.name][0](cfg.root(), split, cfg)
+    n = CLASSES.get(cfg.name)
+    if n is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= n):
+        bad = y[(y < 0) | (y >= n)]
+        raise DataError(
+            f"{cfg.root()}: the {split} labels hold {int(bad[0])} ({len(bad)} label(s) outside the "
+            f"{n} classes of {cfg.name}); the data files are corrupt"
+        )
     if cfg.subset is not None:
         n = cfg.subset if split == "train" else max(10, cfg.subset // 5)
         x, y = x[:n], y[:n]

@@ -72,7 +72,8 @@ def read_idx_split(root: str | os.PathLike, split: str) -> tuple[torch.Tensor, t
     """MNIST-style split ``train`` or ``test`` from ``root`` (Fashion-MNIST, MNIST, KMNIST)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist. {FASHION_HELP}")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data directory {root} {what}. {FASHION_HELP}")
     prefix = {"train": "train", "test": "t10k"}[split]
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))

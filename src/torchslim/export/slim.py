@@ -67,13 +67,27 @@ def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         meta = json.loads(raw[8 : 8 + n]).get("__metadata__", {})
         tensors = st_load(raw)
-    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as e:
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError, RecursionError, TypeError) as e:
         raise SlimFileError(f"{path}: not a valid .slim/safetensors file ({e}); truncated or corrupt") from None
     if "torchslim" not in meta or "sha256" not in meta:
         raise SlimFileError(f"{path}: a safetensors file without a torchslim header; save it with torchslim.save")
     if _digest(meta["torchslim"], tensors) != meta["sha256"]:
         raise SlimFileError(f"{path}: checksum mismatch; the file is corrupt or was modified")
-    header = json.loads(meta["torchslim"])
+    try:
+        header = json.loads(meta["torchslim"])
+    except (ValueError, RecursionError) as e:
+        raise SlimFileError(f"{path}: the torchslim header is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise SlimFileError(f"{path}: the torchslim header must be a JSON object, got {type(header).__name__}")
+    for key, kind in (
+        ("arch", (dict, type(None))),
+        ("entropy", (dict, type(None))),
+        ("log", (list, type(None))),
+        ("overrides", (dict, type(None))),
+        ("extra", (dict, type(None))),
+    ):
+        if not isinstance(header.get(key), kind):
+            raise SlimFileError(f"{path}: header field {key!r} has the wrong type ({type(header[key]).__name__})")
     if header.get("format") != FORMAT:
         raise SlimFileError(f"{path}: format {header.get('format')!r} is not {FORMAT!r}; upgrade torchslim")
     return tensors, header
@@ -172,6 +186,8 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
             tensors[key] = torch.from_numpy(np.concatenate([[0], np.cumsum(symbols)])).to(torch.int32)
         else:
             col = huffman.csr_cols(tensors[key[: -len("col")] + "crow"].long().numpy(), symbols)
+            if meta["dtype"] not in ("int16", "int32"):  # never a name looked up on torch
+                raise ValueError(f"column dtype {meta['dtype']!r} is not int16 or int32")
             tensors[key] = torch.from_numpy(col).to(getattr(torch, meta["dtype"]))
 
 
@@ -229,22 +245,23 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         except (SlimFileError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise SlimFileError(f"{path}: entropy-coded streams: {e}") from None
     arch = header.get("arch")
-    if model is None:
-        if arch is None:
-            raise SlimFileError(
-                f"{path}: the file holds a model outside the registry; pass load(path, model=YourModel()) "
-                "(command line: --model package.module:factory)"
-            )
-        from torchslim.models import create_model
-
-        model = create_model(arch["name"], **arch["kwargs"])
+    if model is None and arch is None:
+        raise SlimFileError(
+            f"{path}: the file holds a model outside the registry; pass load(path, model=YourModel()) "
+            "(command line: --model package.module:factory)"
+        )
     overrides = arch.get("overrides", {}) if arch is not None else header.get("overrides") or {}
     # a user model: its layers before the overrides, so that saving it again records them again
-    original = layer_specs(model) if arch is None else None
+    original = layer_specs(model) if model is not None and arch is None else None
     try:
+        _check_declared_size(arch, overrides, model, tensors)
+        if model is None:
+            from torchslim.models import create_model
+
+            model = create_model(arch["name"], **arch["kwargs"])
         apply_overrides(model, overrides)
-    except ValueError as e:
-        raise SlimFileError(f"{path}: {e}") from None
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise SlimFileError(f"{path}: architecture: {e}") from None
     missing, unexpected = _key_mismatch(model, tensors)
     if missing or unexpected:
         raise SlimFileError(
@@ -262,12 +279,75 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
                 m.validate()
             except ValueError as e:
                 raise SlimFileError(f"{path}: layer {name!r} ({type(m).__name__}): {e}") from None
+    shape = _input_shape(header)
+    if shape is not None:  # the declared architecture must run on its declared input
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, *shape))
+        except Exception as e:  # noqa: BLE001 - any failure of a file-declared graph is the file's
+            raise SlimFileError(
+                f"{path}: the model it declares does not run on input {shape} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            ) from None
     state = slim_state(model)
     state.header = header
     if original is not None and state.original is None:
         state.original = original
     state.log = list(header.get("log") or [])  # per-layer decisions of the methods applied
     return model.eval()
+
+
+# What a file's layers may allocate beyond its tensor bytes when built, and what their float
+# expansions at run time may reach (a 99.9 %-sparse or 1-bit layer legitimately expands to
+# 1000x / 32x its storage): beyond these, a file is refused before anything is allocated.
+SLACK_BYTES = 1 << 20
+EXPANSION = 1024
+EXPANSION_FLOOR_BYTES = 64 << 20
+
+
+def _check_declared_size(arch: Any, overrides: Any, model: nn.Module | None, tensors: dict) -> None:
+    """Build what the header declares on the meta device (no memory) and refuse a file whose layers
+    would need more memory than its own tensors hold: a 1 MB header cannot allocate gigabytes."""
+    if arch is not None:
+        if not isinstance(arch, dict) or not isinstance(arch.get("name"), str):
+            raise ValueError("arch must be a mapping with a model 'name'")
+        if not isinstance(arch.get("kwargs", {}), dict) or not isinstance(arch.get("overrides", {}), dict):
+            raise ValueError("arch.kwargs and arch.overrides must be mappings")
+    have = sum(t.numel() * t.element_size() for t in tensors.values())
+    with torch.device("meta"):
+        if model is None:
+            from torchslim.models import create_model
+
+            probe = create_model(arch["name"], **arch.get("kwargs", {}))
+            apply_overrides(probe, overrides)
+            parts = [probe]
+        else:
+            if not isinstance(overrides, dict):
+                raise ValueError("overrides must be a mapping of module paths")
+            from torchslim.export.spec import build_module
+
+            parts = [build_module(spec) for spec in overrides.values()]
+    need = sum(t.numel() * t.element_size() for m in parts for t in [*m.parameters(), *m.buffers()])
+    if need > have + SLACK_BYTES:
+        raise ValueError(f"the layers it declares need {need:,} bytes but the file holds {have:,} bytes of tensors")
+    expand = 4 * sum(m.expanded_numel() for p in parts for m in p.modules() if isinstance(m, RuntimeLayer))
+    if expand > max(EXPANSION * have, EXPANSION_FLOOR_BYTES):
+        raise ValueError(
+            f"its packed layers would expand to {expand:,} bytes of float weights, more than "
+            f"{EXPANSION}x the {have:,} bytes the file holds"
+        )
+
+
+def _input_shape(header: dict) -> tuple[int, ...] | None:
+    """(C, H, W) the file's model takes: recorded by a run, or the registry model's arguments."""
+    shape = (header.get("extra") or {}).get("input_shape")
+    if isinstance(shape, list) and 1 <= len(shape) <= 4 and all(isinstance(v, int) and 0 < v <= 4096 for v in shape):
+        return tuple(shape)
+    kw = (header.get("arch") or {}).get("kwargs") or {}
+    c, s = kw.get("in_channels", 1), kw.get("input_size", 28)
+    if header.get("arch") and isinstance(c, int) and isinstance(s, int) and 0 < c <= 64 and 0 < s <= 1024:
+        return (c, s, s)
+    return None
 
 
 def _key_mismatch(model: nn.Module, tensors: dict) -> tuple[list[str], list[str]]:

@@ -9,6 +9,7 @@ so loading never runs code named by the file.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -94,20 +95,61 @@ def module_spec(m: nn.Module) -> dict[str, Any]:
     return {"type": name, "args": _SPECS[name][1](m)}
 
 
-def build_module(spec: dict[str, Any]) -> nn.Module:
-    """Inverse of :func:`module_spec`; only registered type names are built."""
+MAX_DEPTH = 32
+_FORBIDDEN_ARGS = {"device", "dtype"}  # a file chooses shapes, never where or in what type memory goes
+
+
+def _check_args(t: str, cls: type, args: Any) -> dict:
+    """Constructor arguments from a file: a mapping of JSON scalars / lists that the type accepts."""
+    if not isinstance(args, dict):
+        raise ValueError(f"module type {t!r}: args must be a mapping, got {type(args).__name__}")
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"} - _FORBIDDEN_ARGS
+    bad = sorted(set(args) - allowed)
+    if bad:
+        raise ValueError(f"module type {t!r}: unknown constructor argument(s) {bad}")
+
+    def plain(v: Any, depth: int = 0) -> bool:
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            return True
+        if isinstance(v, list) and depth < 2:
+            return all(plain(x, depth + 1) for x in v)
+        return (
+            isinstance(v, dict) and depth < 2 and all(isinstance(k, str) and plain(x, depth + 1) for k, x in v.items())
+        )
+
+    for k, v in args.items():
+        if not plain(v):
+            raise ValueError(f"module type {t!r}: argument {k!r} is not a plain value")
+    return dict(args)
+
+
+def build_module(spec: Any, depth: int = 0) -> nn.Module:
+    """Inverse of :func:`module_spec`; only registered type names are built, with the constructor
+    arguments those types accept (no device / dtype), at most ``MAX_DEPTH`` containers deep."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"module specs nest deeper than {MAX_DEPTH}")
+    if not isinstance(spec, dict):
+        raise ValueError(f"a module spec must be a mapping, got {type(spec).__name__}")
     t = spec.get("type")
     if t == "Sequential":
+        children = spec.get("children")
+        if not isinstance(children, dict):
+            raise ValueError("a Sequential spec needs a 'children' mapping")
         seq = nn.Sequential()
-        for n, child in spec["children"].items():
-            seq.add_module(n, build_module(child))
+        for n, child in children.items():
+            if not isinstance(n, str) or not n or "." in n:
+                raise ValueError(f"a Sequential child name must be a non-empty string without '.', got {n!r}")
+            seq.add_module(n, build_module(child, depth + 1))
         return seq
     layer = runtime_layer(t) if isinstance(t, str) else None
-    if layer is not None:
-        return layer.from_spec(dict(spec.get("args", {})))
-    if t not in _SPECS:
+    if layer is None and t not in _SPECS:
         raise ValueError(f"the file names module type {t!r}, which this torchslim does not know")
-    return _SPECS[t][2](dict(spec.get("args", {})))
+    cls = layer if layer is not None else _SPECS[t][0]
+    args = _check_args(t, cls, spec.get("args", {}))
+    try:
+        return layer.from_spec(args) if layer is not None else _SPECS[t][2](args)
+    except Exception as e:  # noqa: BLE001 - whatever a file-declared constructor raises is the file's fault
+        raise ValueError(f"module type {t!r} cannot be built from args {args}: {type(e).__name__}: {e}") from None
 
 
 def diff_overrides(saved: nn.Module, fresh: nn.Module, path: str = "") -> dict[str, dict]:
@@ -169,9 +211,13 @@ def _storable(m: nn.Module) -> bool:
     return _registered(m)
 
 
-def apply_overrides(model: nn.Module, overrides: dict[str, dict]) -> nn.Module:
+def apply_overrides(model: nn.Module, overrides: Any) -> nn.Module:
     """Replace modules at the given paths (parents before children)."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a mapping of module paths, got {type(overrides).__name__}")
     for path in sorted(overrides, key=lambda p: p.count(".")):
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"override path {path!r} is not a module path")
         try:
             set_module(model, path, build_module(overrides[path]))
         except AttributeError:

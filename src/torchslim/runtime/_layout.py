@@ -9,6 +9,15 @@ def set_conv_geometry(
     m: nn.Module, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation, groups: int
 ) -> None:
     """Store conv geometry on ``m`` and set ``m.rows``/``m.cols`` of its 2-D weight (C_out x C_in/g*kh*kw)."""
+    pairs = {"kernel_size": (kernel_size, 1), "stride": (stride, 1), "padding": (padding, 0), "dilation": (dilation, 1)}
+    for name, (v, lo) in pairs.items():
+        if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and x >= lo for x in v)):
+            raise ValueError(f"{name}={v!r} must be two integers >= {lo}")
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}={v!r} must be a positive integer")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
     m.in_channels, m.out_channels, m.groups = in_channels, out_channels, groups
     m.kernel_size, m.stride = tuple(kernel_size), tuple(stride)
     m.padding, m.dilation = tuple(padding), tuple(dilation)

@@ -59,6 +59,11 @@ class RuntimeLayer(nn.Module):
         naming the tensor. Called by ``load`` before the layer runs: a file's indices are never
         trusted (an out-of-range CSR row pointer crashes the process inside a sparse kernel)."""
 
+    def expanded_numel(self) -> int:
+        """Elements of the float weight the layer may expand to at run time (caches, dense kernels):
+        what ``load`` bounds against the file's size. 0 for layers that never expand."""
+        return 0
+
     def lowered(self, **info: Any) -> nn.Module:
         """The layer in plain torch ops (exporters see no packed storage or custom kernel)."""
         raise NotImplementedError(f"{type(self).__name__} must define lowered()")

@@ -199,6 +199,9 @@ class _PackedBase(RuntimeLayer):
         n = self.n_bits * self.words.shape[0]
         return n, n
 
+    def expanded_numel(self) -> int:
+        return self.n_bits * self.words.shape[0]
+
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         """Binary MACs (one xnor-popcount bit per weight and output), or float MACs for float inputs."""
         return dense_macs(self, y)

@@ -66,6 +66,9 @@ class _CodebookBase(RuntimeLayer):
         b, bnz = bias_counts(self.bias)
         return math.prod(self.shape) + b, int(torch.count_nonzero(self.weight())) + bnz
 
+    def expanded_numel(self) -> int:
+        return math.prod(self.shape)
+
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         return dense_macs(self, y)
 

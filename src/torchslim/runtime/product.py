@@ -59,6 +59,9 @@ class _ProductBase(RuntimeLayer):
         b = self.bias.numel() if self.bias is not None else 0
         return self.rows * self.cols + b, int(torch.count_nonzero(self.weight2d())) + b
 
+    def expanded_numel(self) -> int:
+        return self.rows * self.cols
+
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         return dense_macs(self, y)
 

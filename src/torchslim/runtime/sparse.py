@@ -80,6 +80,9 @@ class _SparseBase(RuntimeLayer):
         """The dense layer (exact): ONNX has no standard op for CSR weights."""
         return self.to_float()
 
+    def expanded_numel(self) -> int:
+        return self.rows * self.cols
+
     def validate(self) -> None:
         """CSR invariants: ``crow`` starts at 0, never decreases, ends at nnz; ``col`` in [0, cols) and
         strictly increasing within each row; codes (if any) hold nnz b-bit values."""

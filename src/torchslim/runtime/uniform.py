@@ -105,6 +105,9 @@ class _UniformBase(RuntimeLayer):
         b, bnz = bias_counts(self.bias)
         return w.numel() + b, int(torch.count_nonzero(w)) + bnz
 
+    def expanded_numel(self) -> int:
+        return math.prod(self.shape)
+
     def macs(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
         return dense_macs(self, y)
 

@@ -55,16 +55,28 @@ class TrainConfig:
     output: Any = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ValueError(f"train.epochs={self.epochs!r} must be an integer >= 0")
+        def number(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+                raise ValueError(f"train.{name}={v!r} must be a number in {lb}{lo}, {hi}{rb}")
+
+        for name, hi in (("epochs", 100_000), ("seed", 2**32 - 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+                raise ValueError(f"train.{name}={v!r} must be an integer in [0, {hi}]")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"train.optimizer={self.optimizer!r} is not allowed; use 'sgd' or 'adam'")
         if self.schedule not in ("cosine", "onecycle", "constant"):
             raise ValueError(f"train.schedule={self.schedule!r} is not allowed; use cosine, onecycle or constant")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr <= 10):
-            raise ValueError(f"train.lr={self.lr!r} must be a number in (0, 10]")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+        number("lr", 0, 10, lo_open=True)
+        number("momentum", 0, 1, hi_open=True)
+        number("weight_decay", 0, 1)
+        number("label_smoothing", 0, 1, hi_open=True)
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"train.channels_last={self.channels_last!r} must be true or false")
 
     @staticmethod
     def from_dict(d: dict[str, Any], where: str = "train") -> TrainConfig:
