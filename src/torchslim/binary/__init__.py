@@ -37,7 +37,7 @@ from torchslim.core.config import MethodConfig, check_int
 from torchslim.core.fold import bn_affine, fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.core.surgery import get_module, set_module
+from torchslim.core.surgery import get_module, same_layer, set_module
 from torchslim.runtime.activation import KBitAct
 from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear, input_scale_map
 from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
@@ -167,26 +167,12 @@ class BinaryLinear(nn.Linear, _BinaryMixin):
 
 
 def _training_layer(m: nn.Module, config: _BinaryConfig) -> nn.Module:
-    if isinstance(m, nn.Conv2d):
-        new = BinaryConv2d(
-            m.in_channels,
-            m.out_channels,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
-            m.groups,
-            m.bias is not None,
-            m.padding_mode,
-        )
-    else:
-        new = BinaryLinear(m.in_features, m.out_features, m.bias is not None)
+    new = same_layer(m, BinaryConv2d if isinstance(m, nn.Conv2d) else BinaryLinear)
     new._init_binary(config)
-    new.load_state_dict(m.state_dict())
     with torch.no_grad():
         if new.weight_q.clip_latent and not new.weight_scale:
             new.weight.clamp_(-1, 1)
-    return new.to(m.weight.device)
+    return new
 
 
 # --- prepare: layer choice, design rules, ReLU removal ---------------------------------------

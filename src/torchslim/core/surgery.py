@@ -71,3 +71,26 @@ def capture_inputs(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor
             h.remove()
         model.train(was)
     return inputs
+
+
+def same_layer(m: nn.Module, cls: type | None = None) -> nn.Module:
+    """A new layer of class ``cls`` (a Conv2d / Linear subclass; default plain Conv2d / Linear) with
+    ``m``'s geometry and its weight and bias copied: the one way methods swap a layer's class."""
+    conv = isinstance(m, nn.Conv2d)
+    cls = cls or (nn.Conv2d if conv else nn.Linear)
+    if conv:
+        new = cls(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+        )
+    else:
+        new = cls(m.in_features, m.out_features, m.bias is not None)
+    new.load_state_dict({k: v for k, v in m.state_dict().items() if k in ("weight", "bias")})
+    return new.to(m.weight.device)

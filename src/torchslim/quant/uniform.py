@@ -36,7 +36,7 @@ from torchslim.core.config import MethodConfig, check_int
 from torchslim.core.fold import fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.core.surgery import set_module
+from torchslim.core.surgery import same_layer, set_module
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
 
 # Modules and functions a quantized tensor passes through unchanged in scale (x86 quantized CPU ops).
@@ -158,20 +158,9 @@ class _FakeQuant(nn.Module):
 class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
     @classmethod
     def from_conv(cls, m: nn.Conv2d, cfg: Uniform, **flags) -> FakeQuantConv2d:
-        new = cls(
-            m.in_channels,
-            m.out_channels,
-            m.kernel_size,
-            m.stride,
-            m.padding,
-            m.dilation,
-            m.groups,
-            m.bias is not None,
-            m.padding_mode,
-        )
+        new = same_layer(m, cls)
         new._init_fq(cfg, **flags)
-        new.load_state_dict(m.state_dict(), strict=False)
-        return new.to(m.weight.device)
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, lambda inp, w: self._conv_forward(inp, w, self.bias))
@@ -194,10 +183,9 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
 class FakeQuantLinear(nn.Linear, _FakeQuant):
     @classmethod
     def from_linear(cls, m: nn.Linear, cfg: Uniform, **flags) -> FakeQuantLinear:
-        new = cls(m.in_features, m.out_features, m.bias is not None)
+        new = same_layer(m, cls)
         new._init_fq(cfg, **flags)
-        new.load_state_dict(m.state_dict(), strict=False)
-        return new.to(m.weight.device)
+        return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x, lambda inp, w: F.linear(inp, w, self.bias))
@@ -287,24 +275,7 @@ def _float_fallback(model: nn.Module, config: Uniform, data: Iterable) -> None:
     sqnr = _layer_sqnr(model, data, config.calib_batches)
     low = {n for n, v in sqnr.items() if v < config.min_sqnr}
     for name in low:
-        m = model.get_submodule(name)
-        dense = (
-            nn.Conv2d(
-                m.in_channels,
-                m.out_channels,
-                m.kernel_size,
-                m.stride,
-                m.padding,
-                m.dilation,
-                m.groups,
-                m.bias is not None,
-                m.padding_mode,
-            )
-            if isinstance(m, nn.Conv2d)
-            else nn.Linear(m.in_features, m.out_features, m.bias is not None)
-        )
-        dense.load_state_dict({k: v for k, v in m.state_dict().items() if k in ("weight", "bias")})
-        set_module(model, name, dense.to(m.weight.device))
+        set_module(model, name, same_layer(model.get_submodule(name)))
     if low:
         keep = {n for n in sqnr if n not in low}
         for name, f in _flags(model, keep).items():
