@@ -12,7 +12,6 @@ import json
 import os
 
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile workers busy while others are timed
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
 from torchslim.export.onnx import export_onnx
 from torchslim.measure import write_report
+from torchslim.measure.latency import cpu_info
 from torchslim.runtime.timing import time_ms
 from torchslim.train import evaluate
 
@@ -58,18 +58,6 @@ COLUMNS = [
 ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
-                isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq") if f in flags.split()]
-                return f"{line.split(':', 1)[1].strip()} ({', '.join(isa)})"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
@@ -102,7 +90,7 @@ def main() -> None:
             "top1": round(evaluate(model, test)["top1"], 2),
             "ort_top1": round(100 * correct / total, 2),
             "threads": threads,
-            "cpu": cpu_name(),
+            "cpu": cpu_info(),
         }
         for b in (1, 256):
             x = torch.randn(b, 1, 28, 28)

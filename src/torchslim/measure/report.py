@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from torchslim.measure.counts import count_nonzeros, count_params, layer_table
-from torchslim.measure.latency import latency_ms
+from torchslim.measure.latency import cpu_info, latency_ms
 
 # The keys every benchmark row carries (benchmark convention).
 ROW_KEYS = (
@@ -75,6 +75,7 @@ def measure(
     if latency:
         out["latency_b1_ms"] = latency_ms(model, input_shape, 1, min_run_time=min_run_time)
         out["latency_b256_ms"] = latency_ms(model, input_shape, big_batch, min_run_time=min_run_time)
+        out["cpu"] = cpu_info()
     return out
 
 
