@@ -64,3 +64,14 @@ def test_measure_and_reports(tmp_path):
     assert "| model |" in mp.read_text() and "2,293,000" in to_markdown(rows)
     png = plot_tradeoff(rows, tmp_path / "p.png", x="macs", y="bytes")
     assert png.stat().st_size > 1000
+
+
+def test_latency_rows_record_the_cpu_and_its_isa():
+    """A latency without the CPU it ran on cannot be compared (AVX2-only vs AVX-512 VNNI machines)."""
+    from torchslim.measure.latency import ISA_FLAGS, cpu_info
+
+    row = measure(ts.create_model("lenet300_100"), (1, 28, 28), min_run_time=0.01)
+    assert row["cpu"] == cpu_info() and row["cpu"].endswith(")")
+    flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
+    listed = row["cpu"].rsplit("(", 1)[1].rstrip(")").split(", ")
+    assert [f for f in listed if f] == [f for f in ISA_FLAGS if f in flags]
