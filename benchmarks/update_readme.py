@@ -18,7 +18,7 @@ RES = ROOT / "benchmarks" / "results"
 # (artifact, label, results file): the README's headline rows
 HEADLINE = [
     ("lenet5_deep_compression.slim", "Deep Compression: AGP pruning + k-means + Huffman", "deep_compression"),
-    ("lenet5_magnitude.slim", "magnitude pruning (AGP), 92 % sparse", "pruning"),
+    ("lenet5_magnitude.slim", "magnitude pruning (AGP + KD), 92.5 % sparse", "pruning"),
     ("vgg_small_filters.slim", "filter pruning (L1) to 49 % of MACs", "pruning"),
     ("resnet20_filters.slim", "filter pruning (L1) to 59 % of MACs", "pruning"),
     ("vgg_small_int8.slim", "uniform int8 weights + activations (PTQ)", "quantization"),
