@@ -166,10 +166,13 @@ def test_crafted_huffman_streams_are_refused(tmp_path):
     from torchslim.export.slim import SlimFileError
 
     good = ROOT_ART / "lenet5_deep_compression.slim"
-    key = next(k for k, v in ts.load(good).torchslim.header["entropy"].items() if v["kind"] == "codes")
+    streams = ts.load(good).torchslim.header["entropy"]
+    key = min((k for k, v in streams.items() if v["kind"] == "codes"), key=lambda k: streams[k]["bits"])
+    first_bad = 2 ** streams[key]["bits"]  # the first value a b-bit code cannot hold
     cases = {
         "zero lengths": (lambda t, h: t[f"{key}.huff_lengths"].zero_(), "code lengths"),
-        "alphabet out of range": (lambda t, h: t[f"{key}.huff_alphabet"].fill_(100), "outside"),
+        "alphabet out of range": (lambda t, h: t[f"{key}.huff_alphabet"].fill_(first_bad), "outside"),
+        "bits huge": (lambda t, h: h["entropy"][key].__setitem__("bits", 10**12), "kind, n or bits out of range"),
         "1e10 symbols": (lambda t, h: h["entropy"][key].__setitem__("n", 10**10), "declares"),
         "kind missing": (lambda t, h: h["entropy"][key].pop("kind"), "entropy-coded streams"),
     }

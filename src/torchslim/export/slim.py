@@ -165,6 +165,13 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
     from torchslim.runtime.codebook import pack_bits
 
     # Row pointers first: decoding column gaps needs them.
+    for key, meta in info.items():  # the stream descriptions are data from the file: check them first
+        ok = isinstance(meta, dict) and meta.get("kind") in ("codes", "csr_crow", "csr_col")
+        ok = ok and isinstance(meta.get("n"), int) and not isinstance(meta["n"], bool) and 0 <= meta["n"] < 2**40
+        if ok and meta["kind"] == "codes":
+            ok = isinstance(meta.get("bits"), int) and not isinstance(meta["bits"], bool) and 1 <= meta["bits"] <= 8
+        if not ok:
+            raise SlimFileError(f"stream {key!r}: kind, n or bits out of range ({meta!r:.120})")
     for key, meta in sorted(info.items(), key=lambda kv: kv[1]["kind"] != "csr_crow"):
         try:
             symbols = huffman.decode(
