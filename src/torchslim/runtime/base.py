@@ -23,6 +23,7 @@ imports torch and numpy only: no training code, no method family.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any
 
 import torch
@@ -31,7 +32,7 @@ import torch.nn as nn
 _LAYERS: dict[str, type[RuntimeLayer]] = {}
 
 
-class RuntimeLayer(nn.Module):
+class RuntimeLayer(nn.Module, metaclass=ABCMeta):
     """Base class of the deploy-time layers (see the module docstring for the contract)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -41,9 +42,9 @@ class RuntimeLayer(nn.Module):
                 raise ValueError(f"runtime layer {cls.__name__!r} is already registered")
             _LAYERS[cls.__name__] = cls
 
+    @abstractmethod
     def spec_args(self) -> dict:
         """Constructor arguments as JSON (the inverse of :meth:`from_spec`)."""
-        raise NotImplementedError(f"{type(self).__name__} must define spec_args()")
 
     @classmethod
     def from_spec(cls, args: dict) -> RuntimeLayer:
@@ -64,9 +65,9 @@ class RuntimeLayer(nn.Module):
         what ``load`` bounds against the file's size. 0 for layers that never expand."""
         return 0
 
+    @abstractmethod
     def lowered(self, **info: Any) -> nn.Module:
         """The layer in plain torch ops (exporters see no packed storage or custom kernel)."""
-        raise NotImplementedError(f"{type(self).__name__} must define lowered()")
 
     def weight_counts(self) -> tuple[int, int]:
         """(weights, nonzero weights) the layer represents, bias included."""
