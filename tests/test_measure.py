@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -75,3 +76,39 @@ def test_latency_rows_record_the_cpu_and_its_isa():
     flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
     listed = row["cpu"].rsplit("(", 1)[1].rstrip(")").split(", ")
     assert [f for f in listed if f] == [f for f in ISA_FLAGS if f in flags]
+
+
+def _int8_model():
+    from torchslim.quant import Uniform
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).eval()
+    data = [(torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))) for _ in range(3)]
+    ts.convert_(ts.compress_(model, Uniform(calib_batches=3), data=data, example_inputs=data[0][0]))
+    return model, data
+
+
+def test_engines_give_the_same_predictions_and_name_themselves(monkeypatch):
+    """The ONNX Runtime engine evaluates the int8 model as torchslim does (same top-1 on the
+    data), and ``auto`` reports every candidate's timing and the one it used. Catches: an engine
+    that runs a different model (e.g. the float weights), a latency row not naming its engine."""
+    from torchslim.measure import engines
+
+    model, data = _int8_model()
+    eager = measure(model, (1, 8, 8), loader=data, min_run_time=0.05)
+    ort = measure(model, (1, 8, 8), loader=data, min_run_time=0.05, engine="onnxruntime")
+    assert eager["engine"] == "eager" and ort["engine"] == "onnxruntime"
+    assert ort["top1"] == eager["top1"] and ort["macs"] == eager["macs"] and ort["bytes"] == eager["bytes"]
+    monkeypatch.setattr(engines, "available", lambda: ["eager", "onnxruntime"])  # compiling takes minutes
+    auto = measure(model, (1, 8, 8), loader=data, min_run_time=0.05, engine="auto")
+    times = auto["engine_timings_ms"]
+    assert set(times) == {"eager", "onnxruntime"}
+    assert auto["engine"] == min(times, key=lambda k: times[k]["b1"] + times[k]["b256"])
+    # measure evaluates and times what the engine runs, not the model (a fake engine: always class 0)
+    fake = engines._Runner("zeros", lambda x: torch.zeros(len(x), 10).index_fill_(1, torch.tensor([0]), 1.0))
+    monkeypatch.setitem(engines.ENGINES, "zeros", lambda m, shape: fake)
+    zeros = measure(model, (1, 8, 8), loader=data, min_run_time=0.05, engine="zeros")
+    labels = torch.cat([y for _, y in data])
+    assert zeros["top1"] == 100.0 * float((labels == 0).sum()) / len(labels) and zeros["engine"] == "zeros"
+    with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
+        measure(model, (1, 8, 8), latency=True, engine="tensorrt")

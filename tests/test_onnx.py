@@ -10,8 +10,9 @@ import torch
 
 import torchslim as ts
 from test_zoo import CONFIGS
+from torchslim.core.inputs import call
 
-from zoo import INPUT, ZOO, build
+from zoo import ZOO, build, sample
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -23,16 +24,18 @@ onnx = pytest.importorskip("onnx")
 ROUNDING = {"quant.uniform"}
 
 
-def _run(path, x: torch.Tensor) -> list[np.ndarray]:
+def _run(path, x) -> list[np.ndarray]:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    parts = x if isinstance(x, tuple) else (x,)
+    return sess.run(None, {i.name: t.numpy() for i, t in zip(sess.get_inputs(), parts)})
 
 
 def _converted(method: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(4, *INPUT, generator=g)
-    data = [(torch.randn(16, *INPUT, generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    x = sample(name, 4, g)
+    data = [(sample(name, 16, g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
     model = build(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -40,15 +43,16 @@ def _converted(method: str, name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     return model.eval(), x
 
 
-@pytest.mark.parametrize("name", ["resnet18", "two_head"])
+@pytest.mark.parametrize("name", ["resnet18", "two_head", "two_input"])
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_onnx_runtime_matches_torchslim(method, name, tmp_path):
     """Catches: an export that silently differs (e.g. packed bits not expanded), a fixed batch size."""
     model, x = _converted(method, name)
-    path = ts.export_onnx(model, x[:2], tmp_path / "m.onnx")  # exported at batch 2, run at 4
+    half = tuple(t[:2] for t in x) if isinstance(x, tuple) else x[:2]
+    path = ts.export_onnx(model, half, tmp_path / "m.onnx")  # exported at batch 2, run at 4
     onnx.checker.check_model(onnx.load(str(path)))
     with torch.no_grad():
-        ref = model(x)
+        ref = call(model, x)
     ref = ref if isinstance(ref, tuple) else (ref,)
     outs = _run(path, x)
     assert len(outs) == len(ref)

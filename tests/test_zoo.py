@@ -12,11 +12,12 @@ import torch.nn as nn
 
 import torchslim as ts
 from torchslim.binary import BNN, BWN, XNOR, BinaryConnect, KBit
+from torchslim.core.inputs import call
 from torchslim.lowrank import CP, SVD, Spatial, Tucker
 from torchslim.prune import Filters, GroupLasso, Magnitude, Slimming
 from torchslim.quant import PQ, QCNN, KMeans, Uniform
 
-from zoo import INPUT, ZOO, build
+from zoo import INPUT, ZOO, build, sample
 
 CONFIGS = {  # fast settings: no kernel timing (kernel="dense", prefer="size")
     "core.fold_bn": ts.FoldBN(),
@@ -53,7 +54,7 @@ def test_every_registered_method_has_a_zoo_config():
 
 def _outputs(model, x):
     with torch.no_grad():
-        out = model(x)
+        out = call(model, x)
     return out if isinstance(out, tuple) else (out,)
 
 
@@ -61,8 +62,8 @@ def _outputs(model, x):
 @pytest.mark.parametrize("method", sorted(CONFIGS))
 def test_method_on_foreign_model(method, name, tmp_path):
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(4, *INPUT, generator=g)
-    data = [(torch.randn(16, *INPUT, generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    x = sample(name, 4, g)
+    data = [(sample(name, 16, g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
     model = build(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -127,3 +128,27 @@ def test_two_output_model_trains_evaluates_and_distills():
         evaluate(model, data, output=5)
     student = build("two_head")
     fit(student, data, TrainConfig(epochs=1, lr=0.01, seed=0), callbacks=[Distill(model)], progress=False)
+
+
+def test_multi_input_model_records_its_input_shapes(tmp_path):
+    """A tuple ``example_inputs`` is remembered and saved as one shape per input, so that load's
+    check forward, MAC counting and export run the model with all its inputs. Catches: only the
+    first input recorded (load fails: forward() missing an argument), the tuple flattened."""
+    from torchslim.core.inputs import from_shape
+    from torchslim.export.slim import input_shape
+    from torchslim.measure import count_macs
+
+    g = torch.Generator().manual_seed(0)
+    x = sample("two_input", 4, g)
+    model = build("two_input")
+    ts.convert_(ts.compress_(model, Magnitude(sparsity=0.5, kernel="sparse"), example_inputs=x))
+    ts.save(model, tmp_path / "m.slim")
+    loaded = ts.load(tmp_path / "m.slim", model=ZOO["two_input"]())
+    shape = input_shape(loaded.torchslim.header)
+    assert shape == (INPUT, (x[1].shape[1],))
+    assert [t.shape for t in from_shape(shape, 3)] == [(3, *INPUT), (3, x[1].shape[1])]
+    fc_macs = 48 * 10 + 6 * 16  # the two Linear layers
+    conv_macs = 16 * 3 * 9 * 16 * 16 + 32 * 16 * 9 * 8 * 8
+    assert count_macs(loaded, shape) == conv_macs + fc_macs
+    with pytest.raises(ValueError, match="tuple of tensors"):
+        ts.compress_(build("two_input"), Magnitude(sparsity=0.5), example_inputs=(x[0], "meta"))

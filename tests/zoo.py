@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 INPUT = (3, 16, 16)
+META = 6  # TwoInput's second input
 
 
 class BasicBlock(nn.Module):
@@ -163,6 +164,22 @@ class TwoHead(nn.Module):
         return self.classifier(emb), emb
 
 
+class TwoInput(nn.Module):
+    """``forward(image, meta)``: an image branch and a vector of side information (e.g. a sensor
+    reading), joined before the classifier; ``example_inputs`` is a tuple."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, 1, 1), nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, 2, 1)
+        self.meta = nn.Linear(META, 16)
+        self.fc = nn.Linear(32 + 16, num_classes)
+
+    def forward(self, image, meta):
+        x = F.relu(self.conv2(F.relu(self.bn1(self.conv1(image)))))
+        return self.fc(torch.cat([x.mean((2, 3)), F.relu(self.meta(meta))], 1))
+
+
 class DataDependent(nn.Module):
     """Control flow on tensor values: torch.fx cannot trace it."""
 
@@ -188,7 +205,14 @@ ZOO = {
     "functional": Functional,
     "two_head": TwoHead,
     "data_dependent": DataDependent,
+    "two_input": TwoInput,
 }
+
+
+def sample(name: str, batch: int, generator: torch.Generator | None = None):
+    """A random input batch for zoo model ``name``: a tensor, or a tuple for a multi-input model."""
+    image = torch.randn(batch, *INPUT, generator=generator)
+    return (image, torch.randn(batch, META, generator=generator)) if name == "two_input" else image
 
 
 def build(name: str) -> nn.Module:
@@ -198,5 +222,6 @@ def build(name: str) -> nn.Module:
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(16, *INPUT))
+            x = sample(name, 16)
+            model(*x) if isinstance(x, tuple) else model(x)
     return model.eval()

@@ -54,12 +54,11 @@ def _model_data(path: str, data_dir: str | None, model_spec: str | None = None):
     return model, cfg, _input_shape(header)
 
 
-def _input_shape(header: dict) -> tuple[int, ...]:
-    """(C, H, W) of the file's model: from the registry arguments, or as recorded by the run."""
-    if (header.get("extra") or {}).get("input_shape"):
-        return tuple(header["extra"]["input_shape"])
-    kw = header["arch"]["kwargs"] if header.get("arch") else {}
-    return (kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28))
+def _input_shape(header: dict) -> tuple:
+    """Input shape of the file's model (recorded, or the registry's); Fashion-MNIST's if unknown."""
+    from torchslim.export.slim import input_shape
+
+    return input_shape(header) or (1, 28, 28)
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -74,7 +73,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     res = {
         "model": model.torchslim.header["arch"]["name"] if model.torchslim.header.get("arch") else None,
         "file": a.model,
-        **measure(model, shape, loader=loader, path=a.model, latency=not a.no_latency),
+        **measure(model, shape, loader=loader, path=a.model, latency=not a.no_latency, engine=a.engine),
     }
     print(json.dumps(res) if a.json else to_table([res]))
     return 0
@@ -109,16 +108,15 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    import torch
-
+    from torchslim.core.inputs import from_shape, is_multi
     from torchslim.export.onnx import export_onnx
 
     model, _, shape = _model_data(a.model, None, a.import_model)
-    out = export_onnx(model, torch.zeros(1, *shape), a.output, int8_initializers=not a.float_weights)
-    print(
-        f"wrote {out} ({out.stat().st_size:,} bytes; opset 17, dynamic batch, input 'input' of shape "
-        f"(N, {', '.join(map(str, shape))}))"
-    )
+    out = export_onnx(model, from_shape(shape), a.output, int8_initializers=not a.float_weights)
+    shapes = shape if is_multi(shape) else (shape,)
+    names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(len(shapes))]
+    described = ", ".join(f"'{n}' of shape (N, {', '.join(map(str, s))})" for n, s in zip(names, shapes))
+    print(f"wrote {out} ({out.stat().st_size:,} bytes; opset 17, dynamic batch, inputs {described})")
     return 0
 
 
@@ -204,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--no-latency", action="store_true")
+    e.add_argument(
+        "--engine",
+        default="eager",
+        choices=["eager", "compile", "onnxruntime", "auto"],
+        help="what runs the model for accuracy and latency; auto times each engine on the model and "
+        "uses the fastest (default: eager, torchslim's own runtime)",
+    )
     e.set_defaults(fn=_cmd_eval)
     i = sub.add_parser("inspect", help="per-layer table of a .slim file")
     i.add_argument("model")

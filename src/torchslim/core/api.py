@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 import torch.nn as nn
 
+from torchslim.core import inputs
 from torchslim.core.config import MethodConfig
 from torchslim.core.registry import handler_for
 from torchslim.core.state import slim_state
 
 
 def compress_(
-    model: nn.Module, config: MethodConfig, data: Iterable | None = None, *, example_inputs: torch.Tensor | None = None
+    model: nn.Module, config: MethodConfig, data: Iterable | None = None, *, example_inputs: inputs.Inputs | None = None
 ) -> nn.Module:
     """Prepare ``model`` in place for the method ``config`` names (reversible, trainable form).
 
     Args:
         data: calibration batches ``(inputs, targets)`` for methods that need them
             (e.g. ``quant.qcnn``); ignored by the others.
-        example_inputs: an input batch of the model (any shape; the first sample is kept).
+        example_inputs: an input batch of the model (any shape; the first sample is kept), or
+            a tuple of batches for a model whose ``forward`` takes several inputs.
             Methods that run the model (kernel timing, dependency graphs, MAC budgets) use it,
             and it is remembered for later ``convert_``, reports and hints. Registry models
             know their input shape and need none.
@@ -34,12 +35,7 @@ def compress_(
         raise TypeError(f"compress_ takes a MethodConfig, got {type(config).__name__}")
     state = slim_state(model)
     if example_inputs is not None:
-        if not isinstance(example_inputs, torch.Tensor) or example_inputs.dim() < 1:
-            raise ValueError(
-                "example_inputs must be one input batch as a tensor (batch dimension first); "
-                f"got {type(example_inputs).__name__}"
-            )
-        state.example_inputs = example_inputs[:1].detach().clone()
+        state.example_inputs = inputs.first(inputs.check(example_inputs))
     if state.arch is None and state.original is None:
         from torchslim.export.spec import layer_specs
 

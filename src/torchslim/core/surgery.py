@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from torchslim.core import inputs
 from torchslim.core.state import slim_state
 
 
@@ -29,13 +30,13 @@ def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
 
 
-def example_inputs(model: nn.Module, batch: int = 1) -> torch.Tensor:
+def example_inputs(model: nn.Module, batch: int = 1) -> inputs.Inputs:
     """An input batch of ``batch`` samples: the example given to ``compress_`` (its first sample
-    repeated), or zeros of a registry model's input shape (C, S, S)."""
+    repeated; a tuple for a multi-input model), or zeros of a registry model's input shape."""
     state = slim_state(model)
     if state.example_inputs is not None:
-        x = state.example_inputs
-        return x[:1].expand(batch, *x.shape[1:]).clone()
+        p = next(model.parameters(), None)
+        return inputs.to(inputs.repeat(state.example_inputs, batch), p.device if p is not None else "cpu")
     arch = state.arch
     if arch is None:
         raise ValueError(
@@ -52,12 +53,12 @@ def example_inputs(model: nn.Module, batch: int = 1) -> torch.Tensor:
 @torch.no_grad()
 def capture_inputs(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
     """The input (first sample, batch dim kept) each named module sees in one eval forward pass."""
-    inputs: dict[str, torch.Tensor] = {}
+    seen: dict[str, torch.Tensor] = {}
     mods = dict(model.named_modules())
 
     def hook(name: str):
         def grab(mod: nn.Module, args: tuple, out: torch.Tensor) -> None:  # must return None
-            inputs.setdefault(name, args[0][:1].detach().clone())
+            seen.setdefault(name, args[0][:1].detach().clone())
 
         return grab
 
@@ -65,12 +66,12 @@ def capture_inputs(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor
     was = model.training
     model.eval()
     try:
-        model(example_inputs(model))
+        inputs.call(model, example_inputs(model))
     finally:
         for h in handles:
             h.remove()
         model.train(was)
-    return inputs
+    return seen
 
 
 def same_layer(m: nn.Module, cls: type | None = None) -> nn.Module:

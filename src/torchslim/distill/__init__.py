@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core.inputs import call
 from torchslim.core.surgery import example_inputs, get_module
 from torchslim.train.callbacks import Callback
 from torchslim.train.loop import select_output
@@ -120,9 +121,9 @@ class Distill(Callback):
             x = example_inputs(model, batch=2)
             with torch.no_grad():
                 was = model.training
-                model.eval()(x)
+                call(model.eval(), x)
                 model.train(was)
-                self.teacher(x)
+                call(self.teacher, x)
             self.regressors = nn.ModuleList(
                 hint_regressor(self._feats[f"s{i}"], self._feats[f"t{i}"]) for i in range(len(self.hints))
             ).to(device)
@@ -131,7 +132,7 @@ class Distill(Callback):
 
     def loss_term(self, model, inputs, outputs, targets):
         if self.online:
-            t_out = select_output(self.teacher(inputs))
+            t_out = select_output(call(self.teacher, inputs))
             teacher_ce = F.cross_entropy(t_out, targets)
         else:
             t_out = self._teacher_logits(inputs)
@@ -151,7 +152,7 @@ class Distill(Callback):
     @torch.no_grad()
     def _teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.cache is None:
-            return select_output(self.teacher(inputs))
+            return select_output(call(self.teacher, inputs))
         keys = [hash(row.numpy().tobytes()) for row in inputs.detach().cpu()]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from torchslim.core import inputs
 from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.uniform import _UniformBase
 
 OPSET = 17
 
 
-def lowered_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
+def lowered_model(model: nn.Module, example: inputs.Inputs) -> nn.Module:
     """A copy of ``model`` with every runtime layer replaced by its plain-torch form."""
     quantized_in: dict[str, tuple[float, int]] = {}  # int8 layer -> qparams of the int8 tensor it receives
 
@@ -42,7 +43,7 @@ def lowered_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
     hooks = [m.register_forward_pre_hook(grab(n)) for n, m in model.named_modules() if isinstance(m, _UniformBase)]
     try:
         with torch.no_grad():
-            model.eval()(example)  # which int8 layers receive an int8 tensor
+            inputs.call(model.eval(), example)  # which int8 layers receive an int8 tensor
     finally:
         for h in hooks:
             h.remove()
@@ -57,7 +58,7 @@ def lowered_model(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 def export_onnx(
     model: nn.Module,
-    example_inputs: torch.Tensor,
+    example_inputs: inputs.Inputs,
     path: str | os.PathLike,
     *,
     opset: int = OPSET,
@@ -66,7 +67,8 @@ def export_onnx(
     """Write ``model`` (converted) as ONNX to ``path`` with a dynamic batch dimension.
 
     Args:
-        example_inputs: one input batch (any batch size).
+        example_inputs: one input batch (any batch size), or a tuple of batches for a model with
+            several inputs (named ``input0``, ``input1``, ... in the graph).
         int8_initializers: store the weights of int8 layers as int8 tensors (exact).
     """
     try:
@@ -74,23 +76,26 @@ def export_onnx(
     except ImportError:
         raise ImportError("ONNX export needs the onnx package: pip install 'torchslim[onnx]'") from None
     path = Path(path)
-    x = example_inputs.detach().cpu()
+    x = inputs.to(inputs.check(example_inputs), "cpu")
+    args = x if isinstance(x, tuple) else (x,)
     low = lowered_model(model.cpu(), x)
     with torch.no_grad():
-        n_out = len(low(x)) if isinstance(low(x), tuple) else 1
+        y = inputs.call(low, x)
+    n_out = len(y) if isinstance(y, tuple) else 1
     outputs = ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)]
+    names = ["input"] if len(args) == 1 else [f"input{i}" for i in range(len(args))]
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             low,
-            (x,),
+            args,
             str(tmp),
             dynamo=False,
             opset_version=opset,
-            input_names=["input"],
+            input_names=names,
             output_names=outputs,
-            dynamic_axes={n: {0: "batch"} for n in ["input", *outputs]},
+            dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]},
         )
     graph = onnx.load(str(tmp))
     if int8_initializers:

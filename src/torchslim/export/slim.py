@@ -21,6 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from torchslim._files import atomic_write
+from torchslim.core import inputs
 from torchslim.core.state import slim_state
 from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides, layer_specs
 from torchslim.runtime.base import RuntimeLayer
@@ -224,7 +225,10 @@ def save(
             "call torchslim.convert_(model) before save"
         )
     state = slim_state(model)
-    header: dict[str, Any] = {"arch": None, "recipe": recipe, "extra": extra or {}, "log": state.log}
+    extra = dict(extra or {})
+    if state.example_inputs is not None:  # what load checks the rebuilt model runs on
+        extra.setdefault("input_shape", inputs.shape_of(state.example_inputs))
+    header: dict[str, Any] = {"arch": None, "recipe": recipe, "extra": extra, "log": state.log}
     if state.arch is not None:
         from torchslim.models import create_model
 
@@ -286,11 +290,11 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
                 m.validate()
             except ValueError as e:
                 raise SlimFileError(f"{path}: layer {name!r} ({type(m).__name__}): {e}") from None
-    shape = _input_shape(header)
+    shape = input_shape(header)
     if shape is not None:  # the declared architecture must run on its declared input
         try:
             with torch.no_grad():
-                model.eval()(torch.zeros(1, *shape))
+                inputs.call(model.eval(), inputs.from_shape(shape))
         except Exception as e:  # noqa: BLE001 - any failure of a file-declared graph is the file's
             raise SlimFileError(
                 f"{path}: the model it declares does not run on input {shape} "
@@ -345,11 +349,15 @@ def _check_declared_size(arch: Any, overrides: Any, model: nn.Module | None, ten
         )
 
 
-def _input_shape(header: dict) -> tuple[int, ...] | None:
-    """(C, H, W) the file's model takes: recorded by a run, or the registry model's arguments."""
+def input_shape(header: dict) -> tuple | None:
+    """Input shape (without the batch; a tuple of shapes for several inputs) the file's model takes:
+    recorded at save time, or the registry model's (C, S, S); None when the file does not say."""
     shape = (header.get("extra") or {}).get("input_shape")
-    if isinstance(shape, list) and 1 <= len(shape) <= 4 and all(isinstance(v, int) and 0 < v <= 4096 for v in shape):
-        return tuple(shape)
+    if shape is not None:
+        try:
+            return inputs.check_shape(shape)
+        except ValueError:
+            return None
     kw = (header.get("arch") or {}).get("kwargs") or {}
     c, s = kw.get("in_channels", 1), kw.get("input_size", 28)
     if header.get("arch") and isinstance(c, int) and isinstance(s, int) and 0 < c <= 64 and 0 < s <= 1024:

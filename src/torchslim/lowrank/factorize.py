@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from torchslim.core.config import MethodConfig, check_choice, check_range
+from torchslim.core.inputs import call, shape_of
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.state import slim_state
@@ -354,7 +355,7 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
         m.register_forward_hook(lambda mod, i, o, _n=n: outs.__setitem__(_n, _hw(o)) and None) for n, m, _ in layers
     ]
     with torch.no_grad():
-        model.eval()(example_inputs(model))
+        call(model.eval(), example_inputs(model))
     for h in hooks:
         h.remove()
     dense_macs = {n: _dense_macs(m, outs[n]) for n, m, _ in layers}
@@ -368,7 +369,7 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
         return chosen
 
     if config.selection == "budget":
-        shape = tuple(example_inputs(model).shape[1:])
+        shape = shape_of(example_inputs(model))
         total = count_macs(model, shape)
         target = config.target_macs * total
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
+from torchslim.core import inputs
 from torchslim.core.surgery import leaf_modules
 from torchslim.runtime.base import RuntimeLayer
 
@@ -103,7 +104,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
     model.eval()
     try:
         p = next(model.parameters(), None)
-        model(torch.zeros((1, *input_shape), device=p.device if p is not None else "cpu"))
+        inputs.call(model, inputs.from_shape(input_shape, 1, p.device if p is not None else "cpu"))
     finally:
         for h in hooks:
             h.remove()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from torchslim.core import inputs
 from torchslim.runtime.timing import time_ms
 
 
@@ -20,7 +21,7 @@ def latency_ms(
     """Median milliseconds per forward pass of a batch of ``batch`` inputs of ``input_shape``."""
     model.eval()
     p = next(model.parameters(), None)
-    x = torch.randn((batch, *input_shape), device=p.device if p is not None else "cpu")
+    x = inputs.from_shape(input_shape, batch, p.device if p is not None else "cpu", random=True)
     threads = threads or torch.get_num_threads()
     return time_ms(model, x, min_run_time, threads)
 

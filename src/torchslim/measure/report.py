@@ -49,6 +49,7 @@ def measure(
     big_batch: int = 256,
     min_run_time: float = 1.0,
     nbytes: int | None = None,
+    engine: str = "eager",
 ) -> dict[str, Any]:
     """Accuracy, size, MACs and latency of ``model`` side by side in one dict.
 
@@ -57,6 +58,9 @@ def measure(
         path: the model's ``.slim`` file; its size is reported, else the model is
             saved to a temporary file to measure bytes.
         nbytes: the stored size of a model that has no ``.slim`` form (peer tools).
+        engine: what runs the model for accuracy and latency (:mod:`torchslim.measure.engines`:
+            eager, compile, onnxruntime, or auto = the fastest of them on this model; its
+            candidates' timings are reported); sizes and MACs are the model's own.
     """
     from torchslim.train.loop import evaluate
 
@@ -70,11 +74,20 @@ def measure(
         "effective_macs": sum(r["effective_macs"] for r in rows),
         "threads": torch.get_num_threads(),
     }
+    run = model
+    if engine != "eager" and (loader is not None or latency):
+        from torchslim.measure import engines
+
+        if engine == "auto":
+            run, out["engine_timings_ms"] = engines.choose(model, input_shape, big_batch)
+        else:
+            run = engines.build(engine, model, input_shape)
     if loader is not None:
-        out.update(evaluate(model, loader))
+        out.update(evaluate(run, loader))
     if latency:
-        out["latency_b1_ms"] = latency_ms(model, input_shape, 1, min_run_time=min_run_time)
-        out["latency_b256_ms"] = latency_ms(model, input_shape, big_batch, min_run_time=min_run_time)
+        out["engine"] = getattr(run, "name", "eager")
+        out["latency_b1_ms"] = latency_ms(run, input_shape, 1, min_run_time=min_run_time)
+        out["latency_b256_ms"] = latency_ms(run, input_shape, big_batch, min_run_time=min_run_time)
         out["cpu"] = cpu_info()
     return out
 

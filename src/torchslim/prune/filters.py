@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
+from torchslim.core import inputs
 from torchslim.core.config import MethodConfig, check_choice, check_int, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
@@ -98,16 +99,16 @@ def _units(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor, bool, object
     tp = _tp()
     captured: dict[int, torch.Tensor] = {}
 
-    def grab(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:  # must return None
-        if inputs and isinstance(inputs[0], torch.Tensor):
-            captured.setdefault(id(mod), inputs[0].detach().clone())
+    def grab(mod: nn.Module, args: tuple, output: torch.Tensor) -> None:  # must return None
+        if args and isinstance(args[0], torch.Tensor):
+            captured.setdefault(id(mod), args[0].detach().clone())
 
     hooks = [m.register_forward_hook(grab) for m in model.modules() if m is not model]
     was = model.training
     model.eval()
     example = example_inputs(model)
     with torch.no_grad():
-        model(example)
+        inputs.call(model, example)
     for h in hooks:
         h.remove()
     units: list[tuple[nn.Module, torch.Tensor, bool, object]] = []
@@ -166,7 +167,7 @@ def _frozen_roots(unit: nn.Module, whole: bool, inp: torch.Tensor) -> list[nn.Mo
     """
     roots = [m for m in unit.modules() if isinstance(m, ROOTS)]
     with torch.no_grad():
-        out_shape = _shapes(unit(inp))
+        out_shape = _shapes(inputs.call(unit, inp))
     if whole and len(out_shape) == 1:
         return roots[-1:]
     frozen = []
@@ -179,7 +180,7 @@ def _frozen_roots(unit: nn.Module, whole: bool, inp: torch.Tensor) -> list[nn.Mo
                 trial_dg = _tp().DependencyGraph().build_dependency(trial, inp)
             trial_dg.get_pruning_group(tm, _out_fn(tm), [0]).prune()
             with torch.no_grad():
-                ok = _shapes(trial(inp)) == out_shape
+                ok = _shapes(inputs.call(trial, inp)) == out_shape
         except Exception:  # noqa: BLE001 - a shape error means the channel is coupled to the outside
             ok = False
         if not ok:
@@ -221,7 +222,7 @@ def _pruners(model: nn.Module, config: Filters, ratio: float) -> list:
 
 def _ratio_for_macs(model: nn.Module, config: Filters) -> float:
     """Smallest ratio whose physically pruned copy has <= target_macs of the MACs (bisection)."""
-    shape = tuple(example_inputs(model).shape[1:])
+    shape = inputs.shape_of(example_inputs(model))
     base = count_macs(model, shape)
     lo, hi = 0.0, 0.95
     for _ in range(12):

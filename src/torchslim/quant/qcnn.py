@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core import inputs
 from torchslim.core.config import MethodConfig, check_choice, check_int
 from torchslim.core.registry import Method, register_method
 from torchslim.core.surgery import get_module, set_module
@@ -97,8 +98,8 @@ def _calibration_pairs(
     g = torch.Generator().manual_seed(seed)
     try:
         for b in batches:
-            float_model(b)
-            quant_model(b)
+            inputs.call(float_model, b)
+            inputs.call(quant_model, b)
             x, y = _rows(q_layer, got["x"]), _out_rows(f_layer, got["y"])
             keep = max(1, max_rows // len(batches))
             if x.shape[0] > keep:
@@ -157,9 +158,9 @@ class QCNNMethod(Method):
         for i, batch in enumerate(data):
             if i >= config.calib_batches:
                 break
-            batches.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            batches.append(inputs.of_batch(batch))
         device = next(model.parameters()).device
-        batches = [b.to(device) for b in batches]
+        batches = [inputs.to(b, device) for b in batches]
         was = model.training
         model.eval()
         reference = copy.deepcopy(model)
@@ -170,7 +171,7 @@ class QCNNMethod(Method):
             get_module(model, n).register_forward_hook(lambda m, i, o, _n=n: order.append(_n) and None) for n in chosen
         ]
         with torch.no_grad():
-            model(batches[0][:1])
+            inputs.call(model, inputs.first(batches[0]))
         for h in hooks:
             h.remove()
         for name in dict.fromkeys(order):

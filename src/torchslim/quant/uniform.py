@@ -32,6 +32,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torchslim.core import inputs
 from torchslim.core.config import MethodConfig, check_int
 from torchslim.core.fold import fold_all
 from torchslim.core.registry import Method, register_method
@@ -260,7 +261,7 @@ def _layer_sqnr(model: nn.Module, data: Iterable, batches: int) -> dict[str, flo
         for i, batch in enumerate(data):
             if i >= batches:
                 break
-            model((batch[0] if isinstance(batch, (tuple, list)) else batch).to(device))
+            inputs.call(model, inputs.to(inputs.of_batch(batch), device))
     finally:
         for h in handles:
             h.remove()
@@ -331,8 +332,7 @@ class UniformMethod(Method):
             for i, batch in enumerate(data):
                 if i >= config.calib_batches:
                     break
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x.to(device))
+                inputs.call(model, inputs.to(inputs.of_batch(batch), device))
             for m in fq:
                 m.observing = False
             if config.min_sqnr is not None:

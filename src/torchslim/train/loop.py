@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from torchslim.core import inputs
 from torchslim.train.callbacks import Callback
 from torchslim.train.state import flatten, unflatten
 
@@ -171,8 +172,8 @@ def evaluate(
     n = correct1 = correct5 = 0
     loss = 0.0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        out = select_output(model(x), output)
+        x, y = inputs.to(x, device), y.to(device)
+        out = select_output(inputs.call(model, x), output)
         loss += F.cross_entropy(out, y, reduction="sum").item()
         k = min(5, out.shape[1])
         top = out.topk(k, dim=1).indices
@@ -259,10 +260,10 @@ def fit(
             step = epoch * len(train_loader) + i
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, total)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.channels_last and x.dim() == 4:
+            x, y = inputs.to(x, device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
                 x = x.contiguous(memory_format=layout)
-            out = select_output(net(x), cfg.output)
+            out = select_output(inputs.call(net, x), cfg.output)
             loss = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing) * task_weight
             for cb in callbacks:
                 extra = cb.loss_term(model, x, out, y)

@@ -1,0 +1,131 @@
+"""Inference engines a converted model runs in, behind one interface, and the choice among them.
+
+* ``eager``: torchslim's own runtime layers in plain PyTorch (numba / int8 / sparse kernels).
+* ``compile``: ``torch.compile`` (inductor, CPU) of the same model.
+* ``onnxruntime``: the model exported by :func:`torchslim.export.onnx.export_onnx` (int8 as a
+  QDQ graph, packed layers as their exact dense expansion) run by ONNX Runtime.
+* ``auto``: each available engine timed on the model at batch 1 and ``big_batch`` (the sum of
+  the two medians), the fastest used; the timings are returned with the choice.
+
+An engine is an ``nn.Module`` wrapper, so :func:`torchslim.train.evaluate` and
+:func:`torchslim.measure.latency_ms` measure it as they measure the model itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from torchslim.core import inputs
+
+ENGINES: dict[str, Callable[[nn.Module, tuple], nn.Module]] = {}
+
+
+def engine(name: str):
+    """Register an engine builder ``fn(model, input_shape) -> nn.Module``."""
+
+    def deco(fn):
+        ENGINES[name] = fn
+        return fn
+
+    return deco
+
+
+class _Runner(nn.Module):
+    """An engine's callable as a module (no parameters of its own: runs on the CPU)."""
+
+    def __init__(self, name: str, fn: Callable, keep: object = None) -> None:
+        super().__init__()
+        self.name, self.fn, self._keep = name, fn, keep
+
+    def forward(self, *x):
+        return self.fn(*x)
+
+
+@engine("eager")
+def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
+    return _Runner("eager", model.eval())
+
+
+@engine("compile")
+def _compile(model: nn.Module, input_shape: tuple) -> nn.Module:
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile workers left running
+    compiled = torch.compile(model.eval(), dynamic=False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inputs.call(compiled, inputs.from_shape(input_shape))  # compile now, not inside a timing
+    return _Runner("compile", compiled)
+
+
+@engine("onnxruntime")
+def _onnxruntime(model: nn.Module, input_shape: tuple) -> nn.Module:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ImportError("the onnxruntime engine needs: pip install 'torchslim[onnx]'") from None
+    from torchslim.export.onnx import export_onnx
+
+    tmp = tempfile.TemporaryDirectory()
+    path = export_onnx(model, inputs.from_shape(input_shape), Path(tmp.name) / "model.onnx")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+
+    def run(*x):
+        outs = sess.run(None, {n: t.detach().cpu().numpy() for n, t in zip(names, x)})
+        outs = tuple(torch.from_numpy(o) for o in outs)
+        return outs[0] if len(outs) == 1 else outs
+
+    return _Runner("onnxruntime", run, keep=(tmp, sess))
+
+
+def available() -> list[str]:
+    """Engines this installation can run."""
+    names = ["eager", "compile"]
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        names.append("onnxruntime")
+    except ImportError:
+        pass
+    return names
+
+
+def build(name: str, model: nn.Module, input_shape: tuple) -> nn.Module:
+    """The model wrapped for engine ``name`` (not ``auto``: see :func:`choose`)."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; use one of {sorted(ENGINES)} or 'auto'")
+    return ENGINES[name](model, input_shape)
+
+
+def choose(
+    model: nn.Module, input_shape: tuple, big_batch: int = 256, min_run_time: float = 0.5
+) -> tuple[nn.Module, dict[str, dict[str, float]]]:
+    """``auto``: the fastest engine at batch 1 + ``big_batch`` and every candidate's timings (ms);
+    an engine that fails on the model is reported with its error and skipped."""
+    from torchslim.measure.latency import latency_ms
+
+    timings: dict[str, dict] = {}
+    best, best_ms = None, float("inf")
+    for name in available():
+        try:
+            run = build(name, model, input_shape)
+            t = {f"b{b}": round(latency_ms(run, input_shape, b, min_run_time=min_run_time), 4) for b in (1, big_batch)}
+        except Exception as e:  # noqa: BLE001 - an engine that cannot run this model is not a candidate
+            timings[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+            continue
+        timings[name] = t
+        if sum(t.values()) < best_ms:
+            best, best_ms = run, sum(t.values())
+    if best is None:
+        raise RuntimeError(f"no engine runs this model: {timings}")
+    return best, timings
