@@ -1,6 +1,7 @@
 """quant.uniform: per-channel int8/int4 weights, int8 activations on the x86 kernels, QAT."""
 
 import copy
+import warnings
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ class TestUniformInt8Contract(MethodContract):
     residual sum carries it to the logits as a change of exactly one output quantization step
     (measured: 6 of 80 logits)."""
 
-    config = Uniform(bits=8, act_bits=8)
+    config = Uniform(bits=8, act_bits=8, reduce_range=True)  # explicit: the default depends on the CPU
     model_names = ("lenet5", "vgg_small", "resnet20")
     exact = ("lenet5", "vgg_small")
 
@@ -137,13 +138,13 @@ def test_float_fallback_keeps_low_sqnr_layers_float_and_the_int8_chain_consisten
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(16, *INPUT, generator=g), None) for _ in range(4)]
     probe = ts.compress_(build("resnet18"), Uniform(calib_batches=4), data=data)
-    sqnr = _layer_sqnr(probe, data, 4)
+    sqnr = _layer_sqnr(probe, [x for x, _ in data])
     cut = sorted(sqnr.values())[len(sqnr) // 2]  # about half the layers below it
     model = build("resnet18")
     with pytest.warns(UserWarning, match="keeping .* in float"):
         ts.compress_(model, Uniform(calib_batches=4, min_sqnr=cut), data=data)
     low = {n for n, v in sqnr.items() if v < cut}
-    log = {e["layer"]: e for e in model.torchslim.log if e["method"] == "quant.uniform"}
+    log = {e["layer"]: e for e in model.torchslim.log if e["method"] == "quant.uniform" and e["layer"]}
     assert {n for n, e in log.items() if e["decision"] == "float"} == low and low
     x = torch.randn(4, *INPUT, generator=g)
     with torch.no_grad():
@@ -155,3 +156,78 @@ def test_float_fallback_keeps_low_sqnr_layers_float_and_the_int8_chain_consisten
     ts.save(model, tmp_path / "m.slim")
     loaded = ts.load(tmp_path / "m.slim", model=ZOO["resnet18"]())
     assert torch.equal(loaded(x), after) and loaded.torchslim.log == model.torchslim.log
+
+
+def test_full_range_activations_differ_from_fake_quant_by_rare_ties_only():
+    """8-bit activation ranges (the default on a CPU with AVX-512 VNNI): the int8 kernels agree
+    with the fake-quant model up to rare one-step rounding ties. Catches: saturating int16 sums
+    (errors of many steps) going unnoticed where 8-bit ranges are chosen."""
+    data = [b for _, b in zip(range(4), make_loaders(DataConfig(subset=512), seed=0).train)]
+    x = next(iter(make_loaders(DataConfig(subset=512), seed=0).test))[0][:64]
+    for name in ("lenet5", "vgg_small"):
+        prepared = ts.compress_(ts.load(ART / f"{name}.slim"), Uniform(reduce_range=False, calib_batches=4), data=data)
+        with torch.no_grad():
+            before = prepared.eval()(x)
+            converted = ts.convert_(prepared).eval()
+            after = converted(x)
+        step = float([m for m in converted.modules() if isinstance(m, UniformLinear)][-1].act[2])
+        diff = (after - before).abs()
+        assert int((diff > 0).sum()) <= diff.numel() // 50 and float(diff.max()) <= step * (1 + 1e-5), name
+
+
+def test_reduce_range_follows_the_cpu_unless_given():
+    """Catches: the CPU rule inverted (7 bits on a VNNI CPU), or an explicit choice overridden."""
+    from torchslim.measure.latency import cpu_flags
+    from torchslim.quant.uniform import reduce_range
+
+    assert reduce_range(Uniform()) is ("avx512_vnni" not in cpu_flags())
+    assert reduce_range(Uniform(reduce_range=True)) is True and reduce_range(Uniform(reduce_range=False)) is False
+
+
+def test_min_agreement_falls_back_lowest_sqnr_first_until_the_model_agrees(tmp_path):
+    """min_agreement: layers go back to float, the one whose int8 form alone agrees least first,
+    until the int8 model's top-1 agrees with the float model's on the calibration batches. Catches:
+    layers chosen in another order, a loop that stops before the target, agreement measured
+    against the int8 model itself."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from torchslim.quant.uniform import _top1
+
+    from zoo import ZOO, build
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(32, 3, 16, 16, generator=g), None) for _ in range(4)]
+    batches = [x for x, _ in data]
+    reference = _top1(build("mobilenetv3_like"), batches)
+    model = build("mobilenetv3_like")
+    with pytest.warns(UserWarning, match="top-1 agreement below 0.99"):
+        ts.compress_(model, Uniform(calib_batches=4, reduce_range=True, min_agreement=0.99), data=data)
+    log = [e for e in model.torchslim.log if e["method"] == "quant.uniform" and e["layer"]]
+    def rank(e):
+        return (e["alone_agreement"], e["sqnr_db"])
+
+    order = [e["decision"] for e in sorted(log, key=rank)]
+    n_float = order.count("float")
+    assert 0 < n_float < len(order) and order == ["float"] * n_float + ["int8"] * (len(order) - n_float)
+    agreement = float((_top1(model.eval(), batches) == reference).float().mean())
+    assert agreement >= 0.99 and log[0]["calib_agreement"] == round(agreement, 4)
+    fewer = build("mobilenetv3_like")  # one layer less in float does not reach the target
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts.compress_(fewer, Uniform(calib_batches=4, reduce_range=True), data=data)
+    from torchslim.quant.uniform import _to_float
+
+    low = {e["layer"] for e in sorted(log, key=rank)[: n_float - 1]}
+    alone = {e["layer"]: e["alone_agreement"] for e in log}
+    assert len(set(alone.values())) > 1  # the layers differ: the order is not decided by the ties
+    _to_float(fewer, low, [e["layer"] for e in log])
+    assert float((_top1(fewer.eval(), batches) == reference).float().mean()) < 0.99
+    x = batches[0]
+    with torch.no_grad():
+        before = model(x)
+        ts.convert_(model)
+        diff = float((model(x) - before).abs().max())
+    assert diff <= 1e-6 * float(before.abs().max())  # the float layers' rounding (measured: 2e-8 of 0.15)
+    ts.save(model, tmp_path / "m.slim")
+    assert torch.equal(ts.load(tmp_path / "m.slim", model=ZOO["mobilenetv3_like"]())(x), model(x))

@@ -29,17 +29,27 @@ def latency_ms(
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "asimd", "sve")
 
 
-def cpu_info() -> str:
-    """The CPU model and the instruction sets the kernels depend on, e.g.
-    ``AMD EPYC (avx2, avx512f, avx512_vnni, avx512_vpopcntdq)``: recorded with every latency,
-    since int8 and popcount speed-ups differ between AVX2-only and AVX-512 machines."""
+def _cpuinfo() -> tuple[str, list[str]]:
     import platform
     from pathlib import Path
 
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine() or "unknown"
+        return platform.processor() or platform.machine() or "unknown", []
     name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith(("flags", "Features"))), [])
-    return f"{name or platform.machine()} ({', '.join(f for f in ISA_FLAGS if f in flags)})"
+    return name or platform.machine(), flags
+
+
+def cpu_flags() -> set[str]:
+    """The kernel-relevant instruction sets (:data:`ISA_FLAGS`) this CPU has."""
+    return set(_cpuinfo()[1]) & set(ISA_FLAGS)
+
+
+def cpu_info() -> str:
+    """The CPU model and the instruction sets the kernels depend on, e.g.
+    ``AMD EPYC (avx2, avx512f, avx512_vnni, avx512_vpopcntdq)``: recorded with every latency,
+    since int8 and popcount speed-ups differ between AVX2-only and AVX-512 machines."""
+    name, flags = _cpuinfo()
+    return f"{name} ({', '.join(f for f in ISA_FLAGS if f in flags)})"

@@ -6,7 +6,8 @@ Weights: per-output-channel, ``bits`` in 2..8, symmetric (default) or affine (fo
 :mod:`torchslim.runtime.uniform`). Activations (``act_bits=8``): per-tensor affine uint8
 with ranges from calibration batches (running min/max; ``reduce_range`` uses 7 bits, as
 PyTorch's x86 default does, so that CPUs without VNNI do not saturate int16 partial sums; values
-beyond the calibrated range still use the upper half of uint8, as in the deploy kernels).
+beyond the calibrated range still use the upper half of uint8, as in the deploy kernels; by
+default 7 bits only on a CPU without AVX-512 VNNI).
 
 Prepare folds BatchNorm into the preceding conv/linear (``act_bits=8``), traces the model
 with ``torch.fx`` to find which layer outputs reach only other quantized layers (through
@@ -37,6 +38,7 @@ from torchslim.core.config import MethodConfig, check_int
 from torchslim.core.fold import fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
+from torchslim.core.state import slim_state
 from torchslim.core.surgery import same_layer, set_module
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
 
@@ -56,19 +58,29 @@ class Uniform(MethodConfig):
         act_bits: 8 (static int8 activations, runs on the x86 int8 kernels) or 0 (weights only).
         symmetric: symmetric weights (zero point 0); required with ``act_bits=8``.
         calib_batches: calibration batches for activation ranges (``act_bits=8``).
-        reduce_range: 7-bit activations (safe on x86 CPUs without VNNI).
+        reduce_range: 7-bit activations (safe on x86 CPUs without VNNI, whose int8 kernels sum
+            pairs of products in saturating int16); None (default): 7 bits only when this CPU
+            lacks AVX-512 VNNI (the choice is recorded in the model's log). A file made with 8
+            bits still runs on an AVX2-only CPU, where rare large activations may saturate.
         min_sqnr: float fallback (``act_bits=8``): a layer whose own int8 error on the calibration
             data has ``SQNR = 10 log10(|y|^2 / |y - y_int8|^2)`` below this many dB stays float
             (squeeze-excitation gates, layers before SiLU / hardswish); None keeps every layer int8.
             The decisions and SQNRs are recorded in the model's log (and the .slim header).
+        min_agreement: float fallback by the whole model's behaviour (``act_bits=8``): while the
+            int8 model's top-1 agrees with the float model's on fewer than this fraction of the
+            calibration samples, the int8 layer with the lowest SQNR goes back to float (after
+            the ``min_sqnr`` ones), the layer whose int8 form alone (every other layer float)
+            agrees least first (per-layer sensitivity analysis; ties: lowest SQNR first).
+            None: no such fallback.
     """
 
     bits: int = 8
     act_bits: int = 8
     symmetric: bool = True
     calib_batches: int = 16
-    reduce_range: bool = True
+    reduce_range: bool | None = None
     min_sqnr: float | None = None
+    min_agreement: float | None = None
 
     def validate(self) -> None:
         check_int(self, "bits", 2, 8)
@@ -88,6 +100,16 @@ class Uniform(MethodConfig):
             raise ValueError(
                 f"Uniform.min_sqnr={self.min_sqnr!r} is out of range; use a number of dB in [0, 100] or null"
             )
+        if self.min_agreement is not None and (
+            isinstance(self.min_agreement, bool)
+            or not isinstance(self.min_agreement, (int, float))
+            or not 0 < self.min_agreement <= 1
+        ):
+            raise ValueError(
+                f"Uniform.min_agreement={self.min_agreement!r} is out of range; use a fraction in (0, 1] or null"
+            )
+        if self.reduce_range not in (None, True, False):
+            raise ValueError(f"Uniform.reduce_range={self.reduce_range!r}; use true, false or null (by the CPU)")
 
 
 class _FakeQuant(nn.Module):
@@ -95,11 +117,12 @@ class _FakeQuant(nn.Module):
 
     def _init_fq(self, cfg: Uniform, in_q: bool, out_float: bool, relu_after: bool) -> None:
         self.bits, self.symmetric, self.act_bits = cfg.bits, cfg.symmetric, cfg.act_bits
-        self.levels = 127 if cfg.reduce_range else 255  # the calibrated range spans this many steps
+        self.levels = 127 if reduce_range(cfg) else 255  # the calibrated range spans this many steps
         self.in_q, self.out_float, self.relu_after = in_q, out_float, relu_after
         self.register_buffer("in_range", torch.tensor([float("inf"), float("-inf")]))
         self.register_buffer("out_range", torch.tensor([float("inf"), float("-inf")]))
         self.observing = False
+        self.bypass = False  # compute in float (sensitivity analysis of the float fallback)
 
     def fq_weight(self) -> torch.Tensor:
         scale, zp, qmin, qmax = weight_qparams(self.weight, self.bits, self.symmetric)
@@ -130,8 +153,10 @@ class _FakeQuant(nn.Module):
     def run(self, x: torch.Tensor, op) -> torch.Tensor:
         if not self.act_bits:
             return op(x, self.fq_weight())
-        if self.observing:
+        if self.observing or self.bypass:
             y = op(x, self.weight)
+            if self.bypass:
+                return y
             self._observe(self.in_range, x)
             self._observe(self.out_range, F.relu(y) if self.relu_after else y)
             return y
@@ -239,7 +264,16 @@ def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
     return out
 
 
-def _layer_sqnr(model: nn.Module, data: Iterable, batches: int) -> dict[str, float]:
+def reduce_range(config: Uniform) -> bool:
+    """``config.reduce_range``, or by the CPU when None: 7 bits unless it has AVX-512 VNNI."""
+    if config.reduce_range is not None:
+        return config.reduce_range
+    from torchslim.measure.latency import cpu_flags
+
+    return "avx512_vnni" not in cpu_flags()
+
+
+def _layer_sqnr(model: nn.Module, batches: list) -> dict[str, float]:
     """Per fake-quant layer: SQNR (dB) of its int8 output against its float output on the same input."""
     sig: dict[str, float] = {}
     err: dict[str, float] = {}
@@ -256,32 +290,57 @@ def _layer_sqnr(model: nn.Module, data: Iterable, batches: int) -> dict[str, flo
         return grab
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, _FakeQuant)]
-    device = next(model.parameters()).device
     try:
-        for i, batch in enumerate(data):
-            if i >= batches:
-                break
-            inputs.call(model, inputs.to(inputs.of_batch(batch), device))
+        for x in batches:
+            inputs.call(model, x)
     finally:
         for h in handles:
             h.remove()
     return {n: 10 * math.log10(max(sig[n], 1e-30) / max(err[n], 1e-30)) for n in sig}
 
 
-def _float_fallback(model: nn.Module, config: Uniform, data: Iterable) -> None:
-    """Keep the layers whose int8 SQNR is below ``config.min_sqnr`` in float and re-derive which
-    outputs stay int8 between the remaining layers (a float neighbour breaks the int8 chain)."""
-    from torchslim.core.state import slim_state
+def _top1(model: nn.Module, batches: list) -> torch.Tensor:
+    from torchslim.train.loop import select_output
 
-    sqnr = _layer_sqnr(model, data, config.calib_batches)
-    low = {n for n, v in sqnr.items() if v < config.min_sqnr}
+    return torch.cat([select_output(inputs.call(model, x)).argmax(-1).flatten() for x in batches])
+
+
+def _to_float(model: nn.Module, low: set[str], layers: Iterable[str]) -> None:
+    """The fake-quant layers named in ``low`` become float again; the flags of the others are
+    re-derived (a float neighbour breaks the int8 chain)."""
     for name in low:
-        set_module(model, name, same_layer(model.get_submodule(name)))
-    if low:
-        keep = {n for n in sqnr if n not in low}
-        for name, f in _flags(model, keep).items():
-            m = model.get_submodule(name)
-            m.in_q, m.out_float = f["in_q"], f["out_float"]
+        if isinstance(model.get_submodule(name), _FakeQuant):
+            set_module(model, name, same_layer(model.get_submodule(name)))
+    for name, f in _flags(model, {n for n in layers if n not in low}).items():
+        m = model.get_submodule(name)
+        m.in_q, m.out_float = f["in_q"], f["out_float"]
+
+
+def _float_fallback(model: nn.Module, config: Uniform, batches: list, reference: torch.Tensor | None) -> None:
+    """Keep in float the layers whose int8 SQNR is below ``config.min_sqnr``, then, most harmful
+    alone first, more layers while the top-1 agreement with the float predictions ``reference`` on
+    the calibration batches is below ``config.min_agreement``; the decisions go to the model's log."""
+    sqnr = _layer_sqnr(model, batches)
+    low = {n for n, v in sqnr.items() if config.min_sqnr is not None and v < config.min_sqnr}
+    _to_float(model, low, sqnr)
+    agreement, alone = None, {}
+    if config.min_agreement is not None:
+        fq = {n: m for n, m in model.named_modules() if isinstance(m, _FakeQuant)}
+        for name in fq:  # each int8 layer alone, every other layer in float
+            for n, m in fq.items():
+                m.bypass = n != name
+            alone[name] = float((_top1(model, batches) == reference).float().mean())
+        for m in fq.values():
+            m.bypass = False
+        for name in sorted(sqnr, key=lambda n: (alone.get(n, 0.0), sqnr[n])):
+            agreement = float((_top1(model, batches) == reference).float().mean())
+            if agreement >= config.min_agreement:
+                break
+            if name not in low:
+                low.add(name)
+                _to_float(model, low, sqnr)
+        else:
+            agreement = 1.0  # every layer is float
     log = slim_state(model).log
     for name, v in sorted(sqnr.items()):
         log.append(
@@ -290,10 +349,14 @@ def _float_fallback(model: nn.Module, config: Uniform, data: Iterable) -> None:
                 "layer": name,
                 "sqnr_db": round(v, 2),
                 "decision": "float" if name in low else "int8",
+                **({"calib_agreement": round(agreement, 4)} if agreement is not None else {}),
+                **({"alone_agreement": round(alone[name], 4)} if name in alone else {}),
             }
         )
     if low:
-        warnings.warn(f"quant.uniform: keeping {sorted(low)} in float (int8 SQNR below {config.min_sqnr} dB)")
+        why = [f"int8 SQNR below {config.min_sqnr} dB"] if config.min_sqnr is not None else []
+        why += [f"top-1 agreement below {config.min_agreement}"] if config.min_agreement is not None else []
+        warnings.warn(f"quant.uniform: keeping {sorted(low)} in float ({' or '.join(why)})")
 
 
 @register_method("quant.uniform")
@@ -318,6 +381,17 @@ class UniformMethod(Method):
             names = {n for n, _, _ in chosen}
             fold_all(model, keep=lambda layer, bn: layer in names)
             chosen = list(select(model, config, (nn.Conv2d, nn.Linear)))
+        batches, reference = [], None
+        if config.act_bits:
+            model.eval()
+            device = next(model.parameters()).device
+            for i, batch in enumerate(data):  # the same batches calibrate, measure SQNR and agreement
+                if i >= config.calib_batches:
+                    break
+                batches.append(inputs.to(inputs.of_batch(batch), device))
+            if config.min_agreement is not None:
+                reference = _top1(model, batches)  # the float model's predictions
+            slim_state(model).log.append({"method": "quant.uniform", "layer": "", "reduce_range": reduce_range(config)})
         flags = _flags(model, {n for n, _, _ in chosen}) if config.act_bits else {}
         for name, m, cfg in chosen:
             f = flags.get(name, {"in_q": True, "out_float": True, "relu_after": False})
@@ -327,16 +401,12 @@ class UniformMethod(Method):
             fq = [m for m in model.modules() if isinstance(m, _FakeQuant)]
             for m in fq:
                 m.observing = True
-            model.eval()
-            device = next(model.parameters()).device
-            for i, batch in enumerate(data):
-                if i >= config.calib_batches:
-                    break
-                inputs.call(model, inputs.to(inputs.of_batch(batch), device))
+            for x in batches:
+                inputs.call(model, x)
             for m in fq:
                 m.observing = False
-            if config.min_sqnr is not None:
-                _float_fallback(model, config, data)
+            if config.min_sqnr is not None or config.min_agreement is not None:
+                _float_fallback(model, config, batches, reference)
         return model.train(was)
 
     @classmethod

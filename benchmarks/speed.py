@@ -1,0 +1,158 @@
+"""Speed benchmark: whole-model latency of each headline artifact against its float model, in
+the same engine and against the float model in its fastest engine, at batch 1 and 256, on this
+CPU (recorded with its ISA flags) at the same thread count; plus where the time goes.
+
+Engines (torchslim.measure.engines): eager (torchslim's own runtime), onnxruntime (the exported
+ONNX graph) and, with --compile, torch.compile (inductor; compiling takes minutes). Targets are
+the speed-ups at batch 256 against float32 eager; each row says whether its target is met.
+For every artifact the eager run is profiled per layer type (share of the batch-256 time), so
+that a miss shows where its time goes.
+
+Writes benchmarks/results/speed.{json,md}. Run it alone on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile workers busy while others are timed
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import torchslim as ts
+from torchslim.core.surgery import leaf_modules
+from torchslim.measure import engines, latency_ms, write_report
+from torchslim.measure.latency import cpu_info
+
+from _common import parse, parser
+
+ROOT = Path(__file__).resolve().parent
+ART, RES = ROOT / "artifacts", ROOT / "results"
+SHAPE = (1, 28, 28)
+# artifact -> (float baseline, target speed-up at batch 256 vs float eager, at batch 1 or None)
+TARGETS = {
+    "vgg_small_xnor": ("vgg_small", 4.0, None),
+    "vgg_small_bnn": ("vgg_small", 4.0, None),
+    "vgg_small_int8": ("vgg_small", None, None),
+    "vgg_small_filters": ("vgg_small", 1.8, None),
+    "resnet20_filters": ("resnet20", 1.5, None),
+    "vgg_small_tucker": ("vgg_small", 1.5, None),
+    "lenet5_magnitude": ("lenet5", 1.5, 2.0),
+    "lenet5_deep_compression": ("lenet5", None, None),
+}
+COLUMNS = [
+    "artifact",
+    "engine",
+    "b1_ms",
+    "b256_ms",
+    "speedup_b1",
+    "speedup_b256",
+    "vs_float_eager_b256",
+    "vs_best_float_b256",
+    "target_b256",
+    "met",
+    "where_time_goes_b256",
+]
+
+
+def profile(model: nn.Module, batch: int = 256, reps: int = 5) -> dict[str, float]:
+    """Share of the forward time per leaf-layer type (eager; forward pre/post hooks), in %."""
+    spent: dict[str, float] = defaultdict(float)
+    start: dict[int, float] = {}
+    hooks = []
+    for _, m in leaf_modules(model):
+        hooks.append(m.register_forward_pre_hook(lambda mod, a: start.__setitem__(id(mod), time.perf_counter())))
+        hooks.append(
+            m.register_forward_hook(
+                lambda mod, a, o: spent.__setitem__(
+                    type(mod).__name__, spent[type(mod).__name__] + time.perf_counter() - start[id(mod)]
+                )
+            )
+        )
+    x = torch.randn(batch, *SHAPE)
+    with torch.no_grad():
+        model(x)
+        spent.clear()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            model(x)
+        total = time.perf_counter() - t0
+    for h in hooks:
+        h.remove()
+    out = {k: round(100 * v / total, 1) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    out["(between layers)"] = round(100 - sum(out.values()), 1)
+    return out
+
+
+def main() -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes per model)")
+    ap.add_argument("--only", nargs="*", help="artifacts to run (default: all)")
+    a = parse(ap)
+    names = ["eager", "onnxruntime"] + (["compile"] if a.compile else [])
+    floats: dict[str, dict[str, dict]] = {}
+    rows = []
+
+    def timings(model: nn.Module) -> dict[str, dict]:
+        out = {}
+        for engine in names:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    run = engines.build(engine, model, SHAPE)
+                    out[engine] = {f"b{b}": round(latency_ms(run, SHAPE, b, min_run_time=1.0), 3) for b in (1, 256)}
+            except Exception as e:  # noqa: BLE001 - an engine that cannot run the model is reported
+                out[engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+        return out
+
+    for name, (base, target, target_b1) in TARGETS.items():
+        if a.only and name not in a.only:
+            continue
+        if base not in floats:
+            floats[base] = timings(ts.load(ART / f"{base}.slim"))
+            for engine, t in floats[base].items():
+                rows.append({"artifact": f"{base}.slim", "engine": engine, **_ms(t), "cpu": cpu_info()})
+                print(json.dumps(rows[-1]), flush=True)
+        fb = floats[base]
+        best = min((t["b256"] for t in fb.values() if "b256" in t), default=None)
+        model = ts.load(ART / f"{name}.slim")
+        prof = profile(model)
+        for engine, t in timings(model).items():
+            r = {"artifact": f"{name}.slim", "engine": engine, **_ms(t), "cpu": cpu_info(), "threads": a.threads}
+            if "b256" in t and "b256" in fb.get(engine, {}):
+                r["speedup_b1"] = round(fb[engine]["b1"] / t["b1"], 2)
+                r["speedup_b256"] = round(fb[engine]["b256"] / t["b256"], 2)
+                r["vs_float_eager_b256"] = round(fb["eager"]["b256"] / t["b256"], 2)
+                r["vs_best_float_b256"] = round(best / t["b256"], 2)
+                r["vs_float_eager_b1"] = round(fb["eager"]["b1"] / t["b1"], 2)
+            if target is not None:
+                r["target_b256"] = f">= {target}x" + (f" (b1 >= {target_b1}x)" if target_b1 else "")
+                if "vs_float_eager_b256" in r:
+                    r["met"] = r["vs_float_eager_b256"] >= target and (
+                        target_b1 is None or r["vs_float_eager_b1"] >= target_b1
+                    )
+            if engine == "eager":
+                r["profile_b256"] = prof
+                r["where_time_goes_b256"] = ", ".join(f"{k} {v:.0f}%" for k, v in list(prof.items())[:3])
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    write_report(
+        rows,
+        RES / "speed",
+        COLUMNS,
+        title=f"Whole-model latency vs float, per engine ({cpu_info()}, {torch.get_num_threads()} threads)",
+    )
+
+
+def _ms(t: dict) -> dict:
+    return {"b1_ms": t.get("b1"), "b256_ms": t.get("b256"), **({"error": t["error"]} if "error" in t else {})}
+
+
+if __name__ == "__main__":
+    main()
