@@ -21,7 +21,7 @@ import torch.nn as nn
 
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
-from torchslim.measure import write_report
+from torchslim.measure import layer_table, write_report
 from torchslim.quant import Uniform
 from torchslim.train import TrainConfig, fit, seed_everything
 
@@ -39,7 +39,7 @@ SETTINGS = [  # (name, config)
     ("8-bit, float fallback to 99.5 % calibration agreement", Uniform(reduce_range=False, min_agreement=0.995)),
     ("8-bit, float fallback to 99 % calibration agreement", Uniform(reduce_range=False, min_agreement=0.99)),
 ]
-COLUMNS = ["setting", "top1", "agreement", "calib_agreement", "float_layers", "int8_layers"]
+COLUMNS = ["setting", "top1", "agreement", "calib_agreement", "int8_layers", "int8_macs_pct", "kept_float"]
 
 
 class Gray(nn.Module):
@@ -85,9 +85,12 @@ def main() -> None:
         q.load_state_dict(model.state_dict())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ts.convert_(ts.compress_(q, cfg, data=loaders.train, example_inputs=torch.zeros(1, 1, 28, 28)))
+            calib = make_loaders(DataConfig(dir=a.data_dir), seed=0).train  # the same batches for every setting
+            ts.convert_(ts.compress_(q, cfg, data=calib, example_inputs=torch.zeros(1, 1, 28, 28)))
         pred = predictions(q, loaders.test)
         kinds = [type(m).__name__ for m in q.modules()]
+        macs = {r["name"]: (r["macs"], r["type"]) for r in layer_table(q, (1, 28, 28))}
+        total = sum(m for m, _ in macs.values())
         rows.append(
             {
                 "setting": name,
@@ -95,8 +98,10 @@ def main() -> None:
                 "agreement": round(100 * float((pred == ref).float().mean()), 2),
                 "float_layers": sum(k in ("Conv2d", "Linear") for k in kinds),
                 "int8_layers": sum(k.startswith("Uniform") for k in kinds),
+                "int8_macs_pct": round(100 * sum(m for m, t in macs.values() if t.startswith("Uniform")) / total, 1),
+                "kept_float": " ".join(n for n, (_, t) in macs.items() if t in ("Conv2d", "Linear")),
                 "calib_agreement": next(
-                    (e["calib_agreement"] for e in q.torchslim.log if "calib_agreement" in e), None
+                    (round(100 * e["calib_agreement"], 2) for e in q.torchslim.log if "calib_agreement" in e), None
                 ),
             }
         )

@@ -53,9 +53,29 @@ def headline_table() -> str:
     return "\n".join(lines)
 
 
+def deploy_table() -> str:
+    """The README's deploy table: per artifact, ONNX Runtime's top-1 beside torchslim's and the
+    batch-256 latency in each engine (benchmarks/results/deploy.json)."""
+    lines = [
+        "| artifact | top-1 torchslim / ONNX Runtime | ONNX bytes | b256 ms: eager / ORT / compile | ORT vs eager |",
+        "|---|---|---|---|---|",
+    ]
+    for r in json.loads((RES / "deploy.json").read_text()):
+        times = " / ".join(
+            f"{r[k]:.1f}" if r.get(k) else "-" for k in ("eager_b256_ms", "ort_b256_ms", "compile_b256_ms")
+        )
+        lines.append(
+            f"| {r['artifact']} | {r['top1']:.2f} / {r['ort_top1']:.2f} | {r['onnx_bytes']:,} | {times} | "
+            f"{r['ort_speedup_b256']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def table(name: str) -> str | None:
     if name == "headline":
         return headline_table()
+    if name == "deploy-summary":
+        return deploy_table()
     md = RES / f"{name}.md"
     if not md.exists():
         return None

@@ -49,14 +49,8 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
         ("pruning", {"section": "filters", "model": "resnet20", "method": "float"}),
         ("lowrank", {"section": "conv", "model": "resnet20", "method": "float"}),
     ],
-    "lenet5_magnitude.slim": [
-        ("pruning", {"model": "lenet5", "method": "torchslim prune.magnitude"}),
-        ("deep_compression", {"model": "lenet5", "stage": "pruned"}),
-    ],
-    "lenet300_100_magnitude.slim": [
-        ("pruning", {"model": "lenet300_100", "method": "torchslim prune.magnitude"}),
-        ("deep_compression", {"model": "lenet300_100", "stage": "pruned"}),
-    ],
+    "lenet5_magnitude.slim": [("pruning", {"model": "lenet5", "method": "torchslim prune.magnitude"})],
+    "lenet300_100_magnitude.slim": [("pruning", {"model": "lenet300_100", "method": "torchslim prune.magnitude"})],
     "lenet5_deep_compression.slim": [("deep_compression", {"model": "lenet5", "stage": "+ Huffman"})],
     "lenet300_100_deep_compression.slim": [("deep_compression", {"model": "lenet300_100", "stage": "+ Huffman"})],
     "lenet300_100_svd.slim": [("lowrank", {"section": "svd", "model": "lenet300_100", "method": "lowrank.svd"})],
@@ -65,6 +59,7 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
     ],
     "resnet20_filters.slim": [("pruning", {"model": "resnet20", "method": "torchslim prune.filters"})],
     "vgg_small_tucker.slim": [("lowrank", {"section": "conv", "model": "vgg_small", "method": "lowrank.tucker"})],
+    "vgg_small_cp.slim": [("lowrank", {"section": "cp", "model": "vgg_small", "method": "lowrank.cp"})],
     "vgg_small_int8.slim": [
         ("quantization", {"method": "quant.uniform", "setting": "int8 weights + activations, PTQ (x86 int8 kernels)"})
     ],

@@ -169,9 +169,13 @@ def test_crafted_huffman_streams_are_refused(tmp_path):
     streams = ts.load(good).torchslim.header["entropy"]
     key = min((k for k, v in streams.items() if v["kind"] == "codes"), key=lambda k: streams[k]["bits"])
     first_bad = 2 ** streams[key]["bits"]  # the first value a b-bit code cannot hold
+    k = streams[key]["symbols"]  # the stream tensor: k code lengths, k uint8 symbols, the bits
+    assert streams[key]["alphabet"] == "uint8"
     cases = {
-        "zero lengths": (lambda t, h: t[f"{key}.huff_lengths"].zero_(), "code lengths"),
-        "alphabet out of range": (lambda t, h: t[f"{key}.huff_alphabet"].fill_(first_bad), "outside"),
+        "zero lengths": (lambda t, h: t[f"{key}.huff"][:k].zero_(), "code lengths"),
+        "alphabet out of range": (lambda t, h: t[f"{key}.huff"][k : 2 * k].fill_(first_bad), "outside"),
+        "alphabet too long": (lambda t, h: h["entropy"][key].__setitem__("symbols", 10**6), "do not fit"),
+        "alphabet dtype": (lambda t, h: h["entropy"][key].__setitem__("alphabet", "float64"), "alphabet out of range"),
         "bits huge": (lambda t, h: h["entropy"][key].__setitem__("bits", 10**12), "kind, n or bits out of range"),
         "1e10 symbols": (lambda t, h: h["entropy"][key].__setitem__("n", 10**10), "declares"),
         "kind missing": (lambda t, h: h["entropy"][key].pop("kind"), "entropy-coded streams"),

@@ -204,6 +204,7 @@ def test_min_agreement_falls_back_lowest_sqnr_first_until_the_model_agrees(tmp_p
     with pytest.warns(UserWarning, match="top-1 agreement below 0.99"):
         ts.compress_(model, Uniform(calib_batches=4, reduce_range=True, min_agreement=0.99), data=data)
     log = [e for e in model.torchslim.log if e["method"] == "quant.uniform" and e["layer"]]
+
     def rank(e):
         return (e["alone_agreement"], e["sqnr_db"])
 
