@@ -53,6 +53,131 @@ def headline_table() -> str:
     return "\n".join(lines)
 
 
+# (paper, its headline claim as reported, its data, results file, row selector, what the row is)
+PAPERS = [
+    (
+        "Han et al. 2015, pruning",
+        "LeNet-5 12x fewer weights, no loss",
+        "MNIST",
+        "pruning",
+        {"model": "lenet5", "method": "torchslim prune.magnitude"},
+        "lenet5, AGP + KD",
+    ),
+    (
+        "Han et al. 2016, Deep Compression",
+        "LeNet-5 39x, LeNet-300-100 40x smaller, no loss",
+        "MNIST",
+        "deep_compression",
+        {"model": "lenet5", "stage": "+ Huffman"},
+        "lenet5, whole file",
+    ),
+    (
+        "",
+        "",
+        "",
+        "deep_compression",
+        {"model": "lenet300_100", "stage": "+ Huffman"},
+        "lenet300_100, whole file",
+    ),
+    (
+        "Li et al. 2017, filter pruning",
+        "VGG-16 -34 % FLOPs, no loss",
+        "CIFAR-10",
+        "pruning",
+        {"model": "vgg_small", "method": "torchslim prune.filters", "setting": "L1, <= 50% MACs, 3 ep"},
+        "vgg_small, L1",
+    ),
+    (
+        "Jaderberg et al. 2014, spatial low-rank",
+        "2.5x faster, no loss; 4.5x, < 1 % loss",
+        "text characters",
+        "lowrank",
+        {"model": "vgg_small", "method": "lowrank.spatial"},
+        "vgg_small",
+    ),
+    (
+        "Denton et al. 2014, SVD",
+        "FC weights 5-13x fewer, < 1 % loss",
+        "ImageNet",
+        "lowrank",
+        {"model": "lenet300_100", "method": "lowrank.svd"},
+        "lenet300_100",
+    ),
+    (
+        "Lebedev et al. 2015, CP",
+        "4.5x faster conv layer, 1 % top-5 loss",
+        "ImageNet",
+        "lowrank",
+        {"section": "cp", "method": "lowrank.cp"},
+        "vgg_small, fine-tuned at lr 0.001",
+    ),
+    (
+        "Wu et al. 2016, Q-CNN",
+        "15-20x smaller, 4-6x faster, ~1 % top-5 loss",
+        "ImageNet",
+        "quantization",
+        {"method": "quant.qcnn"},
+        "vgg_small, 1 bit/weight",
+    ),
+    (
+        "Rastegari et al. 2016, BWN",
+        "AlexNet 32x smaller weights, no loss",
+        "ImageNet",
+        "binary",
+        {"method": "binary.bwn"},
+        "vgg_small",
+    ),
+    (
+        "Rastegari et al. 2016, XNOR-Net",
+        "AlexNet -12.4 pp top-1, 58x faster convs",
+        "ImageNet",
+        "binary",
+        {"method": "binary.xnor"},
+        "vgg_small, 4 epochs",
+    ),
+    (
+        "Hubara et al. 2016, BNN",
+        "88.6 % (-1.7 pp vs float)",
+        "CIFAR-10",
+        "binary",
+        {"method": "binary.bnn"},
+        "vgg_small, 4 epochs",
+    ),
+]
+NOT_MEASURED = [
+    ("Liu et al. 2017, network slimming", "VGGNet 20x fewer weights, no loss", "CIFAR-10"),
+    ("Courbariaux et al. 2015, BinaryConnect", "no loss (CIFAR-10 error 9.9 %)", "CIFAR-10"),
+    ("Hinton et al. 2015, KD", "small net 146 -> 74 test errors", "MNIST"),
+    ("Romero et al. 2015, FitNets", "thin student beats its teacher at 10x fewer weights", "CIFAR-10"),
+]
+
+
+def reproduction_table() -> str:
+    """Each paper's headline claim beside what torchslim measures for the same method on
+    Fashion-MNIST, from the results files (ratio: bytes vs the float file, or MACs kept)."""
+    lines = [
+        "| paper | its claim (as reported) | its data | torchslim on Fashion-MNIST | top-1 delta | smaller / MACs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for paper, claim, data, file, want, what in PAPERS:
+        rows = json.loads((RES / f"{file}.json").read_text())
+        row = next(r for r in rows if all(r.get(k) == v for k, v in want.items()))
+        base = float_base(rows, row)
+        size = f"{base['bytes'] / row['bytes']:.1f}x file"
+        if row.get("macs") and base.get("macs") and row["macs"] < base["macs"]:
+            size += f", {100 * row['macs'] / base['macs']:.0f} % MACs"
+        if row.get("nonzeros") and base.get("nonzeros") and row["nonzeros"] < row.get("params", 0):
+            size += f", {base['nonzeros'] / row['nonzeros']:.1f}x fewer nonzeros"
+        art = f" ([{row['artifact']}](benchmarks/artifacts/{row['artifact']}))" if row.get("artifact") else ""
+        lines.append(
+            f"| {paper} | {claim} | {data} | {what}: {row['top1']:.2f} % vs {base['top1']:.2f} %{art} | "
+            f"{row['top1'] - base['top1']:+.2f} pp | {size} |"
+        )
+    for paper, claim, data in NOT_MEASURED:
+        lines.append(f"| {paper} | {claim} | {data} | not measured by a benchmark yet | | |")
+    return "\n".join(lines)
+
+
 def deploy_table() -> str:
     """The README's deploy table: per artifact, ONNX Runtime's top-1 beside torchslim's and the
     batch-256 latency in each engine (benchmarks/results/deploy.json)."""
@@ -76,6 +201,8 @@ def table(name: str) -> str | None:
         return headline_table()
     if name == "deploy-summary":
         return deploy_table()
+    if name == "reproduction":
+        return reproduction_table()
     md = RES / f"{name}.md"
     if not md.exists():
         return None
