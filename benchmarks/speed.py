@@ -124,7 +124,13 @@ def main() -> None:
         model = ts.load(ART / f"{name}.slim")
         prof = profile(model)
         for engine, t in timings(model).items():
-            r = {"artifact": f"{name}.slim", "engine": engine, **_ms(t), "cpu": cpu_info(), "threads": a.threads}
+            r = {
+                "artifact": f"{name}.slim",
+                "engine": engine,
+                **_ms(t),
+                "cpu": cpu_info(),
+                "threads": torch.get_num_threads(),
+            }
             if "b256" in t and "b256" in fb.get(engine, {}):
                 r["speedup_b1"] = round(fb[engine]["b1"] / t["b1"], 2)
                 r["speedup_b256"] = round(fb[engine]["b256"] / t["b256"], 2)
