@@ -175,8 +175,14 @@ def test_crafted_huffman_streams_are_refused(tmp_path):
         "zero lengths": (lambda t, h: t[f"{key}.huff"][:k].zero_(), "code lengths"),
         "alphabet out of range": (lambda t, h: t[f"{key}.huff"][k : 2 * k].fill_(first_bad), "outside"),
         "alphabet too long": (lambda t, h: h["entropy"][key].__setitem__("symbols", 10**6), "do not fit"),
-        "alphabet dtype": (lambda t, h: h["entropy"][key].__setitem__("alphabet", "float64"), "alphabet out of range"),
-        "bits huge": (lambda t, h: h["entropy"][key].__setitem__("bits", 10**12), "kind, n or bits out of range"),
+        "alphabet dtype": (
+            lambda t, h: h["entropy"][key].__setitem__("alphabet", "float64"),
+            "or alphabet out of range",
+        ),
+        "bits huge": (
+            lambda t, h: h["entropy"][key].__setitem__("bits", 10**12),
+            "kind, n, bits or alphabet out of range",
+        ),
         "1e10 symbols": (lambda t, h: h["entropy"][key].__setitem__("n", 10**10), "declares"),
         "kind missing": (lambda t, h: h["entropy"][key].pop("kind"), "entropy-coded streams"),
     }

@@ -196,3 +196,39 @@ def test_sparse_and_pq_kernel_choice_follow_the_measured_timings(monkeypatch, fa
     monkeypatch.setattr(timing_mod, "time_candidates", lambda *a, **k: fake_pq)
     pq = _product(ProductLinear, 24, 10)
     assert product_mod.choose_pq_kernel(pq, torch.randn(1, 24)) == lut[fast] == pq.kernel
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_strided_max_pool_equals_max_pool2d(k):
+    """Catches: a view offset or stride off by one, odd sizes not floored, NaN or -inf handled
+    differently from ``max_pool2d``."""
+    import torch.nn.functional as F
+
+    from torchslim.runtime.pool import StridedMaxPool2d
+
+    g = torch.Generator().manual_seed(0)
+    pool = StridedMaxPool2d(k)
+    for shape in [(2, 3, 8, 8), (1, 4, 7, 9), (3, 2, 2 * k + 1, k)]:
+        x = torch.randint(-3, 3, shape, generator=g).float()  # many ties
+        x[0, 0, 0, 0], x[-1, -1, -1, 0] = float("nan"), float("-inf")
+        assert torch.equal(pool(x).isnan(), F.max_pool2d(x, k).isnan())
+        assert torch.equal(pool(x).nan_to_num(7.0), F.max_pool2d(x, k).nan_to_num(7.0)), shape
+        xc = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(pool(xc).nan_to_num(7.0), F.max_pool2d(x, k).nan_to_num(7.0))
+
+
+def test_fast_pooling_shares_everything_but_the_pools():
+    """The eager engine's view of a model: eligible pools swapped, the model itself unchanged,
+    parameters shared, outputs identical. Catches: the user's model mutated, a deep copy of the
+    packed layers, an overlapping pool (stride < kernel) swapped."""
+    from torchslim.runtime.pool import StridedMaxPool2d, fast_pooling
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.Sequential(nn.Conv2d(4, 4, 3), nn.MaxPool2d(3, stride=2))
+    ).eval()
+    fast = fast_pooling(model)
+    assert type(fast[1]) is StridedMaxPool2d and type(fast[2][1]) is nn.MaxPool2d
+    assert type(model[1]) is nn.MaxPool2d and fast[0] is model[0] and fast[2] is model[2]
+    x = torch.randn(2, 1, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(fast(x), model(x))

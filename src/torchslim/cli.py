@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--engine",
         default="eager",
-        choices=["eager", "compile", "onnxruntime", "auto"],
+        choices=["eager", "pytorch", "compile", "onnxruntime", "auto"],
         help="what runs the model for accuracy and latency; auto times each engine on the model and "
         "uses the fastest (default: eager, torchslim's own runtime)",
     )

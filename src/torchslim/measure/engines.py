@@ -1,6 +1,8 @@
 """Inference engines a converted model runs in, behind one interface, and the choice among them.
 
-* ``eager``: torchslim's own runtime layers in plain PyTorch (numba / int8 / sparse kernels).
+* ``eager``: torchslim's own runtime layers in plain PyTorch (numba / int8 / sparse kernels),
+  non-overlapping max pooling as a maximum of strided views (:mod:`torchslim.runtime.pool`).
+* ``pytorch``: the model's modules exactly as they are (the plain-PyTorch reference).
 * ``compile``: ``torch.compile`` (inductor, CPU) of the same model.
 * ``onnxruntime``: the model exported by :func:`torchslim.export.onnx.export_onnx` (int8 as a
   QDQ graph, packed layers as their exact dense expansion) run by ONNX Runtime.
@@ -50,7 +52,14 @@ class _Runner(nn.Module):
 
 @engine("eager")
 def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
-    return _Runner("eager", model.eval())
+    from torchslim.runtime.pool import fast_pooling
+
+    return _Runner("eager", fast_pooling(model.eval()))
+
+
+@engine("pytorch")
+def _pytorch(model: nn.Module, input_shape: tuple) -> nn.Module:
+    return _Runner("pytorch", model.eval())
 
 
 @engine("compile")

@@ -59,7 +59,8 @@ def measure(
             saved to a temporary file to measure bytes.
         nbytes: the stored size of a model that has no ``.slim`` form (peer tools).
         engine: what runs the model for accuracy and latency (:mod:`torchslim.measure.engines`:
-            eager, compile, onnxruntime, or auto = the fastest of them on this model; its
+            eager (torchslim's runtime), pytorch (the modules as they are), compile,
+            onnxruntime, or auto = the fastest of them on this model; its
             candidates' timings are reported); sizes and MACs are the model's own.
     """
     from torchslim.train.loop import evaluate
@@ -75,7 +76,7 @@ def measure(
         "threads": torch.get_num_threads(),
     }
     run = model
-    if engine != "eager" and (loader is not None or latency):
+    if loader is not None or latency:
         from torchslim.measure import engines
 
         if engine == "auto":
