@@ -188,6 +188,24 @@ def reproduction_table() -> str:
     return "\n".join(lines)
 
 
+def speed_table() -> str:
+    """The README's speed table: each compressed artifact in torchslim's eager runtime at batch 256
+    against its float model (benchmarks/results/speed.json), with the target and the profile."""
+    lines = [
+        "| artifact | b256 ms | vs float (PyTorch) | vs float (same runtime) | target | met | where the time goes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in json.loads((RES / "speed.json").read_text()):
+        if r["engine"] != "eager" or "speedup_b256" not in r:
+            continue
+        lines.append(
+            f"| {r['artifact']} | {r['b256_ms']:.1f} | {r['vs_float_pytorch_b256']:.2f}x | {r['speedup_b256']:.2f}x | "
+            f"{r.get('target_b256', '')} | {'yes' if r.get('met') else 'no' if 'met' in r else ''} | "
+            f"{r.get('where_time_goes_b256', '')} |"
+        )
+    return "\n".join(lines)
+
+
 def deploy_table() -> str:
     """The README's deploy table: per artifact, ONNX Runtime's top-1 beside torchslim's and the
     batch-256 latency in each engine (benchmarks/results/deploy.json)."""
@@ -211,6 +229,8 @@ def table(name: str) -> str | None:
         return headline_table()
     if name == "deploy-summary":
         return deploy_table()
+    if name == "speed-summary":
+        return speed_table()
     if name == "reproduction":
         return reproduction_table()
     md = RES / f"{name}.md"

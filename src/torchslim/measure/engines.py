@@ -85,6 +85,8 @@ def _onnxruntime(model: nn.Module, input_shape: tuple) -> nn.Module:
     so = ort.SessionOptions()
     so.intra_op_num_threads = torch.get_num_threads()
     so.inter_op_num_threads = 1
+    # no spin-waiting between runs: idle ORT threads would take CPU from whatever runs next
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
 
