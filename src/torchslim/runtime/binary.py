@@ -96,8 +96,19 @@ def _numba_kernels() -> dict | bool:
         @njit(parallel=True, cache=True, nogil=True)
         def xnor_gemm(a, b, out):  # (M, W) x (N, W) -> popcounts (M, N)
             m, w = a.shape
+            n = b.shape[0]
+            n4 = n - n % 4
             for i in prange(m):
-                for j in range(b.shape[0]):
+                for j in range(0, n4, 4):  # register blocking: each input word serves 4 rows of b
+                    a0, a1, a2, a3 = 0, 0, 0, 0
+                    for k in range(w):
+                        v = a[i, k]
+                        a0 += popcount64(v ^ b[j, k])
+                        a1 += popcount64(v ^ b[j + 1, k])
+                        a2 += popcount64(v ^ b[j + 2, k])
+                        a3 += popcount64(v ^ b[j + 3, k])
+                    out[i, j], out[i, j + 1], out[i, j + 2], out[i, j + 3] = a0, a1, a2, a3
+                for j in range(n4, n):
                     acc = 0
                     for k in range(w):
                         acc += popcount64(a[i, k] ^ b[j, k])
@@ -136,12 +147,27 @@ def _numba_kernels() -> dict | bool:
                             for k in range(w):
                                 patches[ox, q] = xw[b, oy * sh + ky, ox * sw + kx, k]
                                 q += 1
-                for o in range(n):
+                pop = np.empty((n, wo), np.int64)
+                n4 = n - n % 4
+                for o in range(0, n4, 4):  # register blocking: each patch word serves 4 filters
+                    for ox in range(wo):
+                        a0, a1, a2, a3 = 0, 0, 0, 0
+                        for q in range(p):
+                            v = patches[ox, q]
+                            a0 += popcount64(v ^ flat[o, q])
+                            a1 += popcount64(v ^ flat[o + 1, q])
+                            a2 += popcount64(v ^ flat[o + 2, q])
+                            a3 += popcount64(v ^ flat[o + 3, q])
+                        pop[o, ox], pop[o + 1, ox], pop[o + 2, ox], pop[o + 3, ox] = a0, a1, a2, a3
+                for o in range(n4, n):
                     for ox in range(wo):
                         acc = 0
                         for q in range(p):
                             acc += popcount64(patches[ox, q] ^ flat[o, q])
-                        dot = (n_bits - 2 * np.float32(acc)) - corr[oy, ox, o]
+                        pop[o, ox] = acc
+                for o in range(n):
+                    for ox in range(wo):
+                        dot = (n_bits - 2 * np.float32(pop[o, ox])) - corr[oy, ox, o]
                         out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
 
         _NUMBA = {"pack": pack_rows, "gemm": xnor_gemm, "pack_nchw": pack_nchw, "conv": xnor_conv}
