@@ -48,6 +48,10 @@ TARGETS = {
     "vgg_small_tucker": ("vgg_small", 1.5, None),
     "lenet5_magnitude": ("lenet5", 1.5, 2.0),
     "lenet5_deep_compression": ("lenet5", None, None),
+    "vgg_small_kmeans4": ("vgg_small", None, None),
+    "vgg_small_bwn": ("vgg_small", None, None),
+    "vgg_small_cp": ("vgg_small", None, None),
+    "lenet300_100_svd": ("lenet300_100", None, None),
 }
 COLUMNS = [
     "artifact",

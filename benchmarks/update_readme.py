@@ -32,18 +32,23 @@ HEADLINE = [
 
 def headline_table() -> str:
     lines = [
-        "| method | model | top-1 (float) | accuracy delta | file smaller | speedup b256 | artifact |",
+        "| method | model | top-1 (float) | accuracy delta | file smaller | speed-up b256 (vs PyTorch / same runtime) "
+        "| artifact |",
         "|---|---|---|---|---|---|---|",
     ]
+    speed_rows = json.loads((RES / "speed.json").read_text())
     for artifact, label, file in HEADLINE:
         rows = json.loads((RES / f"{file}.json").read_text())
         row = next(r for r in rows if r.get("artifact") == artifact)
         base = float_base(rows, row)
         model = row.get("model") or base.get("artifact", "").removesuffix(".slim")
-        speed = (
-            f"{base['latency_b256_ms'] / row['latency_b256_ms']:.2f}x"
-            if row.get("latency_b256_ms") and base.get("latency_b256_ms")
-            else ""
+        speed = next(
+            (
+                f"{r['vs_float_pytorch_b256']:.2f}x / {r['speedup_b256']:.2f}x"
+                for r in speed_rows
+                if r["artifact"] == artifact and r["engine"] == "eager"
+            ),
+            "",
         )
         lines.append(
             f"| {label} | {model} | {row['top1']:.2f} ({base['top1']:.2f}) | "
