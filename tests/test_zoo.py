@@ -152,3 +152,35 @@ def test_multi_input_model_records_its_input_shapes(tmp_path):
     assert count_macs(loaded, shape) == conv_macs + fc_macs
     with pytest.raises(ValueError, match="tuple of tensors"):
         ts.compress_(build("two_input"), Magnitude(sparsity=0.5), example_inputs=(x[0], "meta"))
+
+
+def test_multi_input_model_trains_with_cached_teacher_logits():
+    """Distill's offline logit cache keys a sample by all of its inputs. Catches: keys from the first
+    input only (two samples with the same image and different side inputs share the teacher's
+    logits), a teacher called with a tuple it cannot take."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torchslim.distill import Distill
+    from torchslim.train import TrainConfig, fit
+
+    g = torch.Generator().manual_seed(0)
+    image, meta = sample("two_input", 16, g)
+    image = torch.cat([image, image])  # the same images twice, each time with other side inputs
+    meta = torch.cat([meta, torch.randn(16, meta.shape[1], generator=g)])
+    data = DataLoader(TensorDataset(image, meta, torch.randint(0, 10, (32,), generator=g)), batch_size=8)
+    data = [((x, m), y) for x, m, y in data]
+    teacher = build("two_input")
+    runs = []
+    for cache in (None, {}):
+        student = build("two_input")
+        h = fit(
+            student,
+            data,
+            TrainConfig(epochs=2, lr=0.01, seed=0),
+            callbacks=[Distill(teacher, cache=cache)],
+            progress=False,
+        )
+        runs.append([e["train_loss"] for e in h["epochs"]])
+        if cache is not None:
+            assert len(cache) == 32
+    assert runs[0] == runs[1]

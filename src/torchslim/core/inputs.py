@@ -64,10 +64,6 @@ def repeat(x: Inputs, batch: int) -> Inputs:
     return _map(x, lambda t: t[:1].expand(batch, *t.shape[1:]).clone())
 
 
-def batch_size(x: Inputs) -> int:
-    return (x[0] if isinstance(x, tuple) else x).shape[0]
-
-
 def shape_of(x: Inputs) -> list:
     """The input shape without the batch dimension (a list of lists for several inputs)."""
     return [list(t.shape[1:]) for t in x] if isinstance(x, tuple) else list(x.shape[1:])

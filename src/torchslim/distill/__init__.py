@@ -150,15 +150,20 @@ class Distill(Callback):
         return total
 
     @torch.no_grad()
-    def _teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+    def _teacher_logits(self, inputs) -> torch.Tensor:
         if self.cache is None:
             return select_output(call(self.teacher, inputs))
-        keys = [hash(row.numpy().tobytes()) for row in inputs.detach().cpu()]
+        parts = inputs if isinstance(inputs, tuple) else (inputs,)  # a multi-input model: one key per sample
+        host = [t.detach().cpu() for t in parts]
+        keys = [hash(b"".join(t[i].numpy().tobytes() for t in host)) for i in range(len(host[0]))]
         missing = [i for i, k in enumerate(keys) if k not in self.cache]
         if missing:
-            for i, row in zip(missing, select_output(self.teacher(inputs[missing])).cpu()):
+            rows = tuple(t[missing] for t in parts)
+            for i, row in zip(
+                missing, select_output(call(self.teacher, rows if isinstance(inputs, tuple) else rows[0])).cpu()
+            ):
                 self.cache[keys[i]] = row
-        return torch.stack([self.cache[k] for k in keys]).to(inputs.device)
+        return torch.stack([self.cache[k] for k in keys]).to(parts[0].device)
 
     def after_step(self, model, step):
         if self._opt is not None:

@@ -134,7 +134,8 @@ def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
             )
         for key, symbols, meta in streams:
             stream, alphabet, lengths = huffman.encode(symbols)
-            alphabet = _narrow(alphabet).astype(_narrow(alphabet).dtype.newbyteorder("<"))
+            alphabet = _narrow(alphabet)
+            alphabet = alphabet.astype(alphabet.dtype.newbyteorder("<"))
             blob = np.concatenate([lengths.astype(np.uint8), alphabet.view(np.uint8), stream.astype(np.uint8)])
             raw = tensors[key].numel() * tensors[key].element_size()
             if blob.nbytes >= raw:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -29,17 +31,19 @@ def latency_ms(
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "asimd", "sve")
 
 
-def _cpuinfo() -> tuple[str, list[str]]:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, tuple[str, ...]]:
+    """(model name, flags) from /proc/cpuinfo, read once per process."""
     import platform
     from pathlib import Path
 
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine() or "unknown", []
+        return platform.processor() or platform.machine() or "unknown", ()
     name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith(("flags", "Features"))), [])
-    return name or platform.machine(), flags
+    return name or platform.machine(), tuple(flags)
 
 
 def cpu_flags() -> set[str]:

@@ -66,12 +66,11 @@ class Uniform(MethodConfig):
             data has ``SQNR = 10 log10(|y|^2 / |y - y_int8|^2)`` below this many dB stays float
             (squeeze-excitation gates, layers before SiLU / hardswish); None keeps every layer int8.
             The decisions and SQNRs are recorded in the model's log (and the .slim header).
-        min_agreement: float fallback by the whole model's behaviour (``act_bits=8``): while the
-            int8 model's top-1 agrees with the float model's on fewer than this fraction of the
-            calibration samples, the int8 layer with the lowest SQNR goes back to float (after
-            the ``min_sqnr`` ones), the layer whose int8 form alone (every other layer float)
-            agrees least first (per-layer sensitivity analysis; ties: lowest SQNR first).
-            None: no such fallback.
+        min_agreement: float fallback by the whole model's behaviour (``act_bits=8``): after the
+            ``min_sqnr`` layers, while the int8 model's top-1 agrees with the float model's on
+            fewer than this fraction of the calibration samples, one more layer goes back to
+            float: the one whose int8 form alone (every other layer float) agrees least
+            (per-layer sensitivity analysis; ties: lowest SQNR first). None: no such fallback.
     """
 
     bits: int = 8
@@ -332,15 +331,13 @@ def _float_fallback(model: nn.Module, config: Uniform, batches: list, reference:
             alone[name] = float((_top1(model, batches) == reference).float().mean())
         for m in fq.values():
             m.bypass = False
-        for name in sorted(sqnr, key=lambda n: (alone.get(n, 0.0), sqnr[n])):
-            agreement = float((_top1(model, batches) == reference).float().mean())
+        agreement = float((_top1(model, batches) == reference).float().mean())
+        for name in sorted(set(sqnr) - low, key=lambda n: (alone[n], sqnr[n])):
             if agreement >= config.min_agreement:
                 break
-            if name not in low:
-                low.add(name)
-                _to_float(model, low, sqnr)
-        else:
-            agreement = 1.0  # every layer is float
+            low.add(name)
+            _to_float(model, low, sqnr)
+            agreement = float((_top1(model, batches) == reference).float().mean())
     log = slim_state(model).log
     for name, v in sorted(sqnr.items()):
         log.append(
