@@ -236,6 +236,9 @@ def test_crafted_headers_are_refused_with_the_file_and_field_named(tmp_path):
             "need .* bytes but the file holds",
         ),
         "nested specs": (lambda h: h["arch"]["overrides"].update({"1": _nest(40)}), "nest deeper"),
+        "input too large": (lambda h: h["extra"].update(input_shape=[2, 4096, 4096]), "input_shape: .* more than"),
+        "input not ints": (lambda h: h["extra"].update(input_shape=[[1, "a"]]), "input_shape: .* positive ints"),
+        "too many inputs": (lambda h: h["extra"].update(input_shape=[[1]] * 17), "input_shape: at most 16"),
     }
     for name, (head, match) in cases.items():
         bad = tmp_path / f"{name}.slim"

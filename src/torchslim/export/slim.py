@@ -302,7 +302,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
                 m.validate()
             except ValueError as e:
                 raise SlimFileError(f"{path}: layer {name!r} ({type(m).__name__}): {e}") from None
-    shape = input_shape(header)
+    try:
+        shape = input_shape(header)
+    except ValueError as e:
+        raise SlimFileError(f"{path}: extra.input_shape: {e}") from None
     if shape is not None:  # the declared architecture must run on its declared input
         try:
             with torch.no_grad():
@@ -363,13 +366,11 @@ def _check_declared_size(arch: Any, overrides: Any, model: nn.Module | None, ten
 
 def input_shape(header: dict) -> tuple | None:
     """Input shape (without the batch; a tuple of shapes for several inputs) the file's model takes:
-    recorded at save time, or the registry model's (C, S, S); None when the file does not say."""
+    recorded at save time, or the registry model's (C, S, S); None when the file does not say.
+    A malformed or oversized recorded shape raises ValueError (it is never allocated)."""
     shape = (header.get("extra") or {}).get("input_shape")
     if shape is not None:
-        try:
-            return inputs.check_shape(shape)
-        except ValueError:
-            return None
+        return inputs.check_shape(shape)
     kw = (header.get("arch") or {}).get("kwargs") or {}
     c, s = kw.get("in_channels", 1), kw.get("input_size", 28)
     if header.get("arch") and isinstance(c, int) and isinstance(s, int) and 0 < c <= 64 and 0 < s <= 1024:
