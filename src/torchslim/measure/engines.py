@@ -72,16 +72,12 @@ def _compile(model: nn.Module, input_shape: tuple) -> nn.Module:
     return _Runner("compile", compiled)
 
 
-@engine("onnxruntime")
-def _onnxruntime(model: nn.Module, input_shape: tuple) -> nn.Module:
+def onnx_runner(path: str | os.PathLike, keep: object = None) -> nn.Module:
+    """An ONNX file run by ONNX Runtime on the CPU at torch's thread count, as a module."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ImportError("the onnxruntime engine needs: pip install 'torchslim[onnx]'") from None
-    from torchslim.export.onnx import export_onnx
-
-    tmp = tempfile.TemporaryDirectory()
-    path = export_onnx(model, inputs.from_shape(input_shape), Path(tmp.name) / "model.onnx")
     so = ort.SessionOptions()
     so.intra_op_num_threads = torch.get_num_threads()
     so.inter_op_num_threads = 1
@@ -95,7 +91,15 @@ def _onnxruntime(model: nn.Module, input_shape: tuple) -> nn.Module:
         outs = tuple(torch.from_numpy(o) for o in outs)
         return outs[0] if len(outs) == 1 else outs
 
-    return _Runner("onnxruntime", run, keep=(tmp, sess))
+    return _Runner("onnxruntime", run, keep=(keep, sess))
+
+
+@engine("onnxruntime")
+def _onnxruntime(model: nn.Module, input_shape: tuple) -> nn.Module:
+    from torchslim.export.onnx import export_onnx
+
+    tmp = tempfile.TemporaryDirectory()
+    return onnx_runner(export_onnx(model, inputs.from_shape(input_shape), Path(tmp.name) / "model.onnx"), keep=tmp)
 
 
 def available() -> list[str]:
