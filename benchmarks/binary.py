@@ -5,11 +5,16 @@ torch.ao static int8, in one run.
 Sections (``--only`` picks some):
   kernel  binary conv (256 -> 256, 3x3, 16x16 maps, batch 16, padding 1) and binary
           linear (M=256, K=4608, N=256) against float32 conv / matmul of the same shape.
-  models  each method fine-tuned from the float baseline (Adam, 4 epochs; first conv and
-          last linear float), converted to packed layers; accuracy, file bytes, latency;
-          exactness: max |packed logits - fake-binarized logits| over the test set, the share
-          of identical predictions, and the fraction of binary-layer input signs that differ
-          (values within float rounding of 0 can flip; each packed layer is exact on equal inputs).
+  float, bwn, xnor, bnn, kbit2, peer
+          the float baseline; each method fine-tuned from it (Adam, cosine; first conv and last
+          linear float), converted to packed layers; accuracy, file bytes, latency; exactness:
+          max |packed logits - fake-binarized logits| over the test set, the share of identical
+          predictions, and the fraction of binary-layer input signs that differ (values within
+          float rounding of 0 can flip; each packed layer is exact on equal inputs). XNOR-Net and
+          BNN train with Bi-Real real-valued shortcuts, ReActNet's learned sign thresholds (BNN
+          also with XNOR-Net++'s learned scales, for the hidden FC layer that no BatchNorm follows) and
+          knowledge distillation from the float model (Hinton KD on logits, T=4, alpha=0.9) for
+          8 epochs; BWN and DoReFa 2-bit train 4 epochs without them. torch.ao static int8 is the peer.
 
 Writes benchmarks/results/binary.{json,md}, binary_kernel.{json,md} and the artifacts
 benchmarks/artifacts/vgg_small_{xnor,bnn,bwn}.slim.
@@ -31,6 +36,7 @@ import torchslim as ts
 from torchslim.binary import BNN, BWN, XNOR, KBit
 from torchslim.core.api import method_callbacks
 from torchslim.data import DataConfig, make_loaders
+from torchslim.distill import Distill
 from torchslim.measure import measure, write_report
 from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear
 from torchslim.train import TrainConfig, fit
@@ -42,7 +48,14 @@ ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
 SHAPE = (1, 28, 28)
 NAME = "vgg_small"
 FT = {"epochs": 4, "optimizer": "adam", "lr": 0.0005, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
-METHODS = {"bwn": BWN(), "xnor": XNOR(), "bnn": BNN(), "kbit2": KBit(weight_bits=2, act_bits=2)}
+LONG = {**FT, "epochs": 8}
+# tag: (config, fine-tuning, distil from the float model)
+METHODS = {
+    "bwn": (BWN(), FT, False),
+    "xnor": (XNOR(shortcut=True, threshold=True), LONG, True),
+    "bnn": (BNN(shortcut=True, threshold=True, learned_scale=True), LONG, True),
+    "kbit2": (KBit(weight_bits=2, act_bits=2), FT, False),
+}
 COLUMNS = [
     "method",
     "setting",
@@ -135,59 +148,80 @@ def _exactness(packed: nn.Module, fake: nn.Module, loader) -> dict:
     }
 
 
-def models(data_dir) -> list[dict]:
-    loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
-    base = {
+def _float_row(loaders) -> dict:
+    return {
         "method": "float32",
         "setting": "baseline",
         **measure(ts.load(ART / f"{NAME}.slim"), SHAPE, loader=loaders.test, path=ART / f"{NAME}.slim"),
     }
-    rows = [base]
-    for tag, cfg in METHODS.items():
-        model = ts.compress_(ts.load(ART / f"{NAME}.slim"), cfg)
-        hist = fit(
-            model,
-            loaders.train,
-            TrainConfig(**FT),
-            val_loader=loaders.val,
-            callbacks=method_callbacks(model),
-            checkpoint_dir=CACHE / f"binary_{tag}",
-            desc=tag,
-        )
-        model.eval()
-        fake = copy.deepcopy(model)
-        ts.convert_(model)
-        path = CACHE / f"binary_{tag}" / "model.slim"
-        ts.save(model, path, recipe={"model": {"from": f"{NAME}.slim"}, "stages": [{**cfg.to_dict(), "finetune": FT}]})
-        packed = ts.load(path)
-        r = {
-            "method": cfg.method,
-            "setting": f"{FT['epochs']} ep Adam from float; first/last float",
-            **measure(packed, SHAPE, loader=loaders.test, path=path, min_run_time=1.0),
-            **_exactness(packed, fake, loaders.test),
-            "train_seconds": round(hist["seconds"]),
-        }
-        rows.append(compare(r, base))
-        print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
-        if tag in ("xnor", "bnn", "bwn"):
-            shutil.copyfile(path, ART / f"{NAME}_{tag}.slim")
-    peer = torch_ao_int8(ts.load(ART / f"{NAME}.slim").eval(), True, loaders.train)
+
+
+def method(tag: str, data_dir, base: dict) -> list[dict]:
+    loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
+    cfg, ft, kd = METHODS[tag]
+    model = ts.compress_(ts.load(ART / f"{NAME}.slim"), cfg)
+    callbacks = method_callbacks(model)
+    if kd:
+        callbacks.append(Distill(ts.load(ART / f"{NAME}.slim").eval(), T=4.0, alpha=0.9, cache={}))
+    hist = fit(
+        model,
+        loaders.train,
+        TrainConfig(**ft),
+        val_loader=loaders.val,
+        callbacks=callbacks,
+        checkpoint_dir=CACHE / f"binary_{tag}",
+        desc=tag,
+    )
+    model.eval()
+    fake = copy.deepcopy(model)
+    ts.convert_(model)
+    path = CACHE / f"binary_{tag}" / "model.slim"
+    stage = {**cfg.to_dict(), "finetune": ft}
+    ts.save(model, path, recipe={"model": {"from": f"{NAME}.slim"}, "stages": [stage]})
+    packed = ts.load(path)
+    extras = [k for k in ("shortcut", "threshold", "learned_scale") if getattr(cfg, k, False)] + (
+        ["KD T=4 a=0.9"] if kd else []
+    )
+    r = {
+        "method": cfg.method,
+        "setting": f"{ft['epochs']} ep Adam from float; first/last float" + "".join(f"; {e}" for e in extras),
+        **measure(packed, SHAPE, loader=loaders.test, path=path, min_run_time=1.0),
+        **_exactness(packed, fake, loaders.test),
+        "train_seconds": round(hist["seconds"]),
+    }
+    print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
+    if tag in ("xnor", "bnn", "bwn"):
+        shutil.copyfile(path, ART / f"{NAME}_{tag}.slim")
+    return [compare(r, base)]
+
+
+def peer(data_dir, base: dict) -> list[dict]:
+    loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
+    model = torch_ao_int8(ts.load(ART / f"{NAME}.slim").eval(), True, loaders.train)
     r = {
         "method": "torch.ao static int8",
         "setting": "FX, x86 qconfig; bytes = torch.save(state_dict)",
-        **measure(peer, SHAPE, loader=loaders.test, nbytes=state_bytes(peer), min_run_time=1.0),
+        **measure(model, SHAPE, loader=loaders.test, nbytes=state_bytes(model), min_run_time=1.0),
     }
-    rows.append(compare(r, base))
-    return rows
+    return [compare(r, base)]
+
+
+SECTIONS = ["float", *METHODS, "peer"]
 
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--only", nargs="*", default=["kernel", "models"])
+    ap.add_argument("--only", nargs="*", default=["kernel", *SECTIONS], choices=["kernel", *SECTIONS])
     a = parse(ap)
-    sections = run_sections(
-        CACHE / "binary_sections.json", a.only, {"kernel": kernel, "models": lambda: models(a.data_dir)}
-    )
+    cache = CACHE / "binary_sections.json"
+
+    def base() -> dict:  # the float row of this run, or the cached one when only methods are rerun
+        return json.loads(cache.read_text())["float"][0]
+
+    runners = {"kernel": kernel, "float": lambda: [_float_row(make_loaders(DataConfig(dir=a.data_dir), seed=0))]}
+    runners.update({t: (lambda t=t: method(t, a.data_dir, base())) for t in METHODS})
+    runners["peer"] = lambda: peer(a.data_dir, base())
+    sections = run_sections(cache, a.only, runners)
     if "kernel" in sections:
         write_report(
             sections["kernel"],
@@ -195,9 +229,9 @@ def main() -> None:
             ["layer", "float32_ms", "packed_ms", "speedup", "threads"],
             title="Packed xnor-popcount layers vs float32 torch (same logical shape)",
         )
-    if "models" in sections:
+    if all(k in sections for k in SECTIONS):
         write_report(
-            sections["models"],
+            [r for k in SECTIONS for r in sections[k]],
             RES / "binary",
             COLUMNS,
             title=f"Binary {NAME} on Fashion-MNIST (test split), float and torch.ao int8 in the same run",

@@ -25,14 +25,33 @@ def masked_reference(original: nn.Module, config) -> nn.Module:
     return ref
 
 
+def _block_means(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Means of ``s x s`` blocks, a partial block at the edge averaging what it covers (NaN padding)."""
+    b, c, h, w = x.shape
+    hp, wp = -(-h // s) * s, -(-w // s) * s
+    padded = torch.full((b, c, hp, wp), float("nan"), dtype=x.dtype)
+    padded[:, :, :h, :w] = x
+    return padded.view(b, c, hp // s, s, wp // s, s).nanmean((3, 5))
+
+
 class _FakeBinary(nn.Module):
-    """``y = (q_a(x) * q_w(W)) [* alpha_o] [* K] + b`` from the paper's formulas."""
+    """``y = (q_a(x - t) * q_w(W)) [* alpha_o] [* K] + b`` from the paper's formulas; with a Bi-Real
+    shortcut ``BN(y) + P(x)``, ``P`` the block means and ``out / in`` channel copies."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        t = m.threshold
+        y = self._binary(x if t is None else x - t.view((1, -1) + (1,) * (x.dim() - 2)))
+        if m.bn is None:
+            return y
+        s = x if m.stride == (1, 1) else _block_means(x, m.stride[0])
+        return m.bn(y) + torch.cat([s] * (m.out_channels // m.in_channels), 1)
+
+    def _binary(self, x: torch.Tensor) -> torch.Tensor:
         m = self.layer
         w = m.weight
         q_in, q_w = m.input_q, m.weight_q
@@ -53,7 +72,9 @@ class _FakeBinary(nn.Module):
         conv = isinstance(m, nn.Conv2d)
         y = F.conv2d(xq, wq, None, m.stride, m.padding, m.dilation, m.groups) if conv else F.linear(xq, wq)
         shape = (1, -1, 1, 1) if conv else (1, -1)
-        if m.weight_scale:
+        if m.gamma is not None:
+            y = y * m.gamma.view(shape)
+        elif m.weight_scale:
             y = y * w.abs().flatten(1).mean(1).view(shape)
         if m.input_scale:
             if conv:

@@ -35,6 +35,14 @@ class TestXNORContract(_BinaryContract):
     config = XNOR()
 
 
+class TestBiRealBNNContract(_BinaryContract):
+    config = BNN(shortcut=True, threshold=True, learned_scale=True)
+
+
+class TestBiRealXNORContract(_BinaryContract):
+    config = XNOR(shortcut=True, threshold=True)
+
+
 class TestBWNContract(_BinaryContract):
     config = BWN()
 
@@ -186,3 +194,103 @@ def test_packed_layers_count_their_macs():
     dense = count_macs(model, (1, 28, 28))
     ts.convert_(ts.compress_(model, XNOR()).eval())
     assert count_macs(model, (1, 28, 28)) == dense
+
+
+class _SharedReluNet(torch.nn.Module):
+    """A user's net with one ReLU module called five times (as torchvision's BasicBlock does), a
+    stride-2 conv on odd maps and a conv whose channels do not allow a shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.c0, self.b0 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c1, self.b1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c3, self.b3 = nn.Conv2d(16, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12)
+        self.fc1, self.fc, self.r = nn.Linear(12 * 5 * 5, 20), nn.Linear(20, 3), nn.ReLU()
+
+    def forward(self, x):
+        x = self.r(self.b0(self.c0(x)))
+        x = self.r(self.b1(self.c1(x)))
+        x = self.r(self.b2(self.c2(x)))
+        x = self.r(self.b3(self.c3(x)))
+        return self.fc(self.r(self.fc1(x.flatten(1))))
+
+
+def _bireal(cfg, seed=0):
+    torch.manual_seed(seed)
+    model, x = _SharedReluNet(), torch.randn(6, 1, 9, 9)
+    with pytest.warns(UserWarning, match=r"no real-valued shortcut for \['c3'\]"):
+        ts.compress_(model, cfg, example_inputs=x[:1])
+    model.train()
+    for _ in range(3):  # BN running statistics away from their init
+        model(torch.randn(8, 1, 9, 9))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("threshold"):
+                p.normal_(0, 0.3)
+            if n.endswith("gamma"):
+                p.uniform_(0.5, 1.5)
+    return model.eval(), x
+
+
+@pytest.mark.parametrize(
+    "cfg", [BNN(shortcut=True, threshold=True, learned_scale=True), XNOR(shortcut=True, threshold=True)]
+)
+def test_bireal_shortcut_and_threshold_pack_exactly_on_a_user_model(cfg, tmp_path):
+    """Catches: a packed layer that drops the threshold or the shortcut, a shortcut with the wrong
+    spatial size or channel order, a BatchNorm folded into the sum instead of the conv, a file
+    or ONNX graph that loses either."""
+    model, x = _bireal(cfg)
+    assert isinstance(model.b1, torch.nn.Identity) and isinstance(model.b3, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        ref, fake = binary_reference(model, model)(x), model(x)
+    assert torch.allclose(fake, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
+    ts.convert_(model)
+    assert model.c2.shortcut and not model.c3.shortcut and model.fc1.threshold is not None
+    with torch.no_grad():
+        out = model(x)
+    # BN folded into the scale: float32 rounding of the fold only
+    assert torch.allclose(out, fake, rtol=0, atol=1e-5 * float(fake.abs().max()))
+    ts.save(model, tmp_path / "m.slim")
+    with torch.no_grad():
+        assert torch.equal(ts.load(tmp_path / "m.slim", model=_SharedReluNet())(x), out)
+    ort = pytest.importorskip("onnxruntime")
+    path = ts.export_onnx(model, x[:2], tmp_path / "m.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(got, out.numpy(), rtol=0, atol=1e-5 * float(out.abs().max()))
+
+
+def test_learned_threshold_gradient_is_the_straight_through_estimator():
+    """d L / d t_c = -sum_b 1[|x_bc - t_c| <= 1] (g W)_bc for y = sign(x - t) W^T (BNN, no scaling).
+    Catches: a threshold outside the autograd graph, a sign flipped, the STE window at x, not x - t."""
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 5), torch.nn.Linear(5, 2))
+    ts.compress_(lin, BNN(threshold=True))
+    layer = lin[1]
+    with torch.no_grad():
+        layer.threshold.normal_(0, 0.5)
+    x, g = torch.randn(7, 6) * 1.5, torch.randn(7, 5)
+    (layer(x) * g).sum().backward()
+    w = torch.where(layer.weight < 0, -1.0, 1.0)
+    inside = ((x - layer.threshold).abs() <= 1).float()
+    expected = -(inside * (g @ w)).sum(0)
+    assert torch.allclose(layer.threshold.grad, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_shared_relu_module_is_kept_and_reported_unless_shortcuts_remove_it():
+    """Catches: a ReLU module removed because one of its calls feeds a binary layer while another
+    feeds a float one (the float path silently loses its nonlinearity), and a kept one not reported."""
+    model = _SharedReluNet()
+    with pytest.warns(UserWarning, match=r"ReLU modules \{'r'"):
+        ts.compress_(model, BNN(), example_inputs=torch.randn(1, 1, 9, 9))
+    assert isinstance(model.r, torch.nn.ReLU)
+    model, _ = _bireal(BNN(shortcut=True))
+    assert isinstance(model.r, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("bad", [{"shortcut": 1}, {"threshold": "yes"}, {"learned_scale": None}])
+def test_binary_training_options_are_booleans(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        BNN(**bad)

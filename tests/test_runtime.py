@@ -77,8 +77,9 @@ def _binary_conv():
 
 
 def _binary_linear():
-    m = PackedBinaryLinear(70, 5)
+    m = PackedBinaryLinear(70, 5, threshold=True)
     m.set_weight(torch.randn(5, 70), torch.rand(5), torch.randn(5))
+    m.threshold.normal_()
     return m
 
 

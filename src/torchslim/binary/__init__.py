@@ -17,7 +17,25 @@ ReLU that feeds a binarized layer is removed, so the block reads
 BatchNorm -> sign -> binary conv (max-pool commutes with sign). Convert packs the
 bits (``PackedBinaryConv2d/Linear``, xnor-popcount kernels; BatchNorm folded into
 the per-channel scale) or, for ``kbit``, bit-packed codebook layers behind a k-bit
-activation quantizer. Design-rule warnings (from the survey): binarizing a 1x1
+activation quantizer.
+
+Options of the binary-activation methods (``bnn``, ``xnor``) from the binary-training
+literature; both stay compatible with the packed kernels:
+
+* ``threshold`` (ReActNet, Liu et al. 2020, RSign): a learned per-input-channel
+  threshold, ``sign(x_c - t_c)``; its gradient is the straight-through estimator's.
+* ``learned_scale`` (Bulat & Tzimiropoulos 2019, XNOR-Net++): a per-filter scale ``Gamma_o``
+  learned by backpropagation (initialized to ``mean|W_o|``) multiplies the +/-1 product in place
+  of ``alpha``; it keeps a binary layer that no BatchNorm follows (a hidden FC layer) at the
+  scale of its float input instead of at ``+/-n``. It is the packed layer's per-channel scale.
+* ``shortcut`` (Bi-Real Net, Liu et al. 2018): each binary conv that a BatchNorm
+  follows becomes ``BN(conv(sign(x))) + P(x)``, a real-valued shortcut (``P``: identity,
+  ``stride x stride`` means, channels repeated ``out / in`` times), so the block passes
+  its real activations on instead of only their signs. ReLUs feeding binary layers are
+  removed as before. A conv whose shape does not allow ``P`` (channels not a multiple,
+  not 'same' padding) or that no BatchNorm follows keeps no shortcut (warned).
+
+Design-rule warnings (from the survey): binarizing a 1x1
 conv, activations above 4 bits, binarizing the first or last layer.
 """
 
@@ -34,12 +52,18 @@ import torch.nn.functional as F
 
 from torchslim.binary.quantizers import Quantizer, bwn_scale, get_quantizer
 from torchslim.core.config import MethodConfig, check_int
-from torchslim.core.fold import bn_affine, fold_all
+from torchslim.core.fold import bn_affine, conv_bn_pairs, fold_all
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import get_module, same_layer, set_module
 from torchslim.runtime.activation import KBitAct
-from torchslim.runtime.binary import PackedBinaryConv2d, PackedBinaryLinear, input_scale_map
+from torchslim.runtime.binary import (
+    PackedBinaryConv2d,
+    PackedBinaryLinear,
+    input_scale_map,
+    real_shortcut,
+    shortcut_fits,
+)
 from torchslim.runtime.codebook import CodebookConv2d, CodebookLinear
 from torchslim.train.callbacks import Callback
 
@@ -51,6 +75,9 @@ class _BinaryConfig(MethodConfig):
 
     weight_scale: ClassVar[bool] = False  # BWN's alpha = mean|W| per filter
     input_scale: ClassVar[bool] = False  # XNOR-Net's K map
+    threshold: ClassVar[bool] = False  # learned sign thresholds (binary activations only)
+    learned_scale: ClassVar[bool] = False  # XNOR-Net++'s learned per-filter scale (binary activations only)
+    shortcut: ClassVar[bool] = False  # Bi-Real real-valued shortcuts (binary activations only)
 
     def weight_quantizer(self) -> Quantizer:
         return get_quantizer("ste_sign")
@@ -78,22 +105,33 @@ class BWN(_BinaryConfig):
 
 
 @dataclass(frozen=True)
-class BNN(_BinaryConfig):
-    """Binary weights and activations (no scaling)."""
+class _SignActs(_BinaryConfig):
+    """Binary activations, with the optional learned threshold and real-valued shortcut."""
+
+    threshold: bool = False
+    shortcut: bool = False
+    learned_scale: bool = False
 
     def input_quantizer(self) -> Quantizer | None:
         return get_quantizer("ste_sign")
 
+    def validate(self) -> None:
+        for name in ("threshold", "shortcut", "learned_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}; use true or false")
+
 
 @dataclass(frozen=True)
-class XNOR(_BinaryConfig):
+class BNN(_SignActs):
+    """Binary weights and activations (no scaling)."""
+
+
+@dataclass(frozen=True)
+class XNOR(_SignActs):
     """Binary weights (alpha) and activations (input scale map K)."""
 
     weight_scale: ClassVar[bool] = True
     input_scale: ClassVar[bool] = True
-
-    def input_quantizer(self) -> Quantizer | None:
-        return get_quantizer("ste_sign")
 
 
 @dataclass(frozen=True)
@@ -120,9 +158,24 @@ class KBit(_BinaryConfig):
 class _BinaryMixin:
     """Quantizers and scaling flags shared by the conv and linear training layers."""
 
-    def _init_binary(self, config: _BinaryConfig) -> None:
+    def _init_binary(self, config: _BinaryConfig, inputs: int) -> None:
         self.weight_q, self.input_q = config.weight_quantizer(), config.input_quantizer()
         self.weight_scale, self.input_scale = config.weight_scale, config.input_scale
+        self.threshold = nn.Parameter(torch.zeros(inputs)) if config.threshold else None
+        self.gamma = nn.Parameter(bwn_scale(self.weight.detach()).flatten().clone()) if config.learned_scale else None
+        self.bn: nn.Module | None = None  # the BatchNorm inside a real-valued shortcut
+
+    def shifted(self, x: torch.Tensor) -> torch.Tensor:
+        """``x - t`` per input channel (RSign), or ``x``."""
+        if self.threshold is None:
+            return x
+        return x - self.threshold.view((1, -1) + (1,) * (x.dim() - 2))
+
+    def block(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``BN(y) + P(x)`` for a layer with a real-valued shortcut, else ``y``."""
+        if self.bn is None:
+            return y
+        return self.bn(y) + real_shortcut(x, self.out_channels, self.stride)
 
     @property
     def binary_activations(self) -> bool:
@@ -140,7 +193,9 @@ class _BinaryMixin:
         """``y * alpha (* K) + bias``. The scales multiply the +/-1 product afterwards, so the product
         is an exact integer in float32 (a zero stays exactly zero, as in the packed kernel)."""
         shape = (1, -1) + (1,) * (y.dim() - 2)
-        if self.weight_scale:
+        if self.gamma is not None:
+            y = y * self.gamma.view(shape)
+        elif self.weight_scale:
             y = y * bwn_scale(self.weight).view(shape)
         if self.input_scale:
             y = y * (
@@ -153,22 +208,22 @@ class _BinaryMixin:
 
 class BinaryConv2d(nn.Conv2d, _BinaryMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaled(
-            F.conv2d(
-                self.binary_input(x), self.binary_weight(), None, self.stride, self.padding, self.dilation, self.groups
-            ),
-            x,
+        xs = self.shifted(x)
+        y = F.conv2d(
+            self.binary_input(xs), self.binary_weight(), None, self.stride, self.padding, self.dilation, self.groups
         )
+        return self.block(self.scaled(y, xs), x)
 
 
 class BinaryLinear(nn.Linear, _BinaryMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaled(F.linear(self.binary_input(x), self.binary_weight()), x)
+        xs = self.shifted(x)
+        return self.scaled(F.linear(self.binary_input(xs), self.binary_weight()), xs)
 
 
 def _training_layer(m: nn.Module, config: _BinaryConfig) -> nn.Module:
     new = same_layer(m, BinaryConv2d if isinstance(m, nn.Conv2d) else BinaryLinear)
-    new._init_binary(config)
+    new._init_binary(config, m.in_channels if isinstance(m, nn.Conv2d) else m.in_features)
     with torch.no_grad():
         if new.weight_q.clip_latent and not new.weight_scale:
             new.weight.clamp_(-1, 1)
@@ -216,8 +271,12 @@ def _chosen(model: nn.Module, config: MethodConfig) -> list[str]:
     return names
 
 
-def _drop_feeding_relus(model: nn.Module, binary_input: set[str]) -> None:
-    """Replace each nn.ReLU whose output reaches only binary-input layers (through pooling etc.)."""
+def _drop_feeding_relus(model: nn.Module, binary_input: set[str], real_shortcuts: bool = False) -> None:
+    """Replace the nn.ReLU modules whose output reaches binary-input layers (through pooling etc.),
+    where ``sign(relu(x))`` would always be +1. A ReLU module is replaced when every call of it feeds
+    only binary-input layers; with real-valued shortcuts (Bi-Real Net has no ReLU before a sign) when
+    any call of it reaches one. A ReLU module or function call left in place that reaches a binary
+    layer is reported: the user's code must change there."""
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as e:  # fx raises many types on untraceable code
@@ -239,11 +298,6 @@ def _drop_feeding_relus(model: nn.Module, binary_input: set[str]) -> None:
                 return False
         return ok
 
-    for node in graph.nodes:
-        if node.op == "call_module" and isinstance(mods.get(node.target), nn.ReLU) and feeds_only_binary(node):
-            set_module(model, node.target, nn.Identity())
-
-    # A ReLU written as a function call cannot be removed from the user's forward code: say so.
     def binary_reached(node: fx.Node, seen: set) -> set[str]:
         out: set[str] = set()
         for u in node.users:
@@ -258,12 +312,28 @@ def _drop_feeding_relus(model: nn.Module, binary_input: set[str]) -> None:
                 out |= binary_reached(u, seen)
         return out
 
+    calls: dict[str, list[tuple[bool, set[str]]]] = {}  # ReLU module -> (feeds only binary, reached) per call
     functional = {}
     for node in graph.nodes:
-        if node.op in ("call_function", "call_method") and _name(node.target) in ("relu", "relu_"):
+        if node.op == "call_module" and isinstance(mods.get(node.target), nn.ReLU):
+            calls.setdefault(node.target, []).append((feeds_only_binary(node), binary_reached(node, set())))
+        elif node.op in ("call_function", "call_method") and _name(node.target) in ("relu", "relu_"):
             reached = binary_reached(node, set())
             if reached:
                 functional[node.name] = sorted(reached)
+    kept = {}
+    for name, uses in calls.items():
+        reached = set().union(*(r for _, r in uses))
+        if all(only for only, _ in uses) or (real_shortcuts and reached):
+            set_module(model, name, nn.Identity())
+        elif reached:
+            kept[name] = sorted(reached)
+    if kept:
+        warnings.warn(
+            f"binary: ReLU modules {kept} feed binary-input layers but are also used elsewhere, so they "
+            "stay and those layers' sign input is +1 wherever the ReLU runs before them; give each use "
+            "its own module, or use shortcut=True (Bi-Real: every ReLU before a sign is removed)"
+        )
     if functional:
         warnings.warn(
             f"binary: ReLUs written as function calls in forward ({functional}) feed binary-input "
@@ -277,6 +347,20 @@ _PASS_CALLS = ("max_pool2d", "flatten", "view", "reshape", "dropout", "cat")  # 
 
 def _name(target) -> str:
     return target if isinstance(target, str) else getattr(target, "__name__", "")
+
+
+def _shortcut_bns(model: nn.Module, names: list[str]) -> dict[str, str]:
+    """{binary conv: the BatchNorm that follows it} for the convs that take a real-valued shortcut."""
+    pairs = dict(conv_bn_pairs(model, {nn.BatchNorm2d: nn.Conv2d}))
+    convs = [n for n in names if isinstance(get_module(model, n), nn.Conv2d)]
+    fits = {n: pairs[n] for n in convs if n in pairs and shortcut_fits(get_module(model, n))}
+    left = [n for n in convs if n not in fits]
+    if left:
+        warnings.warn(
+            f"shortcut: no real-valued shortcut for {left}: a BatchNorm must follow the conv, its output "
+            "channels must be a multiple of its input channels and its padding 'same'"
+        )
+    return fits
 
 
 class _Clip(Callback):
@@ -317,9 +401,13 @@ def _packed(m: nn.Module) -> nn.Module:
                 new.bias.data.copy_(m.bias)
             return nn.Sequential(KBitAct(m.input_q.precision), new)
         sign = torch.where(m.weight < 0, -1.0, 1.0)
-        scale = bwn_scale(m.weight).flatten() if m.weight_scale else torch.ones(sign.shape[0])
+        if m.gamma is not None:
+            scale = m.gamma.detach().clone()
+        else:
+            scale = bwn_scale(m.weight).flatten() if m.weight_scale else torch.ones(sign.shape[0])
         bias = m.bias if m.bias is not None else torch.zeros(sign.shape[0])
         binary_in = m.binary_activations
+        threshold = m.threshold is not None
         if isinstance(m, nn.Conv2d):
             new = PackedBinaryConv2d(
                 m.in_channels,
@@ -329,11 +417,15 @@ def _packed(m: nn.Module) -> nn.Module:
                 list(m.padding),
                 m.input_scale,
                 binary_in,
+                threshold,
+                m.bn is not None,
             )
         else:
-            new = PackedBinaryLinear(m.in_features, m.out_features, m.input_scale, binary_in)
+            new = PackedBinaryLinear(m.in_features, m.out_features, m.input_scale, binary_in, threshold)
         new.set_weight(sign, scale, bias)
-        return new
+        if threshold:
+            new.threshold.copy_(m.threshold)
+        return new if m.bn is None else _fold_scale(new, m.bn)
 
 
 @torch.no_grad()
@@ -347,7 +439,12 @@ def _fold_scale(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Mod
 def _fold_following_bn(model: nn.Module) -> None:
     """Fold a BatchNorm that directly follows a packed binary layer into its scale and bias."""
     if any(isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear)) for m in model.modules()):
-        fold_all(model, _fold_scale, {nn.BatchNorm2d: PackedBinaryConv2d, nn.BatchNorm1d: PackedBinaryLinear})
+        fold_all(
+            model,
+            _fold_scale,
+            {nn.BatchNorm2d: PackedBinaryConv2d, nn.BatchNorm1d: PackedBinaryLinear},
+            keep=lambda layer, bn: not getattr(get_module(model, layer), "shortcut", False),  # BN of the sum
+        )
 
 
 class _BinaryMethod(Method):
@@ -360,10 +457,15 @@ class _BinaryMethod(Method):
                 "kernel efficiency (the survey's design rule)"
             )
         names = _chosen(model, config)
+        bns = _shortcut_bns(model, names) if config.shortcut else {}
         if act_q is not None and act_q.precision == 1:
-            _drop_feeding_relus(model, set(names))
+            _drop_feeding_relus(model, set(names), config.shortcut)
         for n in names:
-            set_module(model, n, _training_layer(get_module(model, n), config))
+            layer = _training_layer(get_module(model, n), config)
+            if n in bns:  # the BatchNorm moves inside the layer: BN(conv(sign(x))) + P(x)
+                layer.bn = get_module(model, bns[n])
+                set_module(model, bns[n], nn.Identity())
+            set_module(model, n, layer)
         return model
 
     @classmethod

@@ -10,6 +10,14 @@ subtracting ``conv(padding mask, sum_c sign(W))``, computed once per input size.
 Output: ``y = scale_o * (K_p *) dot + bias_o`` where ``scale`` holds the weight scale
 (BWN alpha) and any BatchNorm folded in, and ``K`` is XNOR-Net's input scale map.
 
+Two optional float parts from the binary-training literature, stored with the layer:
+``threshold`` (ReActNet's RSign, Liu et al. 2020): the input is binarized as
+``sign(x_c - t_c)`` with a learned per-channel threshold (and K is taken of ``|x - t|``);
+``shortcut`` (Bi-Real Net, Liu et al. 2018): ``y + P(x)``, a real-valued shortcut from
+the layer's float input, where ``P`` averages ``stride x stride`` windows and repeats the
+channels ``out / in`` times (ReActNet's duplication), so a binary conv block carries
+the real activations forward; the convolution itself stays xnor-popcount.
+
 The CPU kernel is numba: ``llvm.ctpop`` through a small ``@intrinsic`` lowers to the
 hardware popcount (``vpopcntq`` on AVX-512 CPUs, ``popcnt`` elsewhere); compiled
 kernels are cached on disk. Without numba a pure-torch reference runs the same
@@ -212,14 +220,27 @@ class _PackedBase(RuntimeLayer):
     flag, and ``binary_input``: with float activations (BinaryConnect, BWN) there is no xnor
     product, and the bits are expanded to a +/-1 float weight once (a storage format)."""
 
-    def _init_packed(self, rows: int, words: int, input_scaling: bool, binary_input: bool) -> None:
-        if input_scaling and not binary_input:
-            raise ValueError("input_scaling (XNOR-Net's K) needs binary_input=True")
+    def _init_packed(
+        self, rows: int, words: int, input_scaling: bool, binary_input: bool, threshold: bool, inputs: int
+    ) -> None:
+        if (input_scaling or threshold) and not binary_input:
+            raise ValueError("input_scaling (XNOR-Net's K) and threshold need binary_input=True")
         self.input_scaling, self.binary_input = input_scaling, binary_input
         self.register_buffer("words", torch.zeros(rows, words, dtype=torch.int64))
         self.register_buffer("scale", torch.ones(rows))
         self.register_buffer("bias", torch.zeros(rows))
+        self.register_buffer("threshold", torch.zeros(inputs) if threshold else None)
         self._float: tuple | None = None
+
+    def validate(self) -> None:
+        if self.threshold is not None and not bool(torch.isfinite(self.threshold).all()):
+            raise ValueError("tensor 'threshold' holds a non-finite value")
+
+    def shifted(self, x: torch.Tensor) -> torch.Tensor:
+        """``x - t`` per input channel (RSign), or ``x`` without a threshold."""
+        if self.threshold is None:
+            return x
+        return x - self.threshold.to(x.dtype).view((1, -1) + (1,) * (x.dim() - 2))
 
     def weight_counts(self) -> tuple[int, int]:
         n = self.n_bits * self.words.shape[0]
@@ -237,7 +258,9 @@ class _PackedBase(RuntimeLayer):
         return SignDense(self)
 
     def _flags(self) -> dict:
-        return dict(input_scaling=self.input_scaling, binary_input=self.binary_input)
+        return dict(
+            input_scaling=self.input_scaling, binary_input=self.binary_input, threshold=self.threshold is not None
+        )
 
     def float_weight(self) -> torch.Tensor:
         """The +/-1 weight in the layer's float layout, expanded once and cached."""
@@ -251,11 +274,18 @@ class PackedBinaryLinear(_PackedBase):
     """``y = scale * (K *) (sign(x) . sign(W)) + bias`` on packed words."""
 
     def __init__(
-        self, in_features: int, out_features: int, input_scaling: bool = False, binary_input: bool = True
+        self,
+        in_features: int,
+        out_features: int,
+        input_scaling: bool = False,
+        binary_input: bool = True,
+        threshold: bool = False,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.n_bits = in_features, out_features, in_features
-        self._init_packed(out_features, math.ceil(in_features / 64), input_scaling, binary_input)
+        self._init_packed(
+            out_features, math.ceil(in_features / 64), input_scaling, binary_input, threshold, in_features
+        )
 
     def spec_args(self) -> dict:
         return dict(**linear_geometry(self), **self._flags())
@@ -270,6 +300,7 @@ class PackedBinaryLinear(_PackedBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.binary_input:
             return F.linear(x, self.float_weight().to(x.dtype)) * self.scale + self.bias
+        x = self.shifted(x)
         if x.device.type != "cpu":  # GPUs: the bits save memory, not time; unpack to the input's dtype
             dot = F.linear(torch.where(x < 0, -1.0, 1.0).to(x.dtype), self.float_weight().to(x.dtype))
         else:
@@ -281,7 +312,7 @@ class PackedBinaryLinear(_PackedBase):
     def extra_repr(self) -> str:
         return (
             f"{self.in_features}, {self.out_features}, input_scaling={self.input_scaling}, "
-            f"binary_input={self.binary_input}"
+            f"binary_input={self.binary_input}, threshold={self.threshold is not None}"
         )
 
 
@@ -297,12 +328,22 @@ class PackedBinaryConv2d(_PackedBase):
         padding: list,
         input_scaling: bool = False,
         binary_input: bool = True,
+        threshold: bool = False,
+        shortcut: bool = False,
     ) -> None:
         super().__init__()
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, [1, 1], 1)
         kh, kw = self.kernel_size
         self.n_bits = in_channels * kh * kw
-        self._init_packed(out_channels, kh * kw * math.ceil(in_channels / 64), input_scaling, binary_input)
+        self._init_packed(
+            out_channels, kh * kw * math.ceil(in_channels / 64), input_scaling, binary_input, threshold, in_channels
+        )
+        if shortcut and not shortcut_fits(self):
+            raise ValueError(
+                "shortcut needs out_channels a multiple of in_channels and 'same' padding (odd kernel, "
+                f"padding (k - 1) / 2); got {in_channels} -> {out_channels}, kernel {kernel_size}, padding {padding}"
+            )
+        self.shortcut = shortcut
         self._corr: dict = {}
 
     def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
@@ -318,6 +359,7 @@ class PackedBinaryConv2d(_PackedBase):
             stride=list(self.stride),
             padding=list(self.padding),
             **self._flags(),
+            shortcut=self.shortcut,
         )
 
     def _padding_correction(self, h: int, w: int, device) -> torch.Tensor:
@@ -336,6 +378,10 @@ class PackedBinaryConv2d(_PackedBase):
         return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._binary(self.shifted(x))
+        return y + real_shortcut(x, self.out_channels, self.stride) if self.shortcut else y
+
+    def _binary(self, x: torch.Tensor) -> torch.Tensor:
         if not self.binary_input or x.device.type != "cpu":  # float inputs; or a GPU: unpack (memory, not time)
             xin = x if not self.binary_input else torch.where(x < 0, -1.0, 1.0).to(x.dtype)
             y = F.conv2d(xin, self.float_weight().to(x.dtype), None, self.stride, self.padding)
@@ -382,8 +428,25 @@ class PackedBinaryConv2d(_PackedBase):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, input_scaling={self.input_scaling}, binary_input={self.binary_input}"
+            f"padding={self.padding}, input_scaling={self.input_scaling}, binary_input={self.binary_input}, "
+            f"threshold={self.threshold is not None}, shortcut={self.shortcut}"
         )
+
+
+def shortcut_fits(conv) -> bool:
+    """A real-valued shortcut ``P(x)`` has the conv's output shape: channels a multiple of the input's,
+    'same' padding (odd kernel, padding ``(k - 1) / 2``), so the output is ``ceil(size / stride)``."""
+    return conv.out_channels % conv.in_channels == 0 and all(
+        k % 2 == 1 and p == (k - 1) // 2 for k, p in zip(conv.kernel_size, conv.padding)
+    )
+
+
+def real_shortcut(x: torch.Tensor, out_channels: int, stride) -> torch.Tensor:
+    """Bi-Real's shortcut for a 'same' conv: ``stride x stride`` window means (a partial window at the
+    edge averages what it covers, so the size is ``ceil(size / stride)``), channels repeated ``out / in`` times."""
+    if tuple(stride) != (1, 1):
+        x = F.avg_pool2d(x, tuple(stride), tuple(stride), ceil_mode=True)
+    return x.repeat(1, out_channels // x.shape[1], 1, 1) if out_channels != x.shape[1] else x
 
 
 def input_scale_map(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
@@ -402,6 +465,9 @@ class SignDense(nn.Module):
         super().__init__()
         self.conv = isinstance(layer, PackedBinaryConv2d)
         self.binary_input, self.input_scaling = layer.binary_input, layer.input_scaling
+        self.shortcut = self.conv and layer.shortcut
+        t, shape = layer.threshold, ((-1, 1, 1) if self.conv else (-1,))
+        self.register_buffer("threshold", None if t is None else t.detach().float().reshape(shape).clone())
         self.register_buffer("weight", layer.float_weight().detach().clone())
         shape = (-1, 1, 1) if self.conv else (-1,)
         self.register_buffer("scale", layer.scale.detach().float().reshape(shape).clone())
@@ -410,6 +476,10 @@ class SignDense(nn.Module):
             self.kernel_size, self.stride, self.padding = layer.kernel_size, layer.stride, layer.padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._binary(x if self.threshold is None else x - self.threshold.to(x.dtype))
+        return y + real_shortcut(x, self.weight.shape[0], self.stride) if self.shortcut else y
+
+    def _binary(self, x: torch.Tensor) -> torch.Tensor:
         xin = torch.where(x < 0, -1.0, 1.0).to(x.dtype) if self.binary_input else x
         if self.conv:
             y = F.conv2d(xin, self.weight.to(x.dtype), None, self.stride, self.padding)
