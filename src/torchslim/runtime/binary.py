@@ -102,81 +102,81 @@ def _numba_kernels() -> dict | bool:
                     out[r, k] = v
 
         @njit(parallel=True, cache=True, nogil=True)
-        def xnor_gemm(a, b, out):  # (M, W) x (N, W) -> popcounts (M, N)
+        def xnor_gemm(a, bt, out):  # (M, W) x (W, N) -> popcounts (M, N)
+            # Register blocking over 4 rows of a; the innermost loop runs over the N output columns
+            # (contiguous in bt), so it vectorizes (vpopcntq on AVX-512 VPOPCNTDQ CPUs).
             m, w = a.shape
-            n = b.shape[0]
-            n4 = n - n % 4
-            for i in prange(m):
-                for j in range(0, n4, 4):  # register blocking: each input word serves 4 rows of b
-                    a0, a1, a2, a3 = 0, 0, 0, 0
-                    for k in range(w):
-                        v = a[i, k]
-                        a0 += popcount64(v ^ b[j, k])
-                        a1 += popcount64(v ^ b[j + 1, k])
-                        a2 += popcount64(v ^ b[j + 2, k])
-                        a3 += popcount64(v ^ b[j + 3, k])
-                    out[i, j], out[i, j + 1], out[i, j + 2], out[i, j + 3] = a0, a1, a2, a3
-                for j in range(n4, n):
-                    acc = 0
-                    for k in range(w):
-                        acc += popcount64(a[i, k] ^ b[j, k])
-                    out[i, j] = acc
+            n = bt.shape[1]
+            for blk in prange((m + 3) // 4):
+                i0 = 4 * blk
+                i1, i2, i3 = min(i0 + 1, m - 1), min(i0 + 2, m - 1), min(i0 + 3, m - 1)
+                acc = np.zeros((4, n), np.int64)
+                for k in range(w):
+                    v0, v1, v2, v3 = a[i0, k], a[i1, k], a[i2, k], a[i3, k]
+                    for j in range(n):
+                        x = bt[k, j]
+                        acc[0, j] += popcount64(v0 ^ x)
+                        acc[1, j] += popcount64(v1 ^ x)
+                        acc[2, j] += popcount64(v2 ^ x)
+                        acc[3, j] += popcount64(v3 ^ x)
+                for r in range(min(4, m - i0)):
+                    for j in range(n):
+                        out[i0 + r, j] = acc[r, j]
 
         @njit(parallel=True, cache=True, nogil=True)
-        def pack_nchw(x, ph, pw, out):  # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64)
+        def pack_nchw(x, t, ph, pw, out):  # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64)
+            # bit = x[b, c] < t[c]: the sign of x - t (RSign's threshold; t = 0 without one)
             nb, c, h, w = x.shape
             for idx in prange(nb * out.shape[3]):
                 b, k = idx // out.shape[3], idx % out.shape[3]
                 words = np.zeros((h, w), np.uint64)
                 for bit in range(min(64, c - 64 * k)):  # contiguous planes, branch-free: vectorizes
-                    plane = x[b, 64 * k + bit]
+                    plane, tc = x[b, 64 * k + bit], t[64 * k + bit]
                     for i in range(h):
                         for j in range(w):
-                            words[i, j] |= np.uint64(plane[i, j] < 0) << np.uint64(bit)
+                            words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
                 for i in range(h):
                     for j in range(w):
                         out[b, i + ph, j + pw, k] = words[i, j]
 
         @njit(parallel=True, cache=True, nogil=True)
-        def xnor_conv(xw, ww, sh, sw, n_bits, corr, kmap, scale, bias, out):
-            # (B, Hp, Wp, W) x (N, kh, kw, W) -> float32 (B, N, Ho, Wo):
+        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, out):
+            # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo):
             # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
+            # Register blocking over 4 output pixels; the innermost loop runs over the output channels
+            # (contiguous in wt), so each input word is broadcast and the loop vectorizes.
             nb, n, ho, wo = out.shape
-            kh, kw, w = ww.shape[1], ww.shape[2], ww.shape[3]
-            p = kh * kw * w
-            flat = ww.reshape(n, p)
+            kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
+            flat = wt.reshape(kh * kw * w, n)
             for idx in prange(nb * ho):
                 b, oy = idx // ho, idx % ho
-                patches = np.empty((wo, p), np.uint64)
-                for ox in range(wo):
+                acc = np.empty((4, n), np.int64)
+                for ox0 in range(0, wo, 4):
+                    x0, x1, x2, x3 = (
+                        ox0 * sw,
+                        min(ox0 + 1, wo - 1) * sw,
+                        min(ox0 + 2, wo - 1) * sw,
+                        min(ox0 + 3, wo - 1) * sw,
+                    )
+                    acc[:, :] = 0
                     q = 0
                     for ky in range(kh):
+                        row = xw[b, oy * sh + ky]
                         for kx in range(kw):
                             for k in range(w):
-                                patches[ox, q] = xw[b, oy * sh + ky, ox * sw + kx, k]
+                                v0, v1, v2, v3 = row[x0 + kx, k], row[x1 + kx, k], row[x2 + kx, k], row[x3 + kx, k]
+                                for o in range(n):
+                                    x = flat[q, o]
+                                    acc[0, o] += popcount64(v0 ^ x)
+                                    acc[1, o] += popcount64(v1 ^ x)
+                                    acc[2, o] += popcount64(v2 ^ x)
+                                    acc[3, o] += popcount64(v3 ^ x)
                                 q += 1
-                pop = np.empty((n, wo), np.int64)
-                n4 = n - n % 4
-                for o in range(0, n4, 4):  # register blocking: each patch word serves 4 filters
-                    for ox in range(wo):
-                        a0, a1, a2, a3 = 0, 0, 0, 0
-                        for q in range(p):
-                            v = patches[ox, q]
-                            a0 += popcount64(v ^ flat[o, q])
-                            a1 += popcount64(v ^ flat[o + 1, q])
-                            a2 += popcount64(v ^ flat[o + 2, q])
-                            a3 += popcount64(v ^ flat[o + 3, q])
-                        pop[o, ox], pop[o + 1, ox], pop[o + 2, ox], pop[o + 3, ox] = a0, a1, a2, a3
-                for o in range(n4, n):
-                    for ox in range(wo):
-                        acc = 0
-                        for q in range(p):
-                            acc += popcount64(patches[ox, q] ^ flat[o, q])
-                        pop[o, ox] = acc
-                for o in range(n):
-                    for ox in range(wo):
-                        dot = (n_bits - 2 * np.float32(pop[o, ox])) - corr[oy, ox, o]
-                        out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                    for r in range(min(4, wo - ox0)):
+                        ox = ox0 + r
+                        for o in range(n):
+                            dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                            out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
 
         _NUMBA = {"pack": pack_rows, "gemm": xnor_gemm, "pack_nchw": pack_nchw, "conv": xnor_conv}
     return _NUMBA
@@ -205,13 +205,14 @@ def pack_rows(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def popcount_xor(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``popcount(a[i] XOR b[j])`` summed over words, (M, W) x (N, W) int64 -> (M, N) int32."""
+def popcount_xor(a: torch.Tensor, b: torch.Tensor, b_t: torch.Tensor | None = None) -> torch.Tensor:
+    """``popcount(a[i] XOR b[j])`` summed over words, (M, W) x (N, W) int64 -> (M, N) int32.
+    ``b_t``: ``b`` transposed to (W, N), contiguous (the kernel's layout; layers cache it)."""
     k = _kernels(a)
     if not k:
         return popcount_xor_reference(a, b)
     out = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32)
-    k["gemm"](_u64(a), _u64(b), out.numpy())
+    k["gemm"](_u64(a), _u64(b.t().contiguous() if b_t is None else b_t), out.numpy())
     return out
 
 
@@ -231,6 +232,7 @@ class _PackedBase(RuntimeLayer):
         self.register_buffer("bias", torch.zeros(rows))
         self.register_buffer("threshold", torch.zeros(inputs) if threshold else None)
         self._float: tuple | None = None
+        self._kernel_words: tuple | None = None
 
     def validate(self) -> None:
         if self.threshold is not None and not bool(torch.isfinite(self.threshold).all()):
@@ -261,6 +263,13 @@ class _PackedBase(RuntimeLayer):
         return dict(
             input_scaling=self.input_scaling, binary_input=self.binary_input, threshold=self.threshold is not None
         )
+
+    def kernel_words(self) -> torch.Tensor:
+        """The packed words transposed for the kernels (output channels innermost), cached."""
+        key = (self.words.data_ptr(), self.words._version)
+        if self._kernel_words is None or self._kernel_words[0] != key:
+            self._kernel_words = (key, self._transposed())
+        return self._kernel_words[1]
 
     def float_weight(self) -> torch.Tensor:
         """The +/-1 weight in the layer's float layout, expanded once and cached."""
@@ -293,6 +302,9 @@ class PackedBinaryLinear(_PackedBase):
     def _unpack(self) -> torch.Tensor:
         return unpack_signs(self.words, self.in_features)
 
+    def _transposed(self) -> torch.Tensor:
+        return self.words.t().contiguous()  # (W, N)
+
     def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
         self.words = pack_signs(sign_w)
         self.scale, self.bias = scale.detach().float().clone(), bias.detach().float().clone()
@@ -304,7 +316,7 @@ class PackedBinaryLinear(_PackedBase):
         if x.device.type != "cpu":  # GPUs: the bits save memory, not time; unpack to the input's dtype
             dot = F.linear(torch.where(x < 0, -1.0, 1.0).to(x.dtype), self.float_weight().to(x.dtype))
         else:
-            dot = self.n_bits - 2 * popcount_xor(pack_rows(x), self.words).to(x.dtype)
+            dot = self.n_bits - 2 * popcount_xor(pack_rows(x), self.words, self.kernel_words()).to(x.dtype)
         if self.input_scaling:
             dot = dot * x.abs().mean(1, keepdim=True)
         return dot * self.scale + self.bias
@@ -372,21 +384,27 @@ class PackedBinaryConv2d(_PackedBase):
             self._corr = {key: F.conv2d(mask, sign_sum, stride=self.stride)[0].permute(1, 2, 0)}
         return self._corr[key]  # (Ho, Wo, Cout)
 
+    def _transposed(self) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        return self.words.view(self.out_channels, kh, kw, -1).permute(1, 2, 3, 0).contiguous()  # (kh, kw, W, N)
+
     def _unpack(self) -> torch.Tensor:
         kh, kw = self.kernel_size
         w = self.words.view(self.out_channels, kh, kw, -1)
         return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._binary(self.shifted(x))
+        y = self._binary(x)
         return y + real_shortcut(x, self.out_channels, self.stride) if self.shortcut else y
 
     def _binary(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv of ``sign(x - t)``; the numba packer applies the threshold while packing."""
         if not self.binary_input or x.device.type != "cpu":  # float inputs; or a GPU: unpack (memory, not time)
-            xin = x if not self.binary_input else torch.where(x < 0, -1.0, 1.0).to(x.dtype)
+            xs = self.shifted(x)
+            xin = xs if not self.binary_input else torch.where(xs < 0, -1.0, 1.0).to(x.dtype)
             y = F.conv2d(xin, self.float_weight().to(x.dtype), None, self.stride, self.padding)
             if self.input_scaling:
-                y = y * input_scale_map(x, self.kernel_size, self.stride, self.padding)
+                y = y * input_scale_map(xs, self.kernel_size, self.stride, self.padding)
             return y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
         b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -397,18 +415,19 @@ class PackedBinaryConv2d(_PackedBase):
             else torch.zeros(ho, wo, self.out_channels, device=x.device)
         )
         kmap = (
-            input_scale_map(x, self.kernel_size, self.stride, self.padding)[:, 0]
+            input_scale_map(self.shifted(x), self.kernel_size, self.stride, self.padding)[:, 0]
             if self.input_scaling
             else torch.ones(b, ho, wo, device=x.device)
         )
         k = _kernels(x)
         if k:  # pack straight from NCHW into the padded word grid, then one fused conv kernel
             words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
-            k["pack_nchw"](x.detach().float().contiguous().numpy(), ph, pw, _u64(words))
+            t = self.threshold if self.threshold is not None else torch.zeros(c)
+            k["pack_nchw"](x.detach().float().contiguous().numpy(), t.float().contiguous().numpy(), ph, pw, _u64(words))
             out = torch.empty(b, self.out_channels, ho, wo)
             k["conv"](
                 _u64(words),
-                _u64(self.words.view(self.out_channels, kh, kw, -1)),
+                _u64(self.kernel_words()),
                 sh,
                 sw,
                 float(self.n_bits),
@@ -419,7 +438,7 @@ class PackedBinaryConv2d(_PackedBase):
                 out.numpy(),
             )
             return out
-        words = F.pad(pack_signs(x.permute(0, 2, 3, 1)), (0, 0, pw, pw, ph, ph))  # padding packs as +1
+        words = F.pad(pack_signs(self.shifted(x).permute(0, 2, 3, 1)), (0, 0, pw, pw, ph, ph))  # padding packs as +1
         rows = words.unfold(1, kh, sh).unfold(2, kw, sw).permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1)
         pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
         dot = (self.n_bits - 2 * pop.to(x.dtype) - corr) * kmap[..., None]
