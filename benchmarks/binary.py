@@ -7,7 +7,8 @@ Sections (``--only`` picks some):
           linear (M=256, K=4608, N=256) against float32 conv / matmul of the same shape.
   float, bwn, xnor, bnn, kbit2, peer
           the float baseline; each method fine-tuned from it (Adam, cosine; first conv and last
-          linear float), converted to packed layers; accuracy, file bytes, latency; exactness:
+          linear float), converted to packed layers; accuracy, file bytes (whole-model latency of
+          the artifacts: benchmarks/speed.py, measured alone on a quiet machine); exactness:
           max |packed logits - fake-binarized logits| over the test set, the share of identical
           predictions, and the fraction of binary-layer input signs that differ (values within
           float rounding of 0 can flip; each packed layer is exact on equal inputs). XNOR-Net and
@@ -15,6 +16,7 @@ Sections (``--only`` picks some):
           also with XNOR-Net++'s learned scales, for the hidden FC layer that no BatchNorm follows) and
           knowledge distillation from the float model (Hinton KD on logits, T=4, alpha=0.9) for
           8 epochs; BWN and DoReFa 2-bit train 4 epochs without them. torch.ao static int8 is the peer.
+          resnet20_xnor: the same XNOR-Net recipe on resnet20 (its 1x1 projection shortcuts float).
 
 Writes benchmarks/results/binary.{json,md}, binary_kernel.{json,md} and the artifacts
 benchmarks/artifacts/vgg_small_{xnor,bnn,bwn}.slim.
@@ -49,24 +51,24 @@ SHAPE = (1, 28, 28)
 NAME = "vgg_small"
 FT = {"epochs": 4, "optimizer": "adam", "lr": 0.0005, "weight_decay": 0.0, "schedule": "cosine", "seed": 0}
 LONG = {**FT, "epochs": 8}
-# tag: (config, fine-tuning, distil from the float model)
+# tag: (model, config, fine-tuning, distil from the float model)
 METHODS = {
-    "bwn": (BWN(), FT, False),
-    "xnor": (XNOR(shortcut=True, threshold=True), LONG, True),
-    "bnn": (BNN(shortcut=True, threshold=True, learned_scale=True), LONG, True),
-    "kbit2": (KBit(weight_bits=2, act_bits=2), FT, False),
+    "bwn": (NAME, BWN(), FT, False),
+    "xnor": (NAME, XNOR(shortcut=True, threshold=True), LONG, True),
+    "bnn": (NAME, BNN(shortcut=True, threshold=True, learned_scale=True), LONG, True),
+    "kbit2": (NAME, KBit(weight_bits=2, act_bits=2), FT, False),
+    # resnet20's 1x1 projection shortcuts stay float (binarized 1x1 convs lose much accuracy)
+    "resnet20_xnor": ("resnet20", XNOR(shortcut=True, threshold=True, exclude=("re:.*shortcut.*",)), LONG, True),
 }
+FLOATS = {"float": NAME, "float_resnet20": "resnet20"}
 COLUMNS = [
+    "model",
     "method",
     "setting",
     "top1",
     "delta_pp",
     "bytes",
     "bytes_ratio",
-    "latency_b1_ms",
-    "latency_b256_ms",
-    "speedup_b1",
-    "speedup_b256",
     "max_abs_logit_diff",
     "same_prediction_pct",
     "sign_flip_fraction",
@@ -148,21 +150,24 @@ def _exactness(packed: nn.Module, fake: nn.Module, loader) -> dict:
     }
 
 
-def _float_row(loaders) -> dict:
+def _float_row(name: str, data_dir) -> dict:
+    loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
+    path = ART / f"{name}.slim"
     return {
+        "model": name,
         "method": "float32",
         "setting": "baseline",
-        **measure(ts.load(ART / f"{NAME}.slim"), SHAPE, loader=loaders.test, path=ART / f"{NAME}.slim"),
+        **measure(ts.load(path), SHAPE, loader=loaders.test, path=path, latency=False),
     }
 
 
 def method(tag: str, data_dir, base: dict) -> list[dict]:
     loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
-    cfg, ft, kd = METHODS[tag]
-    model = ts.compress_(ts.load(ART / f"{NAME}.slim"), cfg)
+    name, cfg, ft, kd = METHODS[tag]
+    model = ts.compress_(ts.load(ART / f"{name}.slim"), cfg)
     callbacks = method_callbacks(model)
     if kd:
-        callbacks.append(Distill(ts.load(ART / f"{NAME}.slim").eval(), T=4.0, alpha=0.9, cache={}))
+        callbacks.append(Distill(ts.load(ART / f"{name}.slim").eval(), T=4.0, alpha=0.9, cache={}))
     hist = fit(
         model,
         loaders.train,
@@ -177,21 +182,22 @@ def method(tag: str, data_dir, base: dict) -> list[dict]:
     ts.convert_(model)
     path = CACHE / f"binary_{tag}" / "model.slim"
     stage = {**cfg.to_dict(), "finetune": ft}
-    ts.save(model, path, recipe={"model": {"from": f"{NAME}.slim"}, "stages": [stage]})
+    ts.save(model, path, recipe={"model": {"from": f"{name}.slim"}, "stages": [stage]})
     packed = ts.load(path)
     extras = [k for k in ("shortcut", "threshold", "learned_scale") if getattr(cfg, k, False)] + (
         ["KD T=4 a=0.9"] if kd else []
     )
     r = {
+        "model": name,
         "method": cfg.method,
         "setting": f"{ft['epochs']} ep Adam from float; first/last float" + "".join(f"; {e}" for e in extras),
-        **measure(packed, SHAPE, loader=loaders.test, path=path, min_run_time=1.0),
+        **measure(packed, SHAPE, loader=loaders.test, path=path, latency=False),
         **_exactness(packed, fake, loaders.test),
         "train_seconds": round(hist["seconds"]),
     }
     print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
-    if tag in ("xnor", "bnn", "bwn"):
-        shutil.copyfile(path, ART / f"{NAME}_{tag}.slim")
+    if tag in ("xnor", "bnn", "bwn", "resnet20_xnor"):
+        shutil.copyfile(path, ART / f"{name}_{cfg.method.split('.')[1]}.slim")
     return [compare(r, base)]
 
 
@@ -199,14 +205,15 @@ def peer(data_dir, base: dict) -> list[dict]:
     loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
     model = torch_ao_int8(ts.load(ART / f"{NAME}.slim").eval(), True, loaders.train)
     r = {
+        "model": NAME,
         "method": "torch.ao static int8",
         "setting": "FX, x86 qconfig; bytes = torch.save(state_dict)",
-        **measure(model, SHAPE, loader=loaders.test, nbytes=state_bytes(model), min_run_time=1.0),
+        **measure(model, SHAPE, loader=loaders.test, nbytes=state_bytes(model), latency=False),
     }
     return [compare(r, base)]
 
 
-SECTIONS = ["float", *METHODS, "peer"]
+SECTIONS = [*FLOATS, *METHODS, "peer"]
 
 
 def main() -> None:
@@ -215,12 +222,14 @@ def main() -> None:
     a = parse(ap)
     cache = CACHE / "binary_sections.json"
 
-    def base() -> dict:  # the float row of this run, or the cached one when only methods are rerun
-        return json.loads(cache.read_text())["float"][0]
+    def base(name: str) -> dict:  # the model's float row of this run, or the cached one
+        tag = next(t for t, n in FLOATS.items() if n == name)
+        return json.loads(cache.read_text())[tag][0]
 
-    runners = {"kernel": kernel, "float": lambda: [_float_row(make_loaders(DataConfig(dir=a.data_dir), seed=0))]}
-    runners.update({t: (lambda t=t: method(t, a.data_dir, base())) for t in METHODS})
-    runners["peer"] = lambda: peer(a.data_dir, base())
+    runners = {"kernel": kernel}
+    runners.update({t: (lambda n=n: [_float_row(n, a.data_dir)]) for t, n in FLOATS.items()})
+    runners.update({t: (lambda t=t: method(t, a.data_dir, base(METHODS[t][0]))) for t in METHODS})
+    runners["peer"] = lambda: peer(a.data_dir, base(NAME))
     sections = run_sections(cache, a.only, runners)
     if "kernel" in sections:
         write_report(
@@ -234,7 +243,7 @@ def main() -> None:
             [r for k in SECTIONS for r in sections[k]],
             RES / "binary",
             COLUMNS,
-            title=f"Binary {NAME} on Fashion-MNIST (test split), float and torch.ao int8 in the same run",
+            title="Binary networks on Fashion-MNIST (test split), float and torch.ao int8 in the same run",
         )
 
 

@@ -140,9 +140,10 @@ def _numba_kernels() -> dict | bool:
                         out[b, i + ph, j + pw, k] = words[i, j]
 
         @njit(parallel=True, cache=True, nogil=True)
-        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, out):
+        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, out):
             # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo):
             # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
+            #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place)
             # Register blocking over 4 output pixels; the innermost loop runs over the output channels
             # (contiguous in wt), so each input word is broadcast and the loop vectorizes.
             nb, n, ho, wo = out.shape
@@ -177,6 +178,10 @@ def _numba_kernels() -> dict | bool:
                         for o in range(n):
                             dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
                             out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                        if use_res:
+                            rc = res.shape[1]
+                            for o in range(n):
+                                out[b, o, oy, ox] += res[b, o % rc, oy, ox]
 
         _NUMBA = {"pack": pack_rows, "gemm": xnor_gemm, "pack_nchw": pack_nchw, "conv": xnor_conv}
     return _NUMBA
@@ -394,18 +399,17 @@ class PackedBinaryConv2d(_PackedBase):
         return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._binary(x)
-        return y + real_shortcut(x, self.out_channels, self.stride) if self.shortcut else y
-
-    def _binary(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv of ``sign(x - t)``; the numba packer applies the threshold while packing."""
+        """The conv of ``sign(x - t)`` (+ the shortcut): the numba packer applies the threshold while
+        packing and the conv kernel adds the shortcut in its epilogue, reading channel copies in place."""
+        res = shortcut_source(x, self.stride) if self.shortcut else None
         if not self.binary_input or x.device.type != "cpu":  # float inputs; or a GPU: unpack (memory, not time)
             xs = self.shifted(x)
             xin = xs if not self.binary_input else torch.where(xs < 0, -1.0, 1.0).to(x.dtype)
             y = F.conv2d(xin, self.float_weight().to(x.dtype), None, self.stride, self.padding)
             if self.input_scaling:
                 y = y * input_scale_map(xs, self.kernel_size, self.stride, self.padding)
-            return y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            y = y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+            return y if res is None else y + copies(res, self.out_channels)
         b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
@@ -435,6 +439,8 @@ class PackedBinaryConv2d(_PackedBase):
                 kmap.detach().float().contiguous().numpy(),
                 self.scale.float().contiguous().numpy(),
                 self.bias.float().contiguous().numpy(),
+                (res if res is not None else x[:1, :1, :1, :1]).detach().float().contiguous().numpy(),
+                res is not None,
                 out.numpy(),
             )
             return out
@@ -442,7 +448,8 @@ class PackedBinaryConv2d(_PackedBase):
         rows = words.unfold(1, kh, sh).unfold(2, kw, sw).permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1)
         pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
         dot = (self.n_bits - 2 * pop.to(x.dtype) - corr) * kmap[..., None]
-        return dot.permute(0, 3, 1, 2) * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        y = dot.permute(0, 3, 1, 2) * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y if res is None else y + copies(res, self.out_channels)
 
     def extra_repr(self) -> str:
         return (
@@ -463,9 +470,17 @@ def shortcut_fits(conv) -> bool:
 def real_shortcut(x: torch.Tensor, out_channels: int, stride) -> torch.Tensor:
     """Bi-Real's shortcut for a 'same' conv: ``stride x stride`` window means (a partial window at the
     edge averages what it covers, so the size is ``ceil(size / stride)``), channels repeated ``out / in`` times."""
-    if tuple(stride) != (1, 1):
-        x = F.avg_pool2d(x, tuple(stride), tuple(stride), ceil_mode=True)
-    return x.repeat(1, out_channels // x.shape[1], 1, 1) if out_channels != x.shape[1] else x
+    return copies(shortcut_source(x, stride), out_channels)
+
+
+def shortcut_source(x: torch.Tensor, stride) -> torch.Tensor:
+    """``x``, or its ``stride x stride`` window means (ceil mode) for a strided conv."""
+    return x if tuple(stride) == (1, 1) else F.avg_pool2d(x, tuple(stride), tuple(stride), ceil_mode=True)
+
+
+def copies(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """``x`` with its channels repeated to ``channels`` (channel ``o`` is ``x[:, o % C]``)."""
+    return x.repeat(1, channels // x.shape[1], 1, 1) if channels != x.shape[1] else x
 
 
 def input_scale_map(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
