@@ -129,7 +129,7 @@ PAPERS = [
         "AlexNet 32x smaller weights, no loss",
         "ImageNet",
         "binary",
-        {"method": "binary.bwn"},
+        {"model": "vgg_small", "method": "binary.bwn"},
         "vgg_small",
     ),
     (
@@ -137,16 +137,24 @@ PAPERS = [
         "AlexNet -12.4 pp top-1, 58x faster convs",
         "ImageNet",
         "binary",
-        {"method": "binary.xnor"},
-        "vgg_small, 4 epochs",
+        {"model": "vgg_small", "method": "binary.xnor"},
+        "vgg_small, Bi-Real shortcuts + learned thresholds + KD, 8 epochs",
+    ),
+    (
+        "",
+        "",
+        "",
+        "binary",
+        {"model": "resnet20", "method": "binary.xnor"},
+        "resnet20, the same recipe",
     ),
     (
         "Hubara et al. 2016, BNN",
         "88.6 % (-1.7 pp vs float)",
         "CIFAR-10",
         "binary",
-        {"method": "binary.bnn"},
-        "vgg_small, 4 epochs",
+        {"model": "vgg_small", "method": "binary.bnn"},
+        "vgg_small, Bi-Real shortcuts + learned thresholds and scales + KD, 8 epochs",
     ),
 ]
 NOT_MEASURED = [

@@ -42,12 +42,13 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
         ("pruning", {"section": "filters", "model": "vgg_small", "method": "float"}),
         ("quantization", {"section": "baseline"}),
         ("lowrank", {"model": "vgg_small", "method": "float"}),
-        ("binary", {"method": "float32"}),
+        ("binary", {"model": "vgg_small", "method": "float32"}),
     ],
     "resnet20.slim": [
         ("baselines", {"model": "resnet20"}),
         ("pruning", {"section": "filters", "model": "resnet20", "method": "float"}),
         ("lowrank", {"section": "conv", "model": "resnet20", "method": "float"}),
+        ("binary", {"model": "resnet20", "method": "float32"}),
     ],
     "lenet5_magnitude.slim": [("pruning", {"model": "lenet5", "method": "torchslim prune.magnitude"})],
     "lenet300_100_magnitude.slim": [("pruning", {"model": "lenet300_100", "method": "torchslim prune.magnitude"})],
@@ -66,9 +67,10 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
     "vgg_small_kmeans4.slim": [
         ("quantization", {"method": "quant.kmeans", "setting": "4 bits, linear init, codebook fine-tuning 1 ep"})
     ],
-    "vgg_small_bwn.slim": [("binary", {"method": "binary.bwn"})],
-    "vgg_small_xnor.slim": [("binary", {"method": "binary.xnor"})],
-    "vgg_small_bnn.slim": [("binary", {"method": "binary.bnn"})],
+    "vgg_small_bwn.slim": [("binary", {"model": "vgg_small", "method": "binary.bwn"})],
+    "vgg_small_xnor.slim": [("binary", {"model": "vgg_small", "method": "binary.xnor"})],
+    "vgg_small_bnn.slim": [("binary", {"model": "vgg_small", "method": "binary.bnn"})],
+    "resnet20_xnor.slim": [("binary", {"model": "resnet20", "method": "binary.xnor"})],
     # distillation artifacts (seed 0 of their settings): numbers in artifacts.json only
     "mobilenetv2_w0.5_kd.slim": [],
     "mobilenetv2_w0.5_alone.slim": [],

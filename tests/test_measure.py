@@ -1,6 +1,7 @@
 """Measurement: counts, MACs per layer, latency, report formats."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -112,3 +113,47 @@ def test_engines_give_the_same_predictions_and_name_themselves(monkeypatch):
     assert zeros["top1"] == 100.0 * float((labels == 0).sum()) / len(labels) and zeros["engine"] == "zeros"
     with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
         measure(model, (1, 8, 8), latency=True, engine="tensorrt")
+
+
+def test_eager_engine_folds_batchnorm_without_changing_the_model():
+    """The eager engine folds each (conv / linear, BatchNorm) pair, also next to a packed layer,
+    and computes the same function up to float32 rounding; the user's model keeps its BatchNorms.
+    Catches: a fold with the wrong scale or shift (outputs differ by far more than rounding), a
+    fold written into the user's model, a BatchNorm folded into a layer whose output has other
+    readers, a packed layer that makes the tracer give up (nothing folded)."""
+    from torchslim.binary import BNN
+    from torchslim.measure import engines
+
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.b0 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.c1, self.b1 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.fc, self.bf = nn.Linear(8 * 16, 6), nn.BatchNorm1d(6)
+
+        def forward(self, x):
+            x = torch.relu(self.b0(self.c0(x)))
+            y = self.c1(x)
+            x = self.b1(y) + y  # c1's output has a second reader: not foldable
+            x = self.b2(self.c2(x))
+            return self.bf(self.fc(torch.flatten(nn.functional.max_pool2d(x, 2), 1)))
+
+    model = Net()
+    model.train()
+    for _ in range(3):
+        model(torch.randn(16, 1, 8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts.convert_(ts.compress_(model, BNN(layers=("c2",)), example_inputs=torch.randn(1, 1, 8, 8)))
+    model.eval()
+    x = torch.randn(32, 1, 8, 8)
+    run = engines.build("eager", model, (1, 8, 8))
+    kinds = [type(m).__name__ for m in run.fn.modules()]
+    assert kinds.count("BatchNorm2d") == 1 and "BatchNorm1d" not in kinds  # b1 stays: c1 has two readers
+    assert sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) == 3  # b2 folded by BNN
+    with torch.no_grad():
+        want, got = model(x), run(x)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))

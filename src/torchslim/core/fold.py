@@ -46,14 +46,15 @@ class _Tracer(fx.Tracer):
         return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
 
 
-def conv_bn_pairs(model: nn.Module, pairs: dict | None = None) -> list[tuple[str, str]]:
+def conv_bn_pairs(model: nn.Module, pairs: dict | None = None, leaves: tuple = ()) -> list[tuple[str, str]]:
     """(layer name, BN name) pairs where the BN reads only that layer's output.
 
-    ``pairs`` maps a BN type to the layer type it folds into (default Conv2d/Linear).
+    ``pairs`` maps a BN type to the layer type it folds into (default Conv2d/Linear); ``leaves``:
+    more module types the tracer does not enter (e.g. packed layers with custom kernels).
     """
     pairs = pairs or _PAIRS
     try:
-        graph = _Tracer(tuple(pairs.values())).trace(model)
+        graph = _Tracer(tuple(pairs.values()) + tuple(leaves)).trace(model)
     except Exception as e:  # fx raises many types on untraceable code
         warnings.warn(f"core.fold_bn: cannot trace the model with torch.fx ({type(e).__name__}: {e}); nothing folded")
         return []

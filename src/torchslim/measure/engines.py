@@ -1,7 +1,10 @@
 """Inference engines a converted model runs in, behind one interface, and the choice among them.
 
 * ``eager``: torchslim's own runtime layers in plain PyTorch (numba / int8 / sparse kernels),
-  non-overlapping max pooling as a maximum of strided views (:mod:`torchslim.runtime.pool`).
+  non-overlapping max pooling as a maximum of strided views (:mod:`torchslim.runtime.pool`), and
+  each BatchNorm that reads only a float conv's / linear's output folded into it
+  (``W' = s W, b' = s (b - mu) + beta``; equal up to float32 rounding, so logits move by ~1e-6
+  relative and a near-tie prediction may flip). The model itself is left unchanged.
 * ``pytorch``: the model's modules exactly as they are (the plain-PyTorch reference).
 * ``compile``: ``torch.compile`` (inductor, CPU) of the same model.
 * ``onnxruntime``: the model exported by :func:`torchslim.export.onnx.export_onnx` (int8 as a
@@ -54,7 +57,26 @@ class _Runner(nn.Module):
 def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
     from torchslim.runtime.pool import fast_pooling
 
-    return _Runner("eager", fast_pooling(model.eval()))
+    return _Runner("eager", fast_pooling(folded_bn(model.eval())))
+
+
+def folded_bn(model: nn.Module) -> nn.Module:
+    """A view of ``model`` (eval mode) with every foldable (Conv2d / Linear, BatchNorm) pair folded
+    (:func:`torchslim.core.fold.fold_pair`); the model is not changed. An untraceable model is
+    returned as it is."""
+    from torchslim.core.fold import conv_bn_pairs, fold_pair
+    from torchslim.core.surgery import get_module
+    from torchslim.runtime.base import RuntimeLayer
+    from torchslim.runtime.pool import with_modules
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # untraceable: nothing folded
+        pairs = conv_bn_pairs(model, leaves=(RuntimeLayer,))
+    swap: dict[int, nn.Module] = {}
+    for layer, bn in pairs:
+        swap[id(get_module(model, layer))] = fold_pair(get_module(model, layer), get_module(model, bn))
+        swap[id(get_module(model, bn))] = nn.Identity()
+    return with_modules(model, lambda m: swap.get(id(m))) if swap else model
 
 
 @engine("pytorch")
