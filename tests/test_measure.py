@@ -157,3 +157,22 @@ def test_eager_engine_folds_batchnorm_without_changing_the_model():
     with torch.no_grad():
         want, got = model(x), run(x)
     assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_measure_leaves_the_model_in_eval_mode_and_unchanged():
+    """Catches: evaluating through an engine whose train(was_training) reaches the wrapped modules
+    (they are the user's): afterwards Dropout is on and BatchNorm updates its statistics, so the
+    model's next outputs change (found as a 2 % prediction difference in the binary benchmark)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 6 * 6, 10)
+    ).eval()
+    x = torch.randn(16, 1, 8, 8)
+    data = [(x, torch.randint(0, 10, (16,)))]
+    with torch.no_grad():
+        before = model(x)
+    for engine in ("eager", "pytorch"):
+        measure(model, (1, 8, 8), loader=data, latency=False, engine=engine)
+        assert not any(m.training for m in model.modules()), engine
+        with torch.no_grad():
+            assert torch.equal(model(x), before), engine

@@ -48,6 +48,14 @@ class _Runner(nn.Module):
     def __init__(self, name: str, fn: Callable, keep: object = None) -> None:
         super().__init__()
         self.name, self.fn, self._keep = name, fn, keep
+        self.training = False
+
+    def train(self, mode: bool = True) -> _Runner:
+        """Only the runner's own flag: an engine runs inference, and the modules it wraps are shared
+        with the user's model, which ``evaluate``'s ``train(was_training)`` must not switch to
+        training mode (Dropout on, BatchNorm statistics updated)."""
+        self.training = mode
+        return self
 
     def forward(self, *x):
         return self.fn(*x)
