@@ -176,3 +176,33 @@ def test_measure_leaves_the_model_in_eval_mode_and_unchanged():
         assert not any(m.training for m in model.modules()), engine
         with torch.no_grad():
             assert torch.equal(model(x), before), engine
+
+
+def test_eager_engine_runs_plain_conv_models_channels_last():
+    """Models whose convolutions are plain nn.Conv2d run NHWC (weights with explicit NHWC strides,
+    also for 1x1 and depthwise kernels, where .contiguous() keeps NCHW strides and oneDNN falls back
+    to NCHW with conversions); a model with a packed conv stays NCHW; outputs equal the model's up
+    to float rounding and the model's own weights are untouched. Catches: ambiguous strides, the
+    user's weights converted in place, a packed conv fed NHWC tensors."""
+    from torchslim.binary import BNN
+    from torchslim.measure import engines
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 1), nn.Conv2d(16, 16, 3, groups=16), nn.Flatten()
+    ).eval()
+    x = torch.randn(4, 3, 6, 6)
+    run = engines.build("eager", model, (3, 6, 6))
+    assert run.layout == "channels_last"
+    for m in run.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.stride() == torch.empty_like(m.weight, memory_format=torch.channels_last).stride()
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        want, got = model(x), run(x)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        binary = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 2))
+        ts.convert_(ts.compress_(binary, BNN(layers=("1",)), example_inputs=torch.randn(1, 3, 6, 6)))
+    assert engines.build("eager", binary.eval(), (3, 6, 6)).layout == "contiguous"

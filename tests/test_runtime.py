@@ -216,6 +216,7 @@ def test_strided_max_pool_equals_max_pool2d(k):
         assert torch.equal(pool(x).nan_to_num(7.0), F.max_pool2d(x, k).nan_to_num(7.0)), shape
         xc = x.contiguous(memory_format=torch.channels_last)
         assert torch.equal(pool(xc).nan_to_num(7.0), F.max_pool2d(x, k).nan_to_num(7.0))
+        assert pool(xc).is_contiguous(memory_format=torch.channels_last)  # stays NHWC: no copy for the next conv
 
 
 def test_fast_pooling_shares_everything_but_the_pools():

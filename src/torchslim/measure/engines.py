@@ -4,7 +4,12 @@
   non-overlapping max pooling as a maximum of strided views (:mod:`torchslim.runtime.pool`), and
   each BatchNorm that reads only a float conv's / linear's output folded into it
   (``W' = s W, b' = s (b - mu) + beta``; equal up to float32 rounding, so logits move by ~1e-6
-  relative and a near-tie prediction may flip). The model itself is left unchanged.
+  relative and a near-tie prediction may flip); and channels-last (NHWC) tensors for models whose
+  convolutions are plain ``nn.Conv2d`` (:func:`prefers_channels_last`; the runner's ``layout``
+  says which one runs). Measured on the project's AMD EPYC at batch 256: float vgg_small 107 ->
+  81 ms, its filter-pruned form 84 -> 51 ms, Tucker 128 -> 78 ms, CP 307 -> 103 ms (oneDNN's
+  NHWC convolutions; irregular pruned channel counts cost less there), at batch 1 equal or
+  faster. The model itself is left unchanged.
 * ``pytorch``: the model's modules exactly as they are (the plain-PyTorch reference).
 * ``compile``: ``torch.compile`` (inductor, CPU) of the same model.
 * ``onnxruntime``: the model exported by :func:`torchslim.export.onnx.export_onnx` (int8 as a
@@ -18,6 +23,7 @@ An engine is an ``nn.Module`` wrapper, so :func:`torchslim.train.evaluate` and
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -65,7 +71,61 @@ class _Runner(nn.Module):
 def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
     from torchslim.runtime.pool import fast_pooling
 
-    return _Runner("eager", fast_pooling(folded_bn(model.eval())))
+    view = fast_pooling(folded_bn(model.eval()))
+    if prefers_channels_last(view):
+        run = _Runner("eager", _ChannelsLast(channels_last_view(view)))
+        run.layout = "channels_last"
+    else:
+        run = _Runner("eager", view)
+        run.layout = "contiguous"
+    return run
+
+
+def prefers_channels_last(model: nn.Module) -> bool:
+    """Channels-last when the model's convolutions are oneDNN's (plain ``nn.Conv2d`` past the
+    input layer) and no packed convolution would have to copy its input back to NCHW (the numba,
+    int8, sparse and codebook kernels read NCHW). A fixed rule rather than a timing at build time,
+    so that the layout, and the float rounding that comes with it, is the same on every run."""
+    from torchslim.runtime.base import RuntimeLayer
+
+    packed_conv = any(isinstance(m, RuntimeLayer) and hasattr(m, "kernel_size") for m in model.modules())
+    return not packed_conv and any(type(m) is nn.Conv2d and m.in_channels > 1 for m in model.modules())
+
+
+class _ChannelsLast(nn.Module):
+    """Runs ``module`` on channels-last copies of its 4-D inputs."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *x):
+        return self.module(*(_nhwc(t) if t.dim() == 4 else t for t in x))
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with explicit channels-last strides (see :func:`channels_last_view`)."""
+    return torch.empty_like(t, memory_format=torch.channels_last).copy_(t)
+
+
+def channels_last_view(model: nn.Module) -> nn.Module:
+    """A view of ``model`` whose plain ``nn.Conv2d`` layers hold channels-last weights (copies of
+    the weights; the model is not changed)."""
+    from torchslim.runtime.pool import with_modules
+
+    def swap(m: nn.Module) -> nn.Module | None:
+        if type(m) is not nn.Conv2d:
+            return None
+        new = copy.copy(m)
+        new._parameters = dict(m._parameters)
+        # empty_like gives explicit NHWC strides also where a size-1 dim makes them ambiguous
+        # (1x1 and depthwise kernels); .contiguous() would keep NCHW strides there, and oneDNN
+        # would then run that conv in NCHW with layout conversions around it (2.4x slower CP)
+        w = torch.empty_like(m.weight, memory_format=torch.channels_last).copy_(m.weight.detach())
+        new.weight = nn.Parameter(w, False)
+        return new
+
+    return with_modules(model, swap)
 
 
 def folded_bn(model: nn.Module) -> nn.Module:

@@ -87,6 +87,8 @@ def measure(
         out.update(evaluate(run, loader))
     if latency:
         out["engine"] = getattr(run, "name", "eager")
+        if getattr(run, "layout", None):
+            out["layout"] = run.layout
         out["latency_b1_ms"] = latency_ms(run, input_shape, 1, min_run_time=min_run_time)
         out["latency_b256_ms"] = latency_ms(run, input_shape, big_batch, min_run_time=min_run_time)
         out["cpu"] = cpu_info()

@@ -45,6 +45,7 @@ class StridedMaxPool2d(nn.MaxPool2d):
         if x.dim() != 4 or x.is_quantized:  # int8 tensors keep the quantized kernel
             return super().forward(x)
         kh, kw = _pair(self.kernel_size)
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         h, w = x.shape[-2] // kh, x.shape[-1] // kw
         x = x[..., : h * kh, : w * kw]
         out = x[..., 0::kh, 0::kw]
@@ -52,7 +53,8 @@ class StridedMaxPool2d(nn.MaxPool2d):
             for b in range(kw):
                 if a or b:
                     out = torch.maximum(out, x[..., a::kh, b::kw])
-        return out.contiguous()
+        # NHWC in, NHWC out (a no-op when the views' maximum is NHWC-contiguous already)
+        return out.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
 
 def with_modules(model: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
