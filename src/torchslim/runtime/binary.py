@@ -109,19 +109,28 @@ def _numba_kernels() -> dict | bool:
             n = bt.shape[1]
             for blk in prange((m + 3) // 4):
                 i0 = 4 * blk
-                i1, i2, i3 = min(i0 + 1, m - 1), min(i0 + 2, m - 1), min(i0 + 3, m - 1)
-                acc = np.zeros((4, n), np.int64)
-                for k in range(w):
-                    v0, v1, v2, v3 = a[i0, k], a[i1, k], a[i2, k], a[i3, k]
-                    for j in range(n):
-                        x = bt[k, j]
-                        acc[0, j] += popcount64(v0 ^ x)
-                        acc[1, j] += popcount64(v1 ^ x)
-                        acc[2, j] += popcount64(v2 ^ x)
-                        acc[3, j] += popcount64(v3 ^ x)
-                for r in range(min(4, m - i0)):
-                    for j in range(n):
-                        out[i0 + r, j] = acc[r, j]
+                if m - i0 >= 4:
+                    acc = np.zeros((4, n), np.int64)
+                    for k in range(w):
+                        v0, v1, v2, v3 = a[i0, k], a[i0 + 1, k], a[i0 + 2, k], a[i0 + 3, k]
+                        for j in range(n):
+                            x = bt[k, j]
+                            acc[0, j] += popcount64(v0 ^ x)
+                            acc[1, j] += popcount64(v1 ^ x)
+                            acc[2, j] += popcount64(v2 ^ x)
+                            acc[3, j] += popcount64(v3 ^ x)
+                    for r in range(4):
+                        for j in range(n):
+                            out[i0 + r, j] = acc[r, j]
+                else:  # the last rows one by one (batch 1 costs one row, not a block of four)
+                    for i in range(i0, m):
+                        acc1 = np.zeros(n, np.int64)
+                        for k in range(w):
+                            v = a[i, k]
+                            for j in range(n):
+                                acc1[j] += popcount64(v ^ bt[k, j])
+                        for j in range(n):
+                            out[i, j] = acc1[j]
 
         @njit(parallel=True, cache=True, nogil=True)
         def pack_nchw(x, t, ph, pw, out):  # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64)
