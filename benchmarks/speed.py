@@ -31,7 +31,6 @@ import torchslim as ts
 from torchslim.core.surgery import leaf_modules
 from torchslim.measure import engines, latency_ms, write_report
 from torchslim.measure.latency import cpu_info
-from torchslim.runtime.pool import fast_pooling
 
 from _common import parse, parser
 
@@ -108,19 +107,31 @@ def main() -> None:
     rows = []
 
     def timings(model: nn.Module) -> dict[str, dict]:
-        out = {}
+        """Each engine's median at batch 1 and 256, the smaller of two rounds (engines interleaved):
+        this VM's first seconds of a new shape, and other tenants, only ever add time."""
+        runs, out = {}, {}
         for engine in names:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    run = engines.build(engine, model, SHAPE)
-                    out[engine] = {f"b{b}": round(latency_ms(run, SHAPE, b, min_run_time=1.0), 3) for b in (1, 256)}
+                    runs[engine] = engines.build(engine, model, SHAPE)
             except Exception as e:  # noqa: BLE001 - an engine that cannot run the model is reported
                 out[engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+        for _ in range(2):
+            for engine, run in runs.items():
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        t = {f"b{b}": round(latency_ms(run, SHAPE, b, min_run_time=0.5), 3) for b in (1, 256)}
+                except Exception as e:  # noqa: BLE001
+                    out[engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+                    continue
+                prev = out.get(engine, {})
+                out[engine] = {k: min(v, prev.get(k, v)) for k, v in t.items()}
         return out
 
     for name, (base, target, target_b1) in TARGETS.items():
-        if a.only and name not in a.only:
+        if (a.only and name not in a.only) or not (ART / f"{name}.slim").exists():
             continue
         if base not in floats:
             floats[base] = timings(ts.load(ART / f"{base}.slim"))
@@ -130,7 +141,7 @@ def main() -> None:
         fb = floats[base]
         best = min((t["b256"] for t in fb.values() if "b256" in t), default=None)
         model = ts.load(ART / f"{name}.slim")
-        prof = profile(fast_pooling(model))
+        prof = profile(engines.build("eager", model, SHAPE))
         for engine, t in timings(model).items():
             r = {
                 "artifact": f"{name}.slim",
@@ -156,6 +167,11 @@ def main() -> None:
                 r["where_time_goes_b256"] = ", ".join(f"{k} {v:.0f}%" for k, v in list(prof.items())[:3])
             rows.append(r)
             print(json.dumps(r), flush=True)
+    if a.only:  # keep the other artifacts' rows of the last full run
+        done = {r["artifact"] for r in rows}
+        old = json.loads((RES / "speed.json").read_text()) if (RES / "speed.json").exists() else []
+        order = [a for n, (b, *_) in TARGETS.items() for a in (f"{b}.slim", f"{n}.slim")]
+        rows = sorted([r for r in old if r["artifact"] not in done] + rows, key=lambda r: order.index(r["artifact"]))
     write_report(
         rows,
         RES / "speed",
