@@ -80,7 +80,6 @@ COLUMNS = [
     "same_prediction_pct",
     "sign_flip_fraction",
     "train_seconds",
-    "threads",
 ]
 
 
