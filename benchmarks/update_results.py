@@ -44,6 +44,7 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
         ("quantization", {"section": "baseline"}),
         ("lowrank", {"model": "vgg_small", "method": "float"}),
         ("binary", {"model": "vgg_small", "method": "float32"}),
+        ("reproduce", {"section": "slimming", "method": "float"}),
     ],
     "resnet20.slim": [
         ("baselines", {"model": "resnet20"}),
@@ -72,6 +73,7 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
     "vgg_small_xnor.slim": [("binary", {"model": "vgg_small", "method": "binary.xnor"})],
     "vgg_small_bnn.slim": [("binary", {"model": "vgg_small", "method": "binary.bnn"})],
     "resnet20_xnor.slim": [("binary", {"model": "resnet20", "method": "binary.xnor"})],
+    "vgg_small_slimming.slim": [("reproduce", {"section": "slimming", "method": "prune.slimming"})],
     "lenet300_100_binaryconnect.slim": [("reproduce", {"section": "binaryconnect", "method": "binary.connect"})],
     # distillation artifacts (seed 0 of their settings): numbers in artifacts.json only
     "mobilenetv2_w0.5_kd.slim": [],
