@@ -99,7 +99,11 @@ FLOAT = ("float", "float32")
 
 def float_base(rows: list[dict], row: dict) -> dict | None:
     """The float baseline row a results row compares with: same model and section, else same model."""
-    floats = [
-        b for b in rows if (b.get("method") in FLOAT or b.get("stage") in FLOAT) and b.get("model") == row.get("model")
-    ]
+
+    def is_float(b: dict) -> bool:
+        return b.get("method") in FLOAT or b.get("stage") in FLOAT
+
+    floats = [b for b in rows if is_float(b) and b.get("model") == row.get("model")]
+    if not floats and row.get("section"):  # a student row: the teacher is its section's float row
+        floats = [b for b in rows if is_float(b) and b.get("section") == row["section"]]
     return next((b for b in floats if b.get("section") == row.get("section")), floats[0] if floats else None)

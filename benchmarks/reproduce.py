@@ -10,6 +10,12 @@ Sections (``--only`` picks some):
                  activations, 10 epochs (Adam, cosine) from the float model. Artifact
                  lenet300_100_binaryconnect.slim.
 
+  fitnets        Romero et al. 2015, FitNets: the vgg_small width-12 student (6.9x fewer MACs)
+                 trained for 6 epochs with a hint (its second conv block's output regressed onto
+                 the teacher's by a 1x1 conv, squared error per element) plus Hinton KD (T=4,
+                 alpha=0.5), seed 0, beside the same student with KD only and alone (seed 0 rows of
+                 benchmarks/distill.py's ``students`` section, same schedule).
+
 Writes benchmarks/results/reproduce.{json,md}.
 """
 
@@ -20,10 +26,13 @@ import shutil
 import warnings
 from pathlib import Path
 
+import torch
+
 import torchslim as ts
 from torchslim.binary import BinaryConnect
 from torchslim.core.api import method_callbacks
 from torchslim.data import DataConfig, make_loaders
+from torchslim.distill import Distill
 from torchslim.measure import measure, write_report
 from torchslim.prune.regularize import Slimming
 from torchslim.train import TrainConfig, fit
@@ -125,13 +134,60 @@ def binaryconnect(data_dir) -> list[dict]:
     return [base, compare(r, base)]
 
 
+def fitnets(data_dir) -> list[dict]:
+    loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
+    teacher = ts.load(ART / "vgg_small.slim").eval()
+    base = _float("vgg_small", loaders)
+    torch.manual_seed(0)
+    student = ts.create_model("vgg_small", width=12)
+    # after the second block's pool; hint_weight 1 / (64 * 7 * 7): the squared error per element of the
+    # teacher's feature (summed over the feature, the regressor's SGD diverged in the first epoch)
+    hint = Distill(teacher, T=4.0, alpha=0.5, hints=[("0.13", "0.13")], hint_weight=1 / (64 * 7 * 7))
+    fit(
+        student,
+        loaders.train,
+        TrainConfig(epochs=6, **ADAM),
+        callbacks=[hint],
+        checkpoint_dir=CACHE / "reproduce_fitnets",
+        desc="fitnets",
+    )
+    r = _row(
+        "Romero et al. 2015, FitNets",
+        "vgg_small_w12",
+        "distill (hints + KD)",
+        "hint 0.13 -> 0.13 (1x1 regressor, per-element MSE) + KD T=4 a=0.5, 6 ep Adam, seed 0",
+        student,
+        loaders,
+    )
+    rows = [base, compare(r, base)]
+    distill = json.loads((RES / "distill.json").read_text())
+    for mode in ("KD", "alone"):  # the same student, schedule and seed without the hint (benchmarks/distill.py)
+        d = next(
+            x
+            for x in distill["students"]
+            if x["student"] == "vgg_small_w12" and x["mode"] == mode and x["seed"] == 0 and x["epochs"] == 6
+        )
+        rows.append(
+            {
+                "paper": "",
+                "model": "vgg_small_w12",
+                "method": f"distill ({mode})" if mode == "KD" else "trained alone",
+                "setting": "6 ep Adam, seed 0 (benchmarks/distill.py)",
+                **{k: d.get(k) for k in ("top1", "params", "macs")},
+            }
+        )
+        rows[-1]["delta_pp"] = round(rows[-1]["top1"] - base["top1"], 2)
+    return rows
+
+
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--only", nargs="*", default=["slimming", "binaryconnect"])
+    ap.add_argument("--only", nargs="*", default=["slimming", "binaryconnect", "fitnets"])
     a = parse(ap)
     runners = {
         "slimming": lambda: slimming(a.data_dir),
         "binaryconnect": lambda: binaryconnect(a.data_dir),
+        "fitnets": lambda: fitnets(a.data_dir),
     }
     sections = run_sections(CACHE / "reproduce_sections.json", a.only, runners)
     rows = [{"section": k, **r} for k in runners for r in sections.get(k, [])]

@@ -45,6 +45,7 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
         ("lowrank", {"model": "vgg_small", "method": "float"}),
         ("binary", {"model": "vgg_small", "method": "float32"}),
         ("reproduce", {"section": "slimming", "method": "float"}),
+        ("reproduce", {"section": "fitnets", "method": "float"}),
     ],
     "resnet20.slim": [
         ("baselines", {"model": "resnet20"}),
