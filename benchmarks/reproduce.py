@@ -63,6 +63,16 @@ def _float(name: str, loaders) -> dict:
     return _row("", name, "float", "baseline", ts.load(ART / f"{name}.slim"), loaders, ART / f"{name}.slim")
 
 
+def _artifact_row(model, cfg, base: dict, artifact: str, paper: str, setting: str, loaders, run: str) -> list[dict]:
+    """Save the converted ``model`` to ``CACHE/run`` (recipe: ``cfg`` on the base float file), copy
+    it to the artifacts as ``artifact``, and return the float row and the file's row compared with it."""
+    path = CACHE / run / "model.slim"
+    ts.save(model, path, recipe={"model": {"from": f"{base['model']}.slim"}, "stages": [cfg.to_dict()]})
+    shutil.copyfile(path, ART / artifact)
+    r = _row(paper, base["model"], cfg.method, setting, ts.load(path), loaders, path)
+    return [base, compare(r, base)]
+
+
 def slimming(data_dir) -> list[dict]:
     loaders = make_loaders(DataConfig(dir=data_dir), seed=0)
     base = _float("vgg_small", loaders)
@@ -87,19 +97,16 @@ def slimming(data_dir) -> list[dict]:
         checkpoint_dir=CACHE / "reproduce_slimming_ft",
         desc="slimming ft",
     )
-    path = CACHE / "reproduce_slimming" / "model.slim"
-    ts.save(model, path, recipe={"model": {"from": "vgg_small.slim"}, "stages": [cfg.to_dict()]})
-    shutil.copyfile(path, ART / "vgg_small_slimming.slim")
-    r = _row(
+    return _artifact_row(
+        model,
+        cfg,
+        base,
+        "vgg_small_slimming.slim",
         "Liu et al. 2017, network slimming",
-        "vgg_small",
-        cfg.method,
         "L1 on BN gammas 1e-3, 2 ep; 50 % of channels removed (global); 2 ep fine-tuning",
-        ts.load(path),
         loaders,
-        path,
+        "reproduce_slimming",
     )
-    return [base, compare(r, base)]
 
 
 def binaryconnect(data_dir) -> list[dict]:
@@ -119,19 +126,16 @@ def binaryconnect(data_dir) -> list[dict]:
         desc="binaryconnect",
     )
     ts.convert_(model)
-    path = CACHE / "reproduce_binaryconnect" / "model.slim"
-    ts.save(model, path, recipe={"model": {"from": "lenet300_100.slim"}, "stages": [cfg.to_dict()]})
-    shutil.copyfile(path, ART / "lenet300_100_binaryconnect.slim")
-    r = _row(
+    return _artifact_row(
+        model,
+        cfg,
+        base,
+        "lenet300_100_binaryconnect.slim",
         "Courbariaux et al. 2015, BinaryConnect",
-        "lenet300_100",
-        cfg.method,
         "every layer's weights binary (deterministic), float activations, 10 ep Adam from float",
-        ts.load(path),
         loaders,
-        path,
+        "reproduce_binaryconnect",
     )
-    return [base, compare(r, base)]
 
 
 def fitnets(data_dir) -> list[dict]:
