@@ -29,8 +29,8 @@ from torchslim.core.state import slim_state
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import count_macs, latency_ms, measure, write_report
 from torchslim.prune import sparsity
-from torchslim.prune.magnitude import retune_kernels
 from torchslim.recipe import run_recipe
+from torchslim.runtime.tune import retune_kernels
 from torchslim.train import TrainConfig, fit
 
 from _common import compare, parse, parser, run_sections

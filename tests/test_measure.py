@@ -206,3 +206,49 @@ def test_eager_engine_runs_plain_conv_models_channels_last():
         binary = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 2))
         ts.convert_(ts.compress_(binary, BNN(layers=("1",)), example_inputs=torch.randn(1, 3, 6, 6)))
     assert engines.build("eager", binary.eval(), (3, 6, 6)).layout == "contiguous"
+
+
+class _SparseNet(nn.Module):
+    """A user's model for the batch-last tests; ``flat_view`` merges the batch dim of a conv output
+    with ``.view``, which a batch-last tensor cannot give (``.view(N, -1)`` works on it)."""
+
+    def __init__(self, flat_view: bool = False) -> None:
+        super().__init__()
+        self.flat_view = flat_view
+        self.c1, self.c2 = nn.Conv2d(2, 8, 3, padding=1), nn.Conv2d(8, 8, 3)
+        self.pool, self.fc = nn.MaxPool2d(2), nn.Linear(8 * 3 * 3, 4)
+
+    def forward(self, x):
+        y = self.pool(self.c2(self.pool(self.c1(x))))
+        if self.flat_view:  # (N * C, H, W): merges the batch dim, which a batch-last tensor cannot view
+            y = y.view(-1, 3, 3)
+        return self.fc(y.reshape(len(x), -1))
+
+
+@pytest.mark.parametrize("flat_view", [False, True])
+def test_eager_engine_keeps_sparse_convs_batch_last(flat_view):
+    """Direct sparse convolutions pass batch-last tensors on in the eager engine (no transposes
+    between them and the pooling), and the outputs equal the model's; a model whose code cannot
+    take that layout is found at build time and runs with NCHW outputs. Catches: the batch-last
+    layout lost at the pooling (a copy per layer), the flag set on the user's own layers, a model
+    that breaks in the engine instead of falling back."""
+    from torchslim.measure import engines
+    from torchslim.prune import Magnitude
+    from torchslim.runtime import SparseConv2d
+
+    torch.manual_seed(0)
+    model = _SparseNet(flat_view)
+    x = torch.randn(5, 2, 16, 16)
+    ts.convert_(ts.compress_(model, Magnitude(sparsity=0.7, kernel="sparse"), example_inputs=x[:1])).eval()
+    run = engines.build("eager", model, (2, 16, 16))
+    assert run.layout == ("contiguous" if flat_view else "batch_last")
+    assert not any(m.batch_last for m in model.modules() if isinstance(m, SparseConv2d))
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0].stride())) for m in run.modules()]
+    with torch.no_grad():
+        want, got = model(x), run(x)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    if not flat_view:
+        assert seen.count((1, 5 * 8 * 8, 5 * 8, 5)) >= 1  # c2 reads the pooled batch-last map as it is

@@ -1,8 +1,11 @@
 """prune.magnitude and the packed sparse runtime."""
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import torchslim as ts
 from references import masked_reference
@@ -125,27 +128,85 @@ def test_chaining_prunes_further():
         assert abs(sparsity(model) - s) < 1e-3
 
 
-@pytest.mark.parametrize("conv", [dict(stride=1, padding=1), dict(stride=2, padding=0), dict(dilation=2, padding=2)])
-def test_sparse_conv_kernel_matches_dense(conv):
+def _close(got: torch.Tensor, want: torch.Tensor, magnitude: torch.Tensor, terms: int) -> None:
+    """Two float32 sums of the same ``terms`` products in different orders differ by at most
+    ``2 * terms * u * sum |product|`` per output (u = 2^-24, the standard recursive-summation bound);
+    ``magnitude`` is that sum of absolute products, the layer applied to |x| and |W|."""
+    assert got.shape == want.shape
+    bound = 2 * terms * 2.0**-24 * magnitude
+    assert bool(((got - want).abs() <= bound).all()), float(((got - want).abs() - bound).max())
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        dict(stride=1, padding=1),
+        dict(stride=2, padding=0),
+        dict(dilation=2, padding=2),
+        dict(kernel_size=(3, 5), stride=(2, 1), padding=(1, 2)),
+        dict(kernel_size=(5, 3), stride=(1, 2), padding=(2, 0), bias=False),
+        dict(kernel_size=1),
+    ],
+)
+@pytest.mark.parametrize("batch", [1, 3, 70])
+def test_sparse_conv_kernel_matches_dense(conv, batch):
+    """The direct sparse kernel (numba, or im2col with torch.sparse without it) against the dense conv.
+    Catches: height and width strides / paddings swapped (non-square cases), batch 1's wide rows used
+    with a vertical stride, the 4-weight blocks' remainder skipped or run twice (filters whose nonzero
+    counts are not multiples of 4, one filter with none), a dropped bias, batch entries mixed up."""
     torch.manual_seed(0)
-    m = nn.Conv2d(6, 10, 3, **conv)
+    conv = {"kernel_size": 3, **conv}
+    m = nn.Conv2d(6, 10, **conv)
     with torch.no_grad():
         m.weight.mul_(torch.rand_like(m.weight) > 0.7)
-    x = torch.randn(3, 6, 13, 13)
+        m.weight[3] = 0
+    x = torch.randn(batch, 6, 13, 11)
+    terms = 6 * m.weight[0].numel() + 1
+    with torch.no_grad():
+        b = m.bias.abs() if m.bias is not None else None
+        magnitude = F.conv2d(x.abs(), m.weight.abs(), b, m.stride, m.padding, m.dilation)
     for kernel in ("sparse", "dense"):
-        torch.testing.assert_close(SparseConv2d.from_dense(m, kernel)(x), m(x), atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            y = SparseConv2d.from_dense(m, kernel).eval()(x)
+            _close(y, m(x), magnitude, terms)
+        assert y.is_contiguous()  # a plain call returns NCHW (batch-last only in the eager engine)
     back = SparseConv2d.from_dense(m).to_float()
     assert torch.equal(back.weight, m.weight)
 
 
-def test_sparse_linear_kernel_matches_dense():
+def test_sparse_kernels_without_numba(monkeypatch):
+    """The fallback path (im2col + torch.sparse) when numba is missing: same function."""
+    from torchslim.runtime import sparse as sparse_mod
+
+    monkeypatch.setattr(sparse_mod, "_NUMBA", False)
+    test_sparse_conv_kernel_matches_dense(dict(stride=(2, 1), padding=(1, 0), kernel_size=(3, 5)), 2)
+    test_sparse_linear_kernel_matches_dense(3)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 67])
+def test_sparse_linear_kernel_matches_dense(batch):
+    """Catches: the batch-1 gather path or the 4-weight blocks (and their remainder) wrong, rows mixed."""
     torch.manual_seed(0)
     m = nn.Linear(40, 30)
     with torch.no_grad():
         m.weight.mul_(torch.rand_like(m.weight) > 0.9)
-    x = torch.randn(5, 40)
+        m.weight[7] = 0
+    x = torch.randn(batch, 40)
+    magnitude = F.linear(x.abs(), m.weight.abs(), m.bias.abs()).detach()
     for kernel in ("sparse", "dense"):
-        torch.testing.assert_close(SparseLinear.from_dense(m, kernel)(x), m(x), atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            y = SparseLinear.from_dense(m, kernel).eval()(x)
+        _close(y, m(x), magnitude, 41)
+        assert y.is_contiguous()
+
+
+def test_sparse_layers_keep_input_gradients():
+    """With frozen weights but an input that needs a gradient (saliency maps), the layers take the
+    differentiable path. Catches: the numba kernels (no autograd) used there."""
+    m = SparseConv2d.from_dense(nn.Conv2d(2, 3, 3), "sparse").requires_grad_(False)
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    m(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_choose_kernel_records_timings():
@@ -229,3 +290,37 @@ def test_pruned_weights_stay_zero_with_optimizer_state_built_before_the_mask_cha
             zeros_seen += int(pruned.sum())
             assert torch.equal(m.weight_orig[pruned], torch.zeros_like(m.weight_orig[pruned])), step
     assert zeros_seen > 0 and sparsity(model) == pytest.approx(0.8, abs=0.01)
+
+
+def test_tune_rewrites_only_the_kernel_choices(tmp_path, monkeypatch, capsys):
+    """``torchslim tune`` re-times each kernel choice here and rewrites the file's architecture
+    record: the tensors stay byte for byte, the file loads with the new kernels and computes the same
+    function, for registry and user models. Catches: tensors re-encoded or dropped (the entropy-coded
+    streams), the old choices written back, a user model's file losing its overrides."""
+    from torchslim.cli import main
+    from torchslim.export.slim import read_slim, retune
+    from torchslim.runtime import timing as timing_mod
+    from usermodels import SmallNet
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 28, 28)
+    fake = {"b1": {"sparse": 1.0, "dense": 2.0}, "b256": {"sparse": 1.0, "dense": 2.0}}
+    for name, model, kw in [("reg", ts.create_model("lenet5"), {}), ("own", SmallNet(), {"model": SmallNet()})]:
+        ts.convert_(ts.compress_(model, Magnitude(sparsity=0.8, kernel="dense"), example_inputs=x[:1]))
+        src, out = tmp_path / f"{name}.slim", tmp_path / f"{name}_tuned.slim"
+        ts.save(model, src, entropy="huffman")
+        monkeypatch.setattr(timing_mod, "time_candidates", lambda *a, **k: fake)
+        choices = retune(src, out, **kw)
+        monkeypatch.undo()
+        assert choices and set(choices.values()) == {"sparse"}
+        (t0, h0), (t1, h1) = read_slim(src), read_slim(out)
+        assert t0.keys() == t1.keys() and all(torch.equal(t0[k], t1[k]) for k in t0)
+        assert h0["log"] == h1["log"] and h0["extra"] == h1["extra"] and h0["entropy"] == h1["entropy"]
+        fresh = (lambda: {"model": SmallNet()}) if kw else dict
+        a, b = ts.load(src, **fresh()), ts.load(out, **fresh())
+        layers = [m for m in b.modules() if isinstance(m, (SparseConv2d, SparseLinear))]
+        assert layers and all(m.kernel == "sparse" and m.timing == fake for m in layers)
+        with torch.no_grad():
+            torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
+    assert main(["tune", str(tmp_path / "reg.slim")]) == 0  # in place, timed for real
+    assert set(json.loads(capsys.readouterr().out)) == {"0", "2", "5", "7"}

@@ -217,6 +217,10 @@ def test_strided_max_pool_equals_max_pool2d(k):
         xc = x.contiguous(memory_format=torch.channels_last)
         assert torch.equal(pool(xc).nan_to_num(7.0), F.max_pool2d(x, k).nan_to_num(7.0))
         assert pool(xc).is_contiguous(memory_format=torch.channels_last)  # stays NHWC: no copy for the next conv
+        xb = x.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)  # batch-last (direct sparse convs)
+        assert torch.equal(pool(xb).nan_to_num(7.0), F.max_pool2d(x, k).nan_to_num(7.0))
+        if len(x) > 1:
+            assert pool(xb).permute(1, 2, 3, 0).is_contiguous()  # stays batch-last
 
 
 def test_fast_pooling_shares_everything_but_the_pools():

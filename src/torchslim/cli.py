@@ -37,21 +37,25 @@ def _model_data(path: str, data_dir: str | None, model_spec: str | None = None):
     from torchslim.data import DataConfig
     from torchslim.export.slim import load
 
-    fresh = None
-    if model_spec:
-        from torchslim.export.slim import file_header
-        from torchslim.models.imported import build_imported
-
-        made_by = (file_header(path).get("recipe") or {}).get("model") or {}
-        kwargs = made_by.get("kwargs") if made_by.get("import") == model_spec else None  # data, never code
-        fresh = build_imported(model_spec, kwargs)
-    model = load(path, model=fresh)
+    model = load(path, model=_fresh_model(path, model_spec))
     header = model.torchslim.header
     d = dict((header.get("extra") or {}).get("data") or {"name": "fashion_mnist"})
     d["dir"] = data_dir or None
     d.pop("subset", None)  # reported numbers always use the full test split
     cfg = DataConfig.from_dict(d)
     return model, cfg, _input_shape(header)
+
+
+def _fresh_model(path: str, model_spec: str | None):
+    """A user's float model from ``--model pkg.module:factory`` (None for registry files)."""
+    if not model_spec:
+        return None
+    from torchslim.export.slim import file_header
+    from torchslim.models.imported import build_imported
+
+    made_by = (file_header(path).get("recipe") or {}).get("model") or {}
+    kwargs = made_by.get("kwargs") if made_by.get("import") == model_spec else None  # data, never code
+    return build_imported(model_spec, kwargs)
 
 
 def _input_shape(header: dict) -> tuple:
@@ -76,6 +80,14 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         **measure(model, shape, loader=loader, path=a.model, latency=not a.no_latency, engine=a.engine),
     }
     print(json.dumps(res) if a.json else to_table([res]))
+    return 0
+
+
+def _cmd_tune(a: argparse.Namespace) -> int:
+    from torchslim.export.slim import retune
+
+    choices = retune(a.model, a.output, model=_fresh_model(a.model, a.import_model))
+    print(json.dumps(choices) if choices else "no layer of this file has a kernel choice")
     return 0
 
 
@@ -210,10 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
         "uses the fastest (default: eager, torchslim's own runtime)",
     )
     e.set_defaults(fn=_cmd_eval)
+    t = sub.add_parser(
+        "tune",
+        help="re-time each layer's kernel choice (sparse/dense, lookup table/dense) on this machine and "
+        "rewrite the file with the faster kernels",
+    )
+    t.add_argument("model")
+    t.add_argument("-o", "--output", help="write here instead of in place")
+    t.set_defaults(fn=_cmd_tune)
     i = sub.add_parser("inspect", help="per-layer table of a .slim file")
     i.add_argument("model")
     i.set_defaults(fn=_cmd_inspect)
-    for cmd in (e, i):
+    for cmd in (e, i, t):
         cmd.add_argument(
             "--model",
             dest="import_model",

@@ -323,6 +323,33 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     return model.eval()
 
 
+def retune(path: str | os.PathLike, out: str | os.PathLike | None = None, model: nn.Module | None = None) -> dict:
+    """Re-time the kernel choice of every layer of the file that has one (sparse / dense, lookup
+    table / dense: :func:`torchslim.runtime.tune.retune_kernels`) on this machine, and write the
+    file again (to ``out``, default in place) with the new choices and timings in its
+    architecture record; tensors, recipe, log and extra are kept byte for byte. Returns
+    ``{layer: kernel}``."""
+    from torchslim.runtime.tune import retune_kernels
+
+    loaded = load(path, model)
+    tensors, header = read_slim(path)  # the stored (possibly entropy-coded) tensors, as they are
+    state = slim_state(loaded)
+    shape = input_shape(header)
+    if state.example_inputs is None and shape is not None:
+        state.example_inputs = inputs.from_shape(shape)
+    choices = retune_kernels(loaded)
+    if header.get("arch") is not None:
+        from torchslim.models import create_model
+
+        arch = header["arch"]
+        header["arch"] = {**arch, "overrides": diff_overrides(loaded, create_model(arch["name"], **arch["kwargs"]))}
+    else:
+        header["overrides"] = changed_layers(loaded, state.original)
+    header.pop("format", None)
+    write_slim(out if out is not None else path, tensors, header)
+    return choices
+
+
 # What a file's layers may allocate beyond its tensor bytes when built, and what their float
 # expansions at run time may reach (a 99.9 %-sparse or 1-bit layer legitimately expands to
 # 1000x / 32x its storage): beyond these, a file is refused before anything is allocated.

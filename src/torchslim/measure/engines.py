@@ -75,10 +75,39 @@ def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
     if prefers_channels_last(view):
         run = _Runner("eager", _ChannelsLast(channels_last_view(view)))
         run.layout = "channels_last"
+    elif (bl := batch_last_view(view, input_shape)) is not view:
+        run = _Runner("eager", bl)
+        run.layout = "batch_last"
     else:
         run = _Runner("eager", view)
         run.layout = "contiguous"
     return run
+
+
+def batch_last_view(model: nn.Module, input_shape: tuple) -> nn.Module:
+    """A view of ``model`` whose direct sparse convolutions pass their batch-last output on as it is
+    (:class:`torchslim.runtime.sparse.SparseConv2d`), so the next sparse conv and the pooling between
+    them need no transpose. A model whose own code needs NCHW-contiguous tensors there (``.view``
+    after a conv) fails on the view; it is tried once at batch 2 and ``model`` is returned if it fails."""
+    from torchslim.runtime.pool import with_modules
+    from torchslim.runtime.sparse import SparseConv2d
+
+    def swap(m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, SparseConv2d) or m.kernel != "sparse":
+            return None
+        new = copy.copy(m)
+        new.batch_last = True
+        return new
+
+    view = with_modules(model, swap)
+    if view is model:
+        return model
+    try:
+        with torch.no_grad():
+            inputs.call(view, inputs.from_shape(input_shape, batch=2))
+    except Exception:  # noqa: BLE001 - e.g. a .view() of a batch-last tensor: keep NCHW outputs
+        return model
+    return view
 
 
 def prefers_channels_last(model: nn.Module) -> bool:

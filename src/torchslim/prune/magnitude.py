@@ -181,15 +181,6 @@ def sparsity(model: nn.Module) -> float:
     return zeros / max(total, 1)
 
 
-def retune_kernels(model: nn.Module) -> dict[str, str]:
-    """Re-measure sparse vs dense for every packed sparse layer (e.g. on the deployment machine,
-    or once the machine is quiet) and keep the faster; returns {layer: kernel}."""
-    names = [n for n, m in model.named_modules() if isinstance(m, (SparseConv2d, SparseLinear))]
-    inputs = capture_inputs(model, names)
-    mods = dict(model.named_modules())
-    return {n: choose_kernel(mods[n], inputs[n]) for n in names}
-
-
 @register_method("prune.magnitude")
 class MagnitudeMethod(Method):
     config_cls = Magnitude

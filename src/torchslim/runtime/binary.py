@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime._numba import match_torch_threads
 from torchslim.runtime.base import RuntimeLayer
 
 _SHIFTS = torch.arange(64, dtype=torch.int64)
@@ -199,9 +200,7 @@ def _numba_kernels() -> dict | bool:
 def _kernels(t: torch.Tensor) -> dict | bool:
     k = _numba_kernels() if t.device.type == "cpu" else False
     if k:
-        import numba
-
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        match_torch_threads()
     return k
 
 

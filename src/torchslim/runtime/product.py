@@ -126,6 +126,10 @@ class ProductLinear(_ProductBase):
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
+    def tune(self, example: torch.Tensor) -> str:
+        """Re-time the lookup-table and dense kernels on ``example`` (:func:`choose_pq_kernel`)."""
+        return choose_pq_kernel(self, example)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_features}, {self.out_features}, sub_dim={self.sub_dim}, bits={self.bits}, kernel={self.kernel}"

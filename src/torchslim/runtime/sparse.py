@@ -9,11 +9,23 @@ Training: with gradients enabled the weight is rebuilt differentiably from
 ``values`` (``index_add`` into a dense buffer), so a packed model fine-tunes
 with its sparsity pattern fixed: only the stored nonzeros learn.
 
-Execution: ``kernel="sparse"`` multiplies with ``torch.sparse_csr`` (conv via
-im2col: ``W (C_out, C_in*k*k) @ unfold(x)``); ``kernel="dense"`` expands the
-weight once, at load, and runs the ordinary dense op. :func:`choose_kernel`
-times both on the layer's real input shape and keeps the faster one; the
-choice and the timings are stored in the file's architecture spec.
+Execution: ``kernel="dense"`` expands the weight once, at load, and runs the
+ordinary dense op. ``kernel="sparse"``: a linear layer multiplies with
+``torch.sparse_csr``; a convolution runs a direct sparse kernel (numba) that never
+forms im2col patches: with the input batch-last, ``x (C, H, W, N)``, every stored
+weight ``v = W[o, c, ky, kx]`` adds ``v * x[c, i s + ky d - p, j s + kx d - p, :]``
+to output row ``y[o, i, j, :]``, and for stride 1 the ``(j, n)`` run of a row is one
+contiguous vector of ``W_out * N`` floats, so the work is ``nnz * H_out`` vector
+updates (``nnz / (C_out C_in k^2)`` of the dense MACs) at any batch size; rows are
+tiled so a tile of output stays in L1 (Park et al. 2017, "Faster CNNs with Direct
+Sparse Convolutions"). Its output is the batch-last tensor viewed as NCHW; a plain
+call returns it NCHW-contiguous (one copy), the ``eager`` engine passes it on as
+it is (``batch_last = True``), so consecutive sparse convolutions and the pooling
+between them never transpose. Without numba (or off the CPU) the convolution
+falls back to ``W (C_out, C_in*k*k) @ unfold(x)`` with ``torch.sparse_csr``.
+:func:`choose_kernel` times the kernels on the layer's real input shape and
+keeps the faster one; the choice and the timings are stored in the file's
+architecture spec.
 """
 
 from __future__ import annotations
@@ -26,10 +38,119 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import conv_geometry, dense_module, linear_geometry, set_conv_geometry
+from torchslim.runtime._numba import match_torch_threads
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 from torchslim.runtime.timing import choose_module_kernel
 
 KERNELS = ("sparse", "dense")
+
+_NUMBA: dict | bool | None = None
+
+
+def _numba_kernels() -> dict | bool:
+    """The compiled direct sparse convolution, or False without numba."""
+    global _NUMBA
+    if _NUMBA is None:
+        try:
+            import numpy as np
+            from numba import njit, prange
+        except ImportError:
+            _NUMBA = False
+            return _NUMBA
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def sparse_conv(x, crow, cc, cy, cx, vals, bias, sh, sw, dh, dw, rows, wo, out):
+            # x (C, H, W, N) float32, zero-padded already -> out (O, Ho, Wb, N), of which columns
+            # [0, wo) are the output; CSR row o holds (channel, ky, kx, value). Per pass over a run of
+            # output, 4 stored weights (one load and store of y per 4 multiply-adds). A run is one
+            # output row's (j, n) (contiguous for stride 1), or, with Wb == W (stride 1 both ways,
+            # "wide" rows), a whole tile of rows at once: y[i, j] for j in [wo, W) then reads the next
+            # input row and is discarded, so short rows (batch 1) still give long vector loops.
+            c_, h, w, nb = x.shape
+            no, ho, wb, _ = out.shape
+            wide = wb == w and wo < w
+            xf = x.reshape(c_, h * w * nb)
+            of = out.reshape(no, ho * wb * nb)
+            tiles = (ho + rows - 1) // rows
+            for idx in prange(no * tiles):
+                o, i0 = idx // tiles, (idx % tiles) * rows
+                i1 = min(ho, i0 + rows)
+                q0, q1 = crow[o], crow[o + 1]
+                tile = of[o, i0 * wb * nb : i1 * wb * nb]
+                for t in range(tile.shape[0]):
+                    tile[t] = bias[o]
+                n_ = ((i1 - i0 - 1) * w + wo) * nb if wide else wo * nb
+                for i in range(i0, i0 + 1 if wide else i1):
+                    y = of[o, i * wb * nb : i * wb * nb + n_]
+                    for q in range(q0, q1 - 3, 4):
+                        x0, x1 = xf[cc[q]], xf[cc[q + 1]]
+                        x2, x3 = xf[cc[q + 2]], xf[cc[q + 3]]
+                        r0 = (i * sh + cy[q] * dh) * w * nb + cx[q] * dw * nb
+                        r1 = (i * sh + cy[q + 1] * dh) * w * nb + cx[q + 1] * dw * nb
+                        r2 = (i * sh + cy[q + 2] * dh) * w * nb + cx[q + 2] * dw * nb
+                        r3 = (i * sh + cy[q + 3] * dh) * w * nb + cx[q + 3] * dw * nb
+                        v0, v1, v2, v3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
+                        if sw == 1:  # one contiguous run: slices, not offsets, so it vectorizes
+                            s0, s1, s2, s3 = x0[r0 : r0 + n_], x1[r1 : r1 + n_], x2[r2 : r2 + n_], x3[r3 : r3 + n_]
+                            for t in range(n_):
+                                y[t] += v0 * s0[t] + v1 * s1[t] + v2 * s2[t] + v3 * s3[t]
+                        else:
+                            for j in range(wo):
+                                d = j * sw * nb
+                                ys = y[j * nb : j * nb + nb]
+                                s0, s1 = x0[r0 + d : r0 + d + nb], x1[r1 + d : r1 + d + nb]
+                                s2, s3 = x2[r2 + d : r2 + d + nb], x3[r3 + d : r3 + d + nb]
+                                for t in range(nb):
+                                    ys[t] += v0 * s0[t] + v1 * s1[t] + v2 * s2[t] + v3 * s3[t]
+                    for q in range(q1 - (q1 - q0) % 4, q1):  # the last 1-3 weights one by one
+                        xq, v = xf[cc[q]], vals[q]
+                        r = (i * sh + cy[q] * dh) * w * nb + cx[q] * dw * nb
+                        if sw == 1:
+                            s0 = xq[r : r + n_]
+                            for t in range(n_):
+                                y[t] += v * s0[t]
+                        else:
+                            for j in range(wo):
+                                d = j * sw * nb
+                                ys, s0 = y[j * nb : j * nb + nb], xq[r + d : r + d + nb]
+                                for t in range(nb):
+                                    ys[t] += v * s0[t]
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def sparse_linear(xt, crow, col, vals, bias, out):
+            # xt (K, N) float32 (the input transposed) -> out (N, O); an output row's N values are
+            # accumulated over its stored weights, 4 at a time, in one contiguous vector
+            nb = xt.shape[1]
+            for o in prange(out.shape[1]):
+                acc = np.full(nb, bias[o], np.float32)
+                q0, q1 = crow[o], crow[o + 1]
+                if nb == 1:  # a dot product of gathered inputs
+                    s = np.float32(0)
+                    for q in range(q0, q1):
+                        s += vals[q] * xt[col[q], 0]
+                    acc[0] += s
+                else:
+                    for q in range(q0, q1 - 3, 4):
+                        x0, x1, x2, x3 = xt[col[q]], xt[col[q + 1]], xt[col[q + 2]], xt[col[q + 3]]
+                        v0, v1, v2, v3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
+                        for t in range(nb):
+                            acc[t] += v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
+                    for q in range(q1 - (q1 - q0) % 4, q1):
+                        xq, v = xt[col[q]], vals[q]
+                        for t in range(nb):
+                            acc[t] += v * xq[t]
+                for t in range(nb):
+                    out[t, o] = acc[t]
+
+        _NUMBA = {"conv": sparse_conv, "linear": sparse_linear}
+    return _NUMBA
+
+
+def _kernels(t: torch.Tensor) -> dict | bool:
+    k = _numba_kernels() if t.device.type == "cpu" and t.dtype == torch.float32 else False
+    if k:
+        match_torch_threads()
+    return k
 
 
 def _csr(weight2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,6 +186,7 @@ class _SparseBase(RuntimeLayer):
             self.values = nn.Parameter(torch.zeros(nnz))
         self.bias = nn.Parameter(torch.zeros(self.rows)) if bias else None
         self._cache: tuple | None = None
+        self._numba_ops: tuple | None = None
 
     def weight_counts(self) -> tuple[int, int]:
         """(dense weights + bias, stored nonzeros + nonzero bias) for measurement."""
@@ -106,6 +228,10 @@ class _SparseBase(RuntimeLayer):
     def _storage_args(self) -> dict:
         return dict(nnz=self.nnz, bias=self.bias is not None, kernel=self.kernel, timing=self.timing, bits=self.bits)
 
+    def tune(self, example: torch.Tensor) -> str:
+        """Re-time this layer's kernels on ``example`` (:func:`choose_kernel`); returns the choice."""
+        return choose_kernel(self, example)
+
     def _trainable(self) -> nn.Parameter:
         return self.codebook if self.bits else self.values
 
@@ -139,6 +265,22 @@ class _SparseBase(RuntimeLayer):
         self.values = nn.Parameter(values)
         self.nnz = values.numel()
         self._cache = None
+
+    def _index_parts(self, col: torch.Tensor) -> tuple:
+        """What the numba kernel reads of a stored weight's column index."""
+        return (col,)
+
+    def _kernel_operands(self) -> tuple:
+        """CSR row pointers, :meth:`_index_parts` of every stored weight, the values and the bias as
+        numpy arrays for the numba kernels (cached with the weights' and the bias's versions)."""
+        p, b = self._trainable(), self.bias
+        key = (self.bits, p._version, p.data_ptr(), None if b is None else (b._version, b.data_ptr()))
+        if self._numba_ops is None or self._numba_ops[0] != key:
+            vals = self.value_tensor().detach().float()
+            bias = b.detach().float() if b is not None else torch.zeros(self.rows)
+            arrays = (self.crow.long(), *self._index_parts(self.col.long()), vals, bias)
+            self._numba_ops = (key, tuple(t.contiguous().numpy() for t in arrays))
+        return self._numba_ops[1]
 
     def _training(self) -> bool:
         return torch.is_grad_enabled() and self._trainable().requires_grad
@@ -223,7 +365,14 @@ class SparseLinear(_SparseBase):
         if self.kernel == "dense":
             return F.linear(x, self._operand(), self.bias)
         lead = x.shape[:-1]
-        y = self._mm(x.reshape(-1, self.in_features).t().contiguous()).t()
+        xt = x.detach().reshape(-1, self.in_features).t().contiguous()  # (in, N)
+        k = _kernels(x) if not (torch.is_grad_enabled() and x.requires_grad) else False
+        if k:
+            y = torch.empty(xt.shape[1], self.out_features)
+            k["linear"](xt.numpy(), *self._kernel_operands(), y.numpy())
+            return y.reshape(*lead, self.out_features)
+        # (N, out) contiguous: a transposed view would send the next linear layer down a slow path
+        y = self._mm(x.reshape(-1, self.in_features).t().contiguous()).t().contiguous()
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -255,6 +404,7 @@ class SparseConv2d(_SparseBase):
             raise ValueError("the sparse conv kernel supports groups=1 only; use kernel='dense'")
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_storage(nnz, bias, kernel, timing, bits)
+        self.batch_last = False  # set on the eager engine's view: return the direct kernel's layout
 
     def spec_args(self) -> dict:
         return dict(**conv_geometry(self), **self._storage_args())
@@ -293,12 +443,40 @@ class SparseConv2d(_SparseBase):
         kh, kw = self.kernel_size
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
         wo = (w_ + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        k = _kernels(x) if not (torch.is_grad_enabled() and x.requires_grad) else False
+        if k:
+            (ph, pw), xb = self.padding, x.detach().permute(1, 2, 3, 0)  # (C, H, W, N)
+            if ph or pw:  # zero-pad once: the kernel then computes a valid convolution
+                xp = x.new_zeros(xb.shape[0], h + 2 * ph, w_ + 2 * pw, n)
+                xp[:, ph : ph + h, pw : pw + w_] = xb
+                xb = xp
+            xb = xb.contiguous()  # no copy when x is batch-last already
+            # wide rows (see the kernel) where an output row alone is too short a vector loop
+            wb = xb.shape[2] if tuple(self.stride) == (1, 1) and wo * n < 64 else wo
+            out = torch.empty(self.out_channels, ho, wb, n)
+            k["conv"](
+                xb.numpy(),
+                *self._kernel_operands(),
+                *self.stride,
+                *self.dilation,
+                max(1, 4096 // (wb * n)),  # output rows per tile: 16 kB of output
+                wo,
+                out.numpy(),
+            )
+            out = out[:, :, :wo].contiguous() if wb != wo else out  # wide rows: a small copy
+            y = out.permute(3, 0, 1, 2)
+            return y if self.batch_last else y.contiguous()
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*k*k, L)
         y = self._mm(cols.transpose(0, 1).reshape(self.cols, -1))  # (C_out, N*L)
         y = y.reshape(self.out_channels, n, ho * wo).transpose(0, 1).reshape(n, self.out_channels, ho, wo)
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
-        return y
+        return y.contiguous()
+
+    def _index_parts(self, col: torch.Tensor) -> tuple:
+        """A stored weight's column as (input channel, kernel row, kernel column)."""
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        return col // kk, col % kk // self.kernel_size[1], col % self.kernel_size[1]
 
     def extra_repr(self) -> str:
         return (
@@ -312,13 +490,22 @@ def choose_kernel(
 ) -> str:
     """Time the sparse and dense kernels on ``example`` (one input sample, batch dim 1)
     repeated to each batch size; keep ``sparse`` only when it is faster at every size (:func:`pick`).
+    A convolution's direct sparse kernel is timed as the ``eager`` engine runs it, batch-last in and
+    out (:class:`SparseConv2d`); the dense kernel on NCHW tensors.
 
     Side effects: sets ``module.kernel`` and ``module.timing`` ({"b1": {"sparse": ms, "dense": ms}, ...}).
     """
     if isinstance(module, SparseConv2d) and module.groups != 1:
         module.kernel, module.timing = "dense", {"reason": "grouped conv"}
         return "dense"
-
-    choose_module_kernel(module, KERNELS, "dense", example, batches, min_run_time)
+    if isinstance(module, SparseConv2d):
+        saved, module.batch_last = module.batch_last, True
+        try:
+            layouts = {"sparse": lambda x: x.permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)}
+            choose_module_kernel(module, KERNELS, "dense", example, batches, min_run_time, layouts)
+        finally:
+            module.batch_last = saved
+    else:
+        choose_module_kernel(module, KERNELS, "dense", example, batches, min_run_time)
     module._cache = None
     return module.kernel

@@ -30,13 +30,19 @@ def time_candidates(
     example: torch.Tensor,
     batches: tuple[int, ...] = (1, 256),
     min_run_time: float = 0.2,
+    layouts: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{"b<batch>": {name: ms}}`` for each candidate on ``example`` (one sample, batch dim 1)
-    repeated to each batch size."""
+    repeated to each batch size; ``layouts[name]`` gives that candidate its input in the memory
+    layout it receives at run time (outside the timed region)."""
+    layouts = layouts or {}
     timing: dict[str, dict[str, float]] = {}
     for b in batches:
         x = example.expand(b, *example.shape[1:]).contiguous()
-        timing[f"b{b}"] = {name: round(time_ms(fn, x, min_run_time), 4) for name, fn in candidates.items()}
+        timing[f"b{b}"] = {
+            name: round(time_ms(fn, layouts.get(name, lambda t: t)(x), min_run_time), 4)
+            for name, fn in candidates.items()
+        }
     return timing
 
 
@@ -58,9 +64,11 @@ def choose_module_kernel(
     example: torch.Tensor,
     batches: tuple[int, ...] = (1, 256),
     min_run_time: float = 0.2,
+    layouts: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> str:
-    """Time ``module`` with each of its ``kernels`` (``module.kernel = k``) and keep the one :func:`pick`
-    chooses. Side effects: sets ``module.kernel`` and ``module.timing``."""
+    """Time ``module`` with each of its ``kernels`` (``module.kernel = k``; inputs as ``layouts`` gives,
+    see :func:`time_candidates`) and keep the one :func:`pick` chooses. Side effects: sets
+    ``module.kernel`` and ``module.timing``."""
 
     def run(kernel: str):
         def call(x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +77,6 @@ def choose_module_kernel(
 
         return call
 
-    timing = time_candidates({k: run(k) for k in kernels}, example, batches, min_run_time)
+    timing = time_candidates({k: run(k) for k in kernels}, example, batches, min_run_time, layouts)
     module.kernel, module.timing = pick(timing, default), timing
     return module.kernel
