@@ -30,6 +30,7 @@ from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import count_macs, latency_ms, measure, write_report
 from torchslim.prune import sparsity
 from torchslim.recipe import run_recipe
+from torchslim.runtime.timing import time_ms
 from torchslim.runtime.tune import retune_kernels
 from torchslim.train import TrainConfig, fit
 
@@ -256,29 +257,59 @@ def filters(data_dir: str | None) -> list[dict]:
 
 
 def kernel() -> list[dict]:
+    """Each sparse kernel against the dense layer in plain PyTorch (NCHW). Convolutions twice: called
+    alone (NCHW in and out, so the transposes to and from batch-last are counted) and as the eager
+    engine runs them between other sparse convs (batch-last in and out)."""
     rows = []
+
+    def row(model: str, sp: float, batch: int, dense_ms: float, sparse_ms: float, **extra) -> None:
+        rows.append(
+            {
+                "model": model,
+                "method": "CSR kernel",
+                "setting": f"sparsity {sp}",
+                "batch": batch,
+                "dense_ms": round(dense_ms, 3),
+                "sparse_ms": round(sparse_ms, 3),
+                "speedup": round(dense_ms / sparse_ms, 2),
+                **extra,
+                "threads": torch.get_num_threads(),
+            }
+        )
+        print(rows[-1], flush=True)
+
     for sp in (0.9, 0.95):
         torch.manual_seed(0)
         dense = nn.Linear(4096, 4096)
         with torch.no_grad():
             dense.weight.mul_(torch.rand_like(dense.weight) >= sp)
-        packed = {k: ts.runtime.SparseLinear.from_dense(dense, k) for k in ("sparse", "dense")}
+        packed = ts.runtime.SparseLinear.from_dense(dense, "sparse")
         for batch in (1, 64, 256):
-            d = latency_ms(dense, (4096,), batch, min_run_time=1.0)
-            s = latency_ms(packed["sparse"], (4096,), batch, min_run_time=1.0)
-            rows.append(
-                {
-                    "model": "Linear 4096x4096",
-                    "method": "CSR kernel",
-                    "setting": f"sparsity {sp}",
-                    "batch": batch,
-                    "dense_ms": round(d, 3),
-                    "sparse_ms": round(s, 3),
-                    "speedup": round(d / s, 2),
-                    "threads": torch.get_num_threads(),
-                }
+            row(
+                "Linear 4096x4096",
+                sp,
+                batch,
+                latency_ms(dense, (4096,), batch, min_run_time=1.0),
+                latency_ms(packed, (4096,), batch, min_run_time=1.0),
             )
-            print(rows[-1], flush=True)
+    convs = [
+        ("Conv 20->50 5x5, 12x12 (LeNet-5 conv2)", nn.Conv2d(20, 50, 5), (20, 12, 12)),
+        ("Conv 64->64 3x3 pad 1, 16x16", nn.Conv2d(64, 64, 3, padding=1), (64, 16, 16)),
+    ]
+    for name, conv, shape in convs:
+        for sp in (0.9, 0.95):
+            torch.manual_seed(0)
+            with torch.no_grad():
+                conv.weight.mul_(torch.rand_like(conv.weight) >= sp)
+            packed = ts.runtime.SparseConv2d.from_dense(conv, "sparse").eval()
+            for batch in (1, 256):
+                d = latency_ms(conv.eval(), shape, batch, min_run_time=1.0)
+                s = latency_ms(packed, shape, batch, min_run_time=1.0)
+                packed.batch_last = True
+                x = torch.randn(batch, *shape).permute(1, 2, 3, 0).contiguous().permute(3, 0, 1, 2)
+                bl = time_ms(packed, x, 1.0)
+                packed.batch_last = False
+                row(name, sp, batch, d, s, batch_last_ms=round(bl, 3), batch_last_speedup=round(d / bl, 2))
     return rows
 
 
@@ -307,8 +338,18 @@ def main() -> None:
         write_report(
             sections["kernel"],
             RES / "sparse_kernel",
-            ["model", "setting", "batch", "dense_ms", "sparse_ms", "speedup", "threads"],
-            title="CSR sparse kernel vs dense, Linear 4096x4096",
+            [
+                "model",
+                "setting",
+                "batch",
+                "dense_ms",
+                "sparse_ms",
+                "speedup",
+                "batch_last_ms",
+                "batch_last_speedup",
+                "threads",
+            ],
+            title="Sparse kernels (numba CSR linear, direct sparse conv) vs the dense layer in PyTorch",
         )
 
 

@@ -11,6 +11,13 @@ how much of it the compression itself gives. For every artifact the eager run is
 layer type (share of the batch-256 time), so that a miss shows where its time goes.
 
 Writes benchmarks/results/speed.{json,md}. Run it alone on a quiet machine.
+
+``--isa avx2`` runs the same table as an AVX2-only CPU would (the project's machines differ: some
+have AVX-512 / VNNI / VPOPCNTDQ, some AVX2 only): oneDNN is capped at AVX2
+(``ONEDNN_MAX_CPU_ISA``) and numba compiles for Haswell (AVX2, FMA, scalar popcnt), so float,
+binary, sparse and lookup-table kernels run the AVX2 code they would run there; PyTorch's int8
+kernels (fbgemm) pick their ISA themselves and are not capped, so the int8 row is left out.
+Writes benchmarks/results/speed_avx2.{json,md}.
 """
 
 from __future__ import annotations
@@ -97,11 +104,25 @@ def profile(model: nn.Module, batch: int = 256, reps: int = 5) -> dict[str, floa
     return out
 
 
+# an AVX2-only CPU as far as oneDNN and numba are concerned (--isa avx2): set before they load
+AVX2_ENV = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fsgsbase,+fxsr,+lzcnt,+mmx,"
+    "+movbe,+pclmul,+popcnt,+rdrnd,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt",
+}
+
+
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes per model)")
     ap.add_argument("--only", nargs="*", help="artifacts to run (default: all)")
+    ap.add_argument("--isa", choices=["native", "avx2"], default="native", help="avx2: as on an AVX2-only CPU")
     a = parse(ap)
+    if a.isa == "avx2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":  # again, with the caps set
+        import sys
+
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
     names = ["pytorch", "eager", "onnxruntime"] + (["compile"] if a.compile else [])
     floats: dict[str, dict[str, dict]] = {}
     rows = []
@@ -130,13 +151,18 @@ def main() -> None:
                 out[engine] = {k: min(v, prev.get(k, v)) for k, v in t.items()}
         return out
 
+    avx2 = a.isa == "avx2"
+    cpu = cpu_info() + (", run as AVX2-only: oneDNN capped at AVX2, numba for Haswell" if avx2 else "")
+    out = RES / ("speed_avx2" if avx2 else "speed")
     for name, (base, target, target_b1) in TARGETS.items():
         if (a.only and name not in a.only) or not (ART / f"{name}.slim").exists():
+            continue
+        if avx2 and name == "vgg_small_int8":  # fbgemm's int8 kernels are not capped
             continue
         if base not in floats:
             floats[base] = timings(ts.load(ART / f"{base}.slim"))
             for engine, t in floats[base].items():
-                rows.append({"artifact": f"{base}.slim", "engine": engine, **_ms(t), "cpu": cpu_info()})
+                rows.append({"artifact": f"{base}.slim", "engine": engine, **_ms(t), "cpu": cpu})
                 print(json.dumps(rows[-1]), flush=True)
         fb = floats[base]
         best = min((t["b256"] for t in fb.values() if "b256" in t), default=None)
@@ -147,7 +173,7 @@ def main() -> None:
                 "artifact": f"{name}.slim",
                 "engine": engine,
                 **_ms(t),
-                "cpu": cpu_info(),
+                "cpu": cpu,
                 "threads": torch.get_num_threads(),
             }
             if "b256" in t and "b256" in fb.get(engine, {}):
@@ -169,14 +195,14 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     if a.only:  # keep the other artifacts' rows of the last full run
         done = {r["artifact"] for r in rows}
-        old = json.loads((RES / "speed.json").read_text()) if (RES / "speed.json").exists() else []
+        old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
         order = [a for n, (b, *_) in TARGETS.items() for a in (f"{b}.slim", f"{n}.slim")]
         rows = sorted([r for r in old if r["artifact"] not in done] + rows, key=lambda r: order.index(r["artifact"]))
     write_report(
         rows,
-        RES / "speed",
+        out,
         COLUMNS,
-        title=f"Whole-model latency vs float, per engine ({cpu_info()}, {torch.get_num_threads()} threads)",
+        title=f"Whole-model latency vs float, per engine ({cpu}, {torch.get_num_threads()} threads)",
     )
 
 

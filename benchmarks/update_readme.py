@@ -224,16 +224,27 @@ def reproduction_table() -> str:
 
 def speed_table() -> str:
     """The README's speed table: each compressed artifact in torchslim's eager runtime at batch 256
-    against its float model (benchmarks/results/speed.json), with the target and the profile."""
+    against its float model (benchmarks/results/speed.json), batch 1, the same run as an AVX2-only
+    CPU (speed_avx2.json, where present), the target and the profile."""
     lines = [
-        "| artifact | b256 ms | vs float (PyTorch) | vs float (same runtime) | target | met | where the time goes |",
-        "|---|---|---|---|---|---|---|",
+        "| artifact | b256 ms | vs float (PyTorch) | vs float (same runtime) | b1 vs float (PyTorch / same) "
+        "| AVX2-only b256 (PyTorch / same) | target | met | where the time goes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    avx2_path = RES / "speed_avx2.json"
+    avx2 = {
+        r["artifact"]: r
+        for r in (json.loads(avx2_path.read_text()) if avx2_path.exists() else [])
+        if r["engine"] == "eager" and "speedup_b256" in r
+    }
     for r in json.loads((RES / "speed.json").read_text()):
         if r["engine"] != "eager" or "speedup_b256" not in r:
             continue
+        a = avx2.get(r["artifact"])
+        a_cell = f"{a['vs_float_pytorch_b256']:.2f}x / {a['speedup_b256']:.2f}x" if a else "not capped (fbgemm)"
         lines.append(
             f"| {r['artifact']} | {r['b256_ms']:.1f} | {r['vs_float_pytorch_b256']:.2f}x | {r['speedup_b256']:.2f}x | "
+            f"{r['vs_float_pytorch_b1']:.2f}x / {r['speedup_b1']:.2f}x | {a_cell} | "
             f"{r.get('target_b256', '')} | {'yes' if r.get('met') else 'no' if 'met' in r else ''} | "
             f"{r.get('where_time_goes_b256', '')} |"
         )

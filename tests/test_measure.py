@@ -252,3 +252,30 @@ def test_eager_engine_keeps_sparse_convs_batch_last(flat_view):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
     if not flat_view:
         assert seen.count((1, 5 * 8 * 8, 5 * 8, 5)) >= 1  # c2 reads the pooled batch-last map as it is
+
+
+def test_eager_engine_runs_dense_kernel_layers_as_plain_layers():
+    """Codebook layers (their kernel is the dense op on the expanded weight) run in the eager engine as
+    plain convs, so the BatchNorm after them folds and the model goes channels-last; the user's model
+    keeps its packed layers and the outputs agree. Catches: a codebook model left NCHW with its BN
+    unfolded (0.4x the float model's speed before), the user's layers replaced in place."""
+    from torchslim.measure import engines
+    from torchslim.quant import KMeans
+    from torchslim.runtime import CodebookConv2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 2)
+    )
+    x = torch.randn(4, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts.convert_(ts.compress_(model, KMeans(bits=4), example_inputs=x[:1])).eval()
+    assert isinstance(model[0], CodebookConv2d)
+    run = engines.build("eager", model, (3, 4, 4))
+    assert run.layout == "channels_last"
+    assert not any(isinstance(m, (CodebookConv2d, nn.BatchNorm2d)) for m in run.modules())
+    assert isinstance(model[0], CodebookConv2d) and isinstance(model[1], nn.BatchNorm2d)
+    with torch.no_grad():
+        want, got = model(x), run(x)
+    assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))

@@ -238,3 +238,44 @@ def test_fast_pooling_shares_everything_but_the_pools():
     x = torch.randn(2, 1, 20, 20)
     with torch.no_grad():
         assert torch.equal(fast(x), model(x))
+
+
+# the layers whose kernel is the dense op on an expanded weight (the eager engine runs them as such)
+RUNS_DENSE = {"CodebookConv2d", "CodebookLinear", "ProductConv2d", "ProductLinear"}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_as_dense_stands_in_only_for_dense_kernels(name):
+    """``as_dense`` gives a plain layer with the packed layer's function where the layer's own kernel is
+    the dense op anyway, and nothing where its kernel does better. Catches: a stand-in that drops the
+    scale or the bias, or one offered for a sparse-kernel or xnor-popcount layer (which would throw
+    away its speed)."""
+    make, shape, _ = EXAMPLES[name]
+    layer = make().eval()
+    dense = layer.as_dense()
+    assert (dense is not None) == (name in RUNS_DENSE), name
+    if dense is None:
+        return
+    assert type(dense) in (nn.Conv2d, nn.Linear)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.equal(dense(x), layer(x))  # the same op on the same expanded weight
+
+
+@pytest.mark.parametrize("kernel", ["dense", "sparse"])
+def test_as_dense_follows_the_measured_kernel_and_binary_weights(kernel):
+    """A sparse layer stands in as dense only when its measured kernel is ``dense``; binary weights on
+    float inputs (BWN) as one conv with ``scale * W`` (the scale moves inside the sum: float rounding,
+    bounded by 2 (terms + 1) u sum |products|)."""
+    layer = SparseConv2d.from_dense(_conv(), kernel=kernel)
+    assert (layer.as_dense() is None) == (kernel == "sparse")
+    bwn = PackedBinaryConv2d(8, 12, [3, 3], [2, 1], [1, 0], binary_input=False)
+    w = torch.randn(12, 8, 3, 3)
+    bwn.set_weight(w, torch.rand(12), torch.randn(12))
+    dense = bwn.as_dense()
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        want, got = bwn(x), dense(x)
+        mag = nn.functional.conv2d(x.abs(), w.sign().abs(), None, (2, 1), (1, 0)) * bwn.scale.view(1, -1, 1, 1)
+        mag = mag + bwn.bias.abs().view(1, -1, 1, 1)
+    assert bool(((got - want).abs() <= 2 * (8 * 9 + 1) * 2.0**-24 * mag).all())

@@ -9,7 +9,11 @@
   says which one runs). Measured on the project's AMD EPYC at batch 256: float vgg_small 107 ->
   81 ms, its filter-pruned form 84 -> 51 ms, Tucker 128 -> 78 ms, CP 307 -> 103 ms (oneDNN's
   NHWC convolutions; irregular pruned channel counts cost less there), at batch 1 equal or
-  faster. The model itself is left unchanged.
+  faster. Packed layers whose kernel is the dense op on their expanded weight (codebook
+  layers, binary weights on float inputs, a sparse layer whose measured kernel is dense) run
+  as that plain layer (:func:`dense_view`), so they fold and go channels-last like the float
+  model; direct sparse convolutions pass their batch-last outputs on (``layout``
+  ``batch_last``, :func:`batch_last_view`). The model itself is left unchanged.
 * ``pytorch``: the model's modules exactly as they are (the plain-PyTorch reference).
 * ``compile``: ``torch.compile`` (inductor, CPU) of the same model.
 * ``onnxruntime``: the model exported by :func:`torchslim.export.onnx.export_onnx` (int8 as a
@@ -71,7 +75,7 @@ class _Runner(nn.Module):
 def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
     from torchslim.runtime.pool import fast_pooling
 
-    view = fast_pooling(folded_bn(model.eval()))
+    view = fast_pooling(folded_bn(dense_view(model.eval())))
     if prefers_channels_last(view):
         run = _Runner("eager", _ChannelsLast(channels_last_view(view)))
         run.layout = "channels_last"
@@ -108,6 +112,15 @@ def batch_last_view(model: nn.Module, input_shape: tuple) -> nn.Module:
     except Exception:  # noqa: BLE001 - e.g. a .view() of a batch-last tensor: keep NCHW outputs
         return model
     return view
+
+
+def dense_view(model: nn.Module) -> nn.Module:
+    """A view of ``model`` with every packed layer whose kernel is the dense op on its expanded
+    weight replaced by that dense layer (:meth:`RuntimeLayer.as_dense`); the model is not changed."""
+    from torchslim.runtime.base import RuntimeLayer
+    from torchslim.runtime.pool import with_modules
+
+    return with_modules(model, lambda m: m.as_dense() if isinstance(m, RuntimeLayer) else None)
 
 
 def prefers_channels_last(model: nn.Module) -> bool:

@@ -14,7 +14,13 @@ adding a format is one new file in ``runtime/``:
 * ``lowered(**info)``: the same function in plain torch ops that ONNX and
   ``torch.export`` understand (``export/onnx.py``): the exact dense expansion for
   codebook, product, sparse and binary layers, a QuantizeLinear / DequantizeLinear
-  graph for int8.
+  graph for int8;
+* ``as_dense()``: a plain ``nn.Conv2d`` / ``nn.Linear`` with the same function (up to
+  float rounding) where the layer's own kernel is nothing but the dense op on its
+  expanded weight (codebook layers, a sparse or product layer whose measured kernel
+  is ``dense``, binary weights on float inputs), else None: the ``eager`` engine runs
+  that module instead, so BatchNorm folding and channels-last reach those layers
+  too (the file stays compressed; the speed is the float model's, not less).
 
 Subclasses register themselves by being defined (``__init_subclass__``); names
 that start with ``_`` are shared bases and are not registered. This package
@@ -68,6 +74,11 @@ class RuntimeLayer(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def lowered(self, **info: Any) -> nn.Module:
         """The layer in plain torch ops (exporters see no packed storage or custom kernel)."""
+
+    def as_dense(self) -> nn.Module | None:
+        """The plain layer the ``eager`` engine runs in this one's place, or None (the default: the
+        layer's own kernel does better than the dense op)."""
+        return None
 
     def weight_counts(self) -> tuple[int, int]:
         """(weights, nonzero weights) the layer represents, bias included."""

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.runtime._layout import dense_macs, linear_geometry, set_conv_geometry
+from torchslim.runtime._layout import dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime._numba import match_torch_threads
 from torchslim.runtime.base import RuntimeLayer
 
@@ -271,6 +271,15 @@ class _PackedBase(RuntimeLayer):
     def lowered(self, **info) -> nn.Module:
         """The exact dense form: +/-1 weights, ``sign`` of the input, XNOR's K, scale and bias."""
         return SignDense(self)
+
+    def as_dense(self) -> nn.Module | None:
+        """Binary weights on float inputs (BinaryConnect, BWN) run as a float op on the expanded +/-1
+        weights anyway: one conv / linear with ``scale * W`` (the scale applied before the sum instead
+        of after it: float rounding); xnor-popcount layers are kept."""
+        if self.binary_input or getattr(self, "shortcut", False):
+            return None
+        shape = (-1,) + (1,) * (self.float_weight().dim() - 1)
+        return dense_module(self, self.float_weight() * self.scale.view(shape), self.bias)
 
     def _flags(self) -> dict:
         return dict(

@@ -76,6 +76,10 @@ class _CodebookBase(RuntimeLayer):
         """The dense layer with ``codebook[codes]`` expanded (exact)."""
         return dense_module(self, self.weight(), self.bias)
 
+    def as_dense(self) -> nn.Module:
+        """The kernel is the dense op on the expanded codebook weight: exactly :meth:`lowered`."""
+        return self.lowered()
+
     def indices(self) -> torch.Tensor:
         return unpack_bits(self.codes, self.bits, math.prod(self.shape)).view(self.shape)
 

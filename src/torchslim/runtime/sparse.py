@@ -205,6 +205,10 @@ class _SparseBase(RuntimeLayer):
     def expanded_numel(self) -> int:
         return self.rows * self.cols
 
+    def as_dense(self) -> nn.Module | None:
+        """The dense layer where the measured kernel is ``dense`` (the sparse kernels are kept)."""
+        return self.to_float() if self.kernel == "dense" else None
+
     def validate(self) -> None:
         """CSR invariants: ``crow`` starts at 0, never decreases, ends at nnz; ``col`` in [0, cols) and
         strictly increasing within each row; codes (if any) hold nnz b-bit values."""
