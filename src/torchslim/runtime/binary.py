@@ -134,8 +134,10 @@ def _numba_kernels() -> dict | bool:
                             out[i, j] = acc1[j]
 
         @njit(parallel=True, cache=True, nogil=True)
-        def pack_nchw(x, t, ph, pw, out):  # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64)
-            # bit = x[b, c] < t[c]: the sign of x - t (RSign's threshold; t = 0 without one)
+        def pack_nchw(x, t, ph, pw, out, asum, want_abs):
+            # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64); bit = x[b, c] < t[c]: the sign of
+            # x - t (RSign's threshold; t = 0 without one). With want_abs, also asum[b, k] = the sum of
+            # |x - t| over word k's channels (XNOR-Net's K, from the planes while they are in cache).
             nb, c, h, w = x.shape
             for idx in prange(nb * out.shape[3]):
                 b, k = idx // out.shape[3], idx % out.shape[3]
@@ -145,6 +147,11 @@ def _numba_kernels() -> dict | bool:
                     for i in range(h):
                         for j in range(w):
                             words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
+                    if want_abs:
+                        a = asum[b, k]
+                        for i in range(h):
+                            for j in range(w):
+                                a[i, j] += abs(plane[i, j] - tc)
                 for i in range(h):
                     for j in range(w):
                         out[b, i + ph, j + pw, k] = words[i, j]
@@ -435,16 +442,18 @@ class PackedBinaryConv2d(_PackedBase):
             if ph or pw
             else torch.zeros(ho, wo, self.out_channels, device=x.device)
         )
-        kmap = (
-            input_scale_map(self.shifted(x), self.kernel_size, self.stride, self.padding)[:, 0]
-            if self.input_scaling
-            else torch.ones(b, ho, wo, device=x.device)
-        )
         k = _kernels(x)
-        if k:  # pack straight from NCHW into the padded word grid, then one fused conv kernel
+        if k:  # pack straight from NCHW into the padded word grid (and K's channel sums), one conv kernel
             words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
             t = self.threshold if self.threshold is not None else torch.zeros(c)
-            k["pack_nchw"](x.detach().float().contiguous().numpy(), t.float().contiguous().numpy(), ph, pw, _u64(words))
+            asum = torch.zeros(b, words.shape[3], h, w) if self.input_scaling else torch.zeros(1, 1, 1, 1)
+            xn = x.detach().float().contiguous().numpy()
+            k["pack_nchw"](xn, t.float().contiguous().numpy(), ph, pw, _u64(words), asum.numpy(), self.input_scaling)
+            kmap = (
+                box_mean(asum.sum(1, keepdim=True) / c, self.kernel_size, self.stride, self.padding)[:, 0]
+                if self.input_scaling
+                else torch.ones(b, ho, wo)
+            )
             out = torch.empty(b, self.out_channels, ho, wo)
             k["conv"](
                 _u64(words),
@@ -461,6 +470,11 @@ class PackedBinaryConv2d(_PackedBase):
                 out.numpy(),
             )
             return out
+        kmap = (
+            input_scale_map(self.shifted(x), self.kernel_size, self.stride, self.padding)[:, 0]
+            if self.input_scaling
+            else torch.ones(b, ho, wo, device=x.device)
+        )
         words = F.pad(pack_signs(self.shifted(x).permute(0, 2, 3, 1)), (0, 0, pw, pw, ph, ph))  # padding packs as +1
         rows = words.unfold(1, kh, sh).unfold(2, kw, sw).permute(0, 1, 2, 4, 5, 3).reshape(b * ho * wo, -1)
         pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
@@ -502,9 +516,13 @@ def copies(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 def input_scale_map(x: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
     """XNOR-Net's K: mean over channels of |x|, averaged over each k x k window (zero padding)."""
-    a = x.abs().mean(1, keepdim=True)
+    return box_mean(x.abs().mean(1, keepdim=True), kernel_size, stride, padding)
+
+
+def box_mean(a: torch.Tensor, kernel_size, stride, padding) -> torch.Tensor:
+    """The mean of each k x k window of the one-channel map ``a`` (N, 1, H, W), zero padding counted."""
     kh, kw = kernel_size
-    box = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=x.dtype, device=x.device)
+    box = torch.full((1, 1, kh, kw), 1.0 / (kh * kw), dtype=a.dtype, device=a.device)
     return F.conv2d(a, box, stride=stride, padding=padding)
 
 
