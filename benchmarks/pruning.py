@@ -313,9 +313,40 @@ def kernel() -> list[dict]:
     return rows
 
 
+def layers() -> list[dict]:
+    """Per conv / linear layer of each filter-pruned artifact against its float model: MACs and the
+    layer's own latency as the eager engine runs it (batch 256, its real input and layout), so that a
+    user sees where fewer MACs became fewer milliseconds and where not."""
+    from torchslim.measure import layer_latency, layer_table
+
+    rows = []
+    for base, pruned in (("vgg_small", "vgg_small_filters"), ("resnet20", "resnet20_filters")):
+        pair = [ts.load(ART / f"{n}.slim") for n in (base, pruned)]
+        macs = [{r["name"]: r["macs"] for r in layer_table(m, (1, 28, 28))} for m in pair]
+        ms = [layer_latency(m, (1, 28, 28), 256, min_run_time=0.5) for m in pair]
+        for name, m0 in macs[0].items():
+            if not m0 or name not in macs[1] or name not in ms[0] or name not in ms[1]:
+                continue
+            rows.append(
+                {
+                    "model": pruned,
+                    "layer": name,
+                    "float_macs": m0,
+                    "pruned_macs": macs[1][name],
+                    "macs_ratio": round(macs[1][name] / m0, 3),
+                    "float_ms": round(ms[0][name], 3),
+                    "pruned_ms": round(ms[1][name], 3),
+                    "ms_ratio": round(ms[1][name] / ms[0][name], 3),
+                    "threads": torch.get_num_threads(),
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--only", nargs="*", default=["magnitude", "filters", "kernel"])
+    ap.add_argument("--only", nargs="*", default=["magnitude", "filters", "kernel", "layers"])
     ap.add_argument("--models", nargs="*", choices=list(MAGNITUDE), help="magnitude: rerun only these models")
     a = parse(ap)
     sections = run_sections(
@@ -325,6 +356,7 @@ def main() -> None:
             "magnitude": lambda: magnitude(a.data_dir, a.models),
             "filters": lambda: filters(a.data_dir),
             "kernel": kernel,
+            "layers": layers,
         },
     )
     model_rows = [{"section": k, **r} for k in ("magnitude", "filters") for r in sections.get(k, [])]
@@ -334,6 +366,14 @@ def main() -> None:
         ["section"] + COLUMNS,
         title="Pruning on Fashion-MNIST (test split), float baseline and peers in the same run",
     )
+    if "layers" in sections:
+        write_report(
+            sections["layers"],
+            RES / "filters_layers",
+            ["model", "layer", "float_macs", "pruned_macs", "macs_ratio", "float_ms", "pruned_ms", "ms_ratio"]
+            + ["threads"],
+            title="Filter pruning per layer: MACs and eager-engine latency at batch 256 against the float model",
+        )
     if "kernel" in sections:
         write_report(
             sections["kernel"],

@@ -279,3 +279,25 @@ def test_eager_engine_runs_dense_kernel_layers_as_plain_layers():
     with torch.no_grad():
         want, got = model(x), run(x)
     assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_layer_latency_times_each_layer_as_the_engine_runs_it(tmp_path, capsys):
+    """Every leaf layer of a user's model gets a positive time under the model's own names, in both
+    engines; a folded BatchNorm is timed as what the eager engine runs in its place; ``inspect
+    --latency`` prints the column. Catches: names of the engine's wrapper leaking out, a pre-hook
+    that changes the layer's arguments, layers missing."""
+    from torchslim.cli import main
+    from torchslim.measure import layer_latency
+    from usermodels import SmallNet
+
+    model = SmallNet().eval()
+    leaves = {n for n, m in model.named_modules() if not list(m.children())}
+    for engine in ("eager", "pytorch"):
+        ms = layer_latency(model, (1, 28, 28), 4, engine=engine, min_run_time=0.01, rounds=1)
+        assert set(ms) == leaves and all(v > 0 for v in ms.values()), engine
+    with pytest.raises(ValueError, match="engine"):
+        layer_latency(model, (1, 28, 28), engine="onnxruntime")
+    ts.save(ts.create_model("lenet5"), tmp_path / "l.slim")
+    assert main(["inspect", str(tmp_path / "l.slim"), "--latency", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ms_b2" in out and len([line for line in out.splitlines() if "Conv2d" in line]) == 2

@@ -98,16 +98,23 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     model, _, shape = _model_data(a.model, None, a.import_model)
     header = model.torchslim.header
     state = model.state_dict()
+    ms = {}
+    if a.latency:
+        from torchslim.measure.latency import layer_latency
+
+        ms = {k: round(v, 4) for k, v in layer_latency(model, shape, a.batch).items()}
     rows = []
     for r in layer_table(model, shape):
         nbytes = sum(t.numel() * t.element_size() for k, t in state.items() if k.rsplit(".", 1)[0] == r["name"])
-        if r["params"] or r["macs"] or nbytes:
-            rows.append({**r, "out_shape": "x".join(map(str, r["out_shape"] or [])), "bytes": nbytes})
+        if r["params"] or r["macs"] or nbytes or r["name"] in ms:
+            row = {**r, "out_shape": "x".join(map(str, r["out_shape"] or [])), "bytes": nbytes}
+            rows.append({**row, f"ms_b{a.batch}": ms.get(r["name"], "")} if a.latency else row)
     print(
         f"{a.model}: {header['arch']['name'] if header.get('arch') else 'custom'} "
         f"{Path(a.model).stat().st_size:,} bytes"
     )
-    print(to_table(rows, ["name", "type", "out_shape", "params", "nonzeros", "bytes", "macs"]))
+    cols = ["name", "type", "out_shape", "params", "nonzeros", "bytes", "macs"]
+    print(to_table(rows, cols + ([f"ms_b{a.batch}"] if a.latency else [])))
     if header.get("entropy"):
         print("\nHuffman-coded streams (bytes as stored; bits per index or gap):")
         print(
@@ -232,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_tune)
     i = sub.add_parser("inspect", help="per-layer table of a .slim file")
     i.add_argument("model")
+    i.add_argument(
+        "--latency", action="store_true", help="time each layer alone as the eager engine runs it (its real input)"
+    )
+    i.add_argument("--batch", type=int, default=256, help="batch size for --latency (default 256)")
     i.set_defaults(fn=_cmd_inspect)
     for cmd in (e, i, t):
         cmd.add_argument(

@@ -1,7 +1,7 @@
 """Measurement: params, nonzeros, bytes, MACs, latency, reports."""
 
 from torchslim.measure.counts import count_macs, count_nonzeros, count_params, layer_table, register_macs
-from torchslim.measure.latency import latency_ms
+from torchslim.measure.latency import latency_ms, layer_latency
 from torchslim.measure.report import ROW_KEYS, file_bytes, measure, plot_tradeoff, to_markdown, to_table, write_report
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "count_params",
     "file_bytes",
     "latency_ms",
+    "layer_latency",
     "layer_table",
     "measure",
     "plot_tradeoff",

@@ -57,3 +57,48 @@ def cpu_info() -> str:
     since int8 and popcount speed-ups differ between AVX2-only and AVX-512 machines."""
     name, flags = _cpuinfo()
     return f"{name} ({', '.join(f for f in ISA_FLAGS if f in flags)})"
+
+
+def layer_latency(
+    model: nn.Module,
+    input_shape: tuple,
+    batch: int = 256,
+    *,
+    engine: str = "eager",
+    min_run_time: float = 0.2,
+    rounds: int = 2,
+) -> dict[str, float]:
+    """Milliseconds of each leaf layer as ``engine`` (``eager`` or ``pytorch``) runs it, each timed
+    alone on the input it receives in one forward pass of ``batch`` random inputs (its memory layout
+    included: NHWC, batch-last); the smallest median of ``rounds`` passes over all layers (a busy
+    machine only ever adds time). Layer names are the model's; a BatchNorm the eager engine folds into
+    its conv runs as ``Identity`` and its conv carries it. The per-layer MACs-versus-latency view of
+    a pruned or factorized model: fewer MACs are not proportionally fewer milliseconds."""
+    from torchslim.core.surgery import leaf_modules
+    from torchslim.measure import engines
+
+    if engine not in ("eager", "pytorch"):
+        raise ValueError(f"engine={engine!r}; per-layer latency needs 'eager' or 'pytorch' (whole graphs elsewhere)")
+    run = engines.build(engine, model.eval(), input_shape)
+    root = getattr(run.fn, "module", run.fn)  # the eager view (inside its channels-last wrapper) or the model
+    seen: dict[str, tuple] = {}
+
+    def grab(name: str):
+        def hook(mod: nn.Module, args: tuple) -> None:  # must return None (a value would replace args)
+            seen.setdefault(name, (mod, args))
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(grab(name)) for name, m in leaf_modules(root)]
+    try:
+        with torch.inference_mode():
+            inputs.call(run, inputs.from_shape(input_shape, batch, random=True))
+    finally:
+        for h in hooks:
+            h.remove()
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, (mod, args) in seen.items():
+            t = time_ms(lambda a, _m=mod: _m(*a), args, min_run_time)
+            best[name] = min(t, best.get(name, t))
+    return best
