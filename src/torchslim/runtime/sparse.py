@@ -119,28 +119,38 @@ def _numba_kernels() -> dict | bool:
         @njit(parallel=True, cache=True, nogil=True)
         def sparse_linear(xt, crow, col, vals, bias, out):
             # xt (K, N) float32 (the input transposed) -> out (N, O); an output row's N values are
-            # accumulated over its stored weights, 4 at a time, in one contiguous vector
-            nb = xt.shape[1]
-            for o in prange(out.shape[1]):
-                acc = np.full(nb, bias[o], np.float32)
-                q0, q1 = crow[o], crow[o + 1]
-                if nb == 1:  # a dot product of gathered inputs
-                    s = np.float32(0)
-                    for q in range(q0, q1):
-                        s += vals[q] * xt[col[q], 0]
-                    acc[0] += s
-                else:
+            # accumulated over its stored weights, 4 at a time, in one contiguous vector. Outputs in
+            # blocks of 16 per task: one accumulator allocation per block, not per output.
+            nb, no = xt.shape[1], out.shape[1]
+            x1 = xt[:, 0]
+            for blk in prange((no + 15) // 16):
+                acc = np.empty(nb, np.float32)
+                for o in range(16 * blk, min(no, 16 * blk + 16)):
+                    q0, q1 = crow[o], crow[o + 1]
+                    if nb == 1:  # a dot product of gathered inputs, 4 partial sums (no dependency chain)
+                        s0 = s1 = s2 = s3 = np.float32(0)
+                        for q in range(q0, q1 - 3, 4):
+                            s0 += vals[q] * x1[col[q]]
+                            s1 += vals[q + 1] * x1[col[q + 1]]
+                            s2 += vals[q + 2] * x1[col[q + 2]]
+                            s3 += vals[q + 3] * x1[col[q + 3]]
+                        for q in range(q1 - (q1 - q0) % 4, q1):
+                            s0 += vals[q] * x1[col[q]]
+                        out[0, o] = bias[o] + ((s0 + s1) + (s2 + s3))
+                        continue
+                    for t in range(nb):
+                        acc[t] = bias[o]
                     for q in range(q0, q1 - 3, 4):
-                        x0, x1, x2, x3 = xt[col[q]], xt[col[q + 1]], xt[col[q + 2]], xt[col[q + 3]]
+                        x0, xa, x2, x3 = xt[col[q]], xt[col[q + 1]], xt[col[q + 2]], xt[col[q + 3]]
                         v0, v1, v2, v3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
                         for t in range(nb):
-                            acc[t] += v0 * x0[t] + v1 * x1[t] + v2 * x2[t] + v3 * x3[t]
+                            acc[t] += v0 * x0[t] + v1 * xa[t] + v2 * x2[t] + v3 * x3[t]
                     for q in range(q1 - (q1 - q0) % 4, q1):
                         xq, v = xt[col[q]], vals[q]
                         for t in range(nb):
                             acc[t] += v * xq[t]
-                for t in range(nb):
-                    out[t, o] = acc[t]
+                    for t in range(nb):
+                        out[t, o] = acc[t]
 
         _NUMBA = {"conv": sparse_conv, "linear": sparse_linear}
     return _NUMBA
