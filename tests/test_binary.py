@@ -133,20 +133,22 @@ def test_xnor_popcount_conv_exact_with_padding(c, k, stride, pad):
 )
 def test_xnor_conv_exact_for_asymmetric_kernel_stride_padding(c, kh, kw, sh, sw, ph, pw, h, w, seed, numba):
     """Catches: height and width padding (or stride, kernel size) swapped in the padding
-    correction or the patch gather; square shapes cannot tell them apart."""
+    correction or the patch gather; square shapes cannot tell them apart; the channels-last path
+    (NHWC packing, NHWC output) reading a pixel's channels or writing its outputs at wrong offsets."""
     g = torch.Generator().manual_seed(seed)
     x, wt = torch.randn(2, c, h, w, generator=g), torch.randn(3, c, kh, kw, generator=g)
     layer = rb.PackedBinaryConv2d(c, 3, [kh, kw], [sh, sw], [ph, pw])
     layer.set_weight(wt.sign(), torch.ones(3), torch.zeros(3))
     ref = F.conv2d(torch.where(x < 0, -1.0, 1.0), wt.sign(), stride=(sh, sw), padding=(ph, pw))
-    saved = rb._NUMBA
+    saved = rb._numba_kernels()  # built before saving: a None put back would rebuild them every example
     try:
         if not numba:
             rb._NUMBA = False  # the pure-torch reference path
         out = layer(x)
+        out_cl = layer(x.contiguous(memory_format=torch.channels_last))
     finally:
         rb._NUMBA = saved
-    assert torch.equal(out, ref)
+    assert torch.equal(out, ref) and torch.equal(out_cl, ref)
 
 
 def test_design_rule_warnings():
@@ -294,3 +296,24 @@ def test_shared_relu_module_is_kept_and_reported_unless_shortcuts_remove_it():
 def test_binary_training_options_are_booleans(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         BNN(**bad)
+
+
+@pytest.mark.parametrize("c", [64, 70, 130])
+def test_channels_last_binary_conv_with_every_option(c):
+    """The NHWC path with XNOR's K, a learned threshold and a Bi-Real shortcut (channel copies and a
+    strided window mean) against the NCHW path: bit-equal where K's channel sum has one order (one
+    word), else within the float rounding of that sum. Catches: the shortcut read in NCHW order from
+    an NHWC tensor, K's channel sums taken per word instead of over all channels, the threshold
+    skipped in the NHWC packer, the output returned NCHW-strided."""
+    torch.manual_seed(c)
+    layer = rb.PackedBinaryConv2d(c, 2 * c, [3, 3], [2, 2], [1, 1], input_scaling=True, threshold=True, shortcut=True)
+    layer.set_weight(torch.randn(2 * c, c, 3, 3), torch.rand(2 * c), torch.randn(2 * c))
+    layer.threshold.normal_()
+    x = torch.randn(3, c, 9, 11)
+    with torch.no_grad():
+        want, got = layer(x), layer(x.contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    if c <= 64:
+        assert torch.equal(got, want)
+    else:  # K = box mean of (sum_c |x - t|) / C: the sum's order differs, relative error <= c * 2^-24
+        assert torch.allclose(got, want, rtol=0, atol=4 * c * 2.0**-24 * float(want.abs().max()))

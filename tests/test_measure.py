@@ -181,9 +181,10 @@ def test_measure_leaves_the_model_in_eval_mode_and_unchanged():
 def test_eager_engine_runs_plain_conv_models_channels_last():
     """Models whose convolutions are plain nn.Conv2d run NHWC (weights with explicit NHWC strides,
     also for 1x1 and depthwise kernels, where .contiguous() keeps NCHW strides and oneDNN falls back
-    to NCHW with conversions); a model with a packed conv stays NCHW; outputs equal the model's up
-    to float rounding and the model's own weights are untouched. Catches: ambiguous strides, the
-    user's weights converted in place, a packed conv fed NHWC tensors."""
+    to NCHW with conversions); a packed conv that reads NCHW keeps the model NCHW (the binary conv
+    reads NHWC itself); outputs equal the model's up to float rounding and the model's own weights
+    are untouched. Catches: ambiguous strides, the
+    user's weights converted in place, a packed conv that reads NCHW fed NHWC tensors."""
     from torchslim.binary import BNN
     from torchslim.measure import engines
 
@@ -201,11 +202,20 @@ def test_eager_engine_runs_plain_conv_models_channels_last():
     with torch.no_grad():
         want, got = model(x), run(x)
     assert torch.allclose(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+    from torchslim.prune import Magnitude
+
+    xs = torch.randn(2, 3, 6, 6)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         binary = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 2))
-        ts.convert_(ts.compress_(binary, BNN(layers=("1",)), example_inputs=torch.randn(1, 3, 6, 6)))
-    assert engines.build("eager", binary.eval(), (3, 6, 6)).layout == "contiguous"
+        ts.convert_(ts.compress_(binary, BNN(layers=("1",)), example_inputs=xs[:1]))
+        sparse = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(32, 2))
+        ts.convert_(ts.compress_(sparse, Magnitude(sparsity=0.5, kernel="sparse"), example_inputs=xs[:1]))
+    run = engines.build("eager", binary.eval(), (3, 6, 6))
+    assert run.layout == "channels_last"  # the packed binary conv reads and writes NHWC itself
+    with torch.no_grad():
+        assert torch.allclose(run(xs), binary(xs), rtol=0, atol=1e-5 * float(binary(xs).abs().max()))
+    assert engines.build("eager", sparse.eval(), (3, 6, 6)).layout != "channels_last"  # its kernel reads NCHW
 
 
 class _SparseNet(nn.Module):

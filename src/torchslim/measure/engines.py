@@ -125,13 +125,17 @@ def dense_view(model: nn.Module) -> nn.Module:
 
 def prefers_channels_last(model: nn.Module) -> bool:
     """Channels-last when the model's convolutions are oneDNN's (plain ``nn.Conv2d`` past the
-    input layer) and no packed convolution would have to copy its input back to NCHW (the numba,
-    int8, sparse and codebook kernels read NCHW). A fixed rule rather than a timing at build time,
-    so that the layout, and the float rounding that comes with it, is the same on every run."""
+    input layer) or packed ones that read and write NHWC themselves (``takes_channels_last``: the
+    bit-packed binary conv), and no other packed convolution would have to copy its input back to
+    NCHW (the int8, sparse and product kernels read NCHW). A fixed rule rather than a timing at
+    build time, so that the layout, and the float rounding that comes with it, is the same on every
+    run."""
     from torchslim.runtime.base import RuntimeLayer
 
-    packed_conv = any(isinstance(m, RuntimeLayer) and hasattr(m, "kernel_size") for m in model.modules())
-    return not packed_conv and any(type(m) is nn.Conv2d and m.in_channels > 1 for m in model.modules())
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, RuntimeLayer)) and hasattr(m, "kernel_size")]
+    if any(isinstance(m, RuntimeLayer) and not getattr(m, "takes_channels_last", False) for m in convs):
+        return False
+    return any(isinstance(m, RuntimeLayer) or (type(m) is nn.Conv2d and m.in_channels > 1) for m in convs)
 
 
 class _ChannelsLast(nn.Module):

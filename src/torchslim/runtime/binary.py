@@ -157,13 +157,38 @@ def _numba_kernels() -> dict | bool:
                         out[b, i + ph, j + pw, k] = words[i, j]
 
         @njit(parallel=True, cache=True, nogil=True)
-        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, out):
-            # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo):
+        def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
+            # float32 (B, H, W, C) -> uint64 (B, H+2ph, W+2pw, W64): a pixel's channels are contiguous,
+            # so each word is 64 consecutive compares; with want_abs, asum[b, 0] = sum_c |x - t|.
+            nb, h, w, c = x.shape
+            nw = out.shape[3]
+            for idx in prange(nb * h):
+                b, i = idx // h, idx % h
+                for j in range(w):
+                    px = x[b, i, j]
+                    for k in range(nw):
+                        v = np.uint64(0)
+                        for bit in range(min(64, c - 64 * k)):
+                            v |= np.uint64(px[64 * k + bit] < t[64 * k + bit]) << np.uint64(bit)
+                        out[b, i + ph, j + pw, k] = v
+                    if want_abs:
+                        s = np.float32(0)
+                        for ch in range(c):
+                            s += abs(px[ch] - t[ch])
+                        asum[b, 0, i, j] = s
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, nhwc, out):
+            # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo), or (B, Ho, Wo, N) with nhwc:
             # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
-            #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place)
+            #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place;
+            #       res in out's layout)
             # Register blocking over 4 output pixels; the innermost loop runs over the output channels
             # (contiguous in wt), so each input word is broadcast and the loop vectorizes.
-            nb, n, ho, wo = out.shape
+            if nhwc:
+                nb, ho, wo, n = out.shape
+            else:
+                nb, n, ho, wo = out.shape
             kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
             flat = wt.reshape(kh * kw * w, n)
             for idx in prange(nb * ho):
@@ -192,6 +217,16 @@ def _numba_kernels() -> dict | bool:
                                 q += 1
                     for r in range(min(4, wo - ox0)):
                         ox = ox0 + r
+                        if nhwc:  # one contiguous run of output channels
+                            y = out[b, oy, ox]
+                            for o in range(n):
+                                dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                                y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                            if use_res:
+                                rr, rc = res[b, oy, ox], res.shape[3]
+                                for o in range(n):
+                                    y[o] += rr[o % rc]
+                            continue
                         for o in range(n):
                             dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
                             out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
@@ -200,7 +235,13 @@ def _numba_kernels() -> dict | bool:
                             for o in range(n):
                                 out[b, o, oy, ox] += res[b, o % rc, oy, ox]
 
-        _NUMBA = {"pack": pack_rows, "gemm": xnor_gemm, "pack_nchw": pack_nchw, "conv": xnor_conv}
+        _NUMBA = {
+            "pack": pack_rows,
+            "gemm": xnor_gemm,
+            "pack_nchw": pack_nchw,
+            "pack_nhwc": pack_nhwc,
+            "conv": xnor_conv,
+        }
     return _NUMBA
 
 
@@ -358,7 +399,11 @@ class PackedBinaryLinear(_PackedBase):
 
 
 class PackedBinaryConv2d(_PackedBase):
-    """Binary conv as an xnor GEMM over patches of packed words (dilation 1, groups 1)."""
+    """Binary conv as an xnor GEMM over patches of packed words (dilation 1, groups 1). A channels-last
+    input is packed from NHWC (64 consecutive channels per word) and the output written channels-last
+    (measured 1.3-2x faster per layer than NCHW at batch 256: contiguous compares and stores)."""
+
+    takes_channels_last = True  # the eager engine may run the model NHWC (engines.prefers_channels_last)
 
     def __init__(
         self,
@@ -443,18 +488,35 @@ class PackedBinaryConv2d(_PackedBase):
             else torch.zeros(ho, wo, self.out_channels, device=x.device)
         )
         k = _kernels(x)
-        if k:  # pack straight from NCHW into the padded word grid (and K's channel sums), one conv kernel
+        if k:  # pack straight into the padded word grid (and K's channel sums), then one conv kernel
+            nhwc = c > 1 and x.stride(1) == 1 and not x.is_contiguous()  # channels-last in, channels-last out
             words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
-            t = self.threshold if self.threshold is not None else torch.zeros(c)
-            asum = torch.zeros(b, words.shape[3], h, w) if self.input_scaling else torch.zeros(1, 1, 1, 1)
-            xn = x.detach().float().contiguous().numpy()
-            k["pack_nchw"](xn, t.float().contiguous().numpy(), ph, pw, _u64(words), asum.numpy(), self.input_scaling)
+            t = (self.threshold if self.threshold is not None else torch.zeros(c)).float().contiguous().numpy()
+            asum = (
+                torch.zeros(b, 1 if nhwc else words.shape[3], h, w) if self.input_scaling else torch.zeros(1, 1, 1, 1)
+            )
+            xd = x.detach().float()
+            if nhwc:
+                k["pack_nhwc"](
+                    xd.permute(0, 2, 3, 1).contiguous().numpy(),
+                    t,
+                    ph,
+                    pw,
+                    _u64(words),
+                    asum.numpy(),
+                    self.input_scaling,
+                )
+            else:
+                k["pack_nchw"](xd.contiguous().numpy(), t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
             kmap = (
                 box_mean(asum.sum(1, keepdim=True) / c, self.kernel_size, self.stride, self.padding)[:, 0]
                 if self.input_scaling
                 else torch.ones(b, ho, wo)
             )
-            out = torch.empty(b, self.out_channels, ho, wo)
+            out = torch.empty(b, ho, wo, self.out_channels) if nhwc else torch.empty(b, self.out_channels, ho, wo)
+            if res is not None:
+                res = res.detach().float()
+                res = res.permute(0, 2, 3, 1).contiguous() if nhwc else res.contiguous()
             k["conv"](
                 _u64(words),
                 _u64(self.kernel_words()),
@@ -465,11 +527,12 @@ class PackedBinaryConv2d(_PackedBase):
                 kmap.detach().float().contiguous().numpy(),
                 self.scale.float().contiguous().numpy(),
                 self.bias.float().contiguous().numpy(),
-                (res if res is not None else x[:1, :1, :1, :1]).detach().float().contiguous().numpy(),
+                (res if res is not None else x.new_zeros(1, 1, 1, 1)).numpy(),
                 res is not None,
+                nhwc,
                 out.numpy(),
             )
-            return out
+            return out.permute(0, 3, 1, 2) if nhwc else out
         kmap = (
             input_scale_map(self.shifted(x), self.kernel_size, self.stride, self.padding)[:, 0]
             if self.input_scaling
