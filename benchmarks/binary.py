@@ -104,6 +104,18 @@ def kernel() -> list[dict]:
             "packed_ms": _ms("m(x)", m=packed, x=x),
         }
     )
+    # both channels-last, as the eager engine runs a binary model (oneDNN's NHWC conv against the
+    # packed conv's NHWC packing and output)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    conv_l = nn.Conv2d(256, 256, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    assert torch.equal(packed(xl), packed(x))
+    rows.append(
+        {
+            "layer": "conv 256->256 3x3, 16x16, batch 16, pad 1, channels-last",
+            "float32_ms": _ms("m(x)", m=conv_l, x=xl),
+            "packed_ms": _ms("m(x)", m=packed, x=xl),
+        }
+    )
     lin = nn.Linear(4608, 256, bias=False)
     plin = PackedBinaryLinear(4608, 256)
     plin.set_weight(torch.where(lin.weight < 0, -1.0, 1.0), torch.ones(256), torch.zeros(256))

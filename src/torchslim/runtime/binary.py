@@ -177,70 +177,76 @@ def _numba_kernels() -> dict | bool:
                             s += abs(px[ch] - t[ch])
                         asum[b, 0, i, j] = s
 
-        @njit(parallel=True, cache=True, nogil=True)
-        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, nhwc, out):
+        @njit(inline="always", nogil=True)
+        def pixel_block(xw, flat, b, iy, x0, x1, x2, x3, kh, kw, w, acc):
+            # acc[r, o] = sum over the kh x kw x W patch words of popcount(x_r ^ w_o), 4 output pixels
+            # (input columns x0..x3, top row iy) at once; the innermost loop runs over the output
+            # channels (contiguous in flat), so each input word is broadcast and the loop vectorizes.
+            acc[:, :] = 0
+            q = 0
+            for ky in range(kh):
+                row = xw[b, iy + ky]
+                for kx in range(kw):
+                    for k in range(w):
+                        v0, v1, v2, v3 = row[x0 + kx, k], row[x1 + kx, k], row[x2 + kx, k], row[x3 + kx, k]
+                        for o in range(flat.shape[1]):
+                            x = flat[q, o]
+                            acc[0, o] += popcount64(v0 ^ x)
+                            acc[1, o] += popcount64(v1 ^ x)
+                            acc[2, o] += popcount64(v2 ^ x)
+                            acc[3, o] += popcount64(v3 ^ x)
+                        q += 1
+
+        def conv_kernel(nhwc):
             # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo), or (B, Ho, Wo, N) with nhwc:
             # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
             #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place;
-            #       res in out's layout)
-            # Register blocking over 4 output pixels; the innermost loop runs over the output channels
-            # (contiguous in wt), so each input word is broadcast and the loop vectorizes.
-            if nhwc:
-                nb, ho, wo, n = out.shape
-            else:
-                nb, n, ho, wo = out.shape
-            kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
-            flat = wt.reshape(kh * kw * w, n)
-            for idx in prange(nb * ho):
-                b, oy = idx // ho, idx % ho
-                acc = np.empty((4, n), np.int64)
-                for ox0 in range(0, wo, 4):
-                    x0, x1, x2, x3 = (
-                        ox0 * sw,
-                        min(ox0 + 1, wo - 1) * sw,
-                        min(ox0 + 2, wo - 1) * sw,
-                        min(ox0 + 3, wo - 1) * sw,
-                    )
-                    acc[:, :] = 0
-                    q = 0
-                    for ky in range(kh):
-                        row = xw[b, oy * sh + ky]
-                        for kx in range(kw):
-                            for k in range(w):
-                                v0, v1, v2, v3 = row[x0 + kx, k], row[x1 + kx, k], row[x2 + kx, k], row[x3 + kx, k]
+            #       res in out's layout). Two compiled kernels: a layout branch inside one costs the
+            #       NCHW form 2.6x (measured: its epilogue no longer vectorizes).
+            def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, out):
+                if nhwc:
+                    nb, ho, wo, n = out.shape
+                else:
+                    nb, n, ho, wo = out.shape
+                kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
+                flat = wt.reshape(kh * kw * w, n)
+                for idx in prange(nb * ho):
+                    b, oy = idx // ho, idx % ho
+                    acc = np.empty((4, n), np.int64)
+                    for ox0 in range(0, wo, 4):
+                        last = wo - 1
+                        x0, x1 = ox0 * sw, min(ox0 + 1, last) * sw
+                        x2, x3 = min(ox0 + 2, last) * sw, min(ox0 + 3, last) * sw
+                        pixel_block(xw, flat, b, oy * sh, x0, x1, x2, x3, kh, kw, w, acc)
+                        for r in range(min(4, wo - ox0)):
+                            ox = ox0 + r
+                            if nhwc:  # one contiguous run of output channels
+                                y = out[b, oy, ox]
                                 for o in range(n):
-                                    x = flat[q, o]
-                                    acc[0, o] += popcount64(v0 ^ x)
-                                    acc[1, o] += popcount64(v1 ^ x)
-                                    acc[2, o] += popcount64(v2 ^ x)
-                                    acc[3, o] += popcount64(v3 ^ x)
-                                q += 1
-                    for r in range(min(4, wo - ox0)):
-                        ox = ox0 + r
-                        if nhwc:  # one contiguous run of output channels
-                            y = out[b, oy, ox]
-                            for o in range(n):
-                                dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
-                                y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
-                            if use_res:
-                                rr, rc = res[b, oy, ox], res.shape[3]
+                                    dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                                    y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                                if use_res:
+                                    rr, rc = res[b, oy, ox], res.shape[3]
+                                    for o in range(n):
+                                        y[o] += rr[o % rc]
+                            else:
                                 for o in range(n):
-                                    y[o] += rr[o % rc]
-                            continue
-                        for o in range(n):
-                            dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
-                            out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
-                        if use_res:
-                            rc = res.shape[1]
-                            for o in range(n):
-                                out[b, o, oy, ox] += res[b, o % rc, oy, ox]
+                                    dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                                    out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                                if use_res:
+                                    rc = res.shape[1]
+                                    for o in range(n):
+                                        out[b, o, oy, ox] += res[b, o % rc, oy, ox]
+
+            return njit(parallel=True, cache=True, nogil=True)(xnor_conv)
 
         _NUMBA = {
             "pack": pack_rows,
             "gemm": xnor_gemm,
             "pack_nchw": pack_nchw,
             "pack_nhwc": pack_nhwc,
-            "conv": xnor_conv,
+            "conv": conv_kernel(False),
+            "conv_nhwc": conv_kernel(True),
         }
     return _NUMBA
 
@@ -517,7 +523,7 @@ class PackedBinaryConv2d(_PackedBase):
             if res is not None:
                 res = res.detach().float()
                 res = res.permute(0, 2, 3, 1).contiguous() if nhwc else res.contiguous()
-            k["conv"](
+            k["conv_nhwc" if nhwc else "conv"](
                 _u64(words),
                 _u64(self.kernel_words()),
                 sh,
@@ -529,7 +535,6 @@ class PackedBinaryConv2d(_PackedBase):
                 self.bias.float().contiguous().numpy(),
                 (res if res is not None else x.new_zeros(1, 1, 1, 1)).numpy(),
                 res is not None,
-                nhwc,
                 out.numpy(),
             )
             return out.permute(0, 3, 1, 2) if nhwc else out
