@@ -279,3 +279,18 @@ def test_as_dense_follows_the_measured_kernel_and_binary_weights(kernel):
         mag = nn.functional.conv2d(x.abs(), w.sign().abs(), None, (2, 1), (1, 0)) * bwn.scale.view(1, -1, 1, 1)
         mag = mag + bwn.bias.abs().view(1, -1, 1, 1)
     assert bool(((got - want).abs() <= 2 * (8 * 9 + 1) * 2.0**-24 * mag).all())
+
+
+def test_kernel_modules_fall_back_when_numba_is_missing(monkeypatch):
+    """Each numba-backed runtime module reports no kernels (its layers then run their pure-torch form)
+    when numba cannot be imported, and builds nothing. Catches: a module importing numba outside the
+    shared guard (an ImportError on a machine without numba)."""
+    import sys
+
+    from torchslim.runtime import _numba, binary, product, sparse
+
+    monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` now raises ImportError
+    assert _numba.compiled(lambda: pytest.fail("built without numba")) is False
+    for mod in (binary, product, sparse):
+        monkeypatch.setattr(mod, "_NUMBA", None)
+        assert mod._numba_kernels() is False, mod.__name__

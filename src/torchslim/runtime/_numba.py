@@ -1,6 +1,9 @@
-"""What every numba kernel of the runtime shares: numba's thread count follows torch's."""
+"""What every numba kernel of the runtime shares: compiled once on first use when numba is
+installed, and numba's thread count follows torch's."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -10,3 +13,13 @@ def match_torch_threads() -> None:
     import numba
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def compiled(build: Callable[[], dict | bool]) -> dict | bool:
+    """A module's numba kernels, ``build()`` (it imports numba and compiles them; cached on disk), or
+    False where numba is not installed (the callers then run their pure-torch forms)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return build()

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import dense_macs, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime._numba import match_torch_threads
+from torchslim.runtime._numba import compiled, match_torch_threads
 from torchslim.runtime.base import RuntimeLayer
 
 _SHIFTS = torch.arange(64, dtype=torch.int64)
@@ -75,180 +75,181 @@ def _numba_kernels() -> dict | bool:
     """The compiled numba kernels (pack, xnor GEMM, direct binary conv), or False without numba."""
     global _NUMBA
     if _NUMBA is None:
-        try:
-            import numpy as np
-            from llvmlite import ir
-            from numba import njit, prange, types
-            from numba.extending import intrinsic
-        except ImportError:
-            _NUMBA = False
-            return _NUMBA
+        _NUMBA = compiled(_build)
+    return _NUMBA
 
-        @intrinsic
-        def popcount64(typingctx, x):
-            def codegen(context, builder, signature, args):
-                fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
-                return builder.call(fn, args)
 
-            return types.uint64(types.uint64), codegen
+def _build() -> dict | bool:
+    """Compile this module's kernels (:func:`_numba_kernels` calls it once, numba installed)."""
+    import numpy as np
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.extending import intrinsic
 
-        @njit(parallel=True, cache=True, nogil=True)
-        def pack_rows(x, out):  # float32 (R, C) -> uint64 (R, W)
-            r_n, c = x.shape
-            for r in prange(r_n):
-                for k in range(out.shape[1]):
-                    v = np.uint64(0)
-                    for bit in range(min(64, c - 64 * k)):  # branch-free: vectorizes
-                        v |= np.uint64(x[r, 64 * k + bit] < 0) << np.uint64(bit)
-                    out[r, k] = v
+    @intrinsic
+    def popcount64(typingctx, x):
+        def codegen(context, builder, signature, args):
+            fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
+            return builder.call(fn, args)
 
-        @njit(parallel=True, cache=True, nogil=True)
-        def xnor_gemm(a, bt, out):  # (M, W) x (W, N) -> popcounts (M, N)
-            # Register blocking over 4 rows of a; the innermost loop runs over the N output columns
-            # (contiguous in bt), so it vectorizes (vpopcntq on AVX-512 VPOPCNTDQ CPUs).
-            m, w = a.shape
-            n = bt.shape[1]
-            for blk in prange((m + 3) // 4):
-                i0 = 4 * blk
-                if m - i0 >= 4:
-                    acc = np.zeros((4, n), np.int64)
+        return types.uint64(types.uint64), codegen
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def pack_rows(x, out):  # float32 (R, C) -> uint64 (R, W)
+        r_n, c = x.shape
+        for r in prange(r_n):
+            for k in range(out.shape[1]):
+                v = np.uint64(0)
+                for bit in range(min(64, c - 64 * k)):  # branch-free: vectorizes
+                    v |= np.uint64(x[r, 64 * k + bit] < 0) << np.uint64(bit)
+                out[r, k] = v
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def xnor_gemm(a, bt, out):  # (M, W) x (W, N) -> popcounts (M, N)
+        # Register blocking over 4 rows of a; the innermost loop runs over the N output columns
+        # (contiguous in bt), so it vectorizes (vpopcntq on AVX-512 VPOPCNTDQ CPUs).
+        m, w = a.shape
+        n = bt.shape[1]
+        for blk in prange((m + 3) // 4):
+            i0 = 4 * blk
+            if m - i0 >= 4:
+                acc = np.zeros((4, n), np.int64)
+                for k in range(w):
+                    v0, v1, v2, v3 = a[i0, k], a[i0 + 1, k], a[i0 + 2, k], a[i0 + 3, k]
+                    for j in range(n):
+                        x = bt[k, j]
+                        acc[0, j] += popcount64(v0 ^ x)
+                        acc[1, j] += popcount64(v1 ^ x)
+                        acc[2, j] += popcount64(v2 ^ x)
+                        acc[3, j] += popcount64(v3 ^ x)
+                for r in range(4):
+                    for j in range(n):
+                        out[i0 + r, j] = acc[r, j]
+            else:  # the last rows one by one (batch 1 costs one row, not a block of four)
+                for i in range(i0, m):
+                    acc1 = np.zeros(n, np.int64)
                     for k in range(w):
-                        v0, v1, v2, v3 = a[i0, k], a[i0 + 1, k], a[i0 + 2, k], a[i0 + 3, k]
+                        v = a[i, k]
                         for j in range(n):
-                            x = bt[k, j]
-                            acc[0, j] += popcount64(v0 ^ x)
-                            acc[1, j] += popcount64(v1 ^ x)
-                            acc[2, j] += popcount64(v2 ^ x)
-                            acc[3, j] += popcount64(v3 ^ x)
-                    for r in range(4):
-                        for j in range(n):
-                            out[i0 + r, j] = acc[r, j]
-                else:  # the last rows one by one (batch 1 costs one row, not a block of four)
-                    for i in range(i0, m):
-                        acc1 = np.zeros(n, np.int64)
-                        for k in range(w):
-                            v = a[i, k]
-                            for j in range(n):
-                                acc1[j] += popcount64(v ^ bt[k, j])
-                        for j in range(n):
-                            out[i, j] = acc1[j]
+                            acc1[j] += popcount64(v ^ bt[k, j])
+                    for j in range(n):
+                        out[i, j] = acc1[j]
 
-        @njit(parallel=True, cache=True, nogil=True)
-        def pack_nchw(x, t, ph, pw, out, asum, want_abs):
-            # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64); bit = x[b, c] < t[c]: the sign of
-            # x - t (RSign's threshold; t = 0 without one). With want_abs, also asum[b, k] = the sum of
-            # |x - t| over word k's channels (XNOR-Net's K, from the planes while they are in cache).
-            nb, c, h, w = x.shape
-            for idx in prange(nb * out.shape[3]):
-                b, k = idx // out.shape[3], idx % out.shape[3]
-                words = np.zeros((h, w), np.uint64)
-                for bit in range(min(64, c - 64 * k)):  # contiguous planes, branch-free: vectorizes
-                    plane, tc = x[b, 64 * k + bit], t[64 * k + bit]
-                    for i in range(h):
-                        for j in range(w):
-                            words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
-                    if want_abs:
-                        a = asum[b, k]
-                        for i in range(h):
-                            for j in range(w):
-                                a[i, j] += abs(plane[i, j] - tc)
+    @njit(parallel=True, cache=True, nogil=True)
+    def pack_nchw(x, t, ph, pw, out, asum, want_abs):
+        # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64); bit = x[b, c] < t[c]: the sign of
+        # x - t (RSign's threshold; t = 0 without one). With want_abs, also asum[b, k] = the sum of
+        # |x - t| over word k's channels (XNOR-Net's K, from the planes while they are in cache).
+        nb, c, h, w = x.shape
+        for idx in prange(nb * out.shape[3]):
+            b, k = idx // out.shape[3], idx % out.shape[3]
+            words = np.zeros((h, w), np.uint64)
+            for bit in range(min(64, c - 64 * k)):  # contiguous planes, branch-free: vectorizes
+                plane, tc = x[b, 64 * k + bit], t[64 * k + bit]
                 for i in range(h):
                     for j in range(w):
-                        out[b, i + ph, j + pw, k] = words[i, j]
-
-        @njit(parallel=True, cache=True, nogil=True)
-        def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
-            # float32 (B, H, W, C) -> uint64 (B, H+2ph, W+2pw, W64): a pixel's channels are contiguous,
-            # so each word is 64 consecutive compares; with want_abs, asum[b, 0] = sum_c |x - t|.
-            nb, h, w, c = x.shape
-            nw = out.shape[3]
-            for idx in prange(nb * h):
-                b, i = idx // h, idx % h
+                        words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
+                if want_abs:
+                    a = asum[b, k]
+                    for i in range(h):
+                        for j in range(w):
+                            a[i, j] += abs(plane[i, j] - tc)
+            for i in range(h):
                 for j in range(w):
-                    px = x[b, i, j]
-                    for k in range(nw):
-                        v = np.uint64(0)
-                        for bit in range(min(64, c - 64 * k)):
-                            v |= np.uint64(px[64 * k + bit] < t[64 * k + bit]) << np.uint64(bit)
-                        out[b, i + ph, j + pw, k] = v
-                    if want_abs:
-                        s = np.float32(0)
-                        for ch in range(c):
-                            s += abs(px[ch] - t[ch])
-                        asum[b, 0, i, j] = s
+                    out[b, i + ph, j + pw, k] = words[i, j]
 
-        @njit(inline="always", nogil=True)
-        def pixel_block(xw, flat, b, iy, x0, x1, x2, x3, kh, kw, w, acc):
-            # acc[r, o] = sum over the kh x kw x W patch words of popcount(x_r ^ w_o), 4 output pixels
-            # (input columns x0..x3, top row iy) at once; the innermost loop runs over the output
-            # channels (contiguous in flat), so each input word is broadcast and the loop vectorizes.
-            acc[:, :] = 0
-            q = 0
-            for ky in range(kh):
-                row = xw[b, iy + ky]
-                for kx in range(kw):
-                    for k in range(w):
-                        v0, v1, v2, v3 = row[x0 + kx, k], row[x1 + kx, k], row[x2 + kx, k], row[x3 + kx, k]
-                        for o in range(flat.shape[1]):
-                            x = flat[q, o]
-                            acc[0, o] += popcount64(v0 ^ x)
-                            acc[1, o] += popcount64(v1 ^ x)
-                            acc[2, o] += popcount64(v2 ^ x)
-                            acc[3, o] += popcount64(v3 ^ x)
-                        q += 1
+    @njit(parallel=True, cache=True, nogil=True)
+    def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
+        # float32 (B, H, W, C) -> uint64 (B, H+2ph, W+2pw, W64): a pixel's channels are contiguous,
+        # so each word is 64 consecutive compares; with want_abs, asum[b, 0] = sum_c |x - t|.
+        nb, h, w, c = x.shape
+        nw = out.shape[3]
+        for idx in prange(nb * h):
+            b, i = idx // h, idx % h
+            for j in range(w):
+                px = x[b, i, j]
+                for k in range(nw):
+                    v = np.uint64(0)
+                    for bit in range(min(64, c - 64 * k)):
+                        v |= np.uint64(px[64 * k + bit] < t[64 * k + bit]) << np.uint64(bit)
+                    out[b, i + ph, j + pw, k] = v
+                if want_abs:
+                    s = np.float32(0)
+                    for ch in range(c):
+                        s += abs(px[ch] - t[ch])
+                    asum[b, 0, i, j] = s
 
-        def conv_kernel(nhwc):
-            # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo), or (B, Ho, Wo, N) with nhwc:
-            # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
-            #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place;
-            #       res in out's layout). Two compiled kernels: a layout branch inside one costs the
-            #       NCHW form 2.6x (measured: its epilogue no longer vectorizes).
-            def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, out):
-                if nhwc:
-                    nb, ho, wo, n = out.shape
-                else:
-                    nb, n, ho, wo = out.shape
-                kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
-                flat = wt.reshape(kh * kw * w, n)
-                for idx in prange(nb * ho):
-                    b, oy = idx // ho, idx % ho
-                    acc = np.empty((4, n), np.int64)
-                    for ox0 in range(0, wo, 4):
-                        last = wo - 1
-                        x0, x1 = ox0 * sw, min(ox0 + 1, last) * sw
-                        x2, x3 = min(ox0 + 2, last) * sw, min(ox0 + 3, last) * sw
-                        pixel_block(xw, flat, b, oy * sh, x0, x1, x2, x3, kh, kw, w, acc)
-                        for r in range(min(4, wo - ox0)):
-                            ox = ox0 + r
-                            if nhwc:  # one contiguous run of output channels
-                                y = out[b, oy, ox]
+    @njit(inline="always", nogil=True)
+    def pixel_block(xw, flat, b, iy, x0, x1, x2, x3, kh, kw, w, acc):
+        # acc[r, o] = sum over the kh x kw x W patch words of popcount(x_r ^ w_o), 4 output pixels
+        # (input columns x0..x3, top row iy) at once; the innermost loop runs over the output
+        # channels (contiguous in flat), so each input word is broadcast and the loop vectorizes.
+        acc[:, :] = 0
+        q = 0
+        for ky in range(kh):
+            row = xw[b, iy + ky]
+            for kx in range(kw):
+                for k in range(w):
+                    v0, v1, v2, v3 = row[x0 + kx, k], row[x1 + kx, k], row[x2 + kx, k], row[x3 + kx, k]
+                    for o in range(flat.shape[1]):
+                        x = flat[q, o]
+                        acc[0, o] += popcount64(v0 ^ x)
+                        acc[1, o] += popcount64(v1 ^ x)
+                        acc[2, o] += popcount64(v2 ^ x)
+                        acc[3, o] += popcount64(v3 ^ x)
+                    q += 1
+
+    def conv_kernel(nhwc):
+        # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo), or (B, Ho, Wo, N) with nhwc:
+        # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
+        #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place;
+        #       res in out's layout). Two compiled kernels: a layout branch inside one costs the
+        #       NCHW form 2.6x (measured: its epilogue no longer vectorizes).
+        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, out):
+            if nhwc:
+                nb, ho, wo, n = out.shape
+            else:
+                nb, n, ho, wo = out.shape
+            kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
+            flat = wt.reshape(kh * kw * w, n)
+            for idx in prange(nb * ho):
+                b, oy = idx // ho, idx % ho
+                acc = np.empty((4, n), np.int64)
+                for ox0 in range(0, wo, 4):
+                    last = wo - 1
+                    x0, x1 = ox0 * sw, min(ox0 + 1, last) * sw
+                    x2, x3 = min(ox0 + 2, last) * sw, min(ox0 + 3, last) * sw
+                    pixel_block(xw, flat, b, oy * sh, x0, x1, x2, x3, kh, kw, w, acc)
+                    for r in range(min(4, wo - ox0)):
+                        ox = ox0 + r
+                        if nhwc:  # one contiguous run of output channels
+                            y = out[b, oy, ox]
+                            for o in range(n):
+                                dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                                y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                            if use_res:
+                                rr, rc = res[b, oy, ox], res.shape[3]
                                 for o in range(n):
-                                    dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
-                                    y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
-                                if use_res:
-                                    rr, rc = res[b, oy, ox], res.shape[3]
-                                    for o in range(n):
-                                        y[o] += rr[o % rc]
-                            else:
+                                    y[o] += rr[o % rc]
+                        else:
+                            for o in range(n):
+                                dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                                out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                            if use_res:
+                                rc = res.shape[1]
                                 for o in range(n):
-                                    dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
-                                    out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
-                                if use_res:
-                                    rc = res.shape[1]
-                                    for o in range(n):
-                                        out[b, o, oy, ox] += res[b, o % rc, oy, ox]
+                                    out[b, o, oy, ox] += res[b, o % rc, oy, ox]
 
-            return njit(parallel=True, cache=True, nogil=True)(xnor_conv)
+        return njit(parallel=True, cache=True, nogil=True)(xnor_conv)
 
-        _NUMBA = {
-            "pack": pack_rows,
-            "gemm": xnor_gemm,
-            "pack_nchw": pack_nchw,
-            "pack_nhwc": pack_nhwc,
-            "conv": conv_kernel(False),
-            "conv_nhwc": conv_kernel(True),
-        }
-    return _NUMBA
+    return {
+        "pack": pack_rows,
+        "gemm": xnor_gemm,
+        "pack_nchw": pack_nchw,
+        "pack_nhwc": pack_nhwc,
+        "conv": conv_kernel(False),
+        "conv_nhwc": conv_kernel(True),
+    }
 
 
 def _kernels(t: torch.Tensor) -> dict | bool:

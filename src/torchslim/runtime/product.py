@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from torchslim.runtime import timing as _timing
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime._numba import match_torch_threads
+from torchslim.runtime._numba import compiled, match_torch_threads
 from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.codebook import pack_bits, unpack_bits
 
@@ -60,99 +60,100 @@ def _numba_kernels() -> dict | bool:
     """The compiled table kernel for this CPU's vector ISA, or False (no numba, no AVX2)."""
     global _NUMBA
     if _NUMBA is None:
-        try:
-            import numpy as np
-            from llvmlite import ir
-            from numba import njit, prange, types
-            from numba.extending import intrinsic
-        except ImportError:
-            _NUMBA = False
-            return _NUMBA
-        simd = _simd()
-        if simd is None:
-            _NUMBA = False
-            return _NUMBA
-        f32, i32, i8 = ir.FloatType(), ir.IntType(32), ir.IntType(8)
-
-        def vec_ptr(context, builder, aty, arr, off, elt, n):
-            data = context.make_array(aty)(context, builder, arr).data
-            return builder.bitcast(builder.gep(data, [off]), ir.VectorType(elt, n).as_pointer())
-
-        def permute(builder, table, idx, n):  # table[idx] for n lanes of a 16-float table
-            if simd == "avx512f":
-                ty = ir.FunctionType(ir.VectorType(f32, 16), [ir.VectorType(f32, 16), ir.VectorType(i32, 16)])
-                return builder.call(
-                    builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512", fnty=ty), [table, idx]
-                )
-            ty = ir.FunctionType(ir.VectorType(f32, 8), [ir.VectorType(f32, 8), ir.VectorType(i32, 8)])
-            fn = builder.module.declare_intrinsic("llvm.x86.avx2.permps", fnty=ty)
-            lo = builder.shuffle_vector(table, table, ir.Constant(ir.VectorType(i32, 8), list(range(8))))
-            hi = builder.shuffle_vector(table, table, ir.Constant(ir.VectorType(i32, 8), list(range(8, 16))))
-            upper = builder.icmp_unsigned(">", idx, ir.Constant(ir.VectorType(i32, 8), [7] * 8))
-            return builder.select(upper, builder.call(fn, [hi, idx]), builder.call(fn, [lo, idx]))
-
-        @intrinsic
-        def lut16_add(typingctx, acc, a_off, tab, t_off, codes, c_off):
-            # acc[a_off : a_off + 16] += tab[t_off + codes[c_off : c_off + 16]], tab a 16-float table
-            def codegen(context, builder, signature, args):
-                acc_v, ao, tab_v, to, codes_v, co = args
-                aty, _, tty, _, cty, _ = signature.args
-                table = builder.load(vec_ptr(context, builder, tty, tab_v, to, f32, 16), align=4)
-                for h in range(0, 16, 16 if simd == "avx512f" else 8):
-                    n = 16 if simd == "avx512f" else 8
-                    pc = vec_ptr(context, builder, cty, codes_v, builder.add(co, ir.Constant(co.type, h)), i8, n)
-                    idx = builder.zext(builder.load(pc, align=1), ir.VectorType(i32, n))
-                    pa = vec_ptr(context, builder, aty, acc_v, builder.add(ao, ir.Constant(ao.type, h)), f32, n)
-                    builder.store(builder.fadd(builder.load(pa, align=4), permute(builder, table, idx, n)), pa, align=4)
-                return context.get_dummy_value()
-
-            return types.void(acc, a_off, tab, t_off, codes, c_off), codegen
-
-        @intrinsic
-        def axpy16(typingctx, dst, d_off, src, s_off, a):
-            # dst[d_off : d_off + 16] += a * src[s_off : s_off + 16] (one register; no index checks)
-            def codegen(context, builder, signature, args):
-                dst_v, do, src_v, so, av = args
-                dty, _, sty, _, _ = signature.args
-                pd = vec_ptr(context, builder, dty, dst_v, do, f32, 16)
-                ps = vec_ptr(context, builder, sty, src_v, so, f32, 16)
-                splat = builder.insert_element(ir.Constant(ir.VectorType(f32, 16), None), av, ir.Constant(i32, 0))
-                splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(i32, 16), [0] * 16))
-                prod = builder.fmul(splat, builder.load(ps, align=4))
-                builder.store(builder.fadd(builder.load(pd, align=4), prod), pd, align=4)
-                return context.get_dummy_value()
-
-            return types.void(dst, d_off, src, s_off, a), codegen
-
-        def lut_linear(x, cbt, codes_t, bias):
-            # x (N, m*d); cbt (m, d, 16) codebooks transposed (codewords past k are zeros);
-            # codes_t (m, R16) uint8, rows padded to a multiple of 16 -> (N, rows)
-            m, d, _ = cbt.shape
-            r16 = codes_t.shape[1]
-            out = np.empty((x.shape[0], bias.shape[0]), np.float32)
-            cflat, bflat = codes_t.ravel(), cbt.ravel()
-            for n in prange(x.shape[0]):
-                table = np.zeros(m * 16, np.float32)
-                xn = x[n]
-                for j in range(m):  # T[j, :] = sum_e x[j d + e] cbt[j, e, :]: 16-wide multiply-adds
-                    for e in range(d):
-                        axpy16(table, j * 16, bflat, (j * d + e) * 16, xn[j * d + e])
-                acc = np.zeros(r16, np.float32)
-                for r0 in range(0, r16, 64):  # up to 4 independent 16-row sums in flight
-                    blocks = min(4, (r16 - r0) // 16)
-                    for j in range(m):
-                        for u in range(blocks):
-                            lut16_add(acc, r0 + 16 * u, table, j * 16, cflat, j * r16 + r0 + 16 * u)
-                for r in range(out.shape[1]):
-                    out[n, r] = acc[r] + bias[r]
-            return out
-
-        _NUMBA = {
-            "lut": njit(parallel=True, cache=True, nogil=True)(lut_linear),
-            "lut1": njit(cache=True, nogil=True)(lut_linear),  # batch 1: no thread launch
-            "simd": simd,
-        }
+        _NUMBA = compiled(_build)
     return _NUMBA
+
+
+def _build() -> dict | bool:
+    """Compile this module's kernels (:func:`_numba_kernels` calls it once, numba installed)."""
+    import numpy as np
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.extending import intrinsic
+
+    simd = _simd()
+    if simd is None:
+        return False
+    f32, i32, i8 = ir.FloatType(), ir.IntType(32), ir.IntType(8)
+
+    def vec_ptr(context, builder, aty, arr, off, elt, n):
+        data = context.make_array(aty)(context, builder, arr).data
+        return builder.bitcast(builder.gep(data, [off]), ir.VectorType(elt, n).as_pointer())
+
+    def permute(builder, table, idx, n):  # table[idx] for n lanes of a 16-float table
+        if simd == "avx512f":
+            ty = ir.FunctionType(ir.VectorType(f32, 16), [ir.VectorType(f32, 16), ir.VectorType(i32, 16)])
+            return builder.call(
+                builder.module.declare_intrinsic("llvm.x86.avx512.permvar.sf.512", fnty=ty), [table, idx]
+            )
+        ty = ir.FunctionType(ir.VectorType(f32, 8), [ir.VectorType(f32, 8), ir.VectorType(i32, 8)])
+        fn = builder.module.declare_intrinsic("llvm.x86.avx2.permps", fnty=ty)
+        lo = builder.shuffle_vector(table, table, ir.Constant(ir.VectorType(i32, 8), list(range(8))))
+        hi = builder.shuffle_vector(table, table, ir.Constant(ir.VectorType(i32, 8), list(range(8, 16))))
+        upper = builder.icmp_unsigned(">", idx, ir.Constant(ir.VectorType(i32, 8), [7] * 8))
+        return builder.select(upper, builder.call(fn, [hi, idx]), builder.call(fn, [lo, idx]))
+
+    @intrinsic
+    def lut16_add(typingctx, acc, a_off, tab, t_off, codes, c_off):
+        # acc[a_off : a_off + 16] += tab[t_off + codes[c_off : c_off + 16]], tab a 16-float table
+        def codegen(context, builder, signature, args):
+            acc_v, ao, tab_v, to, codes_v, co = args
+            aty, _, tty, _, cty, _ = signature.args
+            table = builder.load(vec_ptr(context, builder, tty, tab_v, to, f32, 16), align=4)
+            for h in range(0, 16, 16 if simd == "avx512f" else 8):
+                n = 16 if simd == "avx512f" else 8
+                pc = vec_ptr(context, builder, cty, codes_v, builder.add(co, ir.Constant(co.type, h)), i8, n)
+                idx = builder.zext(builder.load(pc, align=1), ir.VectorType(i32, n))
+                pa = vec_ptr(context, builder, aty, acc_v, builder.add(ao, ir.Constant(ao.type, h)), f32, n)
+                builder.store(builder.fadd(builder.load(pa, align=4), permute(builder, table, idx, n)), pa, align=4)
+            return context.get_dummy_value()
+
+        return types.void(acc, a_off, tab, t_off, codes, c_off), codegen
+
+    @intrinsic
+    def axpy16(typingctx, dst, d_off, src, s_off, a):
+        # dst[d_off : d_off + 16] += a * src[s_off : s_off + 16] (one register; no index checks)
+        def codegen(context, builder, signature, args):
+            dst_v, do, src_v, so, av = args
+            dty, _, sty, _, _ = signature.args
+            pd = vec_ptr(context, builder, dty, dst_v, do, f32, 16)
+            ps = vec_ptr(context, builder, sty, src_v, so, f32, 16)
+            splat = builder.insert_element(ir.Constant(ir.VectorType(f32, 16), None), av, ir.Constant(i32, 0))
+            splat = builder.shuffle_vector(splat, splat, ir.Constant(ir.VectorType(i32, 16), [0] * 16))
+            prod = builder.fmul(splat, builder.load(ps, align=4))
+            builder.store(builder.fadd(builder.load(pd, align=4), prod), pd, align=4)
+            return context.get_dummy_value()
+
+        return types.void(dst, d_off, src, s_off, a), codegen
+
+    def lut_linear(x, cbt, codes_t, bias):
+        # x (N, m*d); cbt (m, d, 16) codebooks transposed (codewords past k are zeros);
+        # codes_t (m, R16) uint8, rows padded to a multiple of 16 -> (N, rows)
+        m, d, _ = cbt.shape
+        r16 = codes_t.shape[1]
+        out = np.empty((x.shape[0], bias.shape[0]), np.float32)
+        cflat, bflat = codes_t.ravel(), cbt.ravel()
+        for n in prange(x.shape[0]):
+            table = np.zeros(m * 16, np.float32)
+            xn = x[n]
+            for j in range(m):  # T[j, :] = sum_e x[j d + e] cbt[j, e, :]: 16-wide multiply-adds
+                for e in range(d):
+                    axpy16(table, j * 16, bflat, (j * d + e) * 16, xn[j * d + e])
+            acc = np.zeros(r16, np.float32)
+            for r0 in range(0, r16, 64):  # up to 4 independent 16-row sums in flight
+                blocks = min(4, (r16 - r0) // 16)
+                for j in range(m):
+                    for u in range(blocks):
+                        lut16_add(acc, r0 + 16 * u, table, j * 16, cflat, j * r16 + r0 + 16 * u)
+            for r in range(out.shape[1]):
+                out[n, r] = acc[r] + bias[r]
+        return out
+
+    return {
+        "lut": njit(parallel=True, cache=True, nogil=True)(lut_linear),
+        "lut1": njit(cache=True, nogil=True)(lut_linear),  # batch 1: no thread launch
+        "simd": simd,
+    }
 
 
 class _ProductBase(RuntimeLayer):

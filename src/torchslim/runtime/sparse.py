@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import conv_geometry, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime._numba import match_torch_threads
+from torchslim.runtime._numba import compiled, match_torch_threads
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 from torchslim.runtime.timing import choose_module_kernel
 
@@ -51,109 +51,110 @@ def _numba_kernels() -> dict | bool:
     """The compiled direct sparse convolution, or False without numba."""
     global _NUMBA
     if _NUMBA is None:
-        try:
-            import numpy as np
-            from numba import njit, prange
-        except ImportError:
-            _NUMBA = False
-            return _NUMBA
-
-        @njit(parallel=True, cache=True, nogil=True)
-        def sparse_conv(x, crow, cc, cy, cx, vals, bias, sh, sw, dh, dw, rows, wo, out):
-            # x (C, H, W, N) float32, zero-padded already -> out (O, Ho, Wb, N), of which columns
-            # [0, wo) are the output; CSR row o holds (channel, ky, kx, value). Per pass over a run of
-            # output, 4 stored weights (one load and store of y per 4 multiply-adds). A run is one
-            # output row's (j, n) (contiguous for stride 1), or, with Wb == W (stride 1 both ways,
-            # "wide" rows), a whole tile of rows at once: y[i, j] for j in [wo, W) then reads the next
-            # input row and is discarded, so short rows (batch 1) still give long vector loops.
-            c_, h, w, nb = x.shape
-            no, ho, wb, _ = out.shape
-            wide = wb == w and wo < w
-            xf = x.reshape(c_, h * w * nb)
-            of = out.reshape(no, ho * wb * nb)
-            tiles = (ho + rows - 1) // rows
-            for idx in prange(no * tiles):
-                o, i0 = idx // tiles, (idx % tiles) * rows
-                i1 = min(ho, i0 + rows)
-                q0, q1 = crow[o], crow[o + 1]
-                tile = of[o, i0 * wb * nb : i1 * wb * nb]
-                for t in range(tile.shape[0]):
-                    tile[t] = bias[o]
-                n_ = ((i1 - i0 - 1) * w + wo) * nb if wide else wo * nb
-                for i in range(i0, i0 + 1 if wide else i1):
-                    y = of[o, i * wb * nb : i * wb * nb + n_]
-                    for q in range(q0, q1 - 3, 4):
-                        x0, x1 = xf[cc[q]], xf[cc[q + 1]]
-                        x2, x3 = xf[cc[q + 2]], xf[cc[q + 3]]
-                        r0 = (i * sh + cy[q] * dh) * w * nb + cx[q] * dw * nb
-                        r1 = (i * sh + cy[q + 1] * dh) * w * nb + cx[q + 1] * dw * nb
-                        r2 = (i * sh + cy[q + 2] * dh) * w * nb + cx[q + 2] * dw * nb
-                        r3 = (i * sh + cy[q + 3] * dh) * w * nb + cx[q + 3] * dw * nb
-                        v0, v1, v2, v3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
-                        if sw == 1:  # one contiguous run: slices, not offsets, so it vectorizes
-                            s0, s1, s2, s3 = x0[r0 : r0 + n_], x1[r1 : r1 + n_], x2[r2 : r2 + n_], x3[r3 : r3 + n_]
-                            for t in range(n_):
-                                y[t] += v0 * s0[t] + v1 * s1[t] + v2 * s2[t] + v3 * s3[t]
-                        else:
-                            for j in range(wo):
-                                d = j * sw * nb
-                                ys = y[j * nb : j * nb + nb]
-                                s0, s1 = x0[r0 + d : r0 + d + nb], x1[r1 + d : r1 + d + nb]
-                                s2, s3 = x2[r2 + d : r2 + d + nb], x3[r3 + d : r3 + d + nb]
-                                for t in range(nb):
-                                    ys[t] += v0 * s0[t] + v1 * s1[t] + v2 * s2[t] + v3 * s3[t]
-                    for q in range(q1 - (q1 - q0) % 4, q1):  # the last 1-3 weights one by one
-                        xq, v = xf[cc[q]], vals[q]
-                        r = (i * sh + cy[q] * dh) * w * nb + cx[q] * dw * nb
-                        if sw == 1:
-                            s0 = xq[r : r + n_]
-                            for t in range(n_):
-                                y[t] += v * s0[t]
-                        else:
-                            for j in range(wo):
-                                d = j * sw * nb
-                                ys, s0 = y[j * nb : j * nb + nb], xq[r + d : r + d + nb]
-                                for t in range(nb):
-                                    ys[t] += v * s0[t]
-
-        @njit(parallel=True, cache=True, nogil=True)
-        def sparse_linear(xt, crow, col, vals, bias, out):
-            # xt (K, N) float32 (the input transposed) -> out (N, O); an output row's N values are
-            # accumulated over its stored weights, 4 at a time, in one contiguous vector. Outputs in
-            # blocks of 16 per task: one accumulator allocation per block, not per output.
-            nb, no = xt.shape[1], out.shape[1]
-            x1 = xt[:, 0]
-            for blk in prange((no + 15) // 16):
-                acc = np.empty(nb, np.float32)
-                for o in range(16 * blk, min(no, 16 * blk + 16)):
-                    q0, q1 = crow[o], crow[o + 1]
-                    if nb == 1:  # a dot product of gathered inputs, 4 partial sums (no dependency chain)
-                        s0 = s1 = s2 = s3 = np.float32(0)
-                        for q in range(q0, q1 - 3, 4):
-                            s0 += vals[q] * x1[col[q]]
-                            s1 += vals[q + 1] * x1[col[q + 1]]
-                            s2 += vals[q + 2] * x1[col[q + 2]]
-                            s3 += vals[q + 3] * x1[col[q + 3]]
-                        for q in range(q1 - (q1 - q0) % 4, q1):
-                            s0 += vals[q] * x1[col[q]]
-                        out[0, o] = bias[o] + ((s0 + s1) + (s2 + s3))
-                        continue
-                    for t in range(nb):
-                        acc[t] = bias[o]
-                    for q in range(q0, q1 - 3, 4):
-                        x0, xa, x2, x3 = xt[col[q]], xt[col[q + 1]], xt[col[q + 2]], xt[col[q + 3]]
-                        v0, v1, v2, v3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
-                        for t in range(nb):
-                            acc[t] += v0 * x0[t] + v1 * xa[t] + v2 * x2[t] + v3 * x3[t]
-                    for q in range(q1 - (q1 - q0) % 4, q1):
-                        xq, v = xt[col[q]], vals[q]
-                        for t in range(nb):
-                            acc[t] += v * xq[t]
-                    for t in range(nb):
-                        out[t, o] = acc[t]
-
-        _NUMBA = {"conv": sparse_conv, "linear": sparse_linear}
+        _NUMBA = compiled(_build)
     return _NUMBA
+
+
+def _build() -> dict | bool:
+    """Compile this module's kernels (:func:`_numba_kernels` calls it once, numba installed)."""
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def sparse_conv(x, crow, cc, cy, cx, vals, bias, sh, sw, dh, dw, rows, wo, out):
+        # x (C, H, W, N) float32, zero-padded already -> out (O, Ho, Wb, N), of which columns
+        # [0, wo) are the output; CSR row o holds (channel, ky, kx, value). Per pass over a run of
+        # output, 4 stored weights (one load and store of y per 4 multiply-adds). A run is one
+        # output row's (j, n) (contiguous for stride 1), or, with Wb == W (stride 1 both ways,
+        # "wide" rows), a whole tile of rows at once: y[i, j] for j in [wo, W) then reads the next
+        # input row and is discarded, so short rows (batch 1) still give long vector loops.
+        c_, h, w, nb = x.shape
+        no, ho, wb, _ = out.shape
+        wide = wb == w and wo < w
+        xf = x.reshape(c_, h * w * nb)
+        of = out.reshape(no, ho * wb * nb)
+        tiles = (ho + rows - 1) // rows
+        for idx in prange(no * tiles):
+            o, i0 = idx // tiles, (idx % tiles) * rows
+            i1 = min(ho, i0 + rows)
+            q0, q1 = crow[o], crow[o + 1]
+            tile = of[o, i0 * wb * nb : i1 * wb * nb]
+            for t in range(tile.shape[0]):
+                tile[t] = bias[o]
+            n_ = ((i1 - i0 - 1) * w + wo) * nb if wide else wo * nb
+            for i in range(i0, i0 + 1 if wide else i1):
+                y = of[o, i * wb * nb : i * wb * nb + n_]
+                for q in range(q0, q1 - 3, 4):
+                    x0, x1 = xf[cc[q]], xf[cc[q + 1]]
+                    x2, x3 = xf[cc[q + 2]], xf[cc[q + 3]]
+                    r0 = (i * sh + cy[q] * dh) * w * nb + cx[q] * dw * nb
+                    r1 = (i * sh + cy[q + 1] * dh) * w * nb + cx[q + 1] * dw * nb
+                    r2 = (i * sh + cy[q + 2] * dh) * w * nb + cx[q + 2] * dw * nb
+                    r3 = (i * sh + cy[q + 3] * dh) * w * nb + cx[q + 3] * dw * nb
+                    v0, v1, v2, v3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
+                    if sw == 1:  # one contiguous run: slices, not offsets, so it vectorizes
+                        s0, s1, s2, s3 = x0[r0 : r0 + n_], x1[r1 : r1 + n_], x2[r2 : r2 + n_], x3[r3 : r3 + n_]
+                        for t in range(n_):
+                            y[t] += v0 * s0[t] + v1 * s1[t] + v2 * s2[t] + v3 * s3[t]
+                    else:
+                        for j in range(wo):
+                            d = j * sw * nb
+                            ys = y[j * nb : j * nb + nb]
+                            s0, s1 = x0[r0 + d : r0 + d + nb], x1[r1 + d : r1 + d + nb]
+                            s2, s3 = x2[r2 + d : r2 + d + nb], x3[r3 + d : r3 + d + nb]
+                            for t in range(nb):
+                                ys[t] += v0 * s0[t] + v1 * s1[t] + v2 * s2[t] + v3 * s3[t]
+                for q in range(q1 - (q1 - q0) % 4, q1):  # the last 1-3 weights one by one
+                    xq, v = xf[cc[q]], vals[q]
+                    r = (i * sh + cy[q] * dh) * w * nb + cx[q] * dw * nb
+                    if sw == 1:
+                        s0 = xq[r : r + n_]
+                        for t in range(n_):
+                            y[t] += v * s0[t]
+                    else:
+                        for j in range(wo):
+                            d = j * sw * nb
+                            ys, s0 = y[j * nb : j * nb + nb], xq[r + d : r + d + nb]
+                            for t in range(nb):
+                                ys[t] += v * s0[t]
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def sparse_linear(xt, crow, col, vals, bias, out):
+        # xt (K, N) float32 (the input transposed) -> out (N, O); an output row's N values are
+        # accumulated over its stored weights, 4 at a time, in one contiguous vector. Outputs in
+        # blocks of 16 per task: one accumulator allocation per block, not per output.
+        nb, no = xt.shape[1], out.shape[1]
+        x1 = xt[:, 0]
+        for blk in prange((no + 15) // 16):
+            acc = np.empty(nb, np.float32)
+            for o in range(16 * blk, min(no, 16 * blk + 16)):
+                q0, q1 = crow[o], crow[o + 1]
+                if nb == 1:  # a dot product of gathered inputs, 4 partial sums (no dependency chain)
+                    s0 = s1 = s2 = s3 = np.float32(0)
+                    for q in range(q0, q1 - 3, 4):
+                        s0 += vals[q] * x1[col[q]]
+                        s1 += vals[q + 1] * x1[col[q + 1]]
+                        s2 += vals[q + 2] * x1[col[q + 2]]
+                        s3 += vals[q + 3] * x1[col[q + 3]]
+                    for q in range(q1 - (q1 - q0) % 4, q1):
+                        s0 += vals[q] * x1[col[q]]
+                    out[0, o] = bias[o] + ((s0 + s1) + (s2 + s3))
+                    continue
+                for t in range(nb):
+                    acc[t] = bias[o]
+                for q in range(q0, q1 - 3, 4):
+                    x0, xa, x2, x3 = xt[col[q]], xt[col[q + 1]], xt[col[q + 2]], xt[col[q + 3]]
+                    v0, v1, v2, v3 = vals[q], vals[q + 1], vals[q + 2], vals[q + 3]
+                    for t in range(nb):
+                        acc[t] += v0 * x0[t] + v1 * xa[t] + v2 * x2[t] + v3 * x3[t]
+                for q in range(q1 - (q1 - q0) % 4, q1):
+                    xq, v = xt[col[q]], vals[q]
+                    for t in range(nb):
+                        acc[t] += v * xq[t]
+                for t in range(nb):
+                    out[t, o] = acc[t]
+
+    return {"conv": sparse_conv, "linear": sparse_linear}
 
 
 def _kernels(t: torch.Tensor) -> dict | bool:
