@@ -174,6 +174,21 @@ def test_sparse_conv_kernel_matches_dense(conv, batch):
     assert torch.equal(back.weight, m.weight)
 
 
+@pytest.mark.parametrize("padding", [0, 1])
+def test_sparse_conv_wide_rows_across_tiles(padding):
+    """Batch 1 on a map tall enough for several row tiles of "wide" rows (a tile computed at input-row
+    width, then its rows copied out). Catches: a tile's rows copied to the first tile's place, the
+    input-row pitch used for the output rows."""
+    torch.manual_seed(0)
+    m = nn.Conv2d(2, 3, 3, padding=padding)
+    with torch.no_grad():
+        m.weight.mul_(torch.rand_like(m.weight) > 0.5)
+    x = torch.randn(1, 2, 150, 40)  # 40-wide rows: ~100 output rows per tile, so 2 tiles
+    with torch.no_grad():
+        magnitude = F.conv2d(x.abs(), m.weight.abs(), m.bias.abs(), padding=padding)
+        _close(SparseConv2d.from_dense(m, "sparse").eval()(x), m(x), magnitude, 2 * 9 + 1)
+
+
 def test_sparse_kernels_without_numba(monkeypatch):
     """The fallback path (im2col + torch.sparse) when numba is missing: same function."""
     from torchslim.runtime import sparse as sparse_mod

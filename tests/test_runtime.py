@@ -202,7 +202,8 @@ def test_sparse_and_pq_kernel_choice_follow_the_measured_timings(monkeypatch, fa
 @pytest.mark.parametrize("k", [2, 3])
 def test_strided_max_pool_equals_max_pool2d(k):
     """Catches: a view offset or stride off by one, odd sizes not floored, NaN or -inf handled
-    differently from ``max_pool2d``."""
+    differently from ``max_pool2d`` (in the strided views and in the batch-1 numba loop: a NaN
+    first in its window and one inside a window)."""
     import torch.nn.functional as F
 
     from torchslim.runtime.pool import StridedMaxPool2d
@@ -212,6 +213,7 @@ def test_strided_max_pool_equals_max_pool2d(k):
     for shape in [(2, 3, 8, 8), (1, 4, 7, 9), (3, 2, 2 * k + 1, k)]:
         x = torch.randint(-3, 3, shape, generator=g).float()  # many ties
         x[0, 0, 0, 0], x[-1, -1, -1, 0] = float("nan"), float("-inf")
+        x[0, -1, 1, k - 1] = float("nan")
         assert torch.equal(pool(x).isnan(), F.max_pool2d(x, k).isnan())
         assert torch.equal(pool(x).nan_to_num(7.0), F.max_pool2d(x, k).nan_to_num(7.0)), shape
         xc = x.contiguous(memory_format=torch.channels_last)
@@ -287,10 +289,29 @@ def test_kernel_modules_fall_back_when_numba_is_missing(monkeypatch):
     shared guard (an ImportError on a machine without numba)."""
     import sys
 
-    from torchslim.runtime import _numba, binary, product, sparse
+    from torchslim.runtime import _numba, binary, pool, product, sparse
 
     monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` now raises ImportError
     assert _numba.compiled(lambda: pytest.fail("built without numba")) is False
-    for mod in (binary, product, sparse):
+    for mod in (binary, product, sparse, pool):
         monkeypatch.setattr(mod, "_NUMBA", None)
         assert mod._numba_kernels() is False, mod.__name__
+    x = torch.randn(1, 3, 6, 6)  # batch 1: the numba loop's case, now max_pool2d
+    assert torch.equal(pool.StridedMaxPool2d(2)(x), nn.functional.max_pool2d(x, 2))
+
+
+def test_numba_threads_follow_torch():
+    """numba's parallel loops use torch's thread count, re-set when torch's changes. Catches: the
+    cached count never set again (a user's ``torch.set_num_threads`` ignored by the numba kernels)."""
+    numba = pytest.importorskip("numba")
+    from torchslim.runtime._numba import match_torch_threads
+
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            match_torch_threads()
+            assert numba.get_num_threads() == min(n, numba.config.NUMBA_NUM_THREADS)
+    finally:
+        torch.set_num_threads(old)
+        match_torch_threads()

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import threading
+
 import torch
+
+_SET = threading.local()  # the torch thread count numba was last matched to, per calling thread
 
 
 def match_torch_threads() -> None:
-    """Run numba's parallel loops on as many threads as torch uses (at most numba's pool size)."""
+    """Run numba's parallel loops on as many threads as torch uses (at most numba's pool size).
+    numba's count is per calling thread; it is set again only when torch's has changed (a call
+    costs about 1 us, a large share of a batch-1 layer)."""
+    n = torch.get_num_threads()
+    if getattr(_SET, "n", None) == n:
+        return
     import numba
 
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    _SET.n = n
 
 
 def compiled(build: Callable[[], dict | bool]) -> dict | bool:

@@ -61,29 +61,42 @@ def _build() -> dict | bool:
     from numba import njit, prange
 
     @njit(parallel=True, cache=True, nogil=True)
-    def sparse_conv(x, crow, cc, cy, cx, vals, bias, sh, sw, dh, dw, rows, wo, out):
-        # x (C, H, W, N) float32, zero-padded already -> out (O, Ho, Wb, N), of which columns
-        # [0, wo) are the output; CSR row o holds (channel, ky, kx, value). Per pass over a run of
+    def sparse_conv(x, crow, cc, cy, cx, vals, bias, sh, sw, dh, dw, ph, pw, ho, wo):
+        # x (C, H, W, N) float32 -> out (O, Ho, Wo, N); CSR row o holds (channel, ky, kx, value).
+        # The input is zero-padded once, so every conv is a valid one. Per pass over a run of
         # output, 4 stored weights (one load and store of y per 4 multiply-adds). A run is one
-        # output row's (j, n) (contiguous for stride 1), or, with Wb == W (stride 1 both ways,
-        # "wide" rows), a whole tile of rows at once: y[i, j] for j in [wo, W) then reads the next
-        # input row and is discarded, so short rows (batch 1) still give long vector loops.
-        c_, h, w, nb = x.shape
-        no, ho, wb, _ = out.shape
-        wide = wb == w and wo < w
-        xf = x.reshape(c_, h * w * nb)
-        of = out.reshape(no, ho * wb * nb)
+        # output row's (j, n) (contiguous for stride 1), or, stride 1 both ways and rows shorter
+        # than 64 values (batch 1), a whole tile of rows at once ("wide" rows, computed in a
+        # buffer of input-row width: y[i, j] for j in [wo, W) reads into the next input row and
+        # is dropped when the tile is copied out), so short rows still give long vector loops.
+        c_, h0, w0, nb = x.shape
+        if ph or pw:
+            xp = np.zeros((c_, h0 + 2 * ph, w0 + 2 * pw, nb), np.float32)
+            xp[:, ph : ph + h0, pw : pw + w0] = x
+        else:
+            xp = x
+        h, w = xp.shape[1], xp.shape[2]
+        no = crow.shape[0] - 1
+        out = np.empty((no, ho, wo, nb), np.float32)
+        wide = sh == 1 and sw == 1 and wo * nb < 64 and wo < w
+        wb = w if wide else wo
+        rows = max(1, 4096 // (wb * nb))  # output rows per tile: 16 kB of output
+        xf = xp.reshape(c_, h * w * nb)
+        of = out.reshape(no, ho * wo * nb)
         tiles = (ho + rows - 1) // rows
         for idx in prange(no * tiles):
             o, i0 = idx // tiles, (idx % tiles) * rows
             i1 = min(ho, i0 + rows)
             q0, q1 = crow[o], crow[o + 1]
-            tile = of[o, i0 * wb * nb : i1 * wb * nb]
+            if wide:
+                tile = np.empty(((i1 - i0 - 1) * w + wo) * nb, np.float32)
+            else:
+                tile = of[o, i0 * wo * nb : i1 * wo * nb]
             for t in range(tile.shape[0]):
                 tile[t] = bias[o]
-            n_ = ((i1 - i0 - 1) * w + wo) * nb if wide else wo * nb
+            n_ = tile.shape[0] if wide else wo * nb
             for i in range(i0, i0 + 1 if wide else i1):
-                y = of[o, i * wb * nb : i * wb * nb + n_]
+                y = tile[(i - i0) * wo * nb : (i - i0) * wo * nb + n_]
                 for q in range(q0, q1 - 3, 4):
                     x0, x1 = xf[cc[q]], xf[cc[q + 1]]
                     x2, x3 = xf[cc[q + 2]], xf[cc[q + 3]]
@@ -117,13 +130,18 @@ def _build() -> dict | bool:
                             ys, s0 = y[j * nb : j * nb + nb], xq[r + d : r + d + nb]
                             for t in range(nb):
                                 ys[t] += v * s0[t]
+            if wide:  # the tile's rows, input-row width apart, to the output
+                for i in range(i1 - i0):
+                    of[o, (i0 + i) * wo * nb : (i0 + i + 1) * wo * nb] = tile[i * w * nb : (i * w + wo) * nb]
+        return out
 
     @njit(parallel=True, cache=True, nogil=True)
-    def sparse_linear(xt, crow, col, vals, bias, out):
+    def sparse_linear(xt, crow, col, vals, bias):
         # xt (K, N) float32 (the input transposed) -> out (N, O); an output row's N values are
         # accumulated over its stored weights, 4 at a time, in one contiguous vector. Outputs in
         # blocks of 16 per task: one accumulator allocation per block, not per output.
-        nb, no = xt.shape[1], out.shape[1]
+        nb, no = xt.shape[1], crow.shape[0] - 1
+        out = np.empty((nb, no), np.float32)
         x1 = xt[:, 0]
         for blk in prange((no + 15) // 16):
             acc = np.empty(nb, np.float32)
@@ -153,6 +171,7 @@ def _build() -> dict | bool:
                         acc[t] += v * xq[t]
                 for t in range(nb):
                     out[t, o] = acc[t]
+        return out
 
     return {"conv": sparse_conv, "linear": sparse_linear}
 
@@ -383,8 +402,7 @@ class SparseLinear(_SparseBase):
         xt = x.detach().reshape(-1, self.in_features).t().contiguous()  # (in, N)
         k = _kernels(x) if not (torch.is_grad_enabled() and x.requires_grad) else False
         if k:
-            y = torch.empty(xt.shape[1], self.out_features)
-            k["linear"](xt.numpy(), *self._kernel_operands(), y.numpy())
+            y = torch.from_numpy(k["linear"](xt.numpy(), *self._kernel_operands()))
             return y.reshape(*lead, self.out_features)
         # (N, out) contiguous: a transposed view would send the next linear layer down a slow path
         y = self._mm(x.reshape(-1, self.in_features).t().contiguous()).t().contiguous()
@@ -460,26 +478,9 @@ class SparseConv2d(_SparseBase):
         wo = (w_ + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         k = _kernels(x) if not (torch.is_grad_enabled() and x.requires_grad) else False
         if k:
-            (ph, pw), xb = self.padding, x.detach().permute(1, 2, 3, 0)  # (C, H, W, N)
-            if ph or pw:  # zero-pad once: the kernel then computes a valid convolution
-                xp = x.new_zeros(xb.shape[0], h + 2 * ph, w_ + 2 * pw, n)
-                xp[:, ph : ph + h, pw : pw + w_] = xb
-                xb = xp
-            xb = xb.contiguous()  # no copy when x is batch-last already
-            # wide rows (see the kernel) where an output row alone is too short a vector loop
-            wb = xb.shape[2] if tuple(self.stride) == (1, 1) and wo * n < 64 else wo
-            out = torch.empty(self.out_channels, ho, wb, n)
-            k["conv"](
-                xb.numpy(),
-                *self._kernel_operands(),
-                *self.stride,
-                *self.dilation,
-                max(1, 4096 // (wb * n)),  # output rows per tile: 16 kB of output
-                wo,
-                out.numpy(),
-            )
-            out = out[:, :, :wo].contiguous() if wb != wo else out  # wide rows: a small copy
-            y = out.permute(3, 0, 1, 2)
+            xb = x.detach().permute(1, 2, 3, 0).contiguous()  # (C, H, W, N); no copy when batch-last
+            out = k["conv"](xb.numpy(), *self._kernel_operands(), *self.stride, *self.dilation, *self.padding, ho, wo)
+            y = torch.from_numpy(out).permute(3, 0, 1, 2)
             return y if self.batch_last else y.contiguous()
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C*k*k, L)
         y = self._mm(cols.transpose(0, 1).reshape(self.cols, -1))  # (C_out, N*L)
