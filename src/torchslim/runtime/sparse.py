@@ -70,9 +70,21 @@ def _build() -> dict | bool:
         # buffer of input-row width: y[i, j] for j in [wo, W) reads into the next input row and
         # is dropped when the tile is copied out), so short rows still give long vector loops.
         c_, h0, w0, nb = x.shape
-        if ph or pw:
-            xp = np.zeros((c_, h0 + 2 * ph, w0 + 2 * pw, nb), np.float32)
-            xp[:, ph : ph + h0, pw : pw + w0] = x
+        if ph or pw:  # zeros written by hand: an np.zeros here runs as a parfor, 100+ us at 64x18x18
+            hp, wp = h0 + 2 * ph, (w0 + 2 * pw) * nb
+            xp = np.empty((c_, hp, w0 + 2 * pw, nb), np.float32)
+            rows_p, rows_x = xp.reshape(c_, hp, wp), x.reshape(c_, h0, w0 * nb)
+            for c in prange(c_):
+                for i in range(hp):
+                    r = rows_p[c, i]
+                    if i < ph or i >= ph + h0:
+                        for t in range(wp):
+                            r[t] = 0
+                    else:
+                        for t in range(pw * nb):
+                            r[t] = 0
+                            r[wp - 1 - t] = 0
+                        r[pw * nb : (pw + w0) * nb] = rows_x[c, i - ph]
         else:
             xp = x
         h, w = xp.shape[1], xp.shape[2]
