@@ -6,6 +6,9 @@ Sections (``--only`` picks some):
           vgg_small's classifier (rank 64): FC parameters, accuracy after fine-tuning.
   conv    vgg_small (Tucker-2, CP, spatial) and resnet20 (Tucker-2) to 50 % of the
           model's MACs (budget mode, ``prefer=size``), fine-tuned; batch-256 latency.
+  auto    vgg_small with ``lowrank.auto`` (per layer dense, Tucker-2 or spatial, whichever makes the
+          whole model fastest at batch 256 in the eager runtime; ranks from the 50 % budget)
+          against the every-layer Tucker-2 artifact, fine-tuned like the conv section.
   cp      vgg_small CP to 50 % of MACs fine-tuned as Lebedev et al. (2015) do: the whole
           network at a 10x lower learning rate than the other factorizations (CP factors
           diverge at lr 0.01: the conv section's row).
@@ -16,7 +19,8 @@ Sections (``--only`` picks some):
           vgg_small Tucker-2 model, before fine-tuning: accuracy and latency.
 
 Writes benchmarks/results/lowrank.{json,md} and the headline models
-benchmarks/artifacts/lenet300_100_svd.slim, vgg_small_tucker.slim and vgg_small_cp.slim. Starts from the
+benchmarks/artifacts/lenet300_100_svd.slim, vgg_small_tucker.slim, vgg_small_cp.slim and
+vgg_small_lowrank_auto.slim. Starts from the
 float baselines in benchmarks/artifacts/; fine-tuning resumes from benchmarks/cache/.
 """
 
@@ -212,6 +216,22 @@ def cp(run: _Run) -> list[dict]:
     return [base, row]
 
 
+def auto(run: _Run) -> list[dict]:
+    """lowrank.auto against every-layer Tucker-2 (the conv section's artifact) in the same run."""
+    name = "vgg_small"
+    base = run.base(name, "auto")
+    tucker = ART / "vgg_small_tucker.slim"
+    setting = "50 % of MACs (budget), every layer, 2 ep (conv section's artifact)"
+    rows = [base, _row(ts.load(tucker), "auto", name, "lowrank.tucker", setting, run.test, base, tucker)]
+    fields = {"selection": "budget", "target_macs": 0.5, "batches": [256], "exclude": FIRST}
+    ft = {**SGD_FT, "epochs": 2}
+    model, before, path = run.tuned(name, "lowrank.auto", fields, "lowrank_auto_vgg_small", ft, augment=True)
+    setting = "dense / Tucker-2 / spatial per layer by whole-model latency at batch 256, 50 % budget ranks, 2 ep"
+    rows.append(_row(model, "auto", name, "lowrank.auto", setting, run.test, base, path, before))
+    shutil.copyfile(path, ART / "vgg_small_lowrank_auto.slim")
+    return rows
+
+
 def ranks(run: _Run) -> list[dict]:
     name, rows = "vgg_small", []
     base = run.base(name, "ranks")
@@ -292,7 +312,7 @@ def peer(run: _Run) -> list[dict]:
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--only", nargs="*", default=["svd", "conv", "cp", "ranks", "peer"])
+    ap.add_argument("--only", nargs="*", default=["svd", "conv", "cp", "auto", "ranks", "peer"])
     a = parse(ap)
     run = _Run(a.data_dir)
     sections = run_sections(
@@ -302,12 +322,13 @@ def main() -> None:
             "svd": lambda: svd(run),
             "conv": lambda: conv(run),
             "cp": lambda: cp(run),
+            "auto": lambda: auto(run),
             "ranks": lambda: ranks(run),
             "peer": lambda: peer(run),
         },
     )
     write_report(
-        [r for k in ("svd", "conv", "cp", "ranks", "peer") for r in sections.get(k, [])],
+        [r for k in ("svd", "conv", "cp", "auto", "ranks", "peer") for r in sections.get(k, [])],
         RES / "lowrank",
         COLUMNS,
         title="Low-rank factorization on Fashion-MNIST (test split), float baseline and TensorLy-Torch in the same run",

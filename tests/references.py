@@ -128,7 +128,8 @@ def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> n
       matrix the method decomposes (rank r = the chain's inner width);
     * ``hosvd`` (Tucker-2 by HOOI from an SVD start): at most the truncated HOSVD's error,
       ``sum over modes of the discarded sigma_i^2``;
-    * ``ls`` (CP by ALS): below ``||W||`` (the zero tensor's error).
+    * ``ls`` (CP by ALS): below ``||W||`` (the zero tensor's error);
+    * ``by_chain`` (a model mixing forms): ``hosvd`` for 3-layer chains, ``eckart_young`` for 2-layer ones.
     """
     ref = copy.deepcopy(original)
     mods = dict(prepared.named_modules())
@@ -141,7 +142,8 @@ def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> n
         w = layer.weight.detach().double()
         err2 = float((w - w_eq.view_as(w)).pow(2).sum())
         r = chain[0].out_features if isinstance(chain[0], nn.Linear) else chain[0].out_channels
-        if bound == "eckart_young":
+        kind = {2: "eckart_young", 3: "hosvd"}[len(chain)] if bound == "by_chain" else bound
+        if kind == "eckart_young":
             mat = (
                 w.reshape(w.shape[0], -1)
                 if len(chain) == 2 and (isinstance(layer, nn.Linear) or chain[0].kernel_size == (1, 1))
@@ -149,7 +151,7 @@ def lowrank_reference(original: nn.Module, prepared: nn.Module, bound: str) -> n
             )
             s = torch.linalg.svdvals(mat)
             assert math.isclose(err2, float(s[r:].pow(2).sum()), rel_tol=1e-6, abs_tol=1e-9), name
-        elif bound == "hosvd":
+        elif kind == "hosvd":
             r_out = chain[-1].in_channels
             s0 = torch.linalg.svdvals(w.reshape(w.shape[0], -1))
             s1 = torch.linalg.svdvals(w.movedim(1, 0).reshape(w.shape[1], -1))

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import torchslim as ts
 from references import lowrank_reference
-from torchslim.lowrank import CP, SVD, Spatial, Tucker, energy_rank, vbmf_rank
+from torchslim.lowrank import CP, SVD, Auto, Spatial, Tucker, energy_rank, vbmf_rank
 from torchslim.lowrank.factorize import _CPF, _SVDF, _SpatialF, _TuckerF
 from torchslim.measure import count_macs
 
@@ -57,6 +57,21 @@ class TestCPContract(MethodContract):
 
     def prepare_reference(self, original, prepared):
         return lowrank_reference(original, prepared, "ls")
+
+
+class TestAutoContract(MethodContract):
+    config = Auto(selection="fixed", rank=0.5, prefer="size")
+    bad_configs = (
+        lambda: Auto(forms=()),
+        lambda: Auto(forms=("cp",)),
+        lambda: Auto(batches=(0,)),
+        lambda: Auto(batches=(1, 2.5)),
+        lambda: Auto(selection="budget"),
+    )
+    model_names = ("lenet5", "vgg_small")
+
+    def prepare_reference(self, original, prepared):
+        return lowrank_reference(original, prepared, "by_chain")
 
 
 @pytest.mark.parametrize(
@@ -158,3 +173,66 @@ def test_prefer_speed_follows_the_measured_timings(monkeypatch, factorized_ms, e
     (entry,) = model.torchslim.log
     assert entry["timing_ms"] == fake and entry["decision"] == expected
     assert isinstance(model[3], nn.Sequential) == (expected == "factorized")
+
+
+class _ThreeConvs(nn.Module):
+    """A user's model (not from the registry): three 3x3 convs, c2 the most MACs, then c1, then c3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24)
+        self.c2, self.b2 = nn.Conv2d(24, 24, 3, padding=1, stride=2), nn.BatchNorm2d(24)
+        self.c3 = nn.Conv2d(24, 16, 3)
+        self.head = nn.Linear(16 * 5 * 5, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.head(self.c3(x).flatten(1))
+
+
+def test_auto_chooses_by_whole_model_timings(monkeypatch):
+    """lowrank.auto on a user's model with controlled timings: layers visited largest MACs first, each
+    given the candidate ``pick`` chooses from timings of the whole model in the eager engine with the
+    earlier layers at their choices. Catches: candidates timed as the layer alone (outputs of the
+    layer's shape), a candidate not swapped in (equal outputs), earlier choices not kept in later
+    timings, the choice not applied or not logged."""
+    from torchslim.lowrank import factorize as fz
+
+    torch.manual_seed(0)
+    model = _ThreeConvs().eval()
+    x = torch.randn(2, 3, 14, 14)
+    faster = iter(["tucker", "spatial", None])  # per call: the candidate made fastest (None: dense stays)
+    seen = []
+
+    def fake(runners, example, batches, **kw):
+        assert kw.get("rounds", 1) > 1 and batches == (1, 256)
+        with torch.no_grad():
+            outs = {name: run(example) for name, run in runners.items()}
+        seen.append(outs)
+        assert all(o.shape == (1, 5) for o in outs.values())  # the whole model's output
+        assert not any(torch.equal(outs[a], outs[b]) for a in outs for b in outs if a < b)
+        win = next(faster)
+        return {f"b{b}": {name: 0.5 if name == win else 1.0 for name in runners} for b in batches}
+
+    monkeypatch.setattr(fz, "time_candidates", fake)
+    ts.compress_(model, Auto(selection="fixed", rank=0.5), example_inputs=x)
+    decided = {e["layer"]: e["decision"] for e in model.torchslim.log}
+    assert decided == {"c2": "tucker", "c1": "spatial", "c3": "dense"}  # visited c2, c1, c3
+    assert len(model.c2) == 3 and len(model.c1) == 2 and isinstance(model.c3, nn.Conv2d)
+    with torch.no_grad():  # the last timing's "dense" variant is the final model (BatchNorm folded there)
+        want = model.eval()(x[:1])
+        torch.testing.assert_close(seen[-1]["dense"], want, rtol=1e-5, atol=1e-6)
+    for e in model.torchslim.log:  # timed: dense and each form with fewer MACs than dense
+        assert set(e["timing_ms"]["b1"]) == set(e["macs"]) and len(e["macs"]) >= 2, e
+
+
+def test_auto_prefer_size_takes_the_fewest_macs():
+    """prefer="size": each layer becomes the form with the fewest MACs. Catches: the MACs compared
+    in the wrong direction, or the chosen form not the one built into the model."""
+    torch.manual_seed(0)
+    model = _ThreeConvs().eval()
+    ts.compress_(model, Auto(selection="fixed", rank=0.5, prefer="size"), example_inputs=torch.randn(2, 3, 14, 14))
+    for e in model.torchslim.log:
+        assert e["decision"] == min(e["macs"], key=e["macs"].get), e
+        assert len(getattr(model, e["layer"])) == {"tucker": 3, "spatial": 2}[e["decision"]]

@@ -183,6 +183,27 @@ def test_pick_takes_the_fastest_winner_at_the_largest_batch():
     assert pick(timing, "dense") == "b"
 
 
+def test_time_candidates_keeps_each_candidates_fastest_round(monkeypatch):
+    """Rounds interleave the candidates and keep each one's smallest median; a tuple example (a
+    multi-input model) is repeated to each batch. Catches: the last or the largest round kept, the
+    rounds not interleaved, a tuple input not batched."""
+    from torchslim.runtime import timing as timing_mod
+
+    medians = iter([5.0, 9.0, 3.0, 7.0, 4.0, 8.0])  # a, b, a, b, a, b
+    calls = []
+
+    def fake(fn, x, min_run_time=0.2, threads=None):
+        calls.append((fn, tuple(t.shape for t in x)))
+        return next(medians)
+
+    monkeypatch.setattr(timing_mod, "time_ms", fake)
+    example = (torch.zeros(1, 3), torch.zeros(1, 2, 2))
+    got = timing_mod.time_candidates({"a": "fa", "b": "fb"}, example, batches=(4,), rounds=3)
+    assert got == {"b4": {"a": 3.0, "b": 7.0}}
+    assert [c[0] for c in calls] == ["fa", "fb"] * 3
+    assert calls[0][1] == ((4, 3), (4, 2, 2))
+
+
 @pytest.mark.parametrize("fast", ["sparse", "dense"])
 def test_sparse_and_pq_kernel_choice_follow_the_measured_timings(monkeypatch, fast):
     """Catches: a kernel choice that ignores its timings (e.g. always the sparse kernel)."""

@@ -113,6 +113,45 @@ class Spatial(LowRank):
     """Spatial separable (d x 1 then 1 x d) factorization of k x k convs (k > 1)."""
 
 
+@dataclass(frozen=True)
+class Auto(LowRank):
+    """Per k x k conv the fastest of dense, Tucker-2 and spatial (``forms``) in the whole model.
+
+    Each form's ranks are the ones its own method would choose (same ``selection``, ``energy``,
+    ``rank`` or ``target_macs``, computed as if that form replaced every layer). With
+    ``prefer="speed"`` the layers are then visited largest dense MACs first, and each is given the
+    candidate (dense or a form) that makes the whole model, in torchslim's eager runtime with the
+    other layers at their choices so far, faster at every batch of ``batches`` (3 interleaved timing
+    rounds, the minimum kept). A layer kept dense keeps its MACs, so under ``budget`` the model may
+    end above ``target_macs``: every choice, its MACs and its timings are logged. With
+    ``prefer="size"`` each layer takes the form with the fewest MACs.
+
+    Attributes:
+        forms: the factorizations to choose from, ``tucker`` and / or ``spatial``.
+        batches: the batch sizes a chosen form must be faster at (whole model).
+    """
+
+    forms: tuple[str, ...] = ("tucker", "spatial")
+    batches: tuple[int, ...] = (1, 256)
+
+    def __post_init__(self) -> None:
+        for name in ("forms", "batches"):  # YAML gives lists
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.forms, tuple) or not self.forms or not set(self.forms) <= {"tucker", "spatial"}:
+            raise ValueError(
+                f"Auto.forms={self.forms!r}: give one or both of 'tucker' and 'spatial', "
+                "e.g. forms=['tucker', 'spatial']"
+            )
+        b = self.batches
+        if not isinstance(b, tuple) or not b or not all(isinstance(v, int) and 1 <= v <= 4096 for v in b):
+            raise ValueError(f"Auto.batches={b!r}: give batch sizes from 1 to 4096, e.g. batches=[1, 256]")
+
+
 # --- the four factorizations ------------------------------------------------------------
 
 
@@ -342,14 +381,26 @@ def _hw(t: torch.Tensor) -> tuple[int, int]:
     return (t.shape[-2], t.shape[-1]) if t.dim() == 4 else (1, 1)
 
 
-def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
-    """Shared prepare of the low-rank methods (see the module docstring)."""
-    layers = [(n, m, c) for n, m, c in select(model, config, (nn.Conv2d, nn.Linear)) if f.applies(m)]
+@dataclass
+class _Survey:
+    """The selected layers of one model pass: each layer's input, output size and dense MACs."""
+
+    layers: list[tuple[str, nn.Module, LowRank]]
+    inputs: dict[str, torch.Tensor]
+    outs: dict[str, tuple]
+    dense_macs: dict[str, int]
+
+    def macs(self, f: _Factorizer, n: str, ranks: list[int]) -> int:
+        m = next(m for k, m, _ in self.layers if k == n)
+        return f.macs(m, ranks, _hw(self.inputs[n]), self.outs[n])
+
+
+def _survey(model: nn.Module, config: LowRank, applies: Callable[[nn.Module], bool]) -> _Survey | None:
+    layers = [(n, m, c) for n, m, c in select(model, config, (nn.Conv2d, nn.Linear)) if applies(m)]
     if not layers:
         warnings.warn(f"{config.method}: no layer this factorization applies to was selected")
-        return model
-    names = [n for n, _, _ in layers]
-    inputs = capture_inputs(model, names)
+        return None
+    inputs = capture_inputs(model, [n for n, _, _ in layers])
     outs: dict[str, tuple] = {}
     hooks = [
         m.register_forward_hook(lambda mod, i, o, _n=n: outs.__setitem__(_n, _hw(o)) and None) for n, m, _ in layers
@@ -358,52 +409,63 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
         call(model.eval(), example_inputs(model))
     for h in hooks:
         h.remove()
-    dense_macs = {n: _dense_macs(m, outs[n]) for n, m, _ in layers}
+    return _Survey(layers, inputs, outs, {n: _dense_macs(m, outs[n]) for n, m, _ in layers})
+
+
+def _plan(model: nn.Module, config: LowRank, f: _Factorizer, sv: _Survey) -> dict[str, list[int]]:
+    """Ranks of every layer ``f`` factorizes with fewer MACs (the rank selection, or the budget)."""
 
     def plan(level: float | None) -> dict[str, list[int]]:
         chosen = {}
-        for n, m, c in layers:
-            r = _ranks(f, m, c) if level is None else f.budget_ranks(m, level, config.allocate, _hw(inputs[n]), outs[n])
-            if f.macs(m, r, _hw(inputs[n]), outs[n]) < dense_macs[n]:
+        for n, m, c in sv.layers:
+            hw_in = _hw(sv.inputs[n])
+            r = _ranks(f, m, c) if level is None else f.budget_ranks(m, level, config.allocate, hw_in, sv.outs[n])
+            if sv.macs(f, n, r) < sv.dense_macs[n]:
                 chosen[n] = r
         return chosen
 
-    if config.selection == "budget":
-        shape = shape_of(example_inputs(model))
-        total = count_macs(model, shape)
-        target = config.target_macs * total
+    if config.selection != "budget":
+        return plan(None)
+    total = count_macs(model, shape_of(example_inputs(model)))
+    target = config.target_macs * total
 
-        def macs_of(p: dict) -> int:
-            saved = sum(dense_macs[n] - f.macs(m, p[n], _hw(inputs[n]), outs[n]) for n, m, _ in layers if n in p)
-            return total - saved
+    def macs_of(p: dict) -> int:
+        return total - sum(sv.dense_macs[n] - sv.macs(f, n, p[n]) for n in p)
 
-        lo, hi = 0.0, 1.0  # level: low -> few MACs
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            if macs_of(plan(mid)) <= target:
-                lo = mid
-            else:
-                hi = mid
-        chosen, upper = plan(lo), plan(hi)
-        for n, _, _ in layers:  # layers that jump together at one level: move them one at a time
-            trial = {k: v for k, v in chosen.items() if k != n} | ({n: upper[n]} if n in upper else {})
-            if macs_of(trial) <= target:
-                chosen = trial
-        if abs(macs_of(chosen) - target) > 0.05 * target:
-            warnings.warn(
-                f"{config.method}: the budget {config.target_macs:.0%} cannot be met within 5 % by "
-                f"factorizing the selected layers (closest {macs_of(chosen) / total:.1%})"
-            )
-    else:
-        chosen = plan(None)
+    lo, hi = 0.0, 1.0  # level: low -> few MACs
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if macs_of(plan(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    chosen, upper = plan(lo), plan(hi)
+    for n, _, _ in sv.layers:  # layers that jump together at one level: move them one at a time
+        trial = {k: v for k, v in chosen.items() if k != n} | ({n: upper[n]} if n in upper else {})
+        if macs_of(trial) <= target:
+            chosen = trial
+    if abs(macs_of(chosen) - target) > 0.05 * target:
+        warnings.warn(
+            f"{config.method}: the budget {config.target_macs:.0%} cannot be met within 5 % by "
+            f"factorizing the selected layers (closest {macs_of(chosen) / total:.1%})"
+        )
+    return chosen
+
+
+def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
+    """Shared prepare of the low-rank methods (see the module docstring)."""
+    sv = _survey(model, config, f.applies)
+    if sv is None:
+        return model
+    chosen = _plan(model, config, f, sv)
     log = slim_state(model).log
-    for n, m, c in layers:
+    for n, m, c in sv.layers:
         entry = {"method": config.method, "layer": n, "decision": "dense", "ranks": chosen.get(n)}
         if n in chosen:
             factored = f.build(m, chosen[n]).to(m.weight.device)
-            entry["macs"] = [dense_macs[n], f.macs(m, chosen[n], _hw(inputs[n]), outs[n])]
+            entry["macs"] = [sv.dense_macs[n], sv.macs(f, n, chosen[n])]
             if c.prefer == "speed":
-                pays, entry["timing_ms"] = _pays(m, factored, inputs[n])
+                pays, entry["timing_ms"] = _pays(m, factored, sv.inputs[n])
             else:
                 pays = True
             if pays:
@@ -413,6 +475,70 @@ def factorize(model: nn.Module, config: LowRank, f: _Factorizer) -> nn.Module:
             entry["reason"] = "factorized MACs would not be lower"
         log.append(entry)
     return model
+
+
+def factorize_auto(model: nn.Module, config: Auto) -> nn.Module:
+    """Prepare of ``lowrank.auto``: each form's ranks as its own method would choose them (same
+    selection / budget), then per layer the fastest of dense and those forms in the whole model
+    (see :class:`Auto`)."""
+    forms = {name: FORMS[name] for name in config.forms}
+    sv = _survey(model, config, _spatial_conv)
+    if sv is None:
+        return model
+    plans = {name: _plan(model, config, f, sv) for name, f in forms.items()}
+    built = {
+        n: {name: forms[name].build(m, plans[name][n]).to(m.weight.device) for name in forms if n in plans[name]}
+        for n, m, _ in sv.layers
+    }
+    choice = {n: "dense" for n, _, _ in sv.layers}
+    timings: dict[str, dict] = {}
+    if config.prefer == "size":  # the form with the fewest MACs (Tucker-2 first on a tie)
+        for n, _, _ in sv.layers:
+            macs = {name: sv.macs(forms[name], n, plans[name][n]) for name in built[n]}
+            choice[n] = min(macs, key=macs.get, default="dense")
+    else:
+        choice, timings = _fastest_in_model(model, sv, built, config.batches)
+    log = slim_state(model).log
+    for n, _, _ in sv.layers:
+        form = choice[n]
+        entry = {"method": config.method, "layer": n, "decision": form, "ranks": {k: plans[k].get(n) for k in forms}}
+        entry["macs"] = {"dense": sv.dense_macs[n]} | {k: sv.macs(forms[k], n, plans[k][n]) for k in built[n]}
+        if n in timings:
+            entry["timing_ms"] = timings[n]
+        if not built[n]:
+            entry["reason"] = "factorized MACs would not be lower"
+        if form != "dense":
+            set_module(model, n, built[n][form])
+        log.append(entry)
+    return model
+
+
+def _fastest_in_model(
+    model: nn.Module, sv: _Survey, built: dict[str, dict[str, nn.Module]], batches: tuple[int, ...]
+) -> tuple[dict, dict]:
+    """Coordinate descent over the layers, largest dense MACs first: each layer's candidates
+    (dense and its factorized forms) timed as the whole model in the eager engine, the other layers
+    at their choices so far; :func:`pick` keeps a form only if it is faster at every batch."""
+    from torchslim.measure.engines import ENGINES
+    from torchslim.runtime.pool import with_modules
+
+    example = example_inputs(model)
+    shape = tuple(shape_of(example))
+    current = {id(m): m for _, m, _ in sv.layers}  # dense module -> the module in its place now
+    choice, timings = {n: "dense" for n, _, _ in sv.layers}, {}
+    for n, m, _ in sorted(sv.layers, key=lambda t: -sv.dense_macs[t[0]]):
+        if not built[n]:
+            continue
+        runners = {}
+        for name, layer in {"dense": m, **built[n]}.items():
+            places = {**current, id(m): layer}
+            variant = with_modules(model, lambda mod, p=places: p.get(id(mod)) if p.get(id(mod)) is not mod else None)
+            engine = ENGINES["eager"](variant.eval(), shape)
+            runners[name] = lambda x, e=engine: call(e, x)
+        timings[n] = time_candidates(runners, example, batches, rounds=3)
+        choice[n] = pick(timings[n], "dense")
+        current[id(m)] = m if choice[n] == "dense" else built[n][choice[n]]
+    return choice, timings
 
 
 def _dense_macs(m: nn.Module, hw_out: tuple) -> int:
@@ -426,9 +552,13 @@ class _LowRankMethod(Method):
     factorizer: _Factorizer
 
     @classmethod
+    def factorize(cls, model: nn.Module, config: LowRank) -> nn.Module:
+        return factorize(model, config, cls.factorizer)
+
+    @classmethod
     def prepare(cls, model: nn.Module, config: LowRank) -> nn.Module:
         was = model.training
-        model = factorize(model, config, cls.factorizer)
+        model = cls.factorize(model, config)
         model.train(was)
         return model
 
@@ -451,3 +581,15 @@ class CPMethod(_LowRankMethod):
 @register_method("lowrank.spatial")
 class SpatialMethod(_LowRankMethod):
     config_cls, factorizer = Spatial, _SpatialF()
+
+
+FORMS: dict[str, _Factorizer] = {"tucker": TuckerMethod.factorizer, "spatial": SpatialMethod.factorizer}
+
+
+@register_method("lowrank.auto")
+class AutoMethod(_LowRankMethod):
+    config_cls = Auto
+
+    @classmethod
+    def factorize(cls, model: nn.Module, config: Auto) -> nn.Module:
+        return factorize_auto(model, config)

@@ -3,9 +3,8 @@ installed, and numba's thread count follows torch's."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import threading
+from collections.abc import Callable
 
 import torch
 

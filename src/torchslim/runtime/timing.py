@@ -26,23 +26,30 @@ def time_ms(
 
 
 def time_candidates(
-    candidates: dict[str, Callable[[torch.Tensor], Any]],
-    example: torch.Tensor,
+    candidates: dict[str, Callable[[Any], Any]],
+    example: Any,
     batches: tuple[int, ...] = (1, 256),
     min_run_time: float = 0.2,
     layouts: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    rounds: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """``{"b<batch>": {name: ms}}`` for each candidate on ``example`` (one sample, batch dim 1)
-    repeated to each batch size; ``layouts[name]`` gives that candidate its input in the memory
-    layout it receives at run time (outside the timed region)."""
+    """``{"b<batch>": {name: ms}}`` for each candidate on ``example`` (one sample, batch dim 1; a
+    tuple of such tensors for a multi-input model) repeated to each batch size; ``layouts[name]``
+    gives that candidate its input in the memory layout it receives at run time (outside the timed
+    region). With ``rounds`` > 1 the candidates are timed in turn that many times and each keeps its
+    smallest median (a slow spell of the machine then hits every candidate, not only one)."""
+    from torchslim.core import inputs
+
     layouts = layouts or {}
     timing: dict[str, dict[str, float]] = {}
     for b in batches:
-        x = example.expand(b, *example.shape[1:]).contiguous()
-        timing[f"b{b}"] = {
-            name: round(time_ms(fn, layouts.get(name, lambda t: t)(x), min_run_time), 4)
-            for name, fn in candidates.items()
-        }
+        x = inputs.repeat(example, b)
+        best: dict[str, float] = {}
+        for _ in range(rounds):
+            for name, fn in candidates.items():
+                ms = time_ms(fn, layouts.get(name, lambda t: t)(x), min_run_time)
+                best[name] = min(best.get(name, ms), ms)
+        timing[f"b{b}"] = {name: round(ms, 4) for name, ms in best.items()}
     return timing
 
 
