@@ -53,6 +53,7 @@ TARGETS = {
     "vgg_small_filters": ("vgg_small", 1.8, None),
     "resnet20_filters": ("resnet20", 1.5, None),
     "vgg_small_tucker": ("vgg_small", 1.5, None),
+    "vgg_small_lowrank_auto": ("vgg_small", None, None),
     "lenet5_magnitude": ("lenet5", 1.5, 2.0),
     "lenet5_deep_compression": ("lenet5", None, None),
     "vgg_small_kmeans4": ("vgg_small", None, None),

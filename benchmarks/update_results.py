@@ -64,6 +64,7 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
     "resnet20_filters.slim": [("pruning", {"model": "resnet20", "method": "torchslim prune.filters"})],
     "vgg_small_tucker.slim": [("lowrank", {"section": "conv", "model": "vgg_small", "method": "lowrank.tucker"})],
     "vgg_small_cp.slim": [("lowrank", {"section": "cp", "model": "vgg_small", "method": "lowrank.cp"})],
+    "vgg_small_lowrank_auto.slim": [("lowrank", {"section": "auto", "model": "vgg_small", "method": "lowrank.auto"})],
     "vgg_small_int8.slim": [
         ("quantization", {"method": "quant.uniform", "setting": "int8 weights + activations, PTQ (x86 int8 kernels)"})
     ],

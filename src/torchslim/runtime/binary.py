@@ -305,18 +305,21 @@ def _build() -> dict | bool:
                             for o in range(n):
                                 dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
                                 y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
-                            if use_res:
+                            if use_res:  # copy by copy: no modulo in the loop, so it vectorizes
                                 rr, rc = res[b, oy, ox], res.shape[3]
-                                for o in range(n):
-                                    y[o] += rr[o % rc]
+                                for o0 in range(0, n, rc):
+                                    ys = y[o0 : o0 + rc]
+                                    for o in range(rc):
+                                        ys[o] += rr[o]
                         else:
                             for o in range(n):
                                 dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
                                 out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
                             if use_res:
                                 rc = res.shape[1]
-                                for o in range(n):
-                                    out[b, o, oy, ox] += res[b, o % rc, oy, ox]
+                                for o0 in range(0, n, rc):
+                                    for o in range(rc):
+                                        out[b, o0 + o, oy, ox] += res[b, o, oy, ox]
 
         return njit(parallel=True, cache=True, nogil=True)(xnor_conv)
 
