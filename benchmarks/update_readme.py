@@ -24,7 +24,6 @@ HEADLINE = [
     ("vgg_small_int8.slim", "uniform int8 weights + activations (PTQ)", "quantization"),
     ("vgg_small_kmeans4.slim", "k-means 4-bit codebooks, 1 epoch fine-tuning", "quantization"),
     ("vgg_small_tucker.slim", "Tucker-2 to 50 % of MACs", "lowrank"),
-    ("vgg_small_lowrank_auto.slim", "dense / Tucker-2 / spatial per layer by whole-model latency", "lowrank"),
     ("lenet300_100_svd.slim", "truncated SVD to 30 % of MACs", "lowrank"),
     ("vgg_small_bwn.slim", "binary weights (BWN)", "binary"),
     ("vgg_small_xnor.slim", "XNOR-Net + Bi-Real shortcuts, learned thresholds, KD", "binary"),

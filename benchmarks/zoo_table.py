@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))
 from test_zoo import CONFIGS  # noqa: E402
 
-from zoo import INPUT, ZOO, build  # noqa: E402
+from zoo import ZOO, build, sample  # noqa: E402
 
 
 def outcome(method: str, name: str, tmp: Path) -> str:
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(4, *INPUT, generator=g)
-    data = [(torch.randn(16, *INPUT, generator=g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
+    x = sample(name, 4, g)  # a tuple for the multi-input model
+    data = [(sample(name, 16, g), torch.zeros(16, dtype=torch.long)) for _ in range(2)]
     model = build(name)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.binary import BNN, BWN, XNOR, BinaryConnect, KBit
 from torchslim.core.inputs import call
-from torchslim.lowrank import CP, SVD, Spatial, Tucker
+from torchslim.lowrank import CP, SVD, Auto, Spatial, Tucker
 from torchslim.prune import Filters, GroupLasso, Magnitude, Slimming
 from torchslim.quant import PQ, QCNN, KMeans, Uniform
 
@@ -33,6 +33,7 @@ CONFIGS = {  # fast settings: no kernel timing (kernel="dense", prefer="size")
     "lowrank.tucker": Tucker(selection="fixed", rank=0.5, prefer="size"),
     "lowrank.cp": CP(selection="fixed", rank=4, prefer="size"),
     "lowrank.spatial": Spatial(selection="fixed", rank=0.5, prefer="size"),
+    "lowrank.auto": Auto(selection="fixed", rank=0.5, prefer="size"),
     "binary.connect": BinaryConnect(),
     "binary.bwn": BWN(),
     "binary.bnn": BNN(),
