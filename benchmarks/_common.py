@@ -19,6 +19,11 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def parse(ap: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the options, and keep freed memory in the C allocator as the command line does, so the
+    latencies here are the ones ``torchslim eval`` gives (torchslim.measure.latency.keep_freed_memory)."""
+    from torchslim.measure.latency import keep_freed_memory
+
+    keep_freed_memory()
     a = ap.parse_args()
     if a.threads:
         import torch

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.core.surgery import leaf_modules
 from torchslim.measure import engines, latency_ms, write_report
-from torchslim.measure.latency import cpu_info
+from torchslim.measure.latency import allocator, cpu_info
 
 from _common import parse, parser
 
@@ -163,7 +163,9 @@ def main() -> None:
         if base not in floats:
             floats[base] = timings(ts.load(ART / f"{base}.slim"))
             for engine, t in floats[base].items():
-                rows.append({"artifact": f"{base}.slim", "engine": engine, **_ms(t), "cpu": cpu})
+                rows.append(
+                    {"artifact": f"{base}.slim", "engine": engine, **_ms(t), "cpu": cpu, "allocator": allocator()}
+                )
                 print(json.dumps(rows[-1]), flush=True)
         fb = floats[base]
         best = min((t["b256"] for t in fb.values() if "b256" in t), default=None)
@@ -175,6 +177,7 @@ def main() -> None:
                 "engine": engine,
                 **_ms(t),
                 "cpu": cpu,
+                "allocator": allocator(),
                 "threads": torch.get_num_threads(),
             }
             if "b256" in t and "b256" in fb.get(engine, {}):

@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torchslim.measure.latency import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: no page faults per forward (see its docstring)
     args = build_parser().parse_args(argv)
     from torchslim.export.slim import SlimFileError
     from torchslim.recipe import RecipeError

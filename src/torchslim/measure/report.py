@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from torchslim.measure.counts import count_nonzeros, count_params, layer_table
-from torchslim.measure.latency import cpu_info, latency_ms
+from torchslim.measure.latency import allocator, cpu_info, latency_ms
 
 # The keys every benchmark row carries (benchmark convention).
 ROW_KEYS = (
@@ -92,6 +92,7 @@ def measure(
         out["latency_b1_ms"] = latency_ms(run, input_shape, 1, min_run_time=min_run_time)
         out["latency_b256_ms"] = latency_ms(run, input_shape, big_batch, min_run_time=min_run_time)
         out["cpu"] = cpu_info()
+        out["allocator"] = allocator()
     return out
 
 
