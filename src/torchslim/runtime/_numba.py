@@ -3,6 +3,7 @@ installed, and numba's thread count follows torch's."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 
@@ -32,3 +33,13 @@ def compiled(build: Callable[[], dict | bool]) -> dict | bool:
     except ImportError:
         return False
     return build()
+
+
+def module_kernels(module: str) -> dict | bool:
+    """The kernels of runtime module ``module`` (its ``__name__``): built by its ``_build`` through
+    :func:`compiled` on first use and kept in its ``_NUMBA`` global (None until then; tests set it
+    to False for the pure-torch path, or back to None to rebuild)."""
+    mod = sys.modules[module]
+    if mod._NUMBA is None:
+        mod._NUMBA = compiled(mod._build)
+    return mod._NUMBA

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import dense_macs, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime._numba import compiled, match_torch_threads
+from torchslim.runtime._numba import match_torch_threads, module_kernels
 from torchslim.runtime.base import RuntimeLayer
 
 _SHIFTS = torch.arange(64, dtype=torch.int64)
@@ -73,10 +73,7 @@ _NUMBA: dict | bool | None = None
 
 def _numba_kernels() -> dict | bool:
     """The compiled numba kernels (pack, xnor GEMM, direct binary conv), or False without numba."""
-    global _NUMBA
-    if _NUMBA is None:
-        _NUMBA = compiled(_build)
-    return _NUMBA
+    return module_kernels(__name__)
 
 
 def _build() -> dict | bool:

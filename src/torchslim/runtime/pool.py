@@ -20,17 +20,14 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from torchslim.runtime._numba import compiled
+from torchslim.runtime._numba import module_kernels
 
 _NUMBA: dict | bool | None = None
 
 
 def _numba_kernels() -> dict | bool:
     """The compiled batch-1 pooling loop, or False without numba."""
-    global _NUMBA
-    if _NUMBA is None:
-        _NUMBA = compiled(_build)
-    return _NUMBA
+    return module_kernels(__name__)
 
 
 def _build() -> dict | bool:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from torchslim.runtime import timing as _timing
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime._numba import compiled, match_torch_threads
+from torchslim.runtime._numba import match_torch_threads, module_kernels
 from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.codebook import pack_bits, unpack_bits
 
@@ -58,10 +58,7 @@ def _simd() -> str | None:
 
 def _numba_kernels() -> dict | bool:
     """The compiled table kernel for this CPU's vector ISA, or False (no numba, no AVX2)."""
-    global _NUMBA
-    if _NUMBA is None:
-        _NUMBA = compiled(_build)
-    return _NUMBA
+    return module_kernels(__name__)
 
 
 def _build() -> dict | bool:

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import conv_geometry, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime._numba import compiled, match_torch_threads
+from torchslim.runtime._numba import match_torch_threads, module_kernels
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 from torchslim.runtime.timing import choose_module_kernel
 
@@ -49,10 +49,7 @@ _NUMBA: dict | bool | None = None
 
 def _numba_kernels() -> dict | bool:
     """The compiled direct sparse convolution, or False without numba."""
-    global _NUMBA
-    if _NUMBA is None:
-        _NUMBA = compiled(_build)
-    return _NUMBA
+    return module_kernels(__name__)
 
 
 def _build() -> dict | bool:
