@@ -486,26 +486,27 @@ def factorize_auto(model: nn.Module, config: Auto) -> nn.Module:
     if sv is None:
         return model
     plans = {name: _plan(model, config, f, sv) for name, f in forms.items()}
-    built = {
-        n: {name: forms[name].build(m, plans[name][n]).to(m.weight.device) for name in forms if n in plans[name]}
-        for n, m, _ in sv.layers
-    }
-    choice = {n: "dense" for n, _, _ in sv.layers}
+    # per layer, the MACs of each form that has fewer than dense (its plan holds the layer)
+    macs = {n: {k: sv.macs(forms[k], n, plans[k][n]) for k in forms if n in plans[k]} for n, _, _ in sv.layers}
+
+    def build(n: str, m: nn.Module, form: str) -> nn.Module:
+        return forms[form].build(m, plans[form][n]).to(m.weight.device)
+
     timings: dict[str, dict] = {}
-    if config.prefer == "size":  # the form with the fewest MACs (Tucker-2 first on a tie)
-        for n, _, _ in sv.layers:
-            macs = {name: sv.macs(forms[name], n, plans[name][n]) for name in built[n]}
-            choice[n] = min(macs, key=macs.get, default="dense")
-    else:
+    if config.prefer == "size":  # the form with the fewest MACs (Tucker-2 first on a tie); only it is built
+        choice = {n: min(macs[n], key=macs[n].get, default="dense") for n, _, _ in sv.layers}
+        built = {n: {choice[n]: build(n, m, choice[n])} if macs[n] else {} for n, m, _ in sv.layers}
+    else:  # every candidate is timed, so every one is built
+        built = {n: {k: build(n, m, k) for k in macs[n]} for n, m, _ in sv.layers}
         choice, timings = _fastest_in_model(model, sv, built, config.batches)
     log = slim_state(model).log
     for n, _, _ in sv.layers:
         form = choice[n]
         entry = {"method": config.method, "layer": n, "decision": form, "ranks": {k: plans[k].get(n) for k in forms}}
-        entry["macs"] = {"dense": sv.dense_macs[n]} | {k: sv.macs(forms[k], n, plans[k][n]) for k in built[n]}
+        entry["macs"] = {"dense": sv.dense_macs[n]} | macs[n]
         if n in timings:
             entry["timing_ms"] = timings[n]
-        if not built[n]:
+        if not macs[n]:
             entry["reason"] = "factorized MACs would not be lower"
         if form != "dense":
             set_module(model, n, built[n][form])
