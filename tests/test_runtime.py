@@ -223,8 +223,9 @@ def test_sparse_and_pq_kernel_choice_follow_the_measured_timings(monkeypatch, fa
 @pytest.mark.parametrize("k", [2, 3])
 def test_strided_max_pool_equals_max_pool2d(k):
     """Catches: a view offset or stride off by one, odd sizes not floored, NaN or -inf handled
-    differently from ``max_pool2d`` (in the strided views and in the batch-1 numba loop: a NaN
-    first in its window and one inside a window)."""
+    differently from ``max_pool2d`` (in the strided views, the batch-1 numba loop and the batched
+    channels-last numba loop: a NaN first in its window and one inside a window), a channels-last
+    window's first pixel read at the wrong channel."""
     import torch.nn.functional as F
 
     from torchslim.runtime.pool import StridedMaxPool2d

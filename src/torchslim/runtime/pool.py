@@ -9,7 +9,12 @@ to stride, no padding, no dilation, floor mode): ``y[i, j] = max_{a, b < k} x[k 
 NaN propagating as in ``max_pool2d``. The ``eager`` engine (:mod:`torchslim.measure.engines`) runs
 models with it; saved files keep ``nn.MaxPool2d``. At batch 1 a float32 NCHW map is pooled by
 one serial numba loop instead (where numba is installed): per-call overhead dominates there, and
-``max_pool2d`` took 14-24 us on a 20x24x24 map against 2-4 us (measured on the same CPU).
+``max_pool2d`` took 14-24 us on a 20x24x24 map against 2-4 us (measured on the same CPU). A float32
+channels-last (NHWC) map, as the eager engine passes between oneDNN or bit-packed convolutions, is
+pooled by a parallel numba loop over output rows whose inner loop runs over a pixel's contiguous
+channels (vectorized): 32x28x28 at batch 256, 1.9-2.1 ms for the strided views and 2.4 ms for
+``max_pool2d`` against 0.95 ms (its 25.7 MB input read from memory once; 64x14x14: 0.66 -> 0.25 ms).
+At batch 1 ``max_pool2d`` is kept there (8.5 vs 14 us).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from torchslim.runtime._numba import module_kernels
+from torchslim.runtime._numba import match_torch_threads, module_kernels
 
 _NUMBA: dict | bool | None = None
 
@@ -33,7 +38,7 @@ def _numba_kernels() -> dict | bool:
 def _build() -> dict | bool:
     """Compile this module's kernel (:func:`_numba_kernels` calls it once, numba installed)."""
     import numpy as np
-    from numba import njit
+    from numba import njit, prange
 
     @njit(cache=True, nogil=True)
     def max_pool(x, kh, kw):
@@ -55,7 +60,30 @@ def _build() -> dict | bool:
                             y[j] = v if (v > m or v != v) else m
         return out
 
-    return {"max_pool": max_pool}
+    @njit(parallel=True, cache=True, nogil=True)
+    def max_pool_nhwc(x, kh, kw, out):
+        # x (B, H, W, C) -> out (B, H // kh, W // kw, C), the same maximum (NaN propagating), one
+        # output row per iteration; a pixel's channels are contiguous, so the select runs over
+        # vectors of channels (`|`, not `or`: no branch)
+        nb, ho, wo, c = out.shape
+        for idx in prange(nb * ho):
+            b, i = idx // ho, idx % ho
+            y, r0 = out[b, i], x[b, i * kh]
+            for j in range(wo):
+                yj, rj = y[j], r0[j * kw]
+                for ch in range(c):
+                    yj[ch] = rj[ch]
+            for a in range(kh):
+                r = x[b, i * kh + a]
+                for j in range(wo):
+                    yj = y[j]
+                    for e in range(kw):
+                        rj = r[j * kw + e]
+                        for ch in range(c):
+                            v, m = rj[ch], yj[ch]
+                            yj[ch] = v if (v > m) | (v != v) else m
+
+    return {"max_pool": max_pool, "max_pool_nhwc": max_pool_nhwc}
 
 
 def _pair(v) -> tuple:
@@ -86,13 +114,19 @@ class StridedMaxPool2d(nn.MaxPool2d):
         if x.dim() != 4 or x.is_quantized:
             return super().forward(x)
         kh, kw = _pair(self.kernel_size)
+        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if nhwc and x.shape[0] > 1 and (k := _numba_kernels() if _plain(x) else False):
+            n, c, h, w = x.shape
+            out = torch.empty(n, h // kh, w // kw, c)
+            match_torch_threads()
+            k["max_pool_nhwc"](x.detach().permute(0, 2, 3, 1).numpy(), kh, kw, out.numpy())
+            return out.permute(0, 3, 1, 2)
         if x.shape[0] == 1:
-            k = _numba_kernels() if _plain_nchw(x) else False
+            k = _numba_kernels() if _plain(x) and x.is_contiguous() else False
             if not k:
                 return super().forward(x)
             n, c, h, w = x.shape
             return torch.from_numpy(k["max_pool"](x.detach().numpy().reshape(c, h, w), kh, kw)).unsqueeze(0)
-        nhwc = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         h, w = x.shape[-2] // kh, x.shape[-1] // kw
         x = x[..., : h * kh, : w * kw]
         views = [x[..., a::kh, b::kw] for a in range(kh) for b in range(kw)]
@@ -106,14 +140,9 @@ class StridedMaxPool2d(nn.MaxPool2d):
         return out.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
 
 
-def _plain_nchw(x: torch.Tensor) -> bool:
-    """A contiguous float32 CPU tensor that no gradient has to flow through."""
-    return (
-        x.dtype == torch.float32
-        and x.device.type == "cpu"
-        and x.is_contiguous()
-        and not (x.requires_grad and torch.is_grad_enabled())
-    )
+def _plain(x: torch.Tensor) -> bool:
+    """A float32 CPU tensor that no gradient has to flow through."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
 
 
 def with_modules(model: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
