@@ -317,3 +317,33 @@ def test_channels_last_binary_conv_with_every_option(c):
         assert torch.equal(got, want)
     else:  # K = box mean of (sum_c |x - t|) / C: the sum's order differs, relative error <= c * 2^-24
         assert torch.allclose(got, want, rtol=0, atol=4 * c * 2.0**-24 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_xnor_scale_map_of_the_kernels_equals_the_reference(channels_last):
+    """XNOR-Net's K in the numba path (channel sums while packing, then ``k_map``'s window means)
+    against the pure-torch path (``input_scale_map``: mean of |x| over channels, then a box conv),
+    for an asymmetric kernel, stride and padding and two words of channels. Only the summation
+    order differs: K is a sum of c + kh kw rounded terms, so each output ``dot * K`` (|dot| <= n_bits)
+    moves by at most n_bits * K * (c + kh kw + 4) * 2^-24. Catches: a window row or column offset
+    without its padding, the window's mean not divided by its size, the channel mean not divided
+    by c, a second word's sums dropped."""
+    torch.manual_seed(0)
+    c = 70
+    layer = rb.PackedBinaryConv2d(c, 5, [3, 2], [2, 1], [1, 0], input_scaling=True)
+    layer.set_weight(torch.randn(5, c, 3, 2), torch.ones(5), torch.zeros(5))
+    x = torch.randn(2, c, 9, 8)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    saved = rb._numba_kernels()
+    assert saved, "numba is a test dependency"
+    try:
+        with torch.no_grad():
+            got = layer(x)
+            rb._NUMBA = False
+            want = layer(x)
+    finally:
+        rb._NUMBA = saved
+    k_max = float(rb.input_scale_map(x, [3, 2], [2, 1], [1, 0]).max())
+    bound = layer.n_bits * k_max * (c + 6 + 4) * 2.0**-24
+    assert (got - want).abs().max() <= bound

@@ -214,25 +214,41 @@ def _build() -> dict | bool:
                     for j in range(n):
                         out[i, j] = acc1[j]
 
+    @njit(inline="always", nogil=True)
+    def lane_total(p, stride):
+        # p[l * stride + j] for lanes l < 16 summed as a fixed tree (8 + 8, 4 + 4, 2 + 2, 1 + 1) into
+        # p[j]: the one order both packers give K's channel sums (their NCHW and NHWC outputs agree)
+        for step in (8, 4, 2, 1):
+            for ln in range(step):
+                for j in range(stride):
+                    p[ln * stride + j] += p[(ln + step) * stride + j]
+
     @njit(parallel=True, cache=True, nogil=True)
     def pack_nchw(x, t, ph, pw, out, asum, want_abs):
         # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64); bit = x[b, c] < t[c]: the sign of
         # x - t (RSign's threshold; t = 0 without one). With want_abs, also asum[b, k] = the sum of
-        # |x - t| over word k's channels (XNOR-Net's K, from the planes while they are in cache).
+        # |x - t| over word k's channels (XNOR-Net's K, from the planes while they are in cache):
+        # channel 64 k + i adds to lane i % 16 in channel order, then the lanes' tree (lane_total).
         nb, c, h, w = x.shape
         for idx in prange(nb * out.shape[3]):
             b, k = idx // out.shape[3], idx % out.shape[3]
             words = np.zeros((h, w), np.uint64)
+            part = np.zeros(16 * h * w if want_abs else 1, np.float32)
             for bit in range(min(64, c - 64 * k)):  # contiguous planes, branch-free: vectorizes
                 plane, tc = x[b, 64 * k + bit], t[64 * k + bit]
                 for i in range(h):
                     for j in range(w):
                         words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
                 if want_abs:
-                    a = asum[b, k]
+                    a = part[(bit % 16) * h * w : (bit % 16 + 1) * h * w]
                     for i in range(h):
                         for j in range(w):
-                            a[i, j] += abs(plane[i, j] - tc)
+                            a[i * w + j] += abs(plane[i, j] - tc)
+            if want_abs:
+                lane_total(part, h * w)
+                for i in range(h):
+                    for j in range(w):
+                        asum[b, k, i, j] = part[i * w + j]
             for i in range(h):
                 for j in range(w):
                     out[b, i + ph, j + pw, k] = words[i, j]
@@ -240,23 +256,59 @@ def _build() -> dict | bool:
     @njit(parallel=True, cache=True, nogil=True)
     def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
         # float32 (B, H, W, C) -> uint64 (B, H+2ph, W+2pw, W64): a pixel's channels are contiguous,
-        # so each word is 64 consecutive compares; with want_abs, asum[b, 0] = sum_c |x - t|.
+        # so each word is 64 consecutive compares; with want_abs, asum[b, 0] = sum_c |x - t|, per word
+        # in pack_nchw's order (16 lanes, 16 channels at a time: vectorized), words added in order.
         nb, h, w, c = x.shape
         nw = out.shape[3]
         for idx in prange(nb * h):
             b, i = idx // h, idx % h
+            p = np.empty(16, np.float32)
             for j in range(w):
                 px = x[b, i, j]
+                s = np.float32(0)
                 for k in range(nw):
                     v = np.uint64(0)
-                    for bit in range(min(64, c - 64 * k)):
+                    nbits = min(64, c - 64 * k)
+                    for bit in range(nbits):
                         v |= np.uint64(px[64 * k + bit] < t[64 * k + bit]) << np.uint64(bit)
                     out[b, i + ph, j + pw, k] = v
+                    if want_abs:
+                        p[:] = 0
+                        for g in range(0, nbits - 15, 16):
+                            for ln in range(16):
+                                p[ln] += abs(px[64 * k + g + ln] - t[64 * k + g + ln])
+                        g = nbits - nbits % 16
+                        for ln in range(nbits % 16):
+                            p[ln] += abs(px[64 * k + g + ln] - t[64 * k + g + ln])
+                        lane_total(p, 1)
+                        s += p[0]
                 if want_abs:
-                    s = np.float32(0)
-                    for ch in range(c):
-                        s += abs(px[ch] - t[ch])
                     asum[b, 0, i, j] = s
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def k_map(asum, c, kh, kw, sh, sw, ph, pw, out):
+        # XNOR-Net's K from the packers' channel sums asum (B, W64, H, W): with A = (sum_k asum[b, k]) / c,
+        # out[b, oy, ox] = (sum over the window's columns of (sum over its rows of A)) / (kh kw), zero
+        # padding; per output row, the window's rows are summed into one padded row first
+        nb, ho, wo = out.shape
+        nw, h, w = asum.shape[1], asum.shape[2], asum.shape[3]
+        inv, cf = np.float32(1) / np.float32(kh * kw), np.float32(c)
+        for idx in prange(nb * ho):
+            b, oy = idx // ho, idx % ho
+            row = np.zeros(w + 2 * pw, np.float32)
+            for ky in range(kh):
+                y = oy * sh + ky - ph
+                if 0 <= y < h:
+                    for x in range(w):
+                        a = asum[b, 0, y, x]
+                        for k in range(1, nw):
+                            a += asum[b, k, y, x]
+                        row[x + pw] += a / cf
+            for ox in range(wo):
+                v = np.float32(0)
+                for kx in range(kw):
+                    v += row[ox * sw + kx]
+                out[b, oy, ox] = v * inv
 
     @njit(inline="always", nogil=True)
     def pixel_block(xw, flat, b, iy, x0, x1, x2, x3, kh, kw, w, acc, patch):
@@ -325,6 +377,7 @@ def _build() -> dict | bool:
         "gemm": xnor_gemm,
         "pack_nchw": pack_nchw,
         "pack_nhwc": pack_nhwc,
+        "k_map": k_map,
         "conv": conv_kernel(False),
         "conv_nhwc": conv_kernel(True),
     }
@@ -593,11 +646,9 @@ class PackedBinaryConv2d(_PackedBase):
                 )
             else:
                 k["pack_nchw"](xd.contiguous().numpy(), t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
-            kmap = (
-                box_mean(asum.sum(1, keepdim=True) / c, self.kernel_size, self.stride, self.padding)[:, 0]
-                if self.input_scaling
-                else torch.ones(b, ho, wo)
-            )
+            kmap = torch.empty(b, ho, wo) if self.input_scaling else torch.ones(b, ho, wo)
+            if self.input_scaling:
+                k["k_map"](asum.numpy(), c, kh, kw, sh, sw, ph, pw, kmap.numpy())
             out = torch.empty(b, ho, wo, self.out_channels) if nhwc else torch.empty(b, self.out_channels, ho, wo)
             if res is not None:
                 res = res.detach().float()
