@@ -350,3 +350,52 @@ def test_kept_freed_memory_means_no_page_faults_per_forward():
     pages = (32 * 64 * 64 * 64 * 4) // 4096
     assert default > pages // 2, default  # the default really faults: the check below can fail
     assert kept < pages // 100, f"{kept} page faults for a {pages}-page output"
+
+
+class _BinaryPoolNet(nn.Module):
+    """A user's model with max pooling after bit-packed binary convs: one behind an ``nn.Identity``
+    (a folded BatchNorm), one non-square window over an output of 70 channels (not a multiple of
+    the 16-output tile), odd map sizes (floor mode); ``reuse`` also reads the first conv's output
+    elsewhere, which forbids its fusion."""
+
+    def __init__(self, reuse: bool = False) -> None:
+        super().__init__()
+        from torchslim.runtime.binary import PackedBinaryConv2d
+
+        self.reuse = reuse
+        self.c0 = nn.Conv2d(3, 64, 3, padding=1)
+        self.b1 = PackedBinaryConv2d(64, 64, [3, 3], [1, 1], [1, 1], input_scaling=True, shortcut=True)
+        self.b2 = PackedBinaryConv2d(64, 70, [3, 3], [1, 1], [0, 0], threshold=True)
+        self.b1.set_weight(torch.randn(64, 64, 3, 3), torch.rand(64), torch.randn(64))
+        self.b2.set_weight(torch.randn(70, 64, 3, 3), torch.rand(70), torch.randn(70))
+        self.b2.threshold.normal_()
+        self.id, self.p1, self.p2 = nn.Identity(), nn.MaxPool2d(2), nn.MaxPool2d((2, 3))
+
+    def forward(self, x):
+        y = self.id(self.b1(self.c0(x)))
+        z = self.p2(self.b2(self.p1(y))).flatten(1)
+        return torch.cat([z, y.mean((1, 2, 3))[:, None]], 1) if self.reuse else z
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_binary_convs_pool_in_their_epilogue_exactly(reuse):
+    """``fused_pooling`` moves a max pooling that only reads a packed binary conv's output into that
+    conv's kernel: the outputs are the unfused model's bit for bit (the same maximum of the same
+    values; a NaN in a window propagates). Catches: a pooled row built from one conv row only, a
+    window's first column not copied, a conv whose output is also read elsewhere fused (its
+    other reader would get the pooled map)."""
+    from torchslim.measure import engines
+
+    torch.manual_seed(0)
+    model = _BinaryPoolNet(reuse).eval()
+    fused = engines.fused_pooling(model)
+    assert type(fused.p2) is nn.Identity and fused.b2.pool == (2, 3) and model.b2.pool == (1, 1)
+    assert (type(fused.p1) is nn.MaxPool2d) == reuse and fused.b1.pool == ((1, 1) if reuse else (2, 2))
+    x = torch.randn(3, 3, 13, 17).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(fused(x), model(x))
+        model.b2.scale[5] = float("inf")  # channel 5: NaN where the popcount dot is 0, else +-inf
+        assert torch.equal(fused(x).isnan(), model(x).isnan()) and fused(x).isnan().any()
+        assert torch.equal(fused(x).nan_to_num(7.0), model(x).nan_to_num(7.0))
+        run = engines.build("eager", model, (3, 13, 17))
+        assert torch.equal(run(x).isnan(), model(x).isnan())

@@ -330,45 +330,65 @@ def _build() -> dict | bool:
         # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
         #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place;
         #       res in out's layout). Two compiled kernels: a layout branch inside one costs the
-        #       NCHW form 2.6x (measured: its epilogue no longer vectorizes).
-        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, out):
-            if nhwc:
-                nb, ho, wo, n = out.shape
-            else:
-                nb, n, ho, wo = out.shape
+        #       NCHW form 2.6x (measured: its epilogue no longer vectorizes). With nhwc and a pooling
+        #       window (pkh, pkw) other than (1, 1), out is the non-overlapping max pooling of that
+        #       (B, Ho // pkh, Wo // pkw, N): each conv row goes to a row buffer in cache and is
+        #       pooled from there (NaN propagating), so the unpooled map is never written.
+        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, pkh, pkw, out):
             kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
+            ho, wo = (xw.shape[1] - kh) // sh + 1, (xw.shape[2] - kw) // sw + 1  # the conv's output
+            if nhwc:
+                nb, n, rows = out.shape[0], out.shape[3], out.shape[1]
+            else:
+                nb, n, rows = out.shape[0], out.shape[1], ho
+            pooled = nhwc and (pkh > 1 or pkw > 1)
             flat = wt.reshape(kh * kw * w, n)
-            for idx in prange(nb * ho):
-                b, oy = idx // ho, idx % ho
+            for idx in prange(nb * rows):
+                b, py = idx // rows, idx % rows
                 acc = np.empty((4, n), np.int64)
                 patch = np.empty((kh * kw * w, 4), np.uint64)
-                for ox0 in range(0, wo, 4):
-                    last = wo - 1
-                    x0, x1 = ox0 * sw, min(ox0 + 1, last) * sw
-                    x2, x3 = min(ox0 + 2, last) * sw, min(ox0 + 3, last) * sw
-                    pixel_block(xw, flat, b, oy * sh, x0, x1, x2, x3, kh, kw, w, acc, patch)
-                    for r in range(min(4, wo - ox0)):
-                        ox = ox0 + r
-                        if nhwc:  # one contiguous run of output channels
-                            y = out[b, oy, ox]
-                            for o in range(n):
-                                dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
-                                y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
-                            if use_res:  # copy by copy: no modulo in the loop, so it vectorizes
-                                rr, rc = res[b, oy, ox], res.shape[3]
-                                for o0 in range(0, n, rc):
-                                    ys = y[o0 : o0 + rc]
-                                    for o in range(rc):
-                                        ys[o] += rr[o]
-                        else:
-                            for o in range(n):
-                                dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
-                                out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
-                            if use_res:
-                                rc = res.shape[1]
-                                for o0 in range(0, n, rc):
-                                    for o in range(rc):
-                                        out[b, o0 + o, oy, ox] += res[b, o, oy, ox]
+                buf = np.empty((wo if pooled else 1, n), np.float32)
+                for a in range(pkh if pooled else 1):
+                    oy = py * pkh + a if pooled else py
+                    for ox0 in range(0, wo, 4):
+                        last = wo - 1
+                        x0, x1 = ox0 * sw, min(ox0 + 1, last) * sw
+                        x2, x3 = min(ox0 + 2, last) * sw, min(ox0 + 3, last) * sw
+                        pixel_block(xw, flat, b, oy * sh, x0, x1, x2, x3, kh, kw, w, acc, patch)
+                        for r in range(min(4, wo - ox0)):
+                            ox = ox0 + r
+                            if nhwc:  # one contiguous run of output channels
+                                y = buf[ox] if pooled else out[b, oy, ox]
+                                for o in range(n):
+                                    dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                                    y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                                if use_res:  # copy by copy: no modulo in the loop, so it vectorizes
+                                    rr, rc = res[b, oy, ox], res.shape[3]
+                                    for o0 in range(0, n, rc):
+                                        ys = y[o0 : o0 + rc]
+                                        for o in range(rc):
+                                            ys[o] += rr[o]
+                            else:
+                                for o in range(n):
+                                    dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
+                                    out[b, o, oy, ox] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
+                                if use_res:
+                                    rc = res.shape[1]
+                                    for o0 in range(0, n, rc):
+                                        for o in range(rc):
+                                            out[b, o0 + o, oy, ox] += res[b, o, oy, ox]
+                    if pooled:  # this conv row into the pooled row: the window's maximum so far
+                        for px in range(out.shape[2]):
+                            yo = out[b, py, px]
+                            for e in range(pkw):
+                                src = buf[px * pkw + e]
+                                if a == 0 and e == 0:
+                                    for o in range(n):
+                                        yo[o] = src[o]
+                                else:
+                                    for o in range(n):  # `|`, not `or`: a select, so it vectorizes
+                                        v, m = src[o], yo[o]
+                                        yo[o] = v if (v > m) | (v != v) else m
 
         return njit(parallel=True, cache=True, nogil=True)(xnor_conv)
 
@@ -568,6 +588,7 @@ class PackedBinaryConv2d(_PackedBase):
                 f"padding (k - 1) / 2); got {in_channels} -> {out_channels}, kernel {kernel_size}, padding {padding}"
             )
         self.shortcut = shortcut
+        self.pool = (1, 1)  # a non-overlapping max pooling after the conv: set only on an engine's view
         self._corr: dict = {}
 
     def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
@@ -606,8 +627,15 @@ class PackedBinaryConv2d(_PackedBase):
         return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv of ``sign(x - t)`` (+ the shortcut): the numba packer applies the threshold while
-        packing and the conv kernel adds the shortcut in its epilogue, reading channel copies in place."""
+        """The conv of ``sign(x - t)`` (+ the shortcut), then the max pooling ``pool`` (a view's
+        fusion: :func:`torchslim.measure.engines.fused_pooling`) where it is not (1, 1)."""
+        y, pooled = self._conv(x)
+        return y if pooled or self.pool == (1, 1) else F.max_pool2d(y, self.pool)
+
+    def _conv(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The conv (and whether it pooled already): the numba packer applies the threshold while
+        packing, the conv kernel adds the shortcut in its epilogue, reading channel copies in place,
+        and pools a channels-last output in the same pass."""
         res = shortcut_source(x, self.stride) if self.shortcut else None
         if not self.binary_input or x.device.type != "cpu":  # float inputs; or a GPU: unpack (memory, not time)
             xs = self.shifted(x)
@@ -616,7 +644,7 @@ class PackedBinaryConv2d(_PackedBase):
             if self.input_scaling:
                 y = y * input_scale_map(xs, self.kernel_size, self.stride, self.padding)
             y = y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-            return y if res is None else y + copies(res, self.out_channels)
+            return (y if res is None else y + copies(res, self.out_channels)), False
         b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
@@ -649,7 +677,13 @@ class PackedBinaryConv2d(_PackedBase):
             kmap = torch.empty(b, ho, wo) if self.input_scaling else torch.ones(b, ho, wo)
             if self.input_scaling:
                 k["k_map"](asum.numpy(), c, kh, kw, sh, sw, ph, pw, kmap.numpy())
-            out = torch.empty(b, ho, wo, self.out_channels) if nhwc else torch.empty(b, self.out_channels, ho, wo)
+            pkh, pkw = self.pool
+            fuse = nhwc and self.pool != (1, 1)
+            out = (
+                torch.empty(b, ho // pkh if fuse else ho, wo // pkw if fuse else wo, self.out_channels)
+                if nhwc
+                else torch.empty(b, self.out_channels, ho, wo)
+            )
             if res is not None:
                 res = res.detach().float()
                 res = res.permute(0, 2, 3, 1).contiguous() if nhwc else res.contiguous()
@@ -665,9 +699,10 @@ class PackedBinaryConv2d(_PackedBase):
                 self.bias.float().contiguous().numpy(),
                 (res if res is not None else x.new_zeros(1, 1, 1, 1)).numpy(),
                 res is not None,
+                *((pkh, pkw) if fuse else (1, 1)),
                 out.numpy(),
             )
-            return out.permute(0, 3, 1, 2) if nhwc else out
+            return (out.permute(0, 3, 1, 2) if nhwc else out), fuse
         kmap = (
             input_scale_map(self.shifted(x), self.kernel_size, self.stride, self.padding)[:, 0]
             if self.input_scaling
@@ -678,7 +713,7 @@ class PackedBinaryConv2d(_PackedBase):
         pop = popcount_xor_reference(rows, self.words).view(b, ho, wo, -1)
         dot = (self.n_bits - 2 * pop.to(x.dtype) - corr) * kmap[..., None]
         y = dot.permute(0, 3, 1, 2) * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y if res is None else y + copies(res, self.out_channels)
+        return (y if res is None else y + copies(res, self.out_channels)), False
 
     def extra_repr(self) -> str:
         return (
