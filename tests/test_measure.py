@@ -394,6 +394,7 @@ def test_binary_convs_pool_in_their_epilogue_exactly(reuse):
     x = torch.randn(3, 3, 13, 17).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.equal(fused(x), model(x))
+        assert torch.equal(fused(x.contiguous()), model(x.contiguous()))  # NCHW: pooled after the conv
         model.b2.scale[5] = float("inf")  # channel 5: NaN where the popcount dot is 0, else +-inf
         assert torch.equal(fused(x).isnan(), model(x).isnan()) and fused(x).isnan().any()
         assert torch.equal(fused(x).nan_to_num(7.0), model(x).nan_to_num(7.0))

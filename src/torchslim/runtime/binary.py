@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torchslim.runtime._layout import dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime._numba import match_torch_threads, module_kernels
 from torchslim.runtime.base import RuntimeLayer
+from torchslim.runtime.pool import StridedMaxPool2d
 
 _SHIFTS = torch.arange(64, dtype=torch.int64)
 _BYTE_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
@@ -628,9 +629,10 @@ class PackedBinaryConv2d(_PackedBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The conv of ``sign(x - t)`` (+ the shortcut), then the max pooling ``pool`` (a view's
-        fusion: :func:`torchslim.measure.engines.fused_pooling`) where it is not (1, 1)."""
+        fusion: :func:`torchslim.measure.engines.fused_pooling`) where it is not (1, 1): in the
+        kernel's epilogue on the numba channels-last path, else by the runtime's pooling after it."""
         y, pooled = self._conv(x)
-        return y if pooled or self.pool == (1, 1) else F.max_pool2d(y, self.pool)
+        return y if pooled or self.pool == (1, 1) else StridedMaxPool2d(self.pool)(y)
 
     def _conv(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """The conv (and whether it pooled already): the numba packer applies the threshold while
