@@ -57,6 +57,9 @@ METHODS = {
     "bwn": (NAME, BWN(), FT, False),
     "xnor": (NAME, XNOR(shortcut=True, threshold=True), LONG, True),
     "bnn": (NAME, BNN(shortcut=True, threshold=True, learned_scale=True), LONG, True),
+    # no shortcuts: signs are all that passes between binary convs, so the eager engine runs the
+    # binary blocks in bits (each conv emits the next one's packed words)
+    "bnn_plain": (NAME, BNN(threshold=True, learned_scale=True), LONG, True),
     "kbit2": (NAME, KBit(weight_bits=2, act_bits=2), FT, False),
     # resnet20's 1x1 projection shortcuts stay float (binarized 1x1 convs lose much accuracy)
     # 5 epochs: resnet20's fake-binary epoch takes about 9 minutes on one core
@@ -214,8 +217,8 @@ def method(tag: str, data_dir, base: dict) -> list[dict]:
         "train_seconds": round(hist["seconds"]),
     }
     print(json.dumps({k: r.get(k) for k in COLUMNS}), flush=True)
-    if tag in ("xnor", "bnn", "bwn", "resnet20_xnor"):
-        shutil.copyfile(path, ART / f"{name}_{cfg.method.split('.')[1]}.slim")
+    if tag in ("xnor", "bnn", "bnn_plain", "bwn", "resnet20_xnor"):
+        shutil.copyfile(path, ART / (f"{tag}.slim" if tag.startswith(name) else f"{name}_{tag}.slim"))
     return [compare(r, base)]
 
 

@@ -48,6 +48,7 @@ SHAPE = (1, 28, 28)
 TARGETS = {
     "vgg_small_xnor": ("vgg_small", 4.0, None),
     "vgg_small_bnn": ("vgg_small", 4.0, None),
+    "vgg_small_bnn_plain": ("vgg_small", 4.0, None),
     "resnet20_xnor": ("resnet20", None, None),
     "vgg_small_int8": ("vgg_small", None, None),
     "vgg_small_filters": ("vgg_small", 1.8, None),

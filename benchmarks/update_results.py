@@ -73,7 +73,26 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
     ],
     "vgg_small_bwn.slim": [("binary", {"model": "vgg_small", "method": "binary.bwn"})],
     "vgg_small_xnor.slim": [("binary", {"model": "vgg_small", "method": "binary.xnor"})],
-    "vgg_small_bnn.slim": [("binary", {"model": "vgg_small", "method": "binary.bnn"})],
+    "vgg_small_bnn.slim": [
+        (
+            "binary",
+            {
+                "model": "vgg_small",
+                "method": "binary.bnn",
+                "setting": "8 ep Adam from float; first/last float; shortcut; threshold; learned_scale; KD T=4 a=0.9",
+            },
+        )
+    ],
+    "vgg_small_bnn_plain.slim": [
+        (
+            "binary",
+            {
+                "model": "vgg_small",
+                "method": "binary.bnn",
+                "setting": "8 ep Adam from float; first/last float; threshold; learned_scale; KD T=4 a=0.9",
+            },
+        )
+    ],
     "resnet20_xnor.slim": [("binary", {"model": "resnet20", "method": "binary.xnor"})],
     "vgg_small_slimming.slim": [("reproduce", {"section": "slimming", "method": "prune.slimming"})],
     "lenet300_100_binaryconnect.slim": [("reproduce", {"section": "binaryconnect", "method": "binary.connect"})],

@@ -379,7 +379,7 @@ class _BinaryPoolNet(nn.Module):
 
 @pytest.mark.parametrize("reuse", [False, True])
 def test_binary_convs_pool_in_their_epilogue_exactly(reuse):
-    """``fused_pooling`` moves a max pooling that only reads a packed binary conv's output into that
+    """``fused_binary`` moves a max pooling that only reads a packed binary conv's output into that
     conv's kernel: the outputs are the unfused model's bit for bit (the same maximum of the same
     values; a NaN in a window propagates). Catches: a pooled row built from one conv row only, a
     window's first column not copied, a conv whose output is also read elsewhere fused (its
@@ -388,7 +388,7 @@ def test_binary_convs_pool_in_their_epilogue_exactly(reuse):
 
     torch.manual_seed(0)
     model = _BinaryPoolNet(reuse).eval()
-    fused = engines.fused_pooling(model)
+    fused = engines.fused_binary(model)
     assert type(fused.p2) is nn.Identity and fused.b2.pool == (2, 3) and model.b2.pool == (1, 1)
     assert (type(fused.p1) is nn.MaxPool2d) == reuse and fused.b1.pool == ((1, 1) if reuse else (2, 2))
     x = torch.randn(3, 3, 13, 17).contiguous(memory_format=torch.channels_last)
@@ -400,3 +400,62 @@ def test_binary_convs_pool_in_their_epilogue_exactly(reuse):
         assert torch.equal(fused(x).nan_to_num(7.0), model(x).nan_to_num(7.0))
         run = engines.build("eager", model, (3, 13, 17))
         assert torch.equal(run(x).isnan(), model(x).isnan())
+
+
+class _BinaryChainNet(nn.Module):
+    """A user's BNN without real-valued shortcuts: binary convs that only read each other's signs.
+    b1 -> Identity -> MaxPool (2, 3) -> b2 (padding 1) -> b3 (padding (0, 1), stride (2, 1)); 70
+    channels (two words, a partial one); learned thresholds on every binary input. ``k_last``
+    gives b3 XNOR-Net's K, which needs b2's float output, so b2 must not emit bits."""
+
+    def __init__(self, k_last: bool = False) -> None:
+        super().__init__()
+        from torchslim.runtime.binary import PackedBinaryConv2d
+
+        self.c0 = nn.Conv2d(3, 64, 3, padding=1)
+        self.b1 = PackedBinaryConv2d(64, 70, [3, 3], [1, 1], [0, 0], threshold=True)
+        self.b2 = PackedBinaryConv2d(70, 70, [3, 3], [1, 1], [1, 1], threshold=True)
+        self.b3 = PackedBinaryConv2d(70, 40, [3, 3], [2, 1], [0, 1], threshold=True, input_scaling=k_last)
+        for b in (self.b1, self.b2, self.b3):
+            b.set_weight(
+                torch.randn(b.out_channels, b.in_channels, 3, 3),
+                torch.rand(b.out_channels),
+                torch.randn(b.out_channels),
+            )
+            b.threshold.normal_()
+        self.id, self.pool = nn.Identity(), nn.MaxPool2d((2, 3))
+
+    def forward(self, x):
+        return self.b3(self.b2(self.pool(self.id(self.b1(self.c0(x)))))).flatten(1)
+
+
+@pytest.mark.parametrize("k_last", [False, True])
+def test_binary_convs_pass_packed_signs_to_the_next_binary_conv_exactly(k_last):
+    """``fused_binary`` makes a binary conv whose output only another binary conv reads emit that
+    conv's packed input words (its sign bits after its threshold, pooling as an AND of words): the
+    outputs equal the unfused model's bit for bit, NCHW or NHWC input, any batch, and a NaN output
+    gives the bit a NaN gives when packed (0). Catches: the next conv's threshold not applied, its
+    padding not left around the words (or not zero), a pooling window's rows or columns OR-ed or
+    restarted, a conv that needs float inputs (K) fed bits."""
+    from torchslim.measure import engines
+
+    torch.manual_seed(0)
+    model = _BinaryChainNet(k_last).eval()
+    fused = engines.fused_binary(model)
+    assert type(fused.pool) is nn.Identity and fused.b1.pool == (2, 3)
+    assert fused.b1.emit is not None and fused.b1.emit[1] == (1, 1) and fused.b3.emit is None
+    assert (fused.b2.emit is None) == k_last and model.b1.emit is None and model.b1.pool == (1, 1)
+    run = engines.build("eager", model, (3, 16, 23))
+    with torch.no_grad():
+        for x in (torch.randn(3, 3, 16, 23), torch.randn(1, 3, 17, 22)):
+            ref = model(x)
+            assert torch.equal(fused(x.contiguous(memory_format=torch.channels_last)), ref)
+            assert torch.equal(fused(x), ref) and torch.equal(run(x), ref)
+        model.b1.scale[5] = float("inf")  # channel 5: NaN where b1's popcount dot is 0, else +-inf
+        assert model.b1(model.c0(x)).isnan().any()
+        assert torch.equal(fused(x), model(x))
+    words = fused.b1(fused.c0(x))  # the words themselves: b2's padding around them, packed as +1
+    assert words.dtype == torch.int64 and words.shape == (1, 15 // 2 + 2, 20 // 3 + 2, 2)
+    assert not words[:, 0].any() and not words[:, :, -1].any()
+    with pytest.raises(RuntimeError, match="numba kernels on the CPU"):
+        _BinaryChainNet(True).b3(words)  # a conv with K cannot read words

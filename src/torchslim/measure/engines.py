@@ -2,7 +2,8 @@
 
 * ``eager``: torchslim's own runtime layers in plain PyTorch (numba / int8 / sparse kernels),
   non-overlapping max pooling as a maximum of strided views (:mod:`torchslim.runtime.pool`) or, after
-  a bit-packed binary conv, inside that conv's epilogue (:func:`fused_pooling`), and
+  a bit-packed binary conv, inside that conv's epilogue, which also emits the next binary conv's
+  packed sign words where only that conv reads its output (:func:`fused_binary`), and
   each BatchNorm that reads only a float conv's / linear's output folded into it
   (``W' = s W, b' = s (b - mu) + beta``; equal up to float32 rounding, so logits move by ~1e-6
   relative and a near-tie prediction may flip); and channels-last (NHWC) tensors for models whose
@@ -76,7 +77,7 @@ class _Runner(nn.Module):
 def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
     from torchslim.runtime.pool import fast_pooling
 
-    view = fast_pooling(fused_pooling(folded_bn(dense_view(model.eval()))))
+    view = fast_pooling(fused_binary(folded_bn(dense_view(model.eval()))))
     if prefers_channels_last(view):
         run = _Runner("eager", _ChannelsLast(channels_last_view(view)))
         run.layout = "channels_last"
@@ -89,17 +90,27 @@ def _eager(model: nn.Module, input_shape: tuple) -> nn.Module:
     return run
 
 
-def fused_pooling(model: nn.Module) -> nn.Module:
-    """A view of ``model`` where a bit-packed binary conv whose output only a non-overlapping
-    ``nn.MaxPool2d`` reads (through ``nn.Identity`` modules: a folded BatchNorm, a removed ReLU)
-    pools in its own epilogue (:class:`torchslim.runtime.binary.PackedBinaryConv2d` ``pool``) and
-    that pool becomes ``nn.Identity``: the unpooled map is never written to memory (vgg_small's
-    first binary block: a 25.7 MB map at batch 256). Exact: the same maximum of the same values.
-    Convs or pools called at more than one place, and pooling written as a function call, are
-    left alone; an untraceable model is returned as it is."""
+def fused_binary(model: nn.Module) -> nn.Module:
+    """A view of ``model`` where bit-packed binary convs
+    (:class:`torchslim.runtime.binary.PackedBinaryConv2d`) take over what reads their output:
+
+    * a non-overlapping ``nn.MaxPool2d`` that is the only reader of a binary conv's output (through
+      ``nn.Identity`` modules: a folded BatchNorm, a removed ReLU) pools in the conv's epilogue
+      (``pool``) and becomes ``nn.Identity``: the unpooled map is never written to memory
+      (vgg_small's first binary block: a 25.7 MB map at batch 256). Exact: the same maximum.
+    * a binary conv whose output (pooled or not, through ``nn.Identity`` modules) only another binary
+      conv reads, one with binary inputs and neither XNOR's K nor a real-valued shortcut (both need
+      the float values), emits that conv's packed input words directly (``emit``): its epilogue
+      compares each output with the next conv's threshold and sets the sign bits, so the float map
+      is neither written nor read back and packed (the issue's "bits from one binary layer to the
+      next"; BNN without Bi-Real shortcuts). Pooling on signs is an AND of words. Exact: the same
+      comparisons of the same floats. Only with the numba kernels (CPU).
+
+    Modules called at more than one place, and pooling written as a function call, are left alone;
+    an untraceable model is returned as it is."""
     from torchslim.core.fold import _Tracer
     from torchslim.runtime.base import RuntimeLayer
-    from torchslim.runtime.binary import PackedBinaryConv2d
+    from torchslim.runtime.binary import PackedBinaryConv2d, _numba_kernels
     from torchslim.runtime.pool import StridedMaxPool2d, pair, with_modules
 
     if not any(isinstance(m, PackedBinaryConv2d) for m in model.modules()):
@@ -114,20 +125,30 @@ def fused_pooling(model: nn.Module) -> nn.Module:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     swap: dict[int, nn.Module] = {}
+
+    def view(m: nn.Module) -> nn.Module:  # one copy per module, changed in place by every fusion
+        return swap.setdefault(id(m), copy.copy(m))
+
+    bits = bool(_numba_kernels())
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(mods[node.target], PackedBinaryConv2d):
+        conv = mods.get(node.target) if node.op == "call_module" else None
+        if not isinstance(conv, PackedBinaryConv2d) or calls[node.target] != 1:
             continue
-        cur = node
+        cur, pool = node, None
         while len(cur.users) == 1 and (user := next(iter(cur.users))).op == "call_module":
             m = mods[user.target]
             if type(m) is nn.Identity:
                 cur = user
-                continue
-            if StridedMaxPool2d.applies(m) and calls[node.target] == calls[user.target] == 1:
-                conv = copy.copy(mods[node.target])
-                conv.pool = pair(m.kernel_size)
-                swap[id(mods[node.target])], swap[id(m)] = conv, nn.Identity()
-            break
+            elif pool is None and StridedMaxPool2d.applies(m) and calls[user.target] == 1:
+                cur, pool = user, m
+                view(conv).pool = pair(m.kernel_size)
+                swap[id(m)] = nn.Identity()
+            else:
+                reads_bits = isinstance(m, PackedBinaryConv2d) and m.binary_input and not m.input_scaling
+                if bits and reads_bits and not m.shortcut and calls[user.target] == 1 and conv.binary_input:
+                    view(conv).emit = (m.threshold, tuple(m.padding))
+                    view(m)  # a copy, though unchanged: it reads the words its input now is
+                break
     return with_modules(model, lambda m: swap.get(id(m))) if swap else model
 
 

@@ -326,31 +326,41 @@ def _build() -> dict | bool:
                     q += 1
         block_popcounts(flat, patch, acc)
 
-    def conv_kernel(nhwc):
+    def conv_kernel(nhwc, emit=False):
         # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo), or (B, Ho, Wo, N) with nhwc:
         # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
         #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place;
-        #       res in out's layout). Two compiled kernels: a layout branch inside one costs the
-        #       NCHW form 2.6x (measured: its epilogue no longer vectorizes). With nhwc and a pooling
-        #       window (pkh, pkw) other than (1, 1), out is the non-overlapping max pooling of that
-        #       (B, Ho // pkh, Wo // pkw, N): each conv row goes to a row buffer in cache and is
-        #       pooled from there (NaN propagating), so the unpooled map is never written.
-        def xnor_conv(xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, pkh, pkw, out):
+        #       res in out's layout). Separate compiled kernels per (nhwc, emit): a layout branch
+        #       inside one costs the NCHW form 2.6x (measured: its epilogue no longer vectorizes).
+        #       With nhwc and a pooling window (pkh, pkw) other than (1, 1), out is the
+        #       non-overlapping max pooling of that (B, Ho // pkh, Wo // pkw, N): each conv row goes
+        #       to a row buffer in cache and is pooled from there (NaN propagating), so the unpooled
+        #       map is never written. With emit (nhwc form), out is not written: the next binary
+        #       conv's packed input is, words[b, qph + y, qpw + x, k] bit i = (pooled out)[64 k + i]
+        #       < tq[64 k + i] (its sign after its threshold), where pooling becomes an AND of the
+        #       window's words (max < t exactly when every value is; a NaN gives bit 0 both ways);
+        #       words comes zeroed (its padding packs as +1, as the packers' does).
+        def xnor_conv(
+            xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, pkh, pkw, out, tq, qph, qpw, words
+        ):
             kh, kw, w = wt.shape[0], wt.shape[1], wt.shape[2]
             ho, wo = (xw.shape[1] - kh) // sh + 1, (xw.shape[2] - kw) // sw + 1  # the conv's output
-            if nhwc:
-                nb, n, rows = out.shape[0], out.shape[3], out.shape[1]
+            if emit:
+                nb, n, rows, cols = words.shape[0], wt.shape[3], words.shape[1] - 2 * qph, words.shape[2] - 2 * qpw
+            elif nhwc:
+                nb, n, rows, cols = out.shape[0], out.shape[3], out.shape[1], out.shape[2]
             else:
-                nb, n, rows = out.shape[0], out.shape[1], ho
+                nb, n, rows, cols = out.shape[0], out.shape[1], ho, wo
             pooled = nhwc and (pkh > 1 or pkw > 1)
+            buffered = pooled or emit
             flat = wt.reshape(kh * kw * w, n)
             for idx in prange(nb * rows):
                 b, py = idx // rows, idx % rows
                 acc = np.empty((4, n), np.int64)
                 patch = np.empty((kh * kw * w, 4), np.uint64)
-                buf = np.empty((wo if pooled else 1, n), np.float32)
-                for a in range(pkh if pooled else 1):
-                    oy = py * pkh + a if pooled else py
+                buf = np.empty((wo if buffered else 1, n), np.float32)
+                for a in range(pkh if buffered else 1):
+                    oy = py * pkh + a if buffered else py
                     for ox0 in range(0, wo, 4):
                         last = wo - 1
                         x0, x1 = ox0 * sw, min(ox0 + 1, last) * sw
@@ -359,7 +369,7 @@ def _build() -> dict | bool:
                         for r in range(min(4, wo - ox0)):
                             ox = ox0 + r
                             if nhwc:  # one contiguous run of output channels
-                                y = buf[ox] if pooled else out[b, oy, ox]
+                                y = buf[ox] if buffered else out[b, oy, ox]
                                 for o in range(n):
                                     dot = (n_bits - 2 * np.float32(acc[r, o])) - corr[oy, ox, o]
                                     y[o] = dot * kmap[b, oy, ox] * scale[o] + bias[o]
@@ -378,8 +388,19 @@ def _build() -> dict | bool:
                                     for o0 in range(0, n, rc):
                                         for o in range(rc):
                                             out[b, o0 + o, oy, ox] += res[b, o, oy, ox]
-                    if pooled:  # this conv row into the pooled row: the window's maximum so far
-                        for px in range(out.shape[2]):
+                    if emit:  # this conv row's signs into the pooled row's words: AND over the window
+                        for px in range(cols):
+                            dst = words[b, py + qph, px + qpw]
+                            for k in range(words.shape[3]):
+                                m = np.uint64(0)
+                                for e in range(pkw):
+                                    src, v = buf[px * pkw + e], np.uint64(0)
+                                    for bit in range(min(64, n - 64 * k)):  # branch-free: vectorizes
+                                        v |= np.uint64(src[64 * k + bit] < tq[64 * k + bit]) << np.uint64(bit)
+                                    m = v if e == 0 else m & v
+                                dst[k] = m if a == 0 else dst[k] & m
+                    elif pooled:  # this conv row into the pooled row: the window's maximum so far
+                        for px in range(cols):
                             yo = out[b, py, px]
                             for e in range(pkw):
                                 src = buf[px * pkw + e]
@@ -401,6 +422,7 @@ def _build() -> dict | bool:
         "k_map": k_map,
         "conv": conv_kernel(False),
         "conv_nhwc": conv_kernel(True),
+        "conv_bits": conv_kernel(True, True),
     }
 
 
@@ -590,6 +612,7 @@ class PackedBinaryConv2d(_PackedBase):
             )
         self.shortcut = shortcut
         self.pool = (1, 1)  # a non-overlapping max pooling after the conv: set only on an engine's view
+        self.emit: tuple | None = None  # (the next conv's threshold, its padding): set only on a view
         self._corr: dict = {}
 
     def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
@@ -628,16 +651,28 @@ class PackedBinaryConv2d(_PackedBase):
         return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The conv of ``sign(x - t)`` (+ the shortcut), then the max pooling ``pool`` (a view's
-        fusion: :func:`torchslim.measure.engines.fused_pooling`) where it is not (1, 1): in the
-        kernel's epilogue on the numba channels-last path, else by the runtime's pooling after it."""
+        """The conv of ``sign(x - t)`` (+ the shortcut), then the max pooling ``pool`` where it is not
+        (1, 1): in the kernel's epilogue on the numba channels-last path, else by the runtime's pooling
+        after it. On an engine's view (:func:`torchslim.measure.engines.fused_binary`) ``pool`` is set,
+        and ``emit = (t, (ph, pw))`` makes the layer return the next binary conv's packed input instead
+        of floats: int64 words (B, H + 2 ph, W + 2 pw, ceil(C / 64)) of ``sign(pooled y - t)``, which
+        that conv takes as its ``x`` (an int64 ``x`` is such words)."""
         y, pooled = self._conv(x)
         return y if pooled or self.pool == (1, 1) else StridedMaxPool2d(self.pool)(y)
 
     def _conv(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """The conv (and whether it pooled already): the numba packer applies the threshold while
         packing, the conv kernel adds the shortcut in its epilogue, reading channel copies in place,
-        and pools a channels-last output in the same pass."""
+        and pools a channels-last output in the same pass (or emits the next conv's words)."""
+        words_in, emit = x.dtype == torch.int64, self.emit is not None
+        k = _kernels(x)
+        if (words_in or emit) and not (
+            k and self.binary_input and not (words_in and (self.input_scaling or self.shortcut))
+        ):
+            raise RuntimeError(
+                "packed-word input or output (an engine's bit chain) needs the numba kernels on the CPU, "
+                "binary inputs, and no K or shortcut on the reading conv; run the model itself instead"
+            )
         res = shortcut_source(x, self.stride) if self.shortcut else None
         if not self.binary_input or x.device.type != "cpu":  # float inputs; or a GPU: unpack (memory, not time)
             xs = self.shifted(x)
@@ -647,49 +682,54 @@ class PackedBinaryConv2d(_PackedBase):
                 y = y * input_scale_map(xs, self.kernel_size, self.stride, self.padding)
             y = y * self.scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
             return (y if res is None else y + copies(res, self.out_channels)), False
-        b, c, h, w = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if words_in:
+            b, c, h, w = x.shape[0], self.in_channels, x.shape[1] - 2 * ph, x.shape[2] - 2 * pw
+        else:
+            b, c, h, w = x.shape
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         corr = (
             self._padding_correction(h, w, x.device)
             if ph or pw
             else torch.zeros(ho, wo, self.out_channels, device=x.device)
         )
-        k = _kernels(x)
         if k:  # pack straight into the padded word grid (and K's channel sums), then one conv kernel
-            nhwc = c > 1 and x.stride(1) == 1 and not x.is_contiguous()  # channels-last in, channels-last out
-            words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
+            nhwc = words_in or (c > 1 and x.stride(1) == 1 and not x.is_contiguous())  # NHWC in, NHWC out
             t = (self.threshold if self.threshold is not None else torch.zeros(c)).float().contiguous().numpy()
             asum = (
-                torch.zeros(b, 1 if nhwc else words.shape[3], h, w) if self.input_scaling else torch.zeros(1, 1, 1, 1)
+                torch.zeros(b, 1 if nhwc else math.ceil(c / 64), h, w)
+                if self.input_scaling
+                else torch.zeros(1, 1, 1, 1)
             )
-            xd = x.detach().float()
-            if nhwc:
-                k["pack_nhwc"](
-                    xd.permute(0, 2, 3, 1).contiguous().numpy(),
-                    t,
-                    ph,
-                    pw,
-                    _u64(words),
-                    asum.numpy(),
-                    self.input_scaling,
-                )
+            if words_in:
+                words = x
             else:
-                k["pack_nchw"](xd.contiguous().numpy(), t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
+                words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
+                xd = x.detach().float()
+                if nhwc:
+                    xd = xd.permute(0, 2, 3, 1).contiguous().numpy()
+                    k["pack_nhwc"](xd, t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
+                else:
+                    k["pack_nchw"](xd.contiguous().numpy(), t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
             kmap = torch.empty(b, ho, wo) if self.input_scaling else torch.ones(b, ho, wo)
             if self.input_scaling:
                 k["k_map"](asum.numpy(), c, kh, kw, sh, sw, ph, pw, kmap.numpy())
             pkh, pkw = self.pool
-            fuse = nhwc and self.pool != (1, 1)
-            out = (
-                torch.empty(b, ho // pkh if fuse else ho, wo // pkw if fuse else wo, self.out_channels)
-                if nhwc
-                else torch.empty(b, self.out_channels, ho, wo)
-            )
+            form = "conv_bits" if emit else "conv_nhwc" if nhwc else "conv"  # the kernel and its layout
+            fuse = form != "conv" and self.pool != (1, 1)
+            hq, wq = (ho // pkh, wo // pkw) if fuse else (ho, wo)
+            if emit:
+                tq, (qph, qpw) = self.emit
+                tq = (tq if tq is not None else torch.zeros(self.out_channels)).float().contiguous()
+                nxt = torch.zeros(b, hq + 2 * qph, wq + 2 * qpw, math.ceil(self.out_channels / 64), dtype=torch.int64)
+                out = torch.empty(1, 1, 1, 1)
+            else:
+                tq, qph, qpw, nxt = torch.zeros(1), 0, 0, torch.zeros(1, 1, 1, 1, dtype=torch.int64)
+                out = torch.empty(b, hq, wq, self.out_channels) if nhwc else torch.empty(b, self.out_channels, ho, wo)
             if res is not None:
                 res = res.detach().float()
-                res = res.permute(0, 2, 3, 1).contiguous() if nhwc else res.contiguous()
-            k["conv_nhwc" if nhwc else "conv"](
+                res = res.permute(0, 2, 3, 1).contiguous() if form != "conv" else res.contiguous()
+            k[form](
                 _u64(words),
                 _u64(self.kernel_words()),
                 sh,
@@ -699,11 +739,17 @@ class PackedBinaryConv2d(_PackedBase):
                 kmap.detach().float().contiguous().numpy(),
                 self.scale.float().contiguous().numpy(),
                 self.bias.float().contiguous().numpy(),
-                (res if res is not None else x.new_zeros(1, 1, 1, 1)).numpy(),
+                (res if res is not None else x.new_zeros(1, 1, 1, 1, dtype=torch.float32)).numpy(),
                 res is not None,
                 *((pkh, pkw) if fuse else (1, 1)),
                 out.numpy(),
+                tq.numpy(),
+                qph,
+                qpw,
+                _u64(nxt),
             )
+            if emit:
+                return nxt, True
             return (out.permute(0, 3, 1, 2) if nhwc else out), fuse
         kmap = (
             input_scale_map(self.shifted(x), self.kernel_size, self.stride, self.padding)[:, 0]
