@@ -107,14 +107,30 @@ def test_xnor_popcount_linear_exact(c):
     assert torch.equal(rb.popcount_xor(a, b), rb.popcount_xor_reference(a, b))
 
 
-@pytest.mark.parametrize("c,k,stride,pad", [(3, 3, 1, 1), (64, 3, 2, 1), (70, 3, 1, 0), (130, 5, 1, 2), (8, 1, 1, 0)])
+@pytest.mark.parametrize(
+    "c,k,stride,pad",
+    [
+        (3, 3, 1, 1),
+        (20, 3, 2, 1),
+        (32, 3, 1, 1),
+        (33, 3, 1, 1),
+        (64, 3, 2, 1),
+        (70, 3, 1, 0),
+        (130, 5, 1, 2),
+        (8, 1, 1, 0),
+    ],
+)
 def test_xnor_popcount_conv_exact_with_padding(c, k, stride, pad):
+    """37 outputs: two register tiles of 16 and a remainder, with 32-bit words (<= 32 channels) and
+    64-bit ones. Catches: a tile's lanes stored at the wrong outputs, a 32-bit word's popcount read
+    as 64 bits (the high half of the weight words), the remainder loop skipped."""
     torch.manual_seed(c + k)
-    x, w = torch.randn(2, c, 9, 7), torch.randn(4, c, k, k)
-    layer = rb.PackedBinaryConv2d(c, 4, [k, k], [stride, stride], [pad, pad])
-    layer.set_weight(w.sign(), torch.ones(4), torch.zeros(4))
+    x, w = torch.randn(2, c, 9, 7), torch.randn(37, c, k, k)
+    layer = rb.PackedBinaryConv2d(c, 37, [k, k], [stride, stride], [pad, pad])
+    layer.set_weight(w.sign(), torch.ones(37), torch.zeros(37))
     ref = F.conv2d(torch.where(x < 0, -1.0, 1.0), w.sign(), stride=stride, padding=pad)  # padded zeros are 0
     assert torch.equal(layer(x), ref)
+    assert torch.equal(layer(x.contiguous(memory_format=torch.channels_last)), ref)
 
 
 @settings(max_examples=40, deadline=None)
@@ -298,7 +314,7 @@ def test_binary_training_options_are_booleans(bad):
         BNN(**bad)
 
 
-@pytest.mark.parametrize("c", [64, 70, 130])
+@pytest.mark.parametrize("c", [24, 64, 70, 130])
 def test_channels_last_binary_conv_with_every_option(c):
     """The NHWC path with XNOR's K, a learned threshold and a Bi-Real shortcut (channel copies and a
     strided window mean) against the NCHW path: bit-equal where K's channel sum has one order (one

@@ -404,8 +404,9 @@ def test_binary_convs_pool_in_their_epilogue_exactly(reuse):
 
 class _BinaryChainNet(nn.Module):
     """A user's BNN without real-valued shortcuts: binary convs that only read each other's signs.
-    b1 -> Identity -> MaxPool (2, 3) -> b2 (padding 1) -> b3 (padding (0, 1), stride (2, 1)); 70
-    channels (two words, a partial one); learned thresholds on every binary input. ``k_last``
+    b1 -> Identity -> MaxPool (2, 3) -> b2 (padding 1) -> b3 (padding (0, 1), stride (2, 1)); b2
+    reads 70 channels (two 64-bit words, a partial one), b3 24 (one 32-bit word, partial); learned
+    thresholds on every binary input. ``k_last``
     gives b3 XNOR-Net's K, which needs b2's float output, so b2 must not emit bits."""
 
     def __init__(self, k_last: bool = False) -> None:
@@ -414,8 +415,8 @@ class _BinaryChainNet(nn.Module):
 
         self.c0 = nn.Conv2d(3, 64, 3, padding=1)
         self.b1 = PackedBinaryConv2d(64, 70, [3, 3], [1, 1], [0, 0], threshold=True)
-        self.b2 = PackedBinaryConv2d(70, 70, [3, 3], [1, 1], [1, 1], threshold=True)
-        self.b3 = PackedBinaryConv2d(70, 40, [3, 3], [2, 1], [0, 1], threshold=True, input_scaling=k_last)
+        self.b2 = PackedBinaryConv2d(70, 24, [3, 3], [1, 1], [1, 1], threshold=True)
+        self.b3 = PackedBinaryConv2d(24, 40, [3, 3], [2, 1], [0, 1], threshold=True, input_scaling=k_last)
         for b in (self.b1, self.b2, self.b3):
             b.set_weight(
                 torch.randn(b.out_channels, b.in_channels, 3, 3),
@@ -457,5 +458,6 @@ def test_binary_convs_pass_packed_signs_to_the_next_binary_conv_exactly(k_last):
     words = fused.b1(fused.c0(x))  # the words themselves: b2's padding around them, packed as +1
     assert words.dtype == torch.int64 and words.shape == (1, 15 // 2 + 2, 20 // 3 + 2, 2)
     assert not words[:, 0].any() and not words[:, :, -1].any()
+    assert fused.b2(words).dtype == (torch.float32 if k_last else torch.int32)  # b3's 24 channels: 32-bit words
     with pytest.raises(RuntimeError, match="numba kernels on the CPU"):
         _BinaryChainNet(True).b3(words)  # a conv with K cannot read words

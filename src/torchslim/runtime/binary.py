@@ -86,24 +86,32 @@ def _build() -> dict | bool:
     from numba.extending import intrinsic
 
     @intrinsic
-    def popcount64(typingctx, x):
+    def popcount64(typingctx, x):  # of a 32- or 64-bit word, as uint64
         def codegen(context, builder, signature, args):
-            fn = builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)])
-            return builder.call(fn, args)
+            v = args[0] if x.bitwidth == 64 else builder.zext(args[0], ir.IntType(64))
+            return builder.call(builder.module.declare_intrinsic("llvm.ctpop", [ir.IntType(64)]), [v])
 
-        return types.uint64(types.uint64), codegen
+        return types.uint64(x), codegen
 
     @intrinsic
     def xnor_tile(typingctx, flat, patch, ob, acc):
         # acc[r, ob + c] = sum_q popcount(patch[q, r] ^ flat[q, ob + c]) for r < 4, c < 16, q over
-        # patch's rows (at least one): a register-blocked micro-kernel in LLVM vector IR. The 8
-        # accumulators (4 inputs x 2 vectors of 8 outputs) stay in registers for the whole q loop;
-        # per q: 2 weight loads, 4 broadcasts, 8 xor / popcount / add. Written as IR because numba
-        # keeps array accumulators in memory (a load and a store per add: 1.1-1.6x slower).
+        # patch's rows (at least one): a register-blocked micro-kernel in LLVM vector IR. The
+        # accumulators (4 inputs x 16 outputs: 2 vectors of 8 64-bit words, or 1 of 16 32-bit words)
+        # stay in registers for the whole q loop; per q: a weight load per vector, 4 broadcasts, one
+        # xor / popcount / add per accumulator. Written as IR because numba keeps array accumulators
+        # in memory (a load and a store per add: 1.1-1.6x slower). 32-bit words (layers of <= 32
+        # input channels) put 16 outputs in one AVX-512 popcount, where 64-bit words would be half empty.
+        bits = flat.dtype.bitwidth
+
         def codegen(context, builder, sig, args):
             i64, i32 = ir.IntType(64), ir.IntType(32)
-            vt = ir.VectorType(i64, 8)
-            ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]), "llvm.ctpop.v8i64")
+            lanes = 512 // bits
+            nv = 16 // lanes  # vectors per 16 outputs
+            vt = ir.VectorType(ir.IntType(bits), lanes)
+            ctpop = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt]), f"llvm.ctpop.v{lanes}i{bits}"
+            )
             fa, pa, aa = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 3))
             n = cgutils.unpack_tuple(builder, fa.shape)[1]
             nq = cgutils.unpack_tuple(builder, pa.shape)[0]
@@ -116,16 +124,16 @@ def _build() -> dict | bool:
             builder.branch(loop)
             builder.position_at_end(loop)
             q = builder.phi(i64)
-            accs = [builder.phi(vt) for _ in range(8)]
+            accs = [builder.phi(vt) for _ in range(4 * nv)]
             base = builder.add(builder.mul(q, n), args[2])
             ws = [
                 builder.load(
                     builder.bitcast(
-                        builder.gep(fa.data, [builder.add(base, ir.Constant(i64, 8 * v))]), vt.as_pointer()
+                        builder.gep(fa.data, [builder.add(base, ir.Constant(i64, lanes * v))]), vt.as_pointer()
                     ),
-                    align=8,
+                    align=bits // 8,
                 )
-                for v in range(2)
+                for v in range(nv)
             ]
             new = []
             for r in range(4):
@@ -134,25 +142,25 @@ def _build() -> dict | bool:
                 )
                 sv = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(i32, 0))
                 sv = builder.shuffle_vector(
-                    sv, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, 8), [0] * 8)
+                    sv, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
                 )
-                new += [builder.add(accs[2 * r + v], builder.call(ctpop, [builder.xor(ws[v], sv)])) for v in range(2)]
+                new += [builder.add(accs[nv * r + v], builder.call(ctpop, [builder.xor(ws[v], sv)])) for v in range(nv)]
             q_next = builder.add(q, ir.Constant(i64, 1))
             q.add_incoming(ir.Constant(i64, 0), entry)
             q.add_incoming(q_next, loop)
-            for a, nv in zip(accs, new):
+            for a, a_next in zip(accs, new):
                 a.add_incoming(ir.Constant(vt, None), entry)
-                a.add_incoming(nv, loop)
+                a.add_incoming(a_next, loop)
             builder.cbranch(builder.icmp_signed("<", q_next, nq), loop, done)
             builder.position_at_end(done)
+            wide = ir.VectorType(i64, lanes)
             for r in range(4):
-                for v in range(2):
+                for v in range(nv):
                     off = builder.add(
-                        builder.mul(ir.Constant(i64, r), na), builder.add(args[2], ir.Constant(i64, 8 * v))
+                        builder.mul(ir.Constant(i64, r), na), builder.add(args[2], ir.Constant(i64, lanes * v))
                     )
-                    builder.store(
-                        new[2 * r + v], builder.bitcast(builder.gep(aa.data, [off]), vt.as_pointer()), align=8
-                    )
+                    total = new[nv * r + v] if bits == 64 else builder.zext(new[nv * r + v], wide)
+                    builder.store(total, builder.bitcast(builder.gep(aa.data, [off]), wide.as_pointer()), align=8)
             return context.get_dummy_value()
 
         return types.void(flat, patch, types.intp, acc), codegen
@@ -226,17 +234,19 @@ def _build() -> dict | bool:
 
     @njit(parallel=True, cache=True, nogil=True)
     def pack_nchw(x, t, ph, pw, out, asum, want_abs):
-        # float32 (B, C, H, W) -> uint64 (B, H+2ph, W+2pw, W64); bit = x[b, c] < t[c]: the sign of
-        # x - t (RSign's threshold; t = 0 without one). With want_abs, also asum[b, k] = the sum of
-        # |x - t| over word k's channels (XNOR-Net's K, from the planes while they are in cache):
-        # channel 64 k + i adds to lane i % 16 in channel order, then the lanes' tree (lane_total).
+        # float32 (B, C, H, W) -> words (B, H+2ph, W+2pw, nw) of wb = 32 or 64 bits (out's dtype);
+        # bit = x[b, c] < t[c]: the sign of x - t (RSign's threshold; t = 0 without one). With
+        # want_abs, also asum[b, k] = the sum of |x - t| over word k's channels (XNOR-Net's K, from
+        # the planes while they are in cache): channel wb k + i adds to lane i % 16 in channel
+        # order, then the lanes' tree (lane_total).
         nb, c, h, w = x.shape
+        wb = out.itemsize * 8
         for idx in prange(nb * out.shape[3]):
             b, k = idx // out.shape[3], idx % out.shape[3]
             words = np.zeros((h, w), np.uint64)
             part = np.zeros(16 * h * w if want_abs else 1, np.float32)
-            for bit in range(min(64, c - 64 * k)):  # contiguous planes, branch-free: vectorizes
-                plane, tc = x[b, 64 * k + bit], t[64 * k + bit]
+            for bit in range(min(wb, c - wb * k)):  # contiguous planes, branch-free: vectorizes
+                plane, tc = x[b, wb * k + bit], t[wb * k + bit]
                 for i in range(h):
                     for j in range(w):
                         words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
@@ -256,11 +266,12 @@ def _build() -> dict | bool:
 
     @njit(parallel=True, cache=True, nogil=True)
     def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
-        # float32 (B, H, W, C) -> uint64 (B, H+2ph, W+2pw, W64): a pixel's channels are contiguous,
-        # so each word is 64 consecutive compares; with want_abs, asum[b, 0] = sum_c |x - t|, per word
-        # in pack_nchw's order (16 lanes, 16 channels at a time: vectorized), words added in order.
+        # float32 (B, H, W, C) -> words (B, H+2ph, W+2pw, nw) of wb bits: a pixel's channels are
+        # contiguous, so each word is wb consecutive compares; with want_abs, asum[b, 0] = sum_c
+        # |x - t|, per word in pack_nchw's order (16 lanes, 16 channels at a time: vectorized),
+        # words added in order.
         nb, h, w, c = x.shape
-        nw = out.shape[3]
+        nw, wb = out.shape[3], out.itemsize * 8
         for idx in prange(nb * h):
             b, i = idx // h, idx % h
             p = np.empty(16, np.float32)
@@ -269,18 +280,18 @@ def _build() -> dict | bool:
                 s = np.float32(0)
                 for k in range(nw):
                     v = np.uint64(0)
-                    nbits = min(64, c - 64 * k)
+                    nbits = min(wb, c - wb * k)
                     for bit in range(nbits):
-                        v |= np.uint64(px[64 * k + bit] < t[64 * k + bit]) << np.uint64(bit)
+                        v |= np.uint64(px[wb * k + bit] < t[wb * k + bit]) << np.uint64(bit)
                     out[b, i + ph, j + pw, k] = v
                     if want_abs:
                         p[:] = 0
                         for g in range(0, nbits - 15, 16):
                             for ln in range(16):
-                                p[ln] += abs(px[64 * k + g + ln] - t[64 * k + g + ln])
+                                p[ln] += abs(px[wb * k + g + ln] - t[wb * k + g + ln])
                         g = nbits - nbits % 16
                         for ln in range(nbits % 16):
-                            p[ln] += abs(px[64 * k + g + ln] - t[64 * k + g + ln])
+                            p[ln] += abs(px[wb * k + g + ln] - t[wb * k + g + ln])
                         lane_total(p, 1)
                         s += p[0]
                 if want_abs:
@@ -357,7 +368,7 @@ def _build() -> dict | bool:
             for idx in prange(nb * rows):
                 b, py = idx // rows, idx % rows
                 acc = np.empty((4, n), np.int64)
-                patch = np.empty((kh * kw * w, 4), np.uint64)
+                patch = np.empty((kh * kw * w, 4), xw.dtype)
                 buf = np.empty((wo if buffered else 1, n), np.float32)
                 for a in range(pkh if buffered else 1):
                     oy = py * pkh + a if buffered else py
@@ -389,14 +400,15 @@ def _build() -> dict | bool:
                                         for o in range(rc):
                                             out[b, o0 + o, oy, ox] += res[b, o, oy, ox]
                     if emit:  # this conv row's signs into the pooled row's words: AND over the window
+                        wb = words.itemsize * 8
                         for px in range(cols):
                             dst = words[b, py + qph, px + qpw]
                             for k in range(words.shape[3]):
                                 m = np.uint64(0)
                                 for e in range(pkw):
                                     src, v = buf[px * pkw + e], np.uint64(0)
-                                    for bit in range(min(64, n - 64 * k)):  # branch-free: vectorizes
-                                        v |= np.uint64(src[64 * k + bit] < tq[64 * k + bit]) << np.uint64(bit)
+                                    for bit in range(min(wb, n - wb * k)):  # branch-free: vectorizes
+                                        v |= np.uint64(src[wb * k + bit] < tq[wb * k + bit]) << np.uint64(bit)
                                     m = v if e == 0 else m & v
                                 dst[k] = m if a == 0 else dst[k] & m
                     elif pooled:  # this conv row into the pooled row: the window's maximum so far
@@ -434,7 +446,23 @@ def _kernels(t: torch.Tensor) -> dict | bool:
 
 
 def _u64(t: torch.Tensor):
-    return t.contiguous().numpy().view("uint64")
+    """Packed words as unsigned numpy words of their width (int32 -> uint32, int64 -> uint64)."""
+    return t.contiguous().numpy().view("uint32" if t.dtype == torch.int32 else "uint64")
+
+
+def word_dtype(channels: int) -> torch.dtype:
+    """The conv kernels' word for ``channels`` input channels: 32 bits up to 32 channels (a 64-bit word
+    would be half empty, and an AVX-512 popcount takes 16 32-bit words at once), else 64."""
+    return torch.int32 if channels <= 32 else torch.int64
+
+
+def _n_words(channels: int) -> int:
+    return math.ceil(channels / (8 * word_dtype(channels).itemsize))
+
+
+def _grid(b: int, h: int, w: int, ph: int, pw: int, channels: int) -> torch.Tensor:
+    """A zeroed padded word grid (B, H + 2 ph, W + 2 pw, words) for ``channels``: padding packs as +1."""
+    return torch.zeros(b, h + 2 * ph, w + 2 * pw, _n_words(channels), dtype=word_dtype(channels))
 
 
 def pack_rows(x: torch.Tensor) -> torch.Tensor:
@@ -516,7 +544,8 @@ class _PackedBase(RuntimeLayer):
         )
 
     def kernel_words(self) -> torch.Tensor:
-        """The packed words transposed for the kernels (output channels innermost), cached."""
+        """The packed words transposed for the kernels (output channels innermost; a conv's in
+        :func:`word_dtype` of its input channels), cached."""
         key = (self.words.data_ptr(), self.words._version)
         if self._kernel_words is None or self._kernel_words[0] != key:
             self._kernel_words = (key, self._transposed())
@@ -643,7 +672,10 @@ class PackedBinaryConv2d(_PackedBase):
 
     def _transposed(self) -> torch.Tensor:
         kh, kw = self.kernel_size
-        return self.words.view(self.out_channels, kh, kw, -1).permute(1, 2, 3, 0).contiguous()  # (kh, kw, W, N)
+        w = self.words.view(self.out_channels, kh, kw, -1).permute(1, 2, 3, 0).contiguous()  # (kh, kw, W, N)
+        if word_dtype(self.in_channels) == torch.int32:  # one word, its high half empty: keep the low one
+            w = torch.from_numpy(w.numpy().view("uint64").astype("uint32").view("int32"))
+        return w
 
     def _unpack(self) -> torch.Tensor:
         kh, kw = self.kernel_size
@@ -655,8 +687,8 @@ class PackedBinaryConv2d(_PackedBase):
         (1, 1): in the kernel's epilogue on the numba channels-last path, else by the runtime's pooling
         after it. On an engine's view (:func:`torchslim.measure.engines.fused_binary`) ``pool`` is set,
         and ``emit = (t, (ph, pw))`` makes the layer return the next binary conv's packed input instead
-        of floats: int64 words (B, H + 2 ph, W + 2 pw, ceil(C / 64)) of ``sign(pooled y - t)``, which
-        that conv takes as its ``x`` (an int64 ``x`` is such words)."""
+        of floats: words (B, H + 2 ph, W + 2 pw, ceil(C / bits)) of ``sign(pooled y - t)`` in
+        :func:`word_dtype`, which that conv takes as its ``x`` (an integer ``x`` is such words)."""
         y, pooled = self._conv(x)
         return y if pooled or self.pool == (1, 1) else StridedMaxPool2d(self.pool)(y)
 
@@ -664,7 +696,7 @@ class PackedBinaryConv2d(_PackedBase):
         """The conv (and whether it pooled already): the numba packer applies the threshold while
         packing, the conv kernel adds the shortcut in its epilogue, reading channel copies in place,
         and pools a channels-last output in the same pass (or emits the next conv's words)."""
-        words_in, emit = x.dtype == torch.int64, self.emit is not None
+        words_in, emit = not x.is_floating_point(), self.emit is not None
         k = _kernels(x)
         if (words_in or emit) and not (
             k and self.binary_input and not (words_in and (self.input_scaling or self.shortcut))
@@ -696,15 +728,13 @@ class PackedBinaryConv2d(_PackedBase):
         if k:  # pack straight into the padded word grid (and K's channel sums), then one conv kernel
             nhwc = words_in or (c > 1 and x.stride(1) == 1 and not x.is_contiguous())  # NHWC in, NHWC out
             t = (self.threshold if self.threshold is not None else torch.zeros(c)).float().contiguous().numpy()
-            asum = (
-                torch.zeros(b, 1 if nhwc else math.ceil(c / 64), h, w)
-                if self.input_scaling
-                else torch.zeros(1, 1, 1, 1)
-            )
+            asum = torch.zeros(b, 1 if nhwc else _n_words(c), h, w) if self.input_scaling else torch.zeros(1, 1, 1, 1)
             if words_in:
+                if x.dtype != word_dtype(c):
+                    raise ValueError(f"packed input words for {c} channels must be {word_dtype(c)}, got {x.dtype}")
                 words = x
             else:
-                words = torch.zeros(b, h + 2 * ph, w + 2 * pw, math.ceil(c / 64), dtype=torch.int64)
+                words = _grid(b, h, w, ph, pw, c)
                 xd = x.detach().float()
                 if nhwc:
                     xd = xd.permute(0, 2, 3, 1).contiguous().numpy()
@@ -721,7 +751,7 @@ class PackedBinaryConv2d(_PackedBase):
             if emit:
                 tq, (qph, qpw) = self.emit
                 tq = (tq if tq is not None else torch.zeros(self.out_channels)).float().contiguous()
-                nxt = torch.zeros(b, hq + 2 * qph, wq + 2 * qpw, math.ceil(self.out_channels / 64), dtype=torch.int64)
+                nxt = _grid(b, hq, wq, qph, qpw, self.out_channels)
                 out = torch.empty(1, 1, 1, 1)
             else:
                 tq, qph, qpw, nxt = torch.zeros(1), 0, 0, torch.zeros(1, 1, 1, 1, dtype=torch.int64)
