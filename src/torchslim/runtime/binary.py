@@ -232,70 +232,75 @@ def _build() -> dict | bool:
                 for j in range(stride):
                     p[ln * stride + j] += p[(ln + step) * stride + j]
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def pack_nchw(x, t, ph, pw, out, asum, want_abs):
-        # float32 (B, C, H, W) -> words (B, H+2ph, W+2pw, nw) of wb = 32 or 64 bits (out's dtype);
-        # bit = x[b, c] < t[c]: the sign of x - t (RSign's threshold; t = 0 without one). With
-        # want_abs, also asum[b, k] = the sum of |x - t| over word k's channels (XNOR-Net's K, from
-        # the planes while they are in cache): channel wb k + i adds to lane i % 16 in channel
-        # order, then the lanes' tree (lane_total).
-        nb, c, h, w = x.shape
-        wb = out.itemsize * 8
-        for idx in prange(nb * out.shape[3]):
-            b, k = idx // out.shape[3], idx % out.shape[3]
-            words = np.zeros((h, w), np.uint64)
-            part = np.zeros(16 * h * w if want_abs else 1, np.float32)
-            for bit in range(min(wb, c - wb * k)):  # contiguous planes, branch-free: vectorizes
-                plane, tc = x[b, wb * k + bit], t[wb * k + bit]
-                for i in range(h):
-                    for j in range(w):
-                        words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
-                if want_abs:
-                    a = part[(bit % 16) * h * w : (bit % 16 + 1) * h * w]
+    def packers(wb):
+        # the two packers for words of wb bits: a constant of each compiled kernel (read from the
+        # output's itemsize at run time, the bit loops no longer vectorize: 4-9x slower, measured)
+        @njit(parallel=True, cache=True, nogil=True)
+        def pack_nchw(x, t, ph, pw, out, asum, want_abs):
+            # float32 (B, C, H, W) -> words (B, H+2ph, W+2pw, nw) of wb = 32 or 64 bits;
+            # bit = x[b, c] < t[c]: the sign of x - t (RSign's threshold; t = 0 without one). With
+            # want_abs, also asum[b, k] = the sum of |x - t| over word k's channels (XNOR-Net's K, from
+            # the planes while they are in cache): channel wb k + i adds to lane i % 16 in channel
+            # order, then the lanes' tree (lane_total).
+            nb, c, h, w = x.shape
+            for idx in prange(nb * out.shape[3]):
+                b, k = idx // out.shape[3], idx % out.shape[3]
+                words = np.zeros((h, w), np.uint64)
+                part = np.zeros(16 * h * w if want_abs else 1, np.float32)
+                for bit in range(min(wb, c - wb * k)):  # contiguous planes, branch-free: vectorizes
+                    plane, tc = x[b, wb * k + bit], t[wb * k + bit]
                     for i in range(h):
                         for j in range(w):
-                            a[i * w + j] += abs(plane[i, j] - tc)
-            if want_abs:
-                lane_total(part, h * w)
+                            words[i, j] |= np.uint64(plane[i, j] < tc) << np.uint64(bit)
+                    if want_abs:
+                        a = part[(bit % 16) * h * w : (bit % 16 + 1) * h * w]
+                        for i in range(h):
+                            for j in range(w):
+                                a[i * w + j] += abs(plane[i, j] - tc)
+                if want_abs:
+                    lane_total(part, h * w)
+                    for i in range(h):
+                        for j in range(w):
+                            asum[b, k, i, j] = part[i * w + j]
                 for i in range(h):
                     for j in range(w):
-                        asum[b, k, i, j] = part[i * w + j]
-            for i in range(h):
-                for j in range(w):
-                    out[b, i + ph, j + pw, k] = words[i, j]
+                        out[b, i + ph, j + pw, k] = words[i, j]
 
-    @njit(parallel=True, cache=True, nogil=True)
-    def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
-        # float32 (B, H, W, C) -> words (B, H+2ph, W+2pw, nw) of wb bits: a pixel's channels are
-        # contiguous, so each word is wb consecutive compares; with want_abs, asum[b, 0] = sum_c
-        # |x - t|, per word in pack_nchw's order (16 lanes, 16 channels at a time: vectorized),
-        # words added in order.
-        nb, h, w, c = x.shape
-        nw, wb = out.shape[3], out.itemsize * 8
-        for idx in prange(nb * h):
-            b, i = idx // h, idx % h
-            p = np.empty(16, np.float32)
-            for j in range(w):
-                px = x[b, i, j]
-                s = np.float32(0)
-                for k in range(nw):
-                    v = np.uint64(0)
-                    nbits = min(wb, c - wb * k)
-                    for bit in range(nbits):
-                        v |= np.uint64(px[wb * k + bit] < t[wb * k + bit]) << np.uint64(bit)
-                    out[b, i + ph, j + pw, k] = v
-                    if want_abs:
-                        p[:] = 0
-                        for g in range(0, nbits - 15, 16):
-                            for ln in range(16):
+        @njit(parallel=True, cache=True, nogil=True)
+        def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
+            # float32 (B, H, W, C) -> words (B, H+2ph, W+2pw, nw) of wb bits: a pixel's channels are
+            # contiguous, so each word is wb consecutive compares; with want_abs, asum[b, 0] = sum_c
+            # |x - t|, per word in pack_nchw's order (16 lanes, 16 channels at a time), words added in
+            # order. (Lane partials kept per row and their tree run over the row's pixels at once
+            # measured 1.4-1.6x slower than this per-pixel tree.)
+            nb, h, w, c = x.shape
+            nw = out.shape[3]
+            for idx in prange(nb * h):
+                b, i = idx // h, idx % h
+                p = np.empty(16, np.float32)
+                for j in range(w):
+                    px = x[b, i, j]
+                    s = np.float32(0)
+                    for k in range(nw):
+                        v = np.uint64(0)
+                        nbits = min(wb, c - wb * k)
+                        for bit in range(nbits):
+                            v |= np.uint64(px[wb * k + bit] < t[wb * k + bit]) << np.uint64(bit)
+                        out[b, i + ph, j + pw, k] = v
+                        if want_abs:
+                            p[:] = 0
+                            for g in range(0, nbits - 15, 16):
+                                for ln in range(16):
+                                    p[ln] += abs(px[wb * k + g + ln] - t[wb * k + g + ln])
+                            g = nbits - nbits % 16
+                            for ln in range(nbits % 16):
                                 p[ln] += abs(px[wb * k + g + ln] - t[wb * k + g + ln])
-                        g = nbits - nbits % 16
-                        for ln in range(nbits % 16):
-                            p[ln] += abs(px[wb * k + g + ln] - t[wb * k + g + ln])
-                        lane_total(p, 1)
-                        s += p[0]
-                if want_abs:
-                    asum[b, 0, i, j] = s
+                            lane_total(p, 1)
+                            s += p[0]
+                    if want_abs:
+                        asum[b, 0, i, j] = s
+
+        return pack_nchw, pack_nhwc
 
     @njit(parallel=True, cache=True, nogil=True)
     def k_map(asum, c, kh, kw, sh, sw, ph, pw, out):
@@ -337,7 +342,7 @@ def _build() -> dict | bool:
                     q += 1
         block_popcounts(flat, patch, acc)
 
-    def conv_kernel(nhwc, emit=False):
+    def conv_kernel(nhwc, emit=False, wb=64):
         # (B, Hp, Wp, W) x (kh, kw, W, N) -> float32 (B, N, Ho, Wo), or (B, Ho, Wo, N) with nhwc:
         # out = ((n_bits - 2 popcount) - corr[oy, ox, o]) * kmap[b, oy, ox] * scale[o] + bias[o]
         #       (+ res[b, o % R, oy, ox]: the real-valued shortcut, its channel copies read in place;
@@ -347,10 +352,10 @@ def _build() -> dict | bool:
         #       non-overlapping max pooling of that (B, Ho // pkh, Wo // pkw, N): each conv row goes
         #       to a row buffer in cache and is pooled from there (NaN propagating), so the unpooled
         #       map is never written. With emit (nhwc form), out is not written: the next binary
-        #       conv's packed input is, words[b, qph + y, qpw + x, k] bit i = (pooled out)[64 k + i]
-        #       < tq[64 k + i] (its sign after its threshold), where pooling becomes an AND of the
-        #       window's words (max < t exactly when every value is; a NaN gives bit 0 both ways);
-        #       words comes zeroed (its padding packs as +1, as the packers' does).
+        #       conv's packed input is, in words of wb bits: words[b, qph + y, qpw + x, k] bit i =
+        #       (pooled out)[wb k + i] < tq[wb k + i] (its sign after its threshold), where pooling
+        #       becomes an AND of the window's words (max < t exactly when every value is; a NaN gives
+        #       bit 0 both ways); words comes zeroed (its padding packs as +1, as the packers' does).
         def xnor_conv(
             xw, wt, sh, sw, n_bits, corr, kmap, scale, bias, res, use_res, pkh, pkw, out, tq, qph, qpw, words
         ):
@@ -400,7 +405,6 @@ def _build() -> dict | bool:
                                         for o in range(rc):
                                             out[b, o0 + o, oy, ox] += res[b, o, oy, ox]
                     if emit:  # this conv row's signs into the pooled row's words: AND over the window
-                        wb = words.itemsize * 8
                         for px in range(cols):
                             dst = words[b, py + qph, px + qpw]
                             for k in range(words.shape[3]):
@@ -429,12 +433,11 @@ def _build() -> dict | bool:
     return {
         "pack": pack_rows,
         "gemm": xnor_gemm,
-        "pack_nchw": pack_nchw,
-        "pack_nhwc": pack_nhwc,
+        **{f"pack_{form}{wb}": f for wb in (32, 64) for form, f in zip(("nchw", "nhwc"), packers(wb))},
         "k_map": k_map,
         "conv": conv_kernel(False),
         "conv_nhwc": conv_kernel(True),
-        "conv_bits": conv_kernel(True, True),
+        **{f"conv_bits{wb}": conv_kernel(True, True, wb) for wb in (32, 64)},
     }
 
 
@@ -734,19 +737,21 @@ class PackedBinaryConv2d(_PackedBase):
                     raise ValueError(f"packed input words for {c} channels must be {word_dtype(c)}, got {x.dtype}")
                 words = x
             else:
-                words = _grid(b, h, w, ph, pw, c)
+                words, bits = _grid(b, h, w, ph, pw, c), 8 * word_dtype(c).itemsize
                 xd = x.detach().float()
                 if nhwc:
                     xd = xd.permute(0, 2, 3, 1).contiguous().numpy()
-                    k["pack_nhwc"](xd, t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
+                    k[f"pack_nhwc{bits}"](xd, t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
                 else:
-                    k["pack_nchw"](xd.contiguous().numpy(), t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
+                    k[f"pack_nchw{bits}"](
+                        xd.contiguous().numpy(), t, ph, pw, _u64(words), asum.numpy(), self.input_scaling
+                    )
             kmap = torch.empty(b, ho, wo) if self.input_scaling else torch.ones(b, ho, wo)
             if self.input_scaling:
                 k["k_map"](asum.numpy(), c, kh, kw, sh, sw, ph, pw, kmap.numpy())
             pkh, pkw = self.pool
-            form = "conv_bits" if emit else "conv_nhwc" if nhwc else "conv"  # the kernel and its layout
-            fuse = form != "conv" and self.pool != (1, 1)
+            form = f"conv_bits{8 * word_dtype(self.out_channels).itemsize}" if emit else "conv_nhwc" if nhwc else "conv"
+            fuse = form != "conv" and self.pool != (1, 1)  # the kernel (and its output layout) pools
             hq, wq = (ho // pkh, wo // pkw) if fuse else (ho, wo)
             if emit:
                 tq, (qph, qpw) = self.emit
