@@ -187,16 +187,18 @@ def _build() -> dict | bool:
                 return builder.load(builder.bitcast(builder.gep(arr.data, [off]), vt.as_pointer()), align=4)
 
             full = builder.lshr(nbits, ir.Constant(i64, 4))
-            entry, head, body, tail = (
+            entry, head, body, check, tail, tree = (
                 builder.basic_block,
                 builder.append_basic_block("lanes_head"),
                 builder.append_basic_block("lanes_body"),
+                builder.append_basic_block("lanes_check"),
                 builder.append_basic_block("lanes_tail"),
+                builder.append_basic_block("lanes_tree"),
             )
             builder.branch(head)
             builder.position_at_end(head)
             i, acc = builder.phi(i64), builder.phi(vt)
-            builder.cbranch(builder.icmp_signed("<", i, full), body, tail)
+            builder.cbranch(builder.icmp_signed("<", i, full), body, check)
             builder.position_at_end(body)
             off = builder.add(start, builder.shl(i, ir.Constant(i64, 4)))
             acc_next = builder.fadd(acc, builder.call(fabs, [builder.fsub(vec(pa, off), vec(ta, off))]))
@@ -206,6 +208,9 @@ def _build() -> dict | bool:
             i.add_incoming(i_next, body)
             acc.add_incoming(ir.Constant(vt, None), entry)
             acc.add_incoming(acc_next, body)
+            builder.position_at_end(check)
+            rem = builder.and_(nbits, ir.Constant(i64, 15))
+            builder.cbranch(builder.icmp_signed("!=", rem, ir.Constant(i64, 0)), tail, tree)
             builder.position_at_end(tail)  # the last nbits % 16 channels; loads clamped to the last one
             base = builder.add(start, builder.shl(full, ir.Constant(i64, 4)))
             last = builder.sub(builder.add(start, nbits), ir.Constant(i64, 1))
@@ -215,7 +220,6 @@ def _build() -> dict | bool:
                 idx = builder.select(builder.icmp_signed("<", idx, last), idx, last)
                 av = builder.insert_element(av, builder.load(builder.gep(pa.data, [idx])), ir.Constant(i32, ln))
                 bv = builder.insert_element(bv, builder.load(builder.gep(ta.data, [idx])), ir.Constant(i32, ln))
-            rem = builder.and_(nbits, ir.Constant(i64, 15))
             v16 = ir.VectorType(i64, 16)
             rems = builder.shuffle_vector(
                 builder.insert_element(ir.Constant(v16, ir.Undefined), rem, ir.Constant(i32, 0)),
@@ -224,7 +228,12 @@ def _build() -> dict | bool:
             )
             mask = builder.icmp_signed("<", ir.Constant(v16, list(range(16))), rems)
             d = builder.select(mask, builder.call(fabs, [builder.fsub(av, bv)]), ir.Constant(vt, None))
-            v = builder.fadd(acc, d)
+            with_tail = builder.fadd(acc, d)
+            builder.branch(tree)
+            builder.position_at_end(tree)
+            v = builder.phi(vt)
+            v.add_incoming(acc, check)
+            v.add_incoming(with_tail, tail)
             for half in (8, 4, 2):
                 lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half))))
                 hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half, 2 * half))))
