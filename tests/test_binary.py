@@ -1,5 +1,9 @@
 """Binary and low-bit networks: quantizer gradients, packing, exact xnor-popcount products."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -363,3 +367,30 @@ def test_xnor_scale_map_of_the_kernels_equals_the_reference(channels_last):
     k_max = float(rb.input_scale_map(x, [3, 2], [2, 1], [1, 0]).max())
     bound = layer.n_bits * k_max * (c + 6 + 4) * 2.0**-24
     assert (got - want).abs().max() <= bound
+
+
+_CACHE_PROBE = """
+import torch
+import torchslim.runtime.binary as rb
+layer = rb.PackedBinaryConv2d(20, 16, [3, 3], [1, 1], [1, 1], input_scaling=True, threshold=True)
+layer(torch.randn(2, 20, 6, 6).contiguous(memory_format=torch.channels_last))
+k = rb._numba_kernels()
+misses = sum(sum(f.stats.cache_misses.values()) for f in k.values())
+print(misses, sum(sum(f.stats.cache_hits.values()) for f in k.values()))
+"""
+
+
+def test_binary_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
+    """A second process loads the compiled binary kernels instead of compiling them again. Catches:
+    kernels whose cache key changes in every process (jitted helpers held in a closure: numba keys a
+    function by its closure's pickled contents), which cost 8-14 s on every first binary forward."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def misses_hits() -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True, check=True)
+        misses, hits = out.stdout.split()
+        return int(misses), int(hits)
+
+    assert misses_hits()[0] > 0  # an empty cache compiles: the check below can fail
+    misses, hits = misses_hits()
+    assert misses == 0 and hits > 0
