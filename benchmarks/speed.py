@@ -8,7 +8,11 @@ exported ONNX graph) and, with --compile, torch.compile (inductor; compiling tak
 Targets are the speed-ups at batch 256 against the float32 model in plain PyTorch; each row says
 whether its target is met, and ``speedup_*`` against the float model in the same engine says
 how much of it the compression itself gives. For every artifact the eager run is profiled per
-layer type (share of the batch-256 time), so that a miss shows where its time goes.
+layer type (share of the batch-256 time), so that a miss shows where its time goes. Every model
+runs in every engine once per round, ``--rounds`` rounds over all of them in turn, and each
+entry keeps its fastest round: this VM's speed drifts for minutes at a time, so timing one model
+after another put some ratios' two sides in different stretches (in one run XNOR vgg_small 27 ms
+against 20-21 ms in interleaved rounds minutes later).
 
 Writes benchmarks/results/speed.{json,md}. Run it alone on a quiet machine.
 
@@ -120,73 +124,78 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes per model)")
     ap.add_argument("--only", nargs="*", help="artifacts to run (default: all)")
     ap.add_argument("--isa", choices=["native", "avx2"], default="native", help="avx2: as on an AVX2-only CPU")
+    ap.add_argument("--rounds", type=int, default=3, help="timing rounds over all models (the fastest kept)")
     a = parse(ap)
     if a.isa == "avx2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":  # again, with the caps set
         import sys
 
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
     names = ["pytorch", "eager", "onnxruntime"] + (["compile"] if a.compile else [])
-    floats: dict[str, dict[str, dict]] = {}
-    rows = []
-
-    def timings(model: nn.Module) -> dict[str, dict]:
-        """Each engine's median at batch 1 and 256, the smaller of two rounds (engines interleaved):
-        this VM's first seconds of a new shape, and other tenants, only ever add time."""
-        runs, out = {}, {}
+    avx2 = a.isa == "avx2"
+    cpu = cpu_info() + (", run as AVX2-only: oneDNN capped at AVX2, numba for Haswell" if avx2 else "")
+    out = RES / ("speed_avx2" if avx2 else "speed")
+    chosen = [
+        n
+        for n in TARGETS
+        if (not a.only or n in a.only) and (ART / f"{n}.slim").exists() and not (avx2 and n == "vgg_small_int8")
+    ]  # fbgemm's int8 kernels are not capped by --isa avx2
+    seq = list(dict.fromkeys(x for n in chosen for x in (TARGETS[n][0], n)))  # each float model before its own
+    models = {n: ts.load(ART / f"{n}.slim") for n in seq}
+    runs, t = {}, {n: {} for n in seq}
+    for n in seq:
         for engine in names:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    runs[engine] = engines.build(engine, model, SHAPE)
+                    runs[n, engine] = engines.build(engine, models[n], SHAPE)
             except Exception as e:  # noqa: BLE001 - an engine that cannot run the model is reported
-                out[engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
-        for _ in range(2):
-            for engine, run in runs.items():
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        t = {f"b{b}": round(latency_ms(run, SHAPE, b, min_run_time=0.5), 3) for b in (1, 256)}
-                except Exception as e:  # noqa: BLE001
-                    out[engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
-                    continue
-                prev = out.get(engine, {})
-                out[engine] = {k: min(v, prev.get(k, v)) for k, v in t.items()}
-        return out
-
-    avx2 = a.isa == "avx2"
-    cpu = cpu_info() + (", run as AVX2-only: oneDNN capped at AVX2, numba for Haswell" if avx2 else "")
-    out = RES / ("speed_avx2" if avx2 else "speed")
-    for name, (base, target, target_b1) in TARGETS.items():
-        if (a.only and name not in a.only) or not (ART / f"{name}.slim").exists():
-            continue
-        if avx2 and name == "vgg_small_int8":  # fbgemm's int8 kernels are not capped
-            continue
-        if base not in floats:
-            floats[base] = timings(ts.load(ART / f"{base}.slim"))
-            for engine, t in floats[base].items():
+                t[n][engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    # Every model in every engine timed once per round, the rounds over all of them in turn, and the
+    # smallest median of the rounds kept: this VM's speed drifts over minutes (other tenants; the
+    # same model 20-40 % slower for a while), and only ever adds time, so each entry gets several
+    # chances spread over the whole run, and a ratio compares times from the same stretch of it.
+    for rnd in range(a.rounds):
+        for (n, engine), run in runs.items():
+            if "error" in t[n].get(engine, {}):
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    got = {f"b{b}": round(latency_ms(run, SHAPE, b, min_run_time=0.5), 3) for b in (1, 256)}
+            except Exception as e:  # noqa: BLE001
+                t[n][engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+                continue
+            prev = t[n].get(engine, {})
+            t[n][engine] = {k: min(v, prev.get(k, v)) for k, v in got.items()}
+        print(f"round {rnd + 1}/{a.rounds} done", flush=True)
+    rows = []
+    for n in seq:
+        if n not in TARGETS:  # a float baseline
+            for engine, te in t[n].items():
                 rows.append(
-                    {"artifact": f"{base}.slim", "engine": engine, **_ms(t), "cpu": cpu, "allocator": allocator()}
+                    {"artifact": f"{n}.slim", "engine": engine, **_ms(te), "cpu": cpu, "allocator": allocator()}
                 )
                 print(json.dumps(rows[-1]), flush=True)
-        fb = floats[base]
-        best = min((t["b256"] for t in fb.values() if "b256" in t), default=None)
-        model = ts.load(ART / f"{name}.slim")
-        prof = profile(engines.build("eager", model, SHAPE))
-        for engine, t in timings(model).items():
+            continue
+        base, target, target_b1 = TARGETS[n]
+        fb = t[base]
+        best = min((x["b256"] for x in fb.values() if "b256" in x), default=None)
+        prof = profile(runs[n, "eager"])
+        for engine, te in t[n].items():
             r = {
-                "artifact": f"{name}.slim",
+                "artifact": f"{n}.slim",
                 "engine": engine,
-                **_ms(t),
+                **_ms(te),
                 "cpu": cpu,
                 "allocator": allocator(),
                 "threads": torch.get_num_threads(),
             }
-            if "b256" in t and "b256" in fb.get(engine, {}):
-                r["speedup_b1"] = round(fb[engine]["b1"] / t["b1"], 2)
-                r["speedup_b256"] = round(fb[engine]["b256"] / t["b256"], 2)
-                r["vs_float_pytorch_b256"] = round(fb["pytorch"]["b256"] / t["b256"], 2)
-                r["vs_best_float_b256"] = round(best / t["b256"], 2)
-                r["vs_float_pytorch_b1"] = round(fb["pytorch"]["b1"] / t["b1"], 2)
+            if "b256" in te and "b256" in fb.get(engine, {}):
+                r["speedup_b1"] = round(fb[engine]["b1"] / te["b1"], 2)
+                r["speedup_b256"] = round(fb[engine]["b256"] / te["b256"], 2)
+                r["vs_float_pytorch_b256"] = round(fb["pytorch"]["b256"] / te["b256"], 2)
+                r["vs_best_float_b256"] = round(best / te["b256"], 2)
+                r["vs_float_pytorch_b1"] = round(fb["pytorch"]["b1"] / te["b1"], 2)
             if target is not None:
                 r["target_b256"] = f">= {target}x" + (f" (b1 >= {target_b1}x)" if target_b1 else "")
                 if "vs_float_pytorch_b256" in r:

@@ -28,6 +28,7 @@ HEADLINE = [
     ("vgg_small_bwn.slim", "binary weights (BWN)", "binary"),
     ("vgg_small_xnor.slim", "XNOR-Net + Bi-Real shortcuts, learned thresholds, KD", "binary"),
     ("vgg_small_bnn.slim", "BNN + Bi-Real shortcuts, learned thresholds and scales, KD", "binary"),
+    ("vgg_small_bnn_plain.slim", "BNN without shortcuts (bits between binary convs), learned thresholds, KD", "binary"),
 ]
 
 
@@ -170,7 +171,7 @@ PAPERS = [
         "88.6 % (-1.7 pp vs float)",
         "CIFAR-10",
         "binary",
-        {"model": "vgg_small", "method": "binary.bnn"},
+        {"model": "vgg_small", "method": "binary.bnn", "artifact": "vgg_small_bnn.slim"},
         "vgg_small, Bi-Real shortcuts + learned thresholds and scales + KD, 8 epochs",
     ),
     (
