@@ -146,8 +146,7 @@ def fused_binary(model: nn.Module) -> nn.Module:
             else:
                 reads_bits = isinstance(m, PackedBinaryConv2d) and m.binary_input and not m.input_scaling
                 if bits and reads_bits and not m.shortcut and calls[user.target] == 1 and conv.binary_input:
-                    view(conv).emit = (m.threshold, tuple(m.padding))
-                    view(m)  # a copy, though unchanged: it reads the words its input now is
+                    view(conv).emit = (m.threshold, tuple(m.padding))  # m reads any integer input as words
                 break
     return with_modules(model, lambda m: swap.get(id(m))) if swap else model
 
