@@ -431,7 +431,7 @@ class _BinaryChainNet(nn.Module):
 
 
 @pytest.mark.parametrize("k_last", [False, True])
-def test_binary_convs_pass_packed_signs_to_the_next_binary_conv_exactly(k_last):
+def test_binary_convs_pass_packed_signs_to_the_next_binary_conv_exactly(k_last, tmp_path):
     """``fused_binary`` makes a binary conv whose output only another binary conv reads emit that
     conv's packed input words (its sign bits after its threshold, pooling as an AND of words): the
     outputs equal the unfused model's bit for bit, NCHW or NHWC input, any batch, and a NaN output
@@ -461,3 +461,7 @@ def test_binary_convs_pass_packed_signs_to_the_next_binary_conv_exactly(k_last):
     assert fused.b2(words).dtype == (torch.float32 if k_last else torch.int32)  # b3's 24 channels: 32-bit words
     with pytest.raises(RuntimeError, match="numba kernels on the CPU"):
         _BinaryChainNet(True).b3(words)  # a conv with K cannot read words
+    ts.save(model, tmp_path / "chain.slim")  # a user's model saved and reloaded runs the same bit chain
+    reloaded = ts.load(tmp_path / "chain.slim", model=_BinaryChainNet(k_last)).eval()
+    with torch.no_grad():
+        assert torch.equal(engines.build("eager", reloaded, (3, 16, 23))(x), model(x))

@@ -286,9 +286,9 @@ def packers(wb):
     def pack_nhwc(x, t, ph, pw, out, asum, want_abs):
         # float32 (B, H, W, C) -> words (B, H+2ph, W+2pw, nw) of wb bits: a pixel's channels are
         # contiguous, so each word is wb consecutive compares; with want_abs, asum[b, 0] = sum_c
-        # |x - t|, per word in pack_nchw's order (16 lanes, 16 channels at a time), words added in
-        # order. (Lane partials kept per row and their tree run over the row's pixels at once
-        # measured 1.4-1.6x slower than this per-pixel tree.)
+        # |x - t|, per word in pack_nchw's order (abs_lane_sum: 16 lanes, then the tree, in vector
+        # registers), words added in order. (Lane partials kept per row, their tree run over the
+        # row's pixels at once, measured 1.4-1.6x slower than a per-pixel tree.)
         nb, h, w, c = x.shape
         nw = out.shape[3]
         for idx in prange(nb * h):

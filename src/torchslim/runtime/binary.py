@@ -91,7 +91,7 @@ def _kernels(t: torch.Tensor) -> dict | bool:
     return k
 
 
-def _u64(t: torch.Tensor):
+def _unsigned(t: torch.Tensor):
     """Packed words as unsigned numpy words of their width (int32 -> uint32, int64 -> uint64)."""
     return t.contiguous().numpy().view("uint32" if t.dtype == torch.int32 else "uint64")
 
@@ -128,7 +128,7 @@ def popcount_xor(a: torch.Tensor, b: torch.Tensor, b_t: torch.Tensor | None = No
     if not k:
         return popcount_xor_reference(a, b)
     out = torch.empty(a.shape[0], b.shape[0], dtype=torch.int32)
-    k["gemm"](_u64(a), _u64(b.t().contiguous() if b_t is None else b_t), out.numpy())
+    k["gemm"](_unsigned(a), _unsigned(b.t().contiguous() if b_t is None else b_t), out.numpy())
     return out
 
 
@@ -384,10 +384,10 @@ class PackedBinaryConv2d(_PackedBase):
                 xd = x.detach().float()
                 if nhwc:
                     xd = xd.permute(0, 2, 3, 1).contiguous().numpy()
-                    k[f"pack_nhwc{bits}"](xd, t, ph, pw, _u64(words), asum.numpy(), self.input_scaling)
+                    k[f"pack_nhwc{bits}"](xd, t, ph, pw, _unsigned(words), asum.numpy(), self.input_scaling)
                 else:
                     k[f"pack_nchw{bits}"](
-                        xd.contiguous().numpy(), t, ph, pw, _u64(words), asum.numpy(), self.input_scaling
+                        xd.contiguous().numpy(), t, ph, pw, _unsigned(words), asum.numpy(), self.input_scaling
                     )
             kmap = torch.empty(b, ho, wo) if self.input_scaling else torch.ones(b, ho, wo)
             if self.input_scaling:
@@ -408,8 +408,8 @@ class PackedBinaryConv2d(_PackedBase):
                 res = res.detach().float()
                 res = res.permute(0, 2, 3, 1).contiguous() if form != "conv" else res.contiguous()
             k[form](
-                _u64(words),
-                _u64(self.kernel_words()),
+                _unsigned(words),
+                _unsigned(self.kernel_words()),
                 sh,
                 sw,
                 float(self.n_bits),
@@ -424,7 +424,7 @@ class PackedBinaryConv2d(_PackedBase):
                 tq.numpy(),
                 qph,
                 qpw,
-                _u64(nxt),
+                _unsigned(nxt),
             )
             if emit:
                 return nxt, True
