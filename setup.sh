@@ -4,6 +4,10 @@
 #   2. a virtualenv in .venv,
 #   3. PyTorch 2.13.0 (CPU build; installed first so that pip does not pull a CUDA build),
 #   4. torchslim itself, editable, with its dev extras (pytest, hypothesis, matplotlib).
+# `bash setup.sh --zoo` also makes .venv-zoo, the environment of the real-architecture sweep:
+# timm and torchvision beside torch 2.14.1 (PyPI's torchvision does not import beside the CPU
+# torch 2.13.0 wheel; 2.14.1 + torchvision 0.29.1 is a matching pair, a ~5.5 GB CUDA build that
+# runs on the CPU). The default set-up stays light; the tests run the sweep's CI subset there.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -28,4 +32,11 @@ echo "== torch 2.13.0 (CPU)"
 echo "== torchslim[dev]"
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/torchslim list models >/dev/null
+if [ "${1:-}" = "--zoo" ]; then
+  echo "== .venv-zoo: torch 2.14.1 + torchvision 0.29.1 + timm (real-architecture sweep)"
+  [ -x .venv-zoo/bin/python ] || "$PY" -m venv .venv-zoo
+  .venv-zoo/bin/python -c "import timm, torchvision" 2>/dev/null ||
+    .venv-zoo/bin/pip install -q "torch==2.14.1" "torchvision==0.29.1" "timm==1.0.31"
+  .venv-zoo/bin/pip install -q -e ".[dev]"
+fi
 echo "== done: .venv/bin/torchslim run recipes/quickstart.yaml"

@@ -23,7 +23,7 @@ from safetensors.torch import save as st_save
 from torchslim._files import atomic_write
 from torchslim.core import inputs
 from torchslim.core.state import slim_state
-from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides, layer_specs
+from torchslim.export.spec import apply_overrides, changed_layers, diff_overrides, layer_specs, resize_to
 from torchslim.runtime.base import RuntimeLayer
 
 FORMAT = "torchslim/1"
@@ -293,9 +293,13 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             "saved from?)"
         )
     try:
+        resize_to(model, tensors)  # layers a method resized that the spec cannot name (subclasses)
         model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise SlimFileError(f"{path}: tensors do not fit the architecture: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, ValueError) as e:
+        detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:1500]
+        raise SlimFileError(
+            f"{path}: tensors do not fit the architecture of {type(model).__name__}: {detail}"
+        ) from None
     for name, m in model.named_modules():  # indices and lengths are checked before anything runs
         if isinstance(m, RuntimeLayer):
             try:

@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from torchslim.core.surgery import set_module
@@ -223,3 +224,76 @@ def apply_overrides(model: nn.Module, overrides: Any) -> nn.Module:
         except AttributeError:
             raise ValueError(f"the file overrides module {path!r}, which the model does not have") from None
     return model
+
+
+# Layers a structured method may resize in place (filter pruning, slimming), by base class: the
+# user's subclasses of them (timm's BatchNormAct2d / LayerNorm2d / Conv2dSame, ...) are not
+# storable types, so a reload gives them the shapes of the file's tensors instead. Each rule sets
+# the layer's size attributes from its new weight (or running-mean) shape.
+def _resize_conv(m: nn.Conv2d, shapes: dict[str, torch.Size]) -> None:
+    out, per_group = shapes["weight"][0], shapes["weight"][1]
+    if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise stays depthwise
+        m.groups = out
+    m.out_channels, m.in_channels = out, per_group * m.groups
+
+
+def _resize_linear(m: nn.Linear, shapes: dict[str, torch.Size]) -> None:
+    m.out_features, m.in_features = shapes["weight"]
+
+
+def _resize_bn(m: nn.modules.batchnorm._NormBase, shapes: dict[str, torch.Size]) -> None:
+    m.num_features = (shapes.get("weight") or shapes["running_mean"])[0]
+
+
+def _resize_ln(m: nn.LayerNorm, shapes: dict[str, torch.Size]) -> None:
+    m.normalized_shape = tuple(shapes["weight"])
+
+
+def _resize_gn(m: nn.GroupNorm, shapes: dict[str, torch.Size]) -> None:
+    m.num_channels = shapes["weight"][0]
+
+
+_RESIZE: dict[type, Callable[[nn.Module, dict[str, torch.Size]], None]] = {
+    nn.Conv2d: _resize_conv,
+    nn.Linear: _resize_linear,
+    nn.modules.batchnorm._NormBase: _resize_bn,
+    nn.LayerNorm: _resize_ln,
+    nn.GroupNorm: _resize_gn,
+}
+
+
+def resize_to(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Give every layer of ``model`` whose own parameters / buffers have other shapes in
+    ``tensors`` (a state dict) those shapes, when its class derives from a resizable layer
+    (``_RESIZE``, looked up along the MRO); returns the paths resized. A mismatch anywhere else
+    raises ValueError naming each parameter with both shapes."""
+    resized, bad = [], []
+    for path, m in model.named_modules():
+        own = dict(m.named_parameters(recurse=False)) | dict(m.named_buffers(recurse=False))
+        pre = f"{path}." if path else ""
+        diff = {
+            n: tensors[pre + n].shape
+            for n, t in own.items()
+            if pre + n in tensors and tensors[pre + n].shape != t.shape
+        }
+        if not diff:
+            continue
+        rule = next((_RESIZE[c] for c in type(m).__mro__ if c in _RESIZE), None)
+        if rule is None or any(t.dim() != tensors[pre + n].dim() for n, t in own.items() if pre + n in tensors):
+            bad += [f"{pre}{n}: file {list(s)} vs model {list(own[n].shape)}" for n, s in diff.items()]
+            continue
+        new = {n: tensors[pre + n].shape if pre + n in tensors else t.shape for n, t in own.items()}
+        rule(m, new)
+        for n, s in diff.items():
+            t = own[n]
+            fresh = torch.empty(s, dtype=t.dtype, device=t.device)
+            if isinstance(t, nn.Parameter):
+                setattr(m, n, nn.Parameter(fresh, requires_grad=t.requires_grad))
+            else:
+                m._buffers[n] = fresh
+        resized.append(path)
+    if bad:
+        raise ValueError(
+            f"size mismatch for {len(bad)} tensor(s): " + "; ".join(bad[:8]) + ("; ..." if len(bad) > 8 else "")
+        )
+    return resized

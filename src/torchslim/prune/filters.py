@@ -270,6 +270,12 @@ class FiltersMethod(Method):
                 for module, fn, idxs in group:
                     if _is_out_fn(fn) and idxs:
                         _mask_channels(module, idxs)
+        if not any(idxs for group in groups for _, fn, idxs in group if _is_out_fn(fn)):
+            warnings.warn(
+                f"{config.method}: no channel was selected for removal (ratio {ratio:.3g}: every prunable "
+                "group too small, frozen, or its importances tied, e.g. untrained BatchNorm scales); "
+                "the model is unchanged"
+            )
         model.train(was)
         return model
 
