@@ -52,7 +52,8 @@ def markdown(cells: list[dict], archs: list[str], methods: list[str]) -> str:
         "load(fresh instance) -> ONNX Runtime).",
         "",
         f"{len(cells)} cells: {counts['ok']} ok ({skips} of them skip layers with one warning), "
-        f"{counts['refused']} refused with a clear error, {counts['crash']} crash, {counts['wrong']} silently "
+        f"{counts['refused']} refused with a clear error, {counts['warned']} warned at compress_ that the "
+        f"outputs are not finite, {counts['crash']} crash, {counts['wrong']} silently "
         f"wrong, {counts['no-op']} silent no-op.",
         "",
     ]
@@ -63,11 +64,14 @@ def markdown(cells: list[dict], archs: list[str], methods: list[str]) -> str:
         row = []
         for a in archs:
             c = by.get((m, a))
-            row.append(
-                "" if c is None else {"ok": "ok" + ("*" if c["skipped"] else "")}.get(c["outcome"], c["outcome"])
-            )
+            mark = ("*" if c and c["skipped"] else "") + ("°" if c and c.get("onnx", "ok") != "ok" else "")
+            row.append("" if c is None else {"ok": "ok" + mark}.get(c["outcome"], c["outcome"]))
         lines.append(f"| {m} | " + " | ".join(row) + " |")
-    lines += ["", "`ok*`: ok, with the layers the method cannot handle kept as they were (one warning names them)."]
+    lines += [
+        "",
+        "`ok*`: ok, with the layers the method cannot handle kept as they were (one warning names them); "
+        "`°`: export_onnx refused with a clear error (an operator ONNX cannot express at this input size).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -99,7 +99,10 @@ CI_ARCHS = (
 # int8 in ONNX Runtime rounds requantization ties its own way, layer after layer; every other
 # converted form is an exact expansion there (float rounding only)
 ONNX_REL = {"quant.uniform": 0.05}
-EXACT_REL = 1e-4  # float rounding through up to ~100 layers, relative to the output's norm
+EXACT_REL = 1e-4  # converted vs prepared: float rounding through up to ~100 layers, relative to the norm
+# ONNX Runtime sums in other orders than torch (its own conv / GEMM kernels, fused ops): random-init
+# deep nets (ViT, mobilenets) amplify that to a few 1e-4 of the output norm
+ONNX_EXACT_REL = 1e-3
 
 
 def available() -> bool:
@@ -152,12 +155,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 class Cell:
     method: str
     arch: str
-    outcome: str = "ok"  # ok | refused | crash | wrong | no-op
+    outcome: str = "ok"  # ok | refused | warned (non-finite, said at compress_) | crash | wrong | no-op
     step: str = ""
     detail: str = ""
     skipped: list[str] = field(default_factory=list)  # warnings naming skipped layers
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    onnx: str = "ok"  # or "refused: ..." (export_onnx's clear error), or "not run"
+    sensitivity: float = 0.0  # relative output change of the prepared model under a 1e-6 input nudge
 
     @property
     def failed(self) -> bool:
@@ -165,7 +170,8 @@ class Cell:
 
     def summary(self) -> str:
         if self.outcome == "ok":
-            return "ok" + (f", skips ({len(self.skipped)} warning)" if self.skipped else "")
+            no_onnx = ", ONNX refused" if self.onnx != "ok" else ""
+            return "ok" + (f", skips ({len(self.skipped)} warning)" if self.skipped else "") + no_onnx
         return f"{self.outcome}" + (f" at {self.step}" if self.step else "") + f": {self.detail[:90]}"
 
     def as_dict(self) -> dict:
@@ -241,7 +247,16 @@ def run_cell(method: str, arch: str, tmp: Path, onnx: bool = True) -> Cell:
             cell.seconds["compress"] = time.perf_counter() - t0
             step = "prepared forward"
             prepared = _outputs(model.eval(), x)
+            said = [str(w.message) for w in caught if "not finite" in str(w.message)]
+            if said and any(not torch.isfinite(p).all() for p in prepared):
+                cell.outcome, cell.detail = "warned", said[0][:300]  # non-finite, and compress_ said so
+                return cell
             _check(ref, prepared, step, None)
+            # the prepared model's own sensitivity to float rounding: a 1e-6 relative nudge of the input
+            # (random-init binary nets amplify rounding ~1e5-fold: BinaryConnect's mobilenetv2)
+            nudged = x * (1 + 1e-6 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
+            sens = max(rel(a, b) for a, b in zip(_outputs(model, nudged), prepared))
+            cell.sensitivity = sens
             step = "prepared train forward"
             call(copy.deepcopy(model).train(), x)
             step = "convert_"
@@ -250,7 +265,11 @@ def run_cell(method: str, arch: str, tmp: Path, onnx: bool = True) -> Cell:
             cell.seconds["convert"] = time.perf_counter() - t0
             step = "converted forward"
             converted = _outputs(model.eval(), x)
-            _check(prepared, converted, "converted vs prepared", None if method in REMOVES_CHANNELS else EXACT_REL)
+            bound = max(EXACT_REL, 10 * sens)
+            declared = any("differs from the masked" in str(w.message) for w in caught)  # and says why
+            _check(
+                prepared, converted, "converted vs prepared", None if method in REMOVES_CHANNELS or declared else bound
+            )
             step = "converted train forward"
             call(copy.deepcopy(model).train(), x)
             step = "save"
@@ -264,9 +283,19 @@ def run_cell(method: str, arch: str, tmp: Path, onnx: bool = True) -> Cell:
             if onnx:
                 step = "onnx export"
                 t0 = time.perf_counter()
-                ts.export_onnx(loaded, x, tmp / "m.onnx")
+                try:
+                    ts.export_onnx(loaded, x, tmp / "m.onnx")
+                except ValueError as e:  # a clear refusal (an operator ONNX cannot express here)
+                    cell.onnx = f"refused: {str(e)[:200]}"
+                    onnx = False
+            if onnx:
                 step = "onnxruntime"
-                _check(converted, _ort(tmp / "m.onnx", x), "ONNX Runtime vs torch", ONNX_REL.get(method, EXACT_REL))
+                _check(
+                    converted,
+                    _ort(tmp / "m.onnx", x),
+                    "ONNX Runtime vs torch",
+                    max(ONNX_REL.get(method, ONNX_EXACT_REL), 10 * sens),
+                )
                 cell.seconds["onnx"] = time.perf_counter() - t0
             messages = [str(w.message) for w in caught if "torchslim" in Path(w.filename).parts]
             cell.skipped = [m for m in messages if "keeping" in m or "skipping" in m]

@@ -50,6 +50,6 @@ def test_method_on_real_architecture(cells, method, arch):
     train-only branches, token-shaped inputs), silently wrong outputs (converted != prepared,
     ONNX Runtime != torch, non-finite) and silent no-ops."""
     cell = cells[method, arch]
-    assert cell["outcome"] in ("ok", "refused"), cell["summary"]
-    if cell["outcome"] == "refused":
+    assert cell["outcome"] in ("ok", "refused", "warned"), cell["summary"]
+    if cell["outcome"] in ("refused", "warned"):
         assert len(cell["detail"]) > 20, "a refusal must say why"

@@ -175,13 +175,40 @@ def test_full_range_activations_differ_from_fake_quant_by_rare_ties_only():
         assert int((diff > 0).sum()) <= diff.numel() // 50 and float(diff.max()) <= step * (1 + 1e-5), name
 
 
-def test_reduce_range_follows_the_cpu_unless_given():
-    """Catches: the CPU rule inverted (7 bits on a VNNI CPU), or an explicit choice overridden."""
-    from torchslim.measure.latency import cpu_flags
+def test_reduce_range_defaults_to_seven_bits_unless_given():
+    """Catches: 8-bit ranges by default (fbgemm saturates int16 sums on some shapes even with
+    VNNI), an explicit choice overridden, or 8 bits chosen without a warning."""
     from torchslim.quant.uniform import reduce_range
 
-    assert reduce_range(Uniform()) is ("avx512_vnni" not in cpu_flags())
+    assert reduce_range(Uniform()) is True
     assert reduce_range(Uniform(reduce_range=True)) is True and reduce_range(Uniform(reduce_range=False)) is False
+    data = [(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))]
+    with pytest.warns(UserWarning, match="saturate"):
+        ts.compress_(nn.Sequential(nn.Conv2d(3, 4, 3)), Uniform(reduce_range=False, calib_batches=1), data=data)
+
+
+@pytest.mark.parametrize("reduce", [True, False])
+def test_depthwise_conv_int8_equals_fake_quant(reduce):
+    """A depthwise conv's int8 kernel multiply-adds uint8 x int8 pairs into saturating int16 on
+    every x86 CPU: its input must span 7 bits even with reduce_range=False, and so must the output
+    of the int8 layer that feeds it quantized. Catches: the grouped conv's input at 8 bits (outputs
+    differ by ~5 % of their norm, measured), the chained source's output left at 8 bits."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU(), nn.Conv2d(64, 8, 1)
+    ).eval()
+    with torch.no_grad():  # equal positive weights on near-constant maps: pairs of 255 x 127 overflow int16
+        model[0].weight.abs_()
+        model[2].weight.fill_(0.5)
+    x = 4 + torch.rand(8, 3, 6, 6) * 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts.compress_(model, Uniform(reduce_range=reduce, calib_batches=1), data=[(x, None)])
+    assert model[2].in_levels == 127 and model[0].out_levels == 127
+    with torch.no_grad():
+        prepared = model(x)
+        converted = ts.convert_(model)(x)
+    assert float((converted - prepared).norm() / prepared.norm()) <= 1e-6
 
 
 def test_min_agreement_falls_back_lowest_sqnr_first_until_the_model_agrees(tmp_path):

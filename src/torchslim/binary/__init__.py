@@ -217,6 +217,8 @@ class BinaryConv2d(nn.Conv2d, _BinaryMixin):
 
 class BinaryLinear(nn.Linear, _BinaryMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:  # (batch, ..., features), e.g. a ViT's tokens: every leading position is a row
+            return self.forward(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
         xs = self.shifted(x)
         return self.scaled(F.linear(self.binary_input(xs), self.binary_weight()), xs)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
+import torch
 import torch.nn as nn
 
 from torchslim.core import inputs
@@ -46,7 +48,30 @@ def compress_(
     else:
         model = handler.prepare(model, config) or model
     slim_state(model).pending.append(config)
+    _warn_if_not_finite(model, config)
     return model
+
+
+def _warn_if_not_finite(model: nn.Module, config: MethodConfig) -> None:
+    """One eval-mode forward on the remembered example input: a prepared model whose outputs are
+    NaN / inf says so at once (e.g. BinaryConnect's unscaled +/-1 weights through 100+ layers)."""
+    x = slim_state(model).example_inputs
+    if x is None:
+        return
+    was = model.training
+    try:
+        with torch.no_grad():
+            out = inputs.call(model.eval(), x)
+    except Exception:  # noqa: BLE001 - a model that cannot run here fails where it is used, with its own error
+        return
+    finally:
+        model.train(was)
+    parts = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
+    if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in parts):
+        warnings.warn(
+            f"{config.method}: the prepared model's outputs on example_inputs are not finite (NaN / inf); "
+            "fine-tuning will not recover from that: exclude layers, use a scaled variant, or check the input"
+        )
 
 
 def convert_(model: nn.Module) -> nn.Module:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from torchslim.core.config import MethodConfig
 from torchslim.core.registry import Method, register_method
@@ -111,13 +112,16 @@ def fold_all(
     fold: Callable = fold_pair,
     pairs: dict | None = None,
     keep: Callable[[str, str], bool] = lambda layer, bn: True,
-) -> None:
+) -> int:
     """For every (layer, BN) pair that ``keep`` accepts, the layer becomes ``fold(layer, bn)`` and the BN
-    ``nn.Identity`` (``pairs`` as in :func:`conv_bn_pairs`)."""
+    ``nn.Identity`` (``pairs`` as in :func:`conv_bn_pairs`); returns the number folded."""
+    n = 0
     for layer_name, bn_name in conv_bn_pairs(model, pairs):
         if keep(layer_name, bn_name):
             set_module(model, layer_name, fold(get_module(model, layer_name), get_module(model, bn_name)))
             set_module(model, bn_name, nn.Identity())
+            n += 1
+    return n
 
 
 @register_method("core.fold_bn")
@@ -132,5 +136,18 @@ class FoldBNMethod(Method):
     @classmethod
     def convert(cls, model: nn.Module, config: FoldBN) -> nn.Module:
         chosen = {name for name, _, _ in select(model, config, tuple(_PAIRS))}
-        fold_all(model, keep=lambda layer, bn: bn in chosen)
+        folded = fold_all(model, keep=lambda layer, bn: bn in chosen)
+        # subclasses (timm's BatchNormAct2d: BatchNorm + activation + drop) are more than an affine map
+        others = [n for n, m in model.named_modules() if isinstance(m, _BatchNorm) and type(m) not in _PAIRS]
+        if others or not folded:
+            kinds = sorted({type(model.get_submodule(n)).__name__ for n in others})
+            kept = (
+                f"; kept {len(others)} BatchNorm subclasses {kinds} unfolded (more than an affine map, e.g. "
+                f"with an activation), e.g. {others[:3]}"
+                if others
+                else "; none follows a conv / linear it alone reads"
+            )
+            warnings.warn(
+                f"core.fold_bn: folded {folded} BatchNorm layers{kept}" + ("" if folded else ": model unchanged")
+            )
         return model

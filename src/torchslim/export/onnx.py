@@ -87,16 +87,24 @@ def export_onnx(
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            low,
-            args,
-            str(tmp),
-            dynamo=False,
-            opset_version=opset,
-            input_names=names,
-            output_names=outputs,
-            dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]},
-        )
+        try:
+            torch.onnx.export(
+                low,
+                args,
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]},
+            )
+        except torch.onnx.errors.OnnxExporterError as e:  # an operator ONNX cannot express at this input
+            tmp.unlink(missing_ok=True)
+            raise ValueError(
+                f"ONNX cannot express this model at input {inputs.shape_of(example_inputs)}: "
+                f"{str(e).splitlines()[0][:200]} (e.g. adaptive pooling to a size that does not divide its "
+                "input: export at the input size the model is deployed at)"
+            ) from None
     graph = onnx.load(str(tmp))
     if int8_initializers:
         _fold_weight_quantization(graph)

@@ -231,6 +231,8 @@ def apply_overrides(model: nn.Module, overrides: Any) -> nn.Module:
 # storable types, so a reload gives them the shapes of the file's tensors instead. Each rule sets
 # the layer's size attributes from its new weight (or running-mean) shape.
 def _resize_conv(m: nn.Conv2d, shapes: dict[str, torch.Size]) -> None:
+    if tuple(shapes["weight"][2:]) != tuple(m.weight.shape[2:]):
+        raise ValueError("only channel counts may differ")  # a kernel size is no pruning
     out, per_group = shapes["weight"][0], shapes["weight"][1]
     if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise stays depthwise
         m.groups = out
@@ -251,6 +253,10 @@ def _resize_ln(m: nn.LayerNorm, shapes: dict[str, torch.Size]) -> None:
 
 def _resize_gn(m: nn.GroupNorm, shapes: dict[str, torch.Size]) -> None:
     m.num_channels = shapes["weight"][0]
+
+
+def _resize_none(m: nn.Module, shapes: dict[str, torch.Size]) -> None:
+    """A module's own 1-D per-channel parameters: the tensors alone change size."""
 
 
 _RESIZE: dict[type, Callable[[nn.Module, dict[str, torch.Size]], None]] = {
@@ -278,12 +284,20 @@ def resize_to(model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[str]:
         }
         if not diff:
             continue
+        # no rule: a module's own per-channel vectors (ConvNeXt's layer scale ``gamma``) follow the file,
+        # as Torch-Pruning prunes them; anything else must match
         rule = next((_RESIZE[c] for c in type(m).__mro__ if c in _RESIZE), None)
+        if rule is None and all(own[n].dim() == 1 == len(sh) for n, sh in diff.items()):
+            rule = _resize_none
         if rule is None or any(t.dim() != tensors[pre + n].dim() for n, t in own.items() if pre + n in tensors):
             bad += [f"{pre}{n}: file {list(s)} vs model {list(own[n].shape)}" for n, s in diff.items()]
             continue
         new = {n: tensors[pre + n].shape if pre + n in tensors else t.shape for n, t in own.items()}
-        rule(m, new)
+        try:
+            rule(m, new)
+        except ValueError:
+            bad += [f"{pre}{n}: file {list(s)} vs model {list(own[n].shape)}" for n, s in diff.items()]
+            continue
         for n, s in diff.items():
             t = own[n]
             fresh = torch.empty(s, dtype=t.dtype, device=t.device)

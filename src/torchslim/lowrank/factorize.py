@@ -461,6 +461,15 @@ def _survey(model: nn.Module, config: LowRank, applies: Callable[[nn.Module], bo
         warnings.warn(f"{config.method}: no layer this factorization applies to was selected")
         return None
     inputs = capture_inputs(model, [n for n, _, _ in layers])
+    unreached = [n for n, _, _ in layers if n not in inputs]
+    if unreached:  # e.g. auxiliary heads that run only in train mode: their input shape is unknown
+        warnings.warn(
+            f"{config.method}: keeping {unreached} dense: the eval-mode example input does not reach them "
+            "(train-only branches such as auxiliary heads), so their input size is unknown"
+        )
+        layers = [t for t in layers if t[0] in inputs]
+        if not layers:
+            return None
     outs: dict[str, tuple] = {}
     hooks = [
         m.register_forward_hook(lambda mod, i, o, _n=n: outs.__setitem__(_n, _hw(o)) and None) for n, m, _ in layers

@@ -34,7 +34,7 @@ from torchslim.core import inputs
 from torchslim.core.config import MethodConfig, check_choice, check_int, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.core.surgery import example_inputs
+from torchslim.core.surgery import example_inputs, train_only_layers
 from torchslim.measure.counts import count_macs
 
 ROOTS = (nn.Conv2d, nn.Linear)
@@ -136,6 +136,45 @@ def _units(model: nn.Module) -> list[tuple[nn.Module, torch.Tensor, bool, object
             f"pruning inside {len(units)} traceable submodules, keeping their output channels"
         )
     return units
+
+
+_CHANNEL_STATS = (nn.LayerNorm, nn.GroupNorm)  # norms whose statistics span the channels
+
+
+def trial_prune(model: nn.Module, config: Filters, ratio: float) -> None:
+    """Prune a copy physically and run it: models whose channels are reshaped in ways the
+    dependency graph does not follow (attention heads: qkv -> (3, heads, head_dim)) are refused
+    before anything is masked, naming the failure."""
+    example = example_inputs(model)
+    with torch.no_grad():
+        want = _shapes(inputs.call(model, example))
+    trial = copy.deepcopy(model)
+    try:
+        for pruner in _pruners(trial, config, ratio):  # the dependency graph needs autograd: not in no_grad
+            with torch.no_grad():
+                pruner.step()
+        with torch.no_grad():
+            got = _shapes(inputs.call(trial, example))
+    except Exception as e:  # noqa: BLE001 - any failure of the pruned copy is the reason to refuse
+        got = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    if got != want:
+        raise ValueError(
+            f"{config.method}: the physically pruned model does not run like the original ({got}; "
+            f"outputs {want} expected): its channels are reshaped in ways the dependency graph does not "
+            "follow (e.g. attention heads); exclude those layers (exclude=[...]) or use prune.magnitude"
+        )
+
+
+def refuse_train_only(model: nn.Module, method: str) -> None:
+    """Channel coupling is traced in eval mode: layers only a train-mode forward reaches (auxiliary
+    heads) would keep their old input size and crash in training, so such models are refused."""
+    hidden = train_only_layers(model)
+    if hidden:
+        raise ValueError(
+            f"{method}: layers {hidden[:6]}{' ...' if len(hidden) > 6 else ''} run only in train mode "
+            "(auxiliary heads), so their channel coupling cannot be traced; build the model without them "
+            "(e.g. torchvision googlenet(aux_logits=False)) or set them to None before pruning"
+        )
 
 
 def _out_fn(m: nn.Module):
@@ -258,13 +297,22 @@ class FiltersMethod(Method):
 
     @classmethod
     def prepare(cls, model: nn.Module, config: Filters) -> nn.Module:
+        refuse_train_only(model, config.method)
         was = model.training
         model.eval()
         ratio = _ratio_for_macs(model, config) if config.target_macs is not None else config.ratio
+        trial_prune(model, config, ratio)
         groups = []
         for pruner in _pruners(model, config, ratio):
             for group in pruner.step(interactive=True):
                 groups.append([(dep.target.module, dep.handler, list(idxs)) for dep, idxs in group])
+        norms = sorted({type(m).__name__ for g in groups for m, _, idxs in g if idxs and isinstance(m, _CHANNEL_STATS)})
+        if norms:
+            warnings.warn(
+                f"{config.method}: pruned channels feed {norms} layers, which normalize over channels: the "
+                "masked (prepared) model keeps those channels as zeros in the statistics, the converted model "
+                "removes them, so the converted model differs from the masked one; fine-tune after convert_"
+            )
         with torch.no_grad():
             for group in groups:  # mask after scoring: the pruner must see unmasked weights
                 for module, fn, idxs in group:

@@ -142,6 +142,9 @@ def apply_masks(layers: list[tuple[str, nn.Module, Magnitude]], masks: dict[str,
             tprune.custom_from_mask(m, "weight", mask)
         with torch.no_grad():
             m.weight_orig.mul_(m.weight_mask)
+            # torch's pruning computes ``weight`` once here with autograd; a layer no forward reaches
+            # (a train-only auxiliary head) kept that non-leaf tensor, and deepcopy of the model failed
+            m.weight = m.weight_orig * m.weight_mask
 
 
 class MaskCallback(Callback):

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torchslim.core.config import MethodConfig, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.prune.filters import Filters, FiltersMethod
+from torchslim.prune.filters import Filters, FiltersMethod, refuse_train_only, trial_prune
 from torchslim.train.callbacks import Callback
 
 
@@ -86,7 +86,22 @@ def filter_group_lasso(m: nn.Module) -> torch.Tensor:
     return w.norm(dim=1).sum() * w.shape[1] ** 0.5
 
 
-def _remove(model: nn.Module, filters: Filters) -> nn.Module:
+def _removal(config: Slimming | GroupLasso) -> Filters:
+    """The filter pruning that convert applies: slimming ranks BN gammas, group lasso filter norms."""
+    if isinstance(config, Slimming):
+        return Filters(ratio=config.ratio, criterion="bn_gamma", scope="global")
+    return Filters(ratio=config.ratio, criterion="l2", scope="global", layers=config.layers, exclude=config.exclude)
+
+
+def _check_removable(model: nn.Module, config: Slimming | GroupLasso) -> None:
+    """At prepare, refuse what convert's channel removal could not do (train-only branches,
+    channels the dependency graph does not follow), before any training is spent."""
+    refuse_train_only(model, config.method)
+    trial_prune(model, _removal(config), config.ratio)
+
+
+def _remove(model: nn.Module, config: Slimming | GroupLasso) -> nn.Module:
+    filters = _removal(config)
     FiltersMethod.prepare(model, filters)
     return FiltersMethod.convert(model, filters)
 
@@ -102,6 +117,7 @@ class SlimmingMethod(Method):
                 "prune.slimming needs BatchNorm2d layers (it penalizes their gamma); the model has "
                 "none selected. Use prune.group_lasso or prune.filters instead"
             )
+        _check_removable(model, config)
         return model
 
     @classmethod
@@ -111,12 +127,17 @@ class SlimmingMethod(Method):
 
     @classmethod
     def convert(cls, model: nn.Module, config: Slimming) -> nn.Module:
-        return _remove(model, Filters(ratio=config.ratio, criterion="bn_gamma", scope="global"))
+        return _remove(model, config)
 
 
 @register_method("prune.group_lasso")
 class GroupLassoMethod(Method):
     config_cls = GroupLasso
+
+    @classmethod
+    def prepare(cls, model: nn.Module, config: GroupLasso) -> nn.Module:
+        _check_removable(model, config)
+        return model
 
     @classmethod
     def callbacks(cls, model: nn.Module, config: GroupLasso) -> list[Callback]:
@@ -125,7 +146,4 @@ class GroupLassoMethod(Method):
 
     @classmethod
     def convert(cls, model: nn.Module, config: GroupLasso) -> nn.Module:
-        return _remove(
-            model,
-            Filters(ratio=config.ratio, criterion="l2", scope="global", layers=config.layers, exclude=config.exclude),
-        )
+        return _remove(model, config)

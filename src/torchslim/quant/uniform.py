@@ -6,8 +6,8 @@ Weights: per-output-channel, ``bits`` in 2..8, symmetric (default) or affine (fo
 :mod:`torchslim.runtime.uniform`). Activations (``act_bits=8``): per-tensor affine uint8
 with ranges from calibration batches (running min/max; ``reduce_range`` uses 7 bits, as
 PyTorch's x86 default does, so that CPUs without VNNI do not saturate int16 partial sums; values
-beyond the calibrated range still use the upper half of uint8, as in the deploy kernels; by
-default 7 bits only on a CPU without AVX-512 VNNI).
+beyond the calibrated range still use the upper half of uint8, as in the deploy kernels; 7 bits
+by default: see :func:`reduce_range`).
 
 Prepare folds BatchNorm into the preceding conv/linear (``act_bits=8``), traces the model
 with ``torch.fx`` to find which layer outputs reach only other quantized layers (through
@@ -58,10 +58,10 @@ class Uniform(MethodConfig):
         act_bits: 8 (static int8 activations, runs on the x86 int8 kernels) or 0 (weights only).
         symmetric: symmetric weights (zero point 0); required with ``act_bits=8``.
         calib_batches: calibration batches for activation ranges (``act_bits=8``).
-        reduce_range: 7-bit activations (safe on x86 CPUs without VNNI, whose int8 kernels sum
-            pairs of products in saturating int16); None (default): 7 bits only when this CPU
-            lacks AVX-512 VNNI (the choice is recorded in the model's log). A file made with 8
-            bits still runs on an AVX2-only CPU, where rare large activations may saturate.
+        reduce_range: 7-bit activations (x86 int8 kernels sum pairs of products in saturating
+            int16: on CPUs without VNNI, in grouped convs everywhere, for some shapes with VNNI);
+            None (default) = True. False (8 bits) warns; a grouped conv's input keeps 7 bits
+            even then. The choice is recorded in the model's log.
         min_sqnr: float fallback (``act_bits=8``): a layer whose own int8 error on the calibration
             data has ``SQNR = 10 log10(|y|^2 / |y - y_int8|^2)`` below this many dB stays float
             (squeeze-excitation gates, layers before SiLU / hardswish); None keeps every layer int8.
@@ -117,6 +117,10 @@ class _FakeQuant(nn.Module):
     def _init_fq(self, cfg: Uniform, in_q: bool, out_float: bool, relu_after: bool) -> None:
         self.bits, self.symmetric, self.act_bits = cfg.bits, cfg.symmetric, cfg.act_bits
         self.levels = 127 if reduce_range(cfg) else 255  # the calibrated range spans this many steps
+        # x86 depthwise / grouped int8 kernels multiply-add uint8 x int8 pairs into saturating int16
+        # on every CPU (VNNI too): 2 * 255 * 127 overflows, so their input always spans 7 bits
+        self.in_levels = 127 if isinstance(self, nn.Conv2d) and self.groups > 1 else self.levels
+        self.out_levels = self.levels  # 127 too where a grouped conv reads this output quantized
         self.in_q, self.out_float, self.relu_after = in_q, out_float, relu_after
         self.register_buffer("in_range", torch.tensor([float("inf"), float("-inf")]))
         self.register_buffer("out_range", torch.tensor([float("inf"), float("-inf")]))
@@ -127,13 +131,13 @@ class _FakeQuant(nn.Module):
         scale, zp, qmin, qmax = weight_qparams(self.weight, self.bits, self.symmetric)
         return torch.fake_quantize_per_channel_affine(self.weight, scale, zp.to(torch.int32), 0, qmin, qmax)
 
-    def act_qparams(self, rng: torch.Tensor) -> tuple[float, int]:
-        """(scale, zero point) of range ``rng`` = [min, max], widened to contain 0."""
+    def act_qparams(self, rng: torch.Tensor, levels: int) -> tuple[float, int]:
+        """(scale, zero point) of range ``rng`` = [min, max], widened to contain 0, in ``levels`` steps."""
         lo, hi = min(float(rng[0]), 0.0), max(float(rng[1]), 0.0)
         if hi - lo <= 0:
             return 1.0, 0
-        scale = (hi - lo) / self.levels
-        return scale, int(min(self.levels, max(0, round(-lo / scale))))
+        scale = (hi - lo) / levels
+        return scale, int(min(levels, max(0, round(-lo / scale))))
 
     def _observe(self, rng: torch.Tensor, t: torch.Tensor) -> None:
         t = t.detach()
@@ -142,7 +146,7 @@ class _FakeQuant(nn.Module):
 
     def _fq_act(self, t: torch.Tensor, rng: torch.Tensor, deploy_input: bool = False) -> torch.Tensor:
         """Fake quant with the straight-through gradient (zero outside the uint8 range)."""
-        scale, zp = self.act_qparams(rng)
+        scale, zp = self.act_qparams(rng, self.in_levels if deploy_input else self.out_levels)
         if not deploy_input:  # the kernel's own requantization
             return torch.fake_quantize_per_tensor_affine(t, scale, zp, 0, 255)
         q = act_codes(t.detach(), scale, zp)
@@ -175,7 +179,8 @@ class _FakeQuant(nn.Module):
     def fill(self, new: nn.Module) -> nn.Module:
         new.set_weight(self.weight, self.bias)
         if self.act_bits:
-            (si, zi), (so, zo) = self.act_qparams(self.in_range), self.act_qparams(self.out_range)
+            (si, zi) = self.act_qparams(self.in_range, self.in_levels)
+            (so, zo) = self.act_qparams(self.out_range, self.out_levels)
             new.act = torch.tensor([si, zi, so, zo], dtype=torch.float64)
         return new.to(self.weight.device)
 
@@ -260,16 +265,17 @@ def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
             src = src.args[0]
         if isinstance(src, fx.Node) and quantized(src) and not out[src.target]["out_float"]:
             out[name]["in_q"] = False
+            out[name]["source"] = src.target
     return out
 
 
 def reduce_range(config: Uniform) -> bool:
-    """``config.reduce_range``, or by the CPU when None: 7 bits unless it has AVX-512 VNNI."""
-    if config.reduce_range is not None:
-        return config.reduce_range
-    from torchslim.measure.latency import cpu_flags
-
-    return "avx512_vnni" not in cpu_flags()
+    """``config.reduce_range``, 7 bits when None (as PyTorch's x86 default): fbgemm multiply-adds
+    uint8 x int8 pairs into saturating int16 on CPUs without VNNI, in its depthwise / grouped
+    kernels on every CPU, and for some other shapes on VNNI CPUs too (measured on an AVX-512 VNNI
+    CPU: timm's mobilenetv2_100 converted 4.3 % away from its fake-quant model with 8-bit ranges,
+    0.0 with 7-bit; the hand-written look-alikes never hit it)."""
+    return True if config.reduce_range is None else config.reduce_range
 
 
 def _layer_sqnr(model: nn.Module, batches: list) -> dict[str, float]:
@@ -374,6 +380,13 @@ class UniformMethod(Method):
             warnings.warn("quant.uniform: no Conv2d/Linear layer selected; nothing quantized")
             return model
         was = model.training
+        if config.act_bits and not reduce_range(config):
+            warnings.warn(
+                "quant.uniform: reduce_range=False (8-bit activation ranges): the x86 int8 kernels can "
+                "saturate their int16 partial sums (grouped convs on every CPU, other layers on CPUs without "
+                "VNNI and for some shapes with it), so the converted model may differ from the prepared one; "
+                "keep the default (7 bits) unless its outputs are checked"
+            )
         if config.act_bits:  # a float BatchNorm cannot sit between two int8 layers
             names = {n for n, _, _ in chosen}
             fold_all(model, keep=lambda layer, bn: layer in names)
@@ -391,9 +404,14 @@ class UniformMethod(Method):
             slim_state(model).log.append({"method": "quant.uniform", "layer": "", "reduce_range": reduce_range(config)})
         flags = _flags(model, {n for n, _, _ in chosen}) if config.act_bits else {}
         for name, m, cfg in chosen:
-            f = flags.get(name, {"in_q": True, "out_float": True, "relu_after": False})
+            f = dict(flags.get(name, {"in_q": True, "out_float": True, "relu_after": False}))
+            f.pop("source", None)
             new = (FakeQuantConv2d.from_conv if isinstance(m, nn.Conv2d) else FakeQuantLinear.from_linear)(m, cfg, **f)
             set_module(model, name, new)
+        for name, f in flags.items():  # a grouped conv's quantized input comes as its source's output
+            if "source" in f:
+                source = model.get_submodule(f["source"])
+                source.out_levels = min(source.out_levels, model.get_submodule(name).in_levels)
         if config.act_bits:
             fq = [m for m in model.modules() if isinstance(m, _FakeQuant)]
             for m in fq:
