@@ -161,6 +161,17 @@ def test_binary_lowering_keeps_integer_sums_exact_for_onnx_runtime(tmp_path):
     out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     with torch.no_grad():
         torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+    # this small model's sums happen to stay exact through ORT's fusion (the flip needs a real net:
+    # the binary.bnn cells of tests/test_foreign.py), so the graph's contract is checked too: every
+    # product of binary inputs is rounded before anything multiplies it
+    from torchslim.runtime.binary import _PackedBase
+
+    graph = pytest.importorskip("onnx").load(str(path)).graph
+    binary_inputs = sum(1 for m in model.modules() if isinstance(m, _PackedBase) and m.binary_input)
+    rounded = [n for n in graph.node if n.op_type == "Round"]
+    assert binary_inputs > 0 and len(rounded) == binary_inputs
+    producers = {o: n for n in graph.node for o in n.output}
+    assert all(producers[r.input[0]].op_type in ("Conv", "Gemm", "MatMul") for r in rounded)
 
 
 def test_magnitude_pruned_model_with_an_unreached_branch_deep_copies():

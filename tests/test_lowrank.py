@@ -236,3 +236,31 @@ def test_auto_prefer_size_takes_the_fewest_macs():
     for e in model.torchslim.log:
         assert e["decision"] == min(e["macs"], key=e["macs"].get), e
         assert len(getattr(model, e["layer"])) == {"tucker": 3, "spatial": 2}[e["decision"]]
+
+
+def test_tucker2_and_cp_als_recover_exact_low_rank_kernels():
+    """The decompositions that replaced TensorLy's: a kernel that is exactly Tucker-2 of ranks
+    (r_out, r_in), or exactly CP of rank r, comes back to float32 rounding (Tucker: an orthonormal
+    projection, exact) or within ALS's stopping rule (|change of the relative error| < 1e-5).
+    Catches: Khatri-Rao rows in another order than the unfolding's columns, HOOI updating a mode from
+    the wrong projection, the scale lost from the first CP factor."""
+    from torchslim.lowrank.factorize import cp_als, tucker2
+
+    g = torch.Generator().manual_seed(0)
+    for n, c, ro, ri in [(16, 12, 4, 3), (64, 32, 8, 8)]:
+        u_out = torch.linalg.qr(torch.randn(n, ro, generator=g))[0]
+        u_in = torch.linalg.qr(torch.randn(c, ri, generator=g))[0]
+        w = torch.einsum("oihw,no,ci->nchw", torch.randn(ro, ri, 3, 3, generator=g), u_out, u_in)
+        core, a, b = tucker2(w, ro, ri)
+        assert float((torch.einsum("oihw,no,ci->nchw", core, a, b) - w).norm() / w.norm()) <= 1e-6
+    # a generic kernel: HOOI's iterations fit better than their start, the truncated HOSVD
+    w = torch.randn(32, 24, 3, 3, generator=g)
+    hosvd = [
+        torch.linalg.svd(w.movedim(m, 0).reshape(w.shape[m], -1), full_matrices=False)[0][:, :k]
+        for m, k in ((0, 8), (1, 6))
+    ]
+    start = float(torch.einsum("nchw,no,ci->oihw", w, *hosvd).norm())
+    assert float(tucker2(w, 8, 6)[0].norm()) > start * (1 + 1e-4)
+    for r in (2, 3, 5):
+        w = torch.einsum("nr,cr,hr,wr->nchw", *[torch.randn(d, r, generator=g) for d in (8, 6, 3, 3)])
+        assert float((torch.einsum("nr,cr,hr,wr->nchw", *cp_als(w, r)) - w).norm() / w.norm()) <= 1e-4

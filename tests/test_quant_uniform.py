@@ -191,8 +191,9 @@ def test_reduce_range_defaults_to_seven_bits_unless_given():
 def test_depthwise_conv_int8_equals_fake_quant(reduce):
     """A depthwise conv's int8 kernel multiply-adds uint8 x int8 pairs into saturating int16 on
     every x86 CPU: its input must span 7 bits even with reduce_range=False, and so must the output
-    of the int8 layer that feeds it quantized. Catches: the grouped conv's input at 8 bits (outputs
-    differ by ~5 % of their norm, measured), the chained source's output left at 8 bits."""
+    of the int8 layer that feeds it quantized. Catches (by the level assertion: this small model does
+    not hit the saturation numerically; timm's mobilenetv3_small_100 in tests/test_foreign.py does,
+    ~5 % off): the grouped conv's input at 8 bits, the chained source's output left at 8 bits."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU(), nn.Conv2d(64, 8, 1)
@@ -208,7 +209,11 @@ def test_depthwise_conv_int8_equals_fake_quant(reduce):
     with torch.no_grad():
         prepared = model(x)
         converted = ts.convert_(model)(x)
-    assert float((converted - prepared).norm() / prepared.norm()) <= 1e-6
+    # 8-bit inputs of the plain 1x1 conv saturate on CPUs without VNNI (reduce_range=False warns)
+    from torchslim.measure.latency import cpu_flags
+
+    if reduce or "avx512_vnni" in cpu_flags():
+        assert float((converted - prepared).norm() / prepared.norm()) <= 1e-6
 
 
 def test_min_agreement_falls_back_lowest_sqnr_first_until_the_model_agrees(tmp_path):

@@ -262,18 +262,20 @@ def cp_als(w: torch.Tensor, r: int, iters: int = 50, tol: float = 1e-5) -> list[
                 gram = gram * (f.T @ f)
         factors[mode] = mttkrp @ torch.linalg.pinv(gram)
 
+    def khatri_rao(p: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Rows (i, j, k) in the unfolding's order: ``p[i] * q[j] * s[k]``, shape (I J K, r)."""
+        return (p[:, None, None] * q[None, :, None] * s[None, None]).reshape(-1, r)
+
     for _ in range(iters):
-        a, b, h, v = factors  # channel modes: the MTTKRP as one GEMM with the Khatri-Rao product
-        solve(0, x.reshape(n, -1) @ (b[:, None, None] * h[None, :, None] * v[None, None]).reshape(-1, r))
-        a = factors[0]
-        solve(1, _mode(x, 1) @ (a[:, None, None] * h[None, :, None] * v[None, None]).reshape(-1, r))
-        b = factors[1]
+        _, b, h, v = factors  # channel modes: the MTTKRP as one GEMM with the Khatri-Rao product
+        solve(0, x.reshape(n, -1) @ khatri_rao(b, h, v))
+        solve(1, _mode(x, 1) @ khatri_rao(factors[0], h, v))
+        a, b = factors[0], factors[1]
         # spatial modes: contract both channel modes once (a (3 x 786k) GEMM is 20x slower)
         t = ((a.T @ x.reshape(n, -1)).reshape(r, c, kh * kw) * b.T[:, :, None]).sum(1).reshape(r, kh, kw)
         solve(2, torch.einsum("rhw,wr->hr", t, v))
         solve(3, torch.einsum("rhw,hr->wr", t, factors[2]))
-        kr = (factors[1][:, None, None] * factors[2][None, :, None] * factors[3][None, None]).reshape(-1, r)
-        new = float((x.reshape(n, -1) - factors[0] @ kr.T).norm()) / norm
+        new = float((x.reshape(n, -1) - a @ khatri_rao(*factors[1:]).T).norm()) / norm
         if abs(err - new) < tol:
             break
         err = new

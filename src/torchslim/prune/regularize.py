@@ -45,6 +45,10 @@ class Slimming(MethodConfig):
         check_range(self, "penalty", 0.0, 1.0)
         check_range(self, "ratio", 0.0, 1.0, hi_open=True)
 
+    def removal(self) -> Filters:
+        """The channel removal convert applies: the smallest BN gammas over the whole network."""
+        return Filters(ratio=self.ratio, criterion="bn_gamma", scope="global")
+
 
 @dataclass(frozen=True)
 class GroupLasso(MethodConfig):
@@ -61,6 +65,10 @@ class GroupLasso(MethodConfig):
     def validate(self) -> None:
         check_range(self, "penalty", 0.0, 1.0)
         check_range(self, "ratio", 0.0, 1.0, hi_open=True)
+
+    def removal(self) -> Filters:
+        """The channel removal convert applies: the filters with the smallest L2 norms, globally."""
+        return Filters(ratio=self.ratio, criterion="l2", scope="global", layers=self.layers, exclude=self.exclude)
 
 
 class PenaltyCallback(Callback):
@@ -86,22 +94,15 @@ def filter_group_lasso(m: nn.Module) -> torch.Tensor:
     return w.norm(dim=1).sum() * w.shape[1] ** 0.5
 
 
-def _removal(config: Slimming | GroupLasso) -> Filters:
-    """The filter pruning that convert applies: slimming ranks BN gammas, group lasso filter norms."""
-    if isinstance(config, Slimming):
-        return Filters(ratio=config.ratio, criterion="bn_gamma", scope="global")
-    return Filters(ratio=config.ratio, criterion="l2", scope="global", layers=config.layers, exclude=config.exclude)
-
-
 def _check_removable(model: nn.Module, config: Slimming | GroupLasso) -> None:
     """At prepare, refuse what convert's channel removal could not do (train-only branches,
     channels the dependency graph does not follow), before any training is spent."""
     refuse_train_only(model, config.method)
-    trial_prune(model, _removal(config), config.ratio)
+    trial_prune(model, config.removal(), config.ratio)
 
 
 def _remove(model: nn.Module, config: Slimming | GroupLasso) -> nn.Module:
-    filters = _removal(config)
+    filters = config.removal()
     FiltersMethod.prepare(model, filters)
     return FiltersMethod.convert(model, filters)
 
