@@ -24,14 +24,24 @@ from _common import parser  # noqa: E402
 OUT = ROOT / "results" / "foreign_zoo"
 
 
-def _one(method: str, arch: str) -> dict:
+def _one(method: str, arch: str, limit: int) -> dict:
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
-    from foreign import run_cell
+    from foreign import CellTimeout, run_cell
 
-    with tempfile.TemporaryDirectory() as d:
-        return run_cell(method, arch, Path(d)).as_dict()
+    def too_slow(*_) -> None:
+        raise CellTimeout(f"the cell ran past {limit} s")
+
+    signal.signal(signal.SIGALRM, too_slow)  # the worker runs cells in its main thread
+    signal.alarm(limit)
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            return run_cell(method, arch, Path(d)).as_dict()
+    finally:
+        signal.alarm(0)
 
 
 def _cpu() -> str:
@@ -53,8 +63,8 @@ def markdown(cells: list[dict], archs: list[str], methods: list[str]) -> str:
         "",
         f"{len(cells)} cells: {counts['ok']} ok ({skips} of them skip layers with one warning), "
         f"{counts['refused']} refused with a clear error, {counts['warned']} warned at compress_ that the "
-        f"outputs are not finite, {counts['crash']} crash, {counts['wrong']} silently "
-        f"wrong, {counts['no-op']} silent no-op.",
+        f"outputs are not finite, {counts['crash']} crash, {counts['slow']} slow (past the cell limit), "
+        f"{counts['wrong']} silently wrong, {counts['no-op']} silent no-op.",
         "",
     ]
     for a in archs:
@@ -81,6 +91,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", help="methods (default: every registered one)")
     ap.add_argument("--jobs", type=int, default=2, help="processes, one thread each")
     ap.add_argument("--redo", action="store_true", help="rerun the named cells even when cached")
+    ap.add_argument(
+        "--cell-limit", type=int, default=300, help="seconds one cell may take (1 thread) before it counts as slow"
+    )
     ap.add_argument("--out", type=Path, default=OUT, help="results path without suffix (.json and .md are written)")
     a = ap.parse_args()
     out = a.out
@@ -106,7 +119,7 @@ def main() -> None:
         out.with_suffix(".md").write_text(markdown(allc, order, sorted(CONFIGS)))
 
     with ProcessPoolExecutor(a.jobs) as pool:
-        futs = {pool.submit(_one, m, ar): (m, ar) for m, ar in todo}
+        futs = {pool.submit(_one, m, ar, a.cell_limit): (m, ar) for m, ar in todo}
         for i, f in enumerate(as_completed(futs), 1):
             m, ar = futs[f]
             try:

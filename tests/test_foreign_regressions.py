@@ -174,6 +174,27 @@ def test_binary_lowering_keeps_integer_sums_exact_for_onnx_runtime(tmp_path):
     assert all(producers[r.input[0]].op_type in ("Conv", "Gemm", "MatMul") for r in rounded)
 
 
+@pytest.mark.parametrize("config", [Filters(ratio=0.3), GroupLasso(ratio=0.3)])
+def test_structured_pruning_refuses_layers_the_example_input_does_not_reach(config):
+    """An auxiliary head that runs only in training is not in the eval-mode channel graph. Catches:
+    its input channels pruned away without it (googlenet: the first train-mode forward crashed with
+    'expected input[2, 256, 4, 4] to have 512 channels')."""
+
+    class WithAux(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.aux = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 4, 1)
+            self.fc = nn.Linear(16, 10)
+
+        def forward(self, x):
+            y = self.a(x)
+            out = self.fc(self.b(y).mean((2, 3)))
+            return (out, self.aux(y)) if self.training else out
+
+    with pytest.raises(ValueError, match=r"\['aux'\] are not reached"):
+        ts.compress_(WithAux().eval(), config, example_inputs=torch.randn(2, 3, 8, 8))
+
+
 def test_magnitude_pruned_model_with_an_unreached_branch_deep_copies():
     """torch's pruning computes ``weight`` with autograd at apply time; a layer no forward reaches
     (googlenet's train-only aux heads) kept it. Catches: deepcopy of the prepared model failing."""

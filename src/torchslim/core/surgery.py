@@ -98,34 +98,19 @@ def same_layer(m: nn.Module, cls: type | None = None) -> nn.Module:
 
 
 @torch.no_grad()
-def train_only_layers(model: nn.Module, types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[str]:
-    """Layers of ``types`` that a train-mode forward of the example input reaches and an eval-mode
-    one does not (auxiliary heads, as torchvision's googlenet / inception_v3 have). Methods that
-    trace the model in eval mode cannot see how those layers connect. The train-mode forward runs
-    on a copy (BatchNorm statistics of the model are left alone), at batch 2 (BatchNorm needs 2)."""
-    import copy
-
-    def called(m: nn.Module, train: bool) -> set[str]:
-        seen: set[str] = set()
-        hooks = [
-            mod.register_forward_hook(lambda *_, n=n: seen.add(n))
-            for n, mod in m.named_modules()
-            if isinstance(mod, types)
-        ]
-        try:
-            inputs.call(m.train(train), example_inputs(model, batch=2))
-        finally:
-            for h in hooks:
-                h.remove()
-        return seen
-
+def unreached_layers(model: nn.Module, types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[str]:
+    """Layers of ``types`` that an eval-mode forward of the example input does not call: auxiliary
+    heads that run only in train mode (torchvision's googlenet / inception_v3), unused modules.
+    Methods that trace the model in eval mode cannot see how those layers connect."""
+    seen: set[str] = set()
+    hooks = [
+        m.register_forward_hook(lambda *_, n=n: seen.add(n)) for n, m in model.named_modules() if isinstance(m, types)
+    ]
     was = model.training
     try:
-        in_eval = called(model, False)
+        inputs.call(model.eval(), example_inputs(model))
     finally:
+        for h in hooks:
+            h.remove()
         model.train(was)
-    try:
-        in_train = called(copy.deepcopy(model), True)
-    except Exception:  # noqa: BLE001 - a model that cannot run in train mode here has no branch to report
-        return []
-    return sorted(in_train - in_eval)
+    return [n for n, m in model.named_modules() if isinstance(m, types) and n not in seen]

@@ -34,7 +34,7 @@ from torchslim.core import inputs
 from torchslim.core.config import MethodConfig, check_choice, check_int, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.core.surgery import example_inputs, train_only_layers
+from torchslim.core.surgery import example_inputs, unreached_layers
 from torchslim.measure.counts import count_macs
 
 ROOTS = (nn.Conv2d, nn.Linear)
@@ -165,15 +165,16 @@ def trial_prune(model: nn.Module, config: Filters, ratio: float) -> None:
         )
 
 
-def refuse_train_only(model: nn.Module, method: str) -> None:
-    """Channel coupling is traced in eval mode: layers only a train-mode forward reaches (auxiliary
-    heads) would keep their old input size and crash in training, so such models are refused."""
-    hidden = train_only_layers(model)
+def refuse_unreached(model: nn.Module, method: str) -> None:
+    """Channel coupling is traced by an eval-mode forward: layers it does not reach (auxiliary heads
+    that run only in training) would keep their old input size and crash there, so such models are
+    refused, naming the layers."""
+    hidden = unreached_layers(model)
     if hidden:
         raise ValueError(
-            f"{method}: layers {hidden[:6]}{' ...' if len(hidden) > 6 else ''} run only in train mode "
-            "(auxiliary heads), so their channel coupling cannot be traced; build the model without them "
-            "(e.g. torchvision googlenet(aux_logits=False)) or set them to None before pruning"
+            f"{method}: layers {hidden[:6]}{' ...' if len(hidden) > 6 else ''} are not reached by the eval-mode "
+            "example input (e.g. auxiliary heads that run only in training), so their channel coupling cannot be "
+            "traced; build the model without them (e.g. torchvision googlenet(aux_logits=False)) or set them to None"
         )
 
 
@@ -297,7 +298,7 @@ class FiltersMethod(Method):
 
     @classmethod
     def prepare(cls, model: nn.Module, config: Filters) -> nn.Module:
-        refuse_train_only(model, config.method)
+        refuse_unreached(model, config.method)
         was = model.training
         model.eval()
         ratio = _ratio_for_macs(model, config) if config.target_macs is not None else config.ratio

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torchslim.core.config import MethodConfig, check_range
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
-from torchslim.prune.filters import Filters, FiltersMethod, refuse_train_only, trial_prune
+from torchslim.prune.filters import Filters, FiltersMethod, refuse_unreached, trial_prune
 from torchslim.train.callbacks import Callback
 
 
@@ -97,7 +97,7 @@ def filter_group_lasso(m: nn.Module) -> torch.Tensor:
 def _check_removable(model: nn.Module, config: Slimming | GroupLasso) -> None:
     """At prepare, refuse what convert's channel removal could not do (train-only branches,
     channels the dependency graph does not follow), before any training is spent."""
-    refuse_train_only(model, config.method)
+    refuse_unreached(model, config.method)
     trial_prune(model, config.removal(), config.ratio)
 
 
