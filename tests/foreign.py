@@ -7,7 +7,10 @@ a time: ``compress_`` -> forward -> ``convert_`` -> forward -> a train-mode forw
 the method skipped (one warning naming them), ``refused`` (a ValueError naming the reason), or a
 failure: ``crash`` (an exception at a step), ``wrong`` (a check failed: non-finite outputs, converted
 != prepared beyond the method's bound, reloaded != converted, ONNX Runtime != torch) or ``no-op``
-(the model came out unchanged and nothing said so). Used by ``tests/test_foreign.py`` (the CI
+(the model came out unchanged and nothing said so). int8's bound is per layer: each int8 layer
+within one output code of its fake-quant layer fed the same input (rounding ties, which
+random-init nets amplify end to end), and ONNX Runtime within 3x the torch int8 model's own
+distance from the fake-quant model (or 5 %). Used by ``tests/test_foreign.py`` (the CI
 subset) and ``benchmarks/foreign_zoo.py`` (the whole sweep). Needs timm and torchvision
 (``bash setup.sh --zoo`` makes ``.venv-zoo`` with them).
 """
@@ -101,10 +104,14 @@ CI_ARCHS = (
 # int8 in ONNX Runtime rounds requantization ties its own way, layer after layer; every other
 # converted form is an exact expansion there (float rounding only)
 ONNX_REL = {"quant.uniform": 0.05}
+INT8_TIES = 0.005  # int8 layer outputs one code away from fake quant (rounding ties); measured <= 0.06 %
 EXACT_REL = 1e-4  # converted vs prepared: float rounding through up to ~100 layers, relative to the norm
 # ONNX Runtime sums in other orders than torch (its own conv / GEMM kernels, fused ops): random-init
 # deep nets (ViT, mobilenets) amplify that to a few 1e-4 of the output norm
 ONNX_EXACT_REL = 1e-3
+# beyond this bound the ONNX Runtime comparison says nothing: random-init binary nets on SiLU models
+# (efficientnet_b0, mixnet, resnext26ts, mobilevit) move 100+ % under rounding-sized layer nudges
+CHAOTIC = 0.5
 
 
 def available() -> bool:
@@ -165,6 +172,7 @@ class Cell:
     seconds: dict[str, float] = field(default_factory=dict)
     onnx: str = "ok"  # or "refused: ..." (export_onnx's clear error), or "not run"
     sensitivity: float = 0.0  # relative output change of the prepared model under a 1e-6 input nudge
+    engine_sensitivity: float = 0.0  # ... and under a rounding-sized nudge of every layer's output
 
     @property
     def failed(self) -> bool:
@@ -172,7 +180,8 @@ class Cell:
 
     def summary(self) -> str:
         if self.outcome == "ok":
-            no_onnx = ", ONNX refused" if self.onnx != "ok" else ""
+            state = self.onnx.split(":")[0]
+            no_onnx = "" if state == "ok" else f", ONNX {state}"
             return "ok" + (f", skips ({len(self.skipped)} warning)" if self.skipped else "") + no_onnx
         return f"{self.outcome}" + (f" at {self.step}" if self.step else "") + f": {self.detail[:90]}"
 
@@ -206,6 +215,66 @@ def _check(ref: list[torch.Tensor], got: list[torch.Tensor], what: str, bound: f
     if bound is not None and worst > bound:
         raise _Fail("wrong", f"{what}: relative difference {worst:.3g} > {bound:g}")
     return worst
+
+
+def _int8_within_a_code(prepared: nn.Module, converted: nn.Module, x: torch.Tensor) -> float:
+    """Each int8 layer of ``converted`` against its fake-quant layer in ``prepared`` fed the same
+    input (the converted layer's own): at most one output code apart, on at most ``INT8_TIES`` of
+    the elements. The int8 kernels round the bias to int32 and requantize with a float multiplier,
+    so a value on a rounding tie can land one code away; random-init deep nets amplify those
+    ties end to end (squeezenet1_0 0.5 %, inception_v3 8 % at the output, every layer within one
+    code), which is why the end-to-end bound does not apply. Returns the largest tie fraction."""
+    from torchslim.runtime.uniform import _UniformBase
+
+    seen: dict[str, tuple] = {}
+
+    def grab(name: str):
+        def hook(m, args, out) -> None:  # cloned: a following in-place activation rewrites them
+            seen[name] = tuple(t.dequantize() if t.is_quantized else t.clone() for t in (args[0], out))
+
+        return hook
+
+    layers = {n: m for n, m in converted.named_modules() if isinstance(m, _UniformBase) and m.act_bits}
+    hooks = [m.register_forward_hook(grab(n)) for n, m in layers.items()]
+    try:
+        _outputs(converted, x)
+    finally:
+        for h in hooks:
+            h.remove()
+    worst, fake = 0.0, dict(prepared.named_modules())
+    with torch.no_grad():
+        for name, (inp, got) in seen.items():
+            codes = (fake[name](inp) - got).abs() / float(layers[name].act[2])
+            ties = float((codes > 0.5).float().mean())
+            if codes.max() > 1.001 or ties > INT8_TIES:
+                raise _Fail(
+                    "wrong",
+                    f"int8 layer {name}: {float(codes.max()):.2f} codes from its fake-quant layer, "
+                    f"{ties:.2%} of the elements off (bound: 1 code, {INT8_TIES:.1%})",
+                )
+            worst = max(worst, ties)
+    return worst
+
+
+def _rounding_nudged(model: nn.Module, x: torch.Tensor, eps: float = 1e-6) -> list[torch.Tensor]:
+    """Outputs with every leaf module's output moved by ``eps`` x its largest magnitude (random signs):
+    the size of the rounding error of a sum computed in another order (another engine, a fused
+    conv + BatchNorm). Where a value sits that close to 0 before a sign (a binary layer after a
+    depthwise conv: -3.7e-8 in torch, 0.0 in ONNX Runtime's folded conv), the sign is a tie that
+    no engine decides the same way, and this nudge shows how far such ties move the output."""
+    g = torch.Generator().manual_seed(2)
+
+    def nudge(m, args, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
+            noise = torch.randn(out.shape, generator=g, dtype=out.dtype)
+            return out + eps * float(out.abs().amax()) * noise
+
+    hooks = [m.register_forward_hook(nudge) for _, m in model.named_modules() if not any(True for _ in m.children())]
+    try:
+        return _outputs(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _snapshot(model: nn.Module) -> tuple:
@@ -268,21 +337,30 @@ def run_cell(method: str, arch: str, tmp: Path, onnx: bool = True) -> Cell:
             # (random-init binary nets amplify rounding ~1e5-fold: BinaryConnect's mobilenetv2)
             nudged = x * (1 + 1e-6 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1)))
             sens = max(rel(a, b) for a, b in zip(_outputs(model, nudged), prepared))
-            cell.sensitivity = sens
+            # another engine sums in another order: every layer's output moved by its rounding error
+            engine_sens = max(sens, max(rel(a, b) for a, b in zip(_rounding_nudged(model, x), prepared)))
+            cell.sensitivity, cell.engine_sensitivity = sens, engine_sens
             step = "prepared train forward"
             if trains:
                 call(copy.deepcopy(model).train(), x)
             step = "convert_"
             t0 = time.perf_counter()
+            fake = copy.deepcopy(model) if method == "quant.uniform" else None
             ts.convert_(model)
             cell.seconds["convert"] = time.perf_counter() - t0
             step = "converted forward"
             converted = _outputs(model.eval(), x)
             bound = max(EXACT_REL, 10 * sens)
             declared = any("differs from the masked" in str(w.message) for w in caught)  # and says why
-            _check(
-                prepared, converted, "converted vs prepared", None if method in REMOVES_CHANNELS or declared else bound
-            )
+            exact = not (method in REMOVES_CHANNELS or declared or fake is not None)
+            drift = _check(prepared, converted, "converted vs prepared", bound if exact else None)
+            if fake is not None:
+                _int8_within_a_code(fake, model, x)
+                # ONNX Runtime's int8 kernels round their own ties: its distance to torch's int8 is
+                # bounded by both distances to the fake-quant model, the torch one measured here
+                onnx_drift = 3 * drift
+            else:
+                onnx_drift = 0.0
             step = "converted train forward"
             if trains:
                 call(copy.deepcopy(model).train(), x)
@@ -304,12 +382,10 @@ def run_cell(method: str, arch: str, tmp: Path, onnx: bool = True) -> Cell:
                     onnx = False
             if onnx:
                 step = "onnxruntime"
-                _check(
-                    converted,
-                    _ort(tmp / "m.onnx", x),
-                    "ONNX Runtime vs torch",
-                    max(ONNX_REL.get(method, ONNX_EXACT_REL), 10 * sens),
-                )
+                bound = max(ONNX_REL.get(method, ONNX_EXACT_REL), 10 * engine_sens, onnx_drift)
+                if bound > CHAOTIC:  # ties decide the output: shapes and finiteness only, and say so
+                    cell.onnx = f"not comparable: rounding-sized nudges move the output {engine_sens:.0%}"
+                _check(converted, _ort(tmp / "m.onnx", x), "ONNX Runtime vs torch", None if bound > CHAOTIC else bound)
                 cell.seconds["onnx"] = time.perf_counter() - t0
             messages = [str(w.message) for w in caught if "torchslim" in Path(w.filename).parts]
             cell.skipped = [m for m in messages if "keeping" in m or "skipping" in m]

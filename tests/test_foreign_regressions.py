@@ -13,6 +13,7 @@ import torchslim as ts
 from torchslim.binary import BNN, XNOR
 from torchslim.core.inputs import call
 from torchslim.prune import Filters, GroupLasso, Magnitude
+from torchslim.quant import PQ
 
 
 class BatchNormAct(nn.BatchNorm2d):
@@ -226,3 +227,81 @@ def test_a_prepared_model_with_non_finite_outputs_is_reported():
 
     with pytest.warns(UserWarning, match="not finite"):
         ts.compress_(Blowup().eval(), Magnitude(sparsity=0.5, kernel="dense"), example_inputs=torch.randn(2, 4))
+
+
+class _ReadsItsLayer(nn.Module):
+    """timm's edgenext PositionalEncodingFourier in miniature: the parent takes device and dtype from
+    ``self.proj.weight`` before calling the layer on an input of its own making."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1))
+        self.proj = nn.Conv2d(4, 32, 1)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        pos = torch.ones(1, 4, *x.shape[-2:], device=self.proj.weight.device, dtype=self.proj.weight.dtype)
+        return self.head((self.body(x) + self.proj(pos)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("config", [XNOR(), Magnitude(sparsity=0.5), PQ()])
+def test_layers_whose_weight_the_model_reads_are_kept_with_a_warning(config):
+    """Catches: replacing a layer whose ``.weight`` the parent's forward reads (timm's edgenext):
+    the converted model crashed with "'PackedBinaryConv2d' object has no attribute 'weight'"."""
+    model, x = _ReadsItsLayer().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"reads the weights of \['proj'\]"):
+        ts.compress_(model, config, example_inputs=x)
+    ts.convert_(model)
+    assert type(model.proj) is nn.Conv2d and type(model.body[1]) is not nn.Conv2d
+    assert torch.isfinite(model(x)).all()
+
+
+class _ChannelsLastMlp(nn.Module):
+    """timm's ConvNeXt / edgenext MLP: Linear layers on (batch, H, W, C) maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(8, 64), nn.Linear(64, 8)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.permute(0, 2, 3, 1)))).mean((1, 2))
+
+
+def test_qcnn_on_linear_layers_fed_channels_last_maps():
+    """Catches: Q-CNN's output rows of a Linear with a 4-D output taken as an NCHW conv map (its bias
+    subtracted over H: 'The size of tensor a (16) must match the size of tensor b (96)')."""
+    from torchslim.quant import QCNN
+
+    model, x = _ChannelsLastMlp().eval(), torch.randn(4, 8, 6, 6)
+    ref = model(x)
+    ts.compress_(model, QCNN(sub_dim=4, bits=4, iters=1), [(x, torch.zeros(4))], example_inputs=x)
+    ts.convert_(model)
+    err = (model(x) - ref).abs().max() / ref.abs().max()
+    assert err < 0.5, err
+
+
+def test_binary_signs_after_silu_agree_in_onnx_runtime(tmp_path):
+    """ONNX Runtime's Sigmoid returns 0 below x = -18, so its SiLU gives -0.0 where torch gives a tiny
+    negative (-4e-8 at x = -20): the export form reads the sign bit, so both say -1. Catches: the export
+    form's sign taken as ``x < 0`` (BNN after SiLU in efficientnet_b0: 122 % of the output off in ORT)."""
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3), nn.SiLU(), nn.Conv2d(16, 8, 3))
+    with torch.no_grad():
+        model[0].bias.fill_(-20.0)  # most pre-SiLU values between -25 and -15
+        model[0].weight.mul_(5.0)
+    x = torch.randn(4, 3, 8, 8)
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts.convert_(ts.compress_(model, BNN(), example_inputs=x))
+    with torch.no_grad():
+        pre = torch.nn.functional.silu(model[0](x))
+        assert ((pre < 0) & (pre > -2e-7)).float().mean() > 0.1  # the values ORT makes -0.0
+        ref = model(x)
+    path = ts.export_onnx(model, x, tmp_path / "s.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)

@@ -98,3 +98,27 @@ def test_cli_export(tmp_path):
     x = torch.randn(3, 1, 28, 28)
     ref = ts.load("benchmarks/artifacts/lenet300_100_svd.slim")(x).detach()
     torch.testing.assert_close(torch.from_numpy(_run(tmp_path / "s.onnx", x)[0]), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_int8_bias_fits_int32_codes_in_onnx_runtime(tmp_path):
+    """Catches: input scales so small that a bias does not fit int32 codes of scale s_in * s_w, which
+    ONNX Runtime's int8 kernels saturate (a random-init googlenet's classifier: activations of 1e-11,
+    every output 0 in ONNX Runtime, 100 % off)."""
+    from torchslim.quant import Uniform
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 10)
+    ).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(1e-10)  # the classifier sees activations of ~1e-11
+        model[0].bias.zero_()
+        model[3].bias.uniform_(-0.1, 0.1)
+    x = torch.randn(4, 3, 8, 8)
+    data = [(torch.randn(16, 3, 8, 8), torch.zeros(16, dtype=torch.long))]
+    ts.convert_(ts.compress_(model, Uniform(), data=data, example_inputs=x))
+    with torch.no_grad():
+        ref = model(x)
+    got = torch.from_numpy(_run(ts.export_onnx(model, x, tmp_path / "q.onnx"), x)[0])
+    step = float(model[3].act[2])
+    assert float((got - ref).abs().max()) <= step * (1 + 1e-4)

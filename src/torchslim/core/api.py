@@ -12,6 +12,7 @@ from torchslim.core import inputs
 from torchslim.core.config import MethodConfig
 from torchslim.core.registry import handler_for
 from torchslim.core.state import slim_state
+from torchslim.core.surgery import read_from_outside
 
 
 def compress_(
@@ -43,6 +44,7 @@ def compress_(
 
         state.original = layer_specs(model)
     handler = handler_for(config)
+    _keep_layers_read_outside(model, config)
     if handler.needs_data:  # the handler raises when its config needs data and none is given
         model = handler.prepare(model, config, data) or model
     else:
@@ -50,6 +52,21 @@ def compress_(
     slim_state(model).pending.append(config)
     _warn_if_not_finite(model, config)
     return model
+
+
+def _keep_layers_read_outside(model: nn.Module, config: MethodConfig) -> None:
+    """Find the layers whose weight the model's code reads from outside them (one eval forward);
+    ``select`` skips them, and the user is told which, once per ``compress_``."""
+    state = slim_state(model)
+    try:
+        state.read_outside = tuple(read_from_outside(model))
+    except Exception:  # noqa: BLE001 - no input known or the model cannot run here: nothing is kept back
+        state.read_outside = ()
+    if state.read_outside:
+        warnings.warn(
+            f"{config.method}: the model's own code reads the weights of {list(state.read_outside)} "
+            "(e.g. for their device or dtype); keeping those layers as they are"
+        )
 
 
 def _warn_if_not_finite(model: nn.Module, config: MethodConfig) -> None:

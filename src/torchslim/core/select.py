@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch.nn as nn
 
 from torchslim.core.config import MethodConfig
+from torchslim.core.state import slim_state
 
 
 def matches(name: str, selectors: tuple[str, ...]) -> bool:
@@ -29,8 +30,11 @@ def select(
     A module is chosen when its type is one of ``types``, it matches
     ``config.layers`` (or that is ``None``) and not ``config.exclude``. A name
     in ``config.layers`` that does not exist, or names a module of an
-    unsupported type, is an error so that typos do not pass silently.
+    unsupported type, is an error so that typos do not pass silently. Layers whose weight the
+    model's own code reads (``model.torchslim.read_outside``, found by ``compress_``) are never
+    chosen: replacing them would break that code.
     """
+    kept = set(slim_state(model).read_outside)
     modules = dict(model.named_modules())
     if config.layers is not None:
         for sel in config.layers:
@@ -48,6 +52,6 @@ def select(
             continue
         if config.layers is not None and not matches(name, config.layers):
             continue
-        if matches(name, config.exclude):
+        if matches(name, config.exclude) or name in kept:
             continue
         yield name, mod, config.for_layer(name)

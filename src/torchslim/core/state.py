@@ -10,6 +10,8 @@ Fields (all plain data, deep-copied with the model, never pickled into files):
   method changed them; ``save`` stores what differs, so ``load(path, model=MyNet())`` can
   rebuild the replaced layers on a fresh instance;
 * ``pending``: configs prepared by ``compress_`` and not yet made permanent by ``convert_``;
+* ``read_outside``: layers whose weight the model's own code reads (see
+  :func:`torchslim.core.surgery.read_from_outside`); methods keep them as they are;
 * ``log``: per-layer decisions of the methods applied (ranks, kernel timings), saved in the file;
 * ``header``: the JSON header of the ``.slim`` file the model was loaded from.
 """
@@ -30,6 +32,7 @@ class SlimState:
     example_inputs: Any = None
     original: dict | None = None
     pending: list = field(default_factory=list)
+    read_outside: tuple = ()
     log: list = field(default_factory=list)
     header: dict | None = None
 

@@ -114,3 +114,39 @@ def unreached_layers(model: nn.Module, types: tuple[type, ...] = (nn.Conv2d, nn.
             h.remove()
         model.train(was)
     return [n for n, m in model.named_modules() if isinstance(m, types) and n not in seen]
+
+
+@torch.no_grad()
+def read_from_outside(model: nn.Module, types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[str]:
+    """Layers of ``types`` whose ``weight`` / ``bias`` the model's code reads outside the layer's
+    own forward, in one eval-mode forward of the example input (timm's edgenext takes its device
+    and dtype from ``self.token_projection.weight``). A method that replaces such a layer by a
+    packed one breaks that code, so :func:`torchslim.core.select.select` keeps them as they are."""
+    inside: set[str] = set()
+    readers: set[str] = set()
+    classes: dict[str, type] = {}
+    hooks = []
+    for name, mod in model.named_modules():  # a module shared under two names is listed once
+        if not isinstance(mod, types):
+            continue
+        cls = classes[name] = type(mod)
+
+        def getattr_(self, attr, name=name, cls=cls):
+            if attr in ("weight", "bias") and name not in inside:
+                readers.add(name)
+            return cls.__getattr__(self, attr)
+
+        mod.__class__ = type(cls.__name__, (cls,), {"__getattr__": getattr_})
+        hooks.append(mod.register_forward_pre_hook(lambda *_, n=name: inside.add(n)))
+        hooks.append(mod.register_forward_hook(lambda *_, n=name: inside.discard(n)))
+    was = model.training
+    try:
+        inputs.call(model.eval(), example_inputs(model))
+    finally:
+        for h in hooks:
+            h.remove()
+        mods = dict(model.named_modules())
+        for name, cls in classes.items():
+            mods[name].__class__ = cls
+        model.train(was)
+    return sorted(readers)

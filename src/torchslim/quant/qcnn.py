@@ -77,10 +77,12 @@ def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _out_rows(layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    """Layer output without bias as (n, rows)."""
+    """Layer output without bias as (n, rows); a Linear's output may have any number of leading
+    dimensions (timm applies Linear layers to (batch, H, W, C) maps)."""
+    conv = isinstance(layer, nn.Conv2d)
     if layer.bias is not None:
-        y = y - (layer.bias.view(1, -1, 1, 1) if y.dim() == 4 else layer.bias)
-    if y.dim() == 4:
+        y = y - (layer.bias.view(1, -1, 1, 1) if conv else layer.bias)
+    if conv:
         return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
     return y.reshape(-1, y.shape[-1])
 

@@ -43,8 +43,9 @@ from torchslim.core.surgery import same_layer, set_module
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
 
 # Modules and functions a quantized tensor passes through unchanged in scale (x86 quantized CPU ops).
-_TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-_TRANSPARENT_CALLS = {F.relu, torch.relu, torch.flatten, F.max_pool2d, F.adaptive_avg_pool2d, F.dropout}
+# Dropout is not among them: in train mode it samples a mask, which quantized tensors cannot hold
+_TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+_TRANSPARENT_CALLS = {F.relu, torch.relu, torch.flatten, F.max_pool2d, F.adaptive_avg_pool2d}
 _TRANSPARENT_METHODS = {"relu", "flatten", "view", "reshape", "contiguous"}
 _RELU = (nn.ReLU,)
 
@@ -269,6 +270,28 @@ def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
     return out
 
 
+def _fit_int32_bias(model: nn.Module, flags: dict[str, dict]) -> None:
+    """Widen input ranges so that every bias fits int32 codes of scale ``s_in * s_w``:
+    ``s_in >= max_c |b_c| / (s_w,c (2^31 - 1))``. ONNX Runtime's int8 kernels take the bias as
+    such codes and saturate beyond (a random-init googlenet's classifier sees activations of
+    1e-11: its bias became -2^31 codes and every output 0); ONNX Runtime's own quantizer adjusts
+    scales for the same reason. A layer fed by a chained int8 layer widens that layer's output."""
+    for name, m in model.named_modules():
+        if not isinstance(m, _FakeQuant) or not m.act_bits or m.bias is None:
+            continue
+        w_scale = weight_qparams(m.weight, m.bits, m.symmetric)[0]
+        need = float((m.bias.detach().abs() / (w_scale * (2**31 - 1))).max())
+        source = flags.get(name, {}).get("source")
+        holder, rng, levels = (
+            (model.get_submodule(source), "out_range", None) if source else (m, "in_range", m.in_levels)
+        )
+        levels = levels or holder.out_levels
+        r = getattr(holder, rng)
+        if holder.act_qparams(r, levels)[0] < need:
+            lo = min(float(r[0]), 0.0)
+            r[1] = max(float(r[1]), lo + need * levels * (1 + 1e-6))
+
+
 def reduce_range(config: Uniform) -> bool:
     """``config.reduce_range``, 7 bits when None (as PyTorch's x86 default): fbgemm multiply-adds
     uint8 x int8 pairs into saturating int16 on CPUs without VNNI, in its depthwise / grouped
@@ -420,6 +443,7 @@ class UniformMethod(Method):
                 inputs.call(model, x)
             for m in fq:
                 m.observing = False
+            _fit_int32_bias(model, flags)
             if config.min_sqnr is not None or config.min_agreement is not None:
                 _float_fallback(model, config, batches, reference)
         return model.train(was)

@@ -510,7 +510,11 @@ class SignDense(nn.Module):
         return y + real_shortcut(x, self.weight.shape[0], self.stride) if self.shortcut else y
 
     def _binary(self, x: torch.Tensor) -> torch.Tensor:
-        xin = torch.where(x < 0, -1.0, 1.0).to(x.dtype) if self.binary_input else x
+        # the sign read from the sign bit (1 / -0.0 = -inf): ONNX Runtime's Sigmoid returns 0 below
+        # x = -18, so its SiLU gives -0.0 where torch gives -4e-8 (x = -20); ``x < 0`` would make that
+        # +1 (BNN after SiLU in efficientnet_b0: 122 % of the output norm off in ORT). Torch's own
+        # kernels meet -0.0 only below x = -88, where sigma(x) underflows in float32 too
+        xin = torch.where(1.0 / x < 0, -1.0, 1.0).to(x.dtype) if self.binary_input else x
         if self.conv:
             y = F.conv2d(xin, self.weight.to(x.dtype), None, self.stride, self.padding)
         else:

@@ -24,23 +24,36 @@ from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, l
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 
 
+_CHUNK = 1 << 20  # codes per step: the bit expansion of a 38M-weight layer would take gigabytes at once
+
+
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes in [0, 2**bits) into a uint8 stream, little-endian within bytes."""
     c = codes.flatten().to(torch.int64)
     if c.numel() and (c.min() < 0 or c.max() >= 2**bits):
         raise ValueError(f"codes must lie in [0, {2**bits}) to pack at {bits} bits")
-    shifts = torch.arange(bits, dtype=torch.int64)
-    bitstream = ((c[:, None] >> shifts) & 1).flatten()  # (n * bits,)
-    pad = (-bitstream.numel()) % 8
-    bitstream = torch.cat([bitstream, bitstream.new_zeros(pad)]).view(-1, 8)
-    return (bitstream << torch.arange(8, dtype=torch.int64)).sum(1).to(torch.uint8)
+    if bits == 8:
+        return c.to(torch.uint8)
+    shifts, weights = torch.arange(bits, dtype=torch.int64), torch.arange(8, dtype=torch.int64)
+    out = []
+    for part in c.split(_CHUNK):  # _CHUNK is a multiple of 8: every chunk but the last fills whole bytes
+        stream = ((part[:, None] >> shifts) & 1).flatten()  # (len * bits,)
+        stream = torch.cat([stream, stream.new_zeros((-stream.numel()) % 8)]).view(-1, 8)
+        out.append((stream << weights).sum(1).to(torch.uint8))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: the first ``n`` codes as int64."""
-    b = ((packed.to(torch.int64)[:, None] >> torch.arange(8, dtype=torch.int64)) & 1).flatten()
-    b = b[: n * bits].view(n, bits)
-    return (b << torch.arange(bits, dtype=torch.int64)).sum(1)
+    if bits == 8:
+        return packed[:n].to(torch.int64)
+    shifts, weights = torch.arange(8, dtype=torch.int64), torch.arange(bits, dtype=torch.int64)
+    out = []
+    for part in packed.split(_CHUNK // 8 * bits):  # whole groups of 8 codes per chunk
+        b = ((part.to(torch.int64)[:, None] >> shifts) & 1).flatten()
+        b = b[: b.numel() // bits * bits].view(-1, bits)
+        out.append((b << weights).sum(1))
+    return torch.cat(out)[:n] if out else torch.zeros(0, dtype=torch.int64)
 
 
 class _CodebookBase(RuntimeLayer):
