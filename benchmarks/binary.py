@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 import torchslim as ts
+from torchslim.api import method_callbacks
 from torchslim.binary import BNN, BWN, XNOR, KBit
-from torchslim.core.api import method_callbacks
 from torchslim.data import DataConfig, make_loaders
 from torchslim.distill import Distill
 from torchslim.measure import measure, write_report

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 import torchslim as ts
+from torchslim import engines
 from torchslim.data import DataConfig, make_loaders
 from torchslim.export.onnx import export_onnx
-from torchslim.measure import engines, latency_ms, write_report
+from torchslim.measure import evaluate, latency_ms, write_report
 from torchslim.measure.latency import cpu_info
-from torchslim.train import evaluate
 
 from _common import parse, parser
 
@@ -67,7 +67,7 @@ def main() -> None:
     for name in ARTIFACTS:
         model = ts.load(ART / f"{name}.slim")
         path = export_onnx(model, torch.zeros(1, 1, 28, 28), CACHE / f"{name}.onnx")
-        runs = {"eager": engines.build("eager", model, SHAPE), "ort": engines.onnx_runner(path)}
+        runs = {"eager": ts.engine(model), "ort": engines.onnx_runner(path)}
         row = {
             "artifact": f"{name}.slim",
             "onnx_bytes": os.path.getsize(path),
@@ -89,7 +89,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             try:
                 t0 = time.perf_counter()
-                compiled = engines.build("compile", ts.load(ART / f"{name}.slim"), SHAPE)
+                compiled = ts.engine(ts.load(ART / f"{name}.slim"), "compile")
                 row["compile_seconds"] = round(time.perf_counter() - t0, 1)
                 for b in (1, 256):
                     row[f"compile_b{b}_ms"] = round(latency_ms(compiled, SHAPE, b), 3)

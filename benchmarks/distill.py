@@ -38,12 +38,12 @@ from pathlib import Path
 import torch
 
 import torchslim as ts
-from torchslim.core.api import method_callbacks
+from torchslim.api import method_callbacks
 from torchslim.data import DataConfig, make_loaders
 from torchslim.distill import Distill
-from torchslim.measure import count_macs, count_params
+from torchslim.measure import count_macs, count_params, evaluate
 from torchslim.prune import Magnitude
-from torchslim.train import TrainConfig, evaluate, fit
+from torchslim.train import TrainConfig, fit
 
 from _common import parse, parser, run_sections
 

@@ -37,8 +37,8 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.core.registry import get_method
 from torchslim.data import DataConfig, make_loaders
-from torchslim.measure import count_macs, latency_ms, measure, write_report
-from torchslim.train import TrainConfig, evaluate, fit
+from torchslim.measure import count_macs, evaluate, latency_ms, measure, write_report
+from torchslim.train import TrainConfig, fit
 
 from _common import compare, parse, parser, run_sections
 

@@ -28,9 +28,9 @@ import torch.nn as nn
 
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
-from torchslim.measure import latency_ms, measure, write_report
+from torchslim.measure import evaluate, latency_ms, measure, write_report
 from torchslim.quant import PQ, QCNN, KMeans, Uniform
-from torchslim.train import TrainConfig, evaluate, fit
+from torchslim.train import TrainConfig, fit
 
 from _common import compare, parse, parser, run_sections, state_bytes, torch_ao_int8
 

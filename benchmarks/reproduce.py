@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 import torchslim as ts
+from torchslim.api import method_callbacks
 from torchslim.binary import BinaryConnect
-from torchslim.core.api import method_callbacks
 from torchslim.data import DataConfig, make_loaders
 from torchslim.distill import Distill
 from torchslim.measure import measure, write_report

@@ -2,7 +2,7 @@
 the same engine and against the float model in its fastest engine, at batch 1 and 256, on this
 CPU (recorded with its ISA flags) at the same thread count; plus where the time goes.
 
-Engines (torchslim.measure.engines): pytorch (the modules as they are: the plain-PyTorch
+Engines (torchslim.engines): pytorch (the modules as they are: the plain-PyTorch
 reference), eager (torchslim's runtime: packed kernels, strided max pooling), onnxruntime (the
 exported ONNX graph) and, with --compile, torch.compile (inductor; compiling takes minutes).
 Targets are the speed-ups at batch 256 against the float32 model in plain PyTorch; each row says
@@ -40,7 +40,7 @@ import torch.nn as nn
 
 import torchslim as ts
 from torchslim.core.surgery import leaf_modules
-from torchslim.measure import engines, latency_ms, write_report
+from torchslim.measure import latency_ms, write_report
 from torchslim.measure.latency import allocator, cpu_info
 
 from _common import parse, parser
@@ -147,7 +147,7 @@ def main() -> None:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    runs[n, engine] = engines.build(engine, models[n], SHAPE)
+                    runs[n, engine] = ts.engine(models[n], engine)  # what users call
             except Exception as e:  # noqa: BLE001 - an engine that cannot run the model is reported
                 t[n][engine] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
     # Every model in every engine timed once per round, the rounds over all of them in turn, and the

@@ -190,7 +190,7 @@ def test_defaults_keep_first_and_last_float_and_drop_feeding_relus():
 
 
 def test_clip_callback_and_packed_file_is_small(tmp_path):
-    from torchslim.core.api import method_callbacks
+    from torchslim.api import method_callbacks
 
     model = ts.compress_(ts.create_model("vgg_small"), XNOR())
     with torch.no_grad():

@@ -13,8 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
 from torchslim.distill import Distill, kd_loss, logit_matching_loss, soft_cross_entropy
+from torchslim.measure import evaluate
 from torchslim.recipe import RecipeError, parse_recipe, run_recipe
-from torchslim.train import Callback, TrainConfig, evaluate, fit
+from torchslim.train import Callback, TrainConfig, fit
 
 
 def test_kd_loss_hand_computed():

@@ -288,7 +288,9 @@ def test_binary_signs_after_silu_agree_in_onnx_runtime(tmp_path):
     form's sign taken as ``x < 0`` (BNN after SiLU in efficientnet_b0: 122 % of the output off in ORT)."""
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3), nn.SiLU(), nn.Conv2d(16, 8, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3), nn.SiLU(), nn.Conv2d(16, 8, 3)
+    )
     with torch.no_grad():
         model[0].bias.fill_(-20.0)  # most pre-SiLU values between -25 and -15
         model[0].weight.mul_(5.0)

@@ -93,7 +93,7 @@ def test_engines_give_the_same_predictions_and_name_themselves(monkeypatch):
     """The ONNX Runtime engine evaluates the int8 model as torchslim does (same top-1 on the
     data), and ``auto`` reports every candidate's timing and the one it used. Catches: an engine
     that runs a different model (e.g. the float weights), a latency row not naming its engine."""
-    from torchslim.measure import engines
+    from torchslim import engines
 
     model, data = _int8_model()
     eager = measure(model, (1, 8, 8), loader=data, min_run_time=0.05)
@@ -106,8 +106,9 @@ def test_engines_give_the_same_predictions_and_name_themselves(monkeypatch):
     assert set(times) == {"eager", "onnxruntime"}
     assert auto["engine"] == min(times, key=lambda k: times[k]["b1"] + times[k]["b256"])
     # measure evaluates and times what the engine runs, not the model (a fake engine: always class 0)
-    fake = engines._Runner("zeros", lambda x: torch.zeros(len(x), 10).index_fill_(1, torch.tensor([0]), 1.0))
-    monkeypatch.setitem(engines.ENGINES, "zeros", lambda m, shape: fake)
+    fake = engines.Runner("zeros", lambda x: torch.zeros(len(x), 10).index_fill_(1, torch.tensor([0]), 1.0))
+    zeros_engine = type("Zeros", (engines.Engine,), {"name": "zeros", "build": lambda self, m, shape: fake})
+    monkeypatch.setitem(engines.ENGINES, "zeros", zeros_engine())
     zeros = measure(model, (1, 8, 8), loader=data, min_run_time=0.05, engine="zeros")
     labels = torch.cat([y for _, y in data])
     assert zeros["top1"] == 100.0 * float((labels == 0).sum()) / len(labels) and zeros["engine"] == "zeros"
@@ -121,8 +122,8 @@ def test_eager_engine_folds_batchnorm_without_changing_the_model():
     Catches: a fold with the wrong scale or shift (outputs differ by far more than rounding), a
     fold written into the user's model, a BatchNorm folded into a layer whose output has other
     readers, a packed layer that makes the tracer give up (nothing folded)."""
+    from torchslim import engines
     from torchslim.binary import BNN
-    from torchslim.measure import engines
 
     torch.manual_seed(0)
 
@@ -185,8 +186,8 @@ def test_eager_engine_runs_plain_conv_models_channels_last():
     reads NHWC itself); outputs equal the model's up to float rounding and the model's own weights
     are untouched. Catches: ambiguous strides, the
     user's weights converted in place, a packed conv that reads NCHW fed NHWC tensors."""
+    from torchslim import engines
     from torchslim.binary import BNN
-    from torchslim.measure import engines
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -242,7 +243,7 @@ def test_eager_engine_keeps_sparse_convs_batch_last(flat_view):
     take that layout is found at build time and runs with NCHW outputs. Catches: the batch-last
     layout lost at the pooling (a copy per layer), the flag set on the user's own layers, a model
     that breaks in the engine instead of falling back."""
-    from torchslim.measure import engines
+    from torchslim import engines
     from torchslim.prune import Magnitude
     from torchslim.runtime import SparseConv2d
 
@@ -269,7 +270,7 @@ def test_eager_engine_runs_dense_kernel_layers_as_plain_layers():
     plain convs, so the BatchNorm after them folds and the model goes channels-last; the user's model
     keeps its packed layers and the outputs agree. Catches: a codebook model left NCHW with its BN
     unfolded (0.4x the float model's speed before), the user's layers replaced in place."""
-    from torchslim.measure import engines
+    from torchslim import engines
     from torchslim.quant import KMeans
     from torchslim.runtime import CodebookConv2d
 
@@ -379,16 +380,16 @@ class _BinaryPoolNet(nn.Module):
 
 @pytest.mark.parametrize("reuse", [False, True])
 def test_binary_convs_pool_in_their_epilogue_exactly(reuse):
-    """``fused_binary`` moves a max pooling that only reads a packed binary conv's output into that
+    """``fused_epilogues`` moves a max pooling that only reads a packed binary conv's output into that
     conv's kernel: the outputs are the unfused model's bit for bit (the same maximum of the same
     values; a NaN in a window propagates). Catches: a pooled row built from one conv row only, a
     window's first column not copied, a conv whose output is also read elsewhere fused (its
     other reader would get the pooled map)."""
-    from torchslim.measure import engines
+    from torchslim import engines
 
     torch.manual_seed(0)
     model = _BinaryPoolNet(reuse).eval()
-    fused = engines.fused_binary(model)
+    fused = engines.views.fused_epilogues(model)
     assert type(fused.p2) is nn.Identity and fused.b2.pool == (2, 3) and model.b2.pool == (1, 1)
     assert (type(fused.p1) is nn.MaxPool2d) == reuse and fused.b1.pool == ((1, 1) if reuse else (2, 2))
     x = torch.randn(3, 3, 13, 17).contiguous(memory_format=torch.channels_last)
@@ -432,17 +433,17 @@ class _BinaryChainNet(nn.Module):
 
 @pytest.mark.parametrize("k_last", [False, True])
 def test_binary_convs_pass_packed_signs_to_the_next_binary_conv_exactly(k_last, tmp_path):
-    """``fused_binary`` makes a binary conv whose output only another binary conv reads emit that
+    """``fused_epilogues`` makes a binary conv whose output only another binary conv reads emit that
     conv's packed input words (its sign bits after its threshold, pooling as an AND of words): the
     outputs equal the unfused model's bit for bit, NCHW or NHWC input, any batch, and a NaN output
     gives the bit a NaN gives when packed (0). Catches: the next conv's threshold not applied, its
     padding not left around the words (or not zero), a pooling window's rows or columns OR-ed or
     restarted, a conv that needs float inputs (K) fed bits."""
-    from torchslim.measure import engines
+    from torchslim import engines
 
     torch.manual_seed(0)
     model = _BinaryChainNet(k_last).eval()
-    fused = engines.fused_binary(model)
+    fused = engines.views.fused_epilogues(model)
     assert type(fused.pool) is nn.Identity and fused.b1.pool == (2, 3)
     assert fused.b1.emit is not None and fused.b1.emit[1] == (1, 1) and fused.b3.emit is None
     assert (fused.b2.emit is None) == k_last and model.b1.emit is None and model.b1.pool == (1, 1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import torchslim as ts
 from references import masked_reference
-from torchslim.core import method_callbacks
+from torchslim.api import method_callbacks
 from torchslim.prune import Magnitude, sparsity
 from torchslim.prune.magnitude import MaskCallback
 from torchslim.prune.schedule import progress_at

@@ -5,7 +5,7 @@ import torch
 
 import torchslim as ts
 from references import channel_mask_reference
-from torchslim.core.api import method_callbacks
+from torchslim.api import method_callbacks
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import count_macs
 from torchslim.prune import GroupLasso, Slimming, auto_overrides, sensitivity

@@ -42,7 +42,11 @@ def test_pack_unpack_round_trip(values, bits):
     packed = pack_bits(codes, bits)
     assert packed.numel() == (len(values) * bits + 7) // 8
     assert packed.tolist() == [  # byte j holds bits 8j..8j+7 of the stream, code i's bit k at i * bits + k
-        sum(((int(codes[(8 * j + t) // bits]) >> ((8 * j + t) % bits)) & 1) << t for t in range(8) if 8 * j + t < len(values) * bits)
+        sum(
+            ((int(codes[(8 * j + t) // bits]) >> ((8 * j + t) % bits)) & 1) << t
+            for t in range(8)
+            if 8 * j + t < len(values) * bits
+        )
         for j in range(packed.numel())
     ]
     assert torch.equal(unpack_bits(packed, bits, len(values)), codes)

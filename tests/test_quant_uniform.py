@@ -10,10 +10,10 @@ import torch.nn as nn
 
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
+from torchslim.measure import evaluate
 from torchslim.quant import Uniform
 from torchslim.quant.uniform import FakeQuantLinear
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, quantize_weight
-from torchslim.train import evaluate
 
 from contract import MethodContract
 
@@ -97,7 +97,9 @@ def test_int8_chain_stays_quantized_between_layers():
             m.register_forward_hook(lambda mod, i, o, n=name: seen.__setitem__(n, o.is_quantized))
     out = model(torch.randn(2, 1, 28, 28))
     assert not out.is_quantized and len(seen) == 8
-    assert sum(seen.values()) == 7 and seen["2.3"] is False  # only the classifier's output is float
+    # the convs stay int8 end to end; the classifier's outputs are float: its last layer's, and its first
+    # layer's before the Dropout (a train-mode Dropout cannot sample a mask on a quantized tensor)
+    assert [n for n, q in seen.items() if not q] == ["2.0", "2.3"]
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # folded
 
 

@@ -5,7 +5,8 @@ import torch
 
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
-from torchslim.train import Callback, TrainConfig, evaluate, fit
+from torchslim.measure import evaluate
+from torchslim.train import Callback, TrainConfig, fit
 from torchslim.train.loop import lr_at
 
 

@@ -112,7 +112,8 @@ def test_two_output_model_trains_evaluates_and_distills():
     from torch.utils.data import DataLoader, TensorDataset
 
     from torchslim.distill import Distill
-    from torchslim.train import TrainConfig, evaluate, fit
+    from torchslim.measure import evaluate
+    from torchslim.train import TrainConfig, fit
 
     g = torch.Generator().manual_seed(0)
     data = DataLoader(

@@ -33,7 +33,9 @@ def _cmd_distill(a: argparse.Namespace) -> int:
 
 
 def _model_data(path: str, data_dir: str | None, model_spec: str | None = None):
-    """The file's model (a user model needs ``--model pkg.module:factory``), data config and input shape."""
+    """The file's model (a user model needs ``--model pkg.module:factory``), data config and input
+    shape (:func:`torchslim.core.surgery.input_shape`: None when the file does not record it)."""
+    from torchslim.core.surgery import input_shape
     from torchslim.data import DataConfig
     from torchslim.export.slim import load
 
@@ -43,7 +45,7 @@ def _model_data(path: str, data_dir: str | None, model_spec: str | None = None):
     d["dir"] = data_dir or None
     d.pop("subset", None)  # reported numbers always use the full test split
     cfg = DataConfig.from_dict(d)
-    return model, cfg, _input_shape(header)
+    return model, cfg, input_shape(model)
 
 
 def _fresh_model(path: str, model_spec: str | None):
@@ -51,18 +53,20 @@ def _fresh_model(path: str, model_spec: str | None):
     if not model_spec:
         return None
     from torchslim.export.slim import file_header
-    from torchslim.models.imported import build_imported
+    from torchslim.imported import build_imported
 
     made_by = (file_header(path).get("recipe") or {}).get("model") or {}
     kwargs = made_by.get("kwargs") if made_by.get("import") == model_spec else None  # data, never code
     return build_imported(model_spec, kwargs)
 
 
-def _input_shape(header: dict) -> tuple:
-    """Input shape of the file's model (recorded, or the registry's); Fashion-MNIST's if unknown."""
-    from torchslim.export.slim import input_shape
-
-    return input_shape(header) or (1, 28, 28)
+def _shape_or_refuse(path: str, shape: tuple | None) -> tuple:
+    if shape is None:
+        raise ValueError(
+            f"{path}: the file does not record its model's input shape (saved without example inputs); "
+            "save it again after compress_(model, config, example_inputs=x)"
+        )
+    return shape
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -74,6 +78,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     model, cfg, shape = _model_data(a.model, a.data_dir, a.import_model)
     x, y = load_split(cfg, "test")
     loader = DataLoader(_Images(x, y), 256, collate_fn=_Collate(cfg.mean, cfg.std, False))
+    shape = shape or tuple(next(iter(loader))[0].shape[1:])  # not recorded: the data's own
     res = {
         "model": model.torchslim.header["arch"]["name"] if model.torchslim.header.get("arch") else None,
         "file": a.model,
@@ -96,6 +101,7 @@ def _cmd_inspect(a: argparse.Namespace) -> int:
     from torchslim.measure.report import to_table
 
     model, _, shape = _model_data(a.model, None, a.import_model)
+    shape = _shape_or_refuse(a.model, shape)
     header = model.torchslim.header
     state = model.state_dict()
     ms = {}
@@ -131,6 +137,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from torchslim.export.onnx import export_onnx
 
     model, _, shape = _model_data(a.model, None, a.import_model)
+    shape = _shape_or_refuse(a.model, shape)
     out = export_onnx(model, from_shape(shape), a.output, int8_initializers=not a.float_weights)
     shapes = shape if is_multi(shape) else (shape,)
     names = ["input"] if len(shapes) == 1 else [f"input{i}" for i in range(len(shapes))]
@@ -179,6 +186,19 @@ def _cmd_list(a: argparse.Namespace) -> int:
 
         print("\n".join(list_methods()))
     return 0
+
+
+def command_lines() -> list[str]:
+    """One line per command, from the parser itself: its usage and its help (the command list in
+    docs/usage.md is this, checked by tests/test_docs.py)."""
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    lines = []
+    for name, cmd in sub.choices.items():
+        usage = " ".join(cmd.format_usage().removeprefix("usage: ").replace(" [-h]", "").split())
+        lines.append(f"{usage}   # {helps[name]}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -169,7 +169,7 @@ def parse_recipe(src: str | os.PathLike | dict, data_dir: str | None = None) -> 
     if model.get("import") is not None:
         if model.get("name") or model.get("from"):
             raise RecipeError("model.import names a user model; do not combine it with model.name or model.from")
-        from torchslim.models.imported import resolve_factory
+        from torchslim.imported import resolve_factory
 
         try:
             resolve_factory(model["import"])
@@ -295,7 +295,7 @@ def _restart(out: Path, state_path: Path) -> None:
 
 def _run(recipe: Recipe, out: Path, restart: bool, latency: bool | None) -> list[dict]:
     from torchslim._files import atomic_write
-    from torchslim.core.api import compress_, convert_, method_callbacks
+    from torchslim.api import compress_, convert_, method_callbacks
     from torchslim.data import make_loaders
     from torchslim.export.slim import load, save
     from torchslim.measure.report import measure, to_table, write_report
@@ -338,7 +338,7 @@ def _run(recipe: Recipe, out: Path, restart: bool, latency: bool | None) -> list
 
     def fresh():
         """A new instance of a user's model (for loading step files), or None for registry models."""
-        from torchslim.models.imported import build_imported
+        from torchslim.imported import build_imported
 
         return build_imported(imported, recipe.model["kwargs"]) if imported else None
 
@@ -387,7 +387,7 @@ def _run(recipe: Recipe, out: Path, restart: bool, latency: bool | None) -> list
                 model = load(recipe.model["from"])
                 _log(f"[{recipe.name}] baseline loaded from {recipe.model['from']}")
             elif imported and recipe.model.get("weights"):
-                from torchslim.models.imported import load_weights
+                from torchslim.imported import load_weights
 
                 model = load_weights(fresh(), recipe.model["weights"])
                 _log(f"[{recipe.name}] {imported} loaded from {recipe.model['weights']}")

@@ -1,10 +1,10 @@
-"""Core: method configs, the registry, layer selection, module surgery, the two verbs.
+"""Core: method configs, the registry, layer selection, module surgery (the verbs that use them,
+``compress_`` / ``convert_``, are :mod:`torchslim.api`).
 
 Core imports no method family: families register themselves (``register_method``)
 and the package names the modules to import (``registry.add_method_modules``).
 """
 
-from torchslim.core.api import compress_, convert_, method_callbacks, pending
 from torchslim.core.config import MethodConfig
 from torchslim.core.fold import FoldBN
 from torchslim.core.registry import Method, get_method, list_methods, register_method
@@ -15,13 +15,9 @@ __all__ = [
     "FoldBN",
     "Method",
     "MethodConfig",
-    "compress_",
-    "convert_",
     "get_method",
     "get_module",
     "list_methods",
-    "method_callbacks",
-    "pending",
     "register_method",
     "select",
     "set_module",

@@ -36,7 +36,7 @@ class FoldBN(MethodConfig):
     """Fold BatchNorm into the conv/linear before it. ``layers`` selects BN modules."""
 
 
-class _Tracer(fx.Tracer):
+class LeafTracer(fx.Tracer):
     """Treats the given layer types as leaves (torchslim's runtime layers are not torch.nn)."""
 
     def __init__(self, leaves: tuple) -> None:
@@ -55,7 +55,7 @@ def conv_bn_pairs(model: nn.Module, pairs: dict | None = None, leaves: tuple = (
     """
     pairs = pairs or _PAIRS
     try:
-        graph = _Tracer(tuple(pairs.values()) + tuple(leaves)).trace(model)
+        graph = LeafTracer(tuple(pairs.values()) + tuple(leaves)).trace(model)
     except Exception as e:  # fx raises many types on untraceable code
         warnings.warn(f"core.fold_bn: cannot trace the model with torch.fx ({type(e).__name__}: {e}); nothing folded")
         return []

@@ -106,3 +106,29 @@ def numel(shape) -> int:
     """Elements of one sample of ``shape``."""
     parts = shape if is_multi(shape) else [shape]
     return sum(int(torch.Size(s).numel()) for s in parts)
+
+
+def select_output(out: Any, output: Any = 0) -> torch.Tensor:
+    """The logits among a model's outputs: the output itself when it is a tensor, else
+    ``output(out)`` for a function, ``out[output]`` for an index (tuple/list) or key (dict)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if callable(output):
+        return output(out)
+    try:
+        return out[output]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(
+            f"the model returns a {type(out).__name__}; output={output!r} does not select its logits "
+            "(give an index, a key or a function)"
+        ) from None
+
+
+def arch_shape(arch: dict | None) -> tuple | None:
+    """A registry model's input shape ``(C, S, S)`` from the kwargs ``create_model`` recorded
+    (``in_channels``, ``input_size``: the registry's per-model default input); None when not recorded."""
+    kw = (arch or {}).get("kwargs") or {}
+    c, s = kw.get("in_channels"), kw.get("input_size")
+    if isinstance(c, int) and isinstance(s, int) and 0 < c <= 64 and 0 < s <= 1024:
+        return (c, s, s)
+    return None

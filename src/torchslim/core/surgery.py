@@ -30,24 +30,32 @@ def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
 
 
-def example_inputs(model: nn.Module, batch: int = 1) -> inputs.Inputs:
-    """An input batch of ``batch`` samples: the example given to ``compress_`` (its first sample
-    repeated; a tuple for a multi-input model), or zeros of a registry model's input shape."""
+def input_shape(model: nn.Module) -> tuple | None:
+    """What the model takes, without the batch (a tuple of shapes for several inputs): the one
+    convention every call follows. It is the example given to ``compress_(..., example_inputs=x)``,
+    the shape recorded in the ``.slim`` file the model was loaded from (``load`` remembers it as
+    the example), or a registry model's own input; None when none of them is known."""
     state = slim_state(model)
     if state.example_inputs is not None:
-        p = next(model.parameters(), None)
-        return inputs.to(inputs.repeat(state.example_inputs, batch), p.device if p is not None else "cpu")
-    arch = state.arch
-    if arch is None:
+        return inputs.check_shape(inputs.shape_of(state.example_inputs))
+    return inputs.arch_shape(state.arch)
+
+
+def example_inputs(model: nn.Module, batch: int = 1) -> inputs.Inputs:
+    """An input batch of ``batch`` samples: the example given to ``compress_`` (its first sample
+    repeated; a tuple for a multi-input model), or zeros of the model's :func:`input_shape`."""
+    state = slim_state(model)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else "cpu"
+    if state.example_inputs is not None:
+        return inputs.to(inputs.repeat(state.example_inputs, batch), device)
+    shape = input_shape(model)
+    if shape is None:
         raise ValueError(
             "this method runs the model, and the model is not from the torchslim registry, so its "
             "input shape is unknown: pass an input batch, compress_(model, config, example_inputs=x)"
         )
-    kw = arch["kwargs"]
-    p = next(model.parameters())
-    return torch.zeros(
-        batch, kw.get("in_channels", 1), kw.get("input_size", 28), kw.get("input_size", 28), device=p.device
-    )
+    return inputs.from_shape(shape, batch, device)
 
 
 @torch.no_grad()

@@ -25,10 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torchslim.core.inputs import call
+from torchslim.core.inputs import call, select_output
 from torchslim.core.surgery import example_inputs, get_module
 from torchslim.train.callbacks import Callback
-from torchslim.train.loop import select_output
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:

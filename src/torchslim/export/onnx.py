@@ -4,9 +4,12 @@
 * uniform int8 layers: a QDQ graph (QuantizeLinear / DequantizeLinear around Conv / Gemm) that
   ONNX Runtime runs with its int8 kernels; the weights are stored as int8 initializers
   (``DequantizeLinear(int8 W)``), so the file stays about as small as the int8 weights;
-* codebook, product-quantized, sparse and binary layers: their exact dense expansion (ONNX has
-  no standard operator for CSR, codebook or xnor-popcount weights), so the ONNX file is as large
-  as the float model's and runs at dense speed.
+* codebook, sparse and binary layers: the dense layer whose weight the graph computes from the
+  compact tensors (:mod:`torchslim.runtime.compact`: Gather of packed codes, Scatter of sparse
+  values, packed sign bits), which ONNX Runtime folds to the dense weight when it creates the
+  session: the file stays near the ``.slim`` size and runs at dense speed (ONNX has no standard
+  operator for CSR, codebook or xnor-popcount kernels); product-quantized layers: their dense
+  expansion.
 
 The exported graph has a dynamic batch dimension, opset 17, and passes ``onnx.checker``.
 Needs the ``onnx`` extra: ``pip install "torchslim[onnx]"``.
@@ -97,6 +100,9 @@ def export_onnx(
                 input_names=names,
                 output_names=outputs,
                 dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]},
+                # keep the compact subgraphs (Gather of codes, Scatter of sparse values, packed signs):
+                # folding them here would store the dense weights; ONNX Runtime folds them at load
+                do_constant_folding=False,
             )
         except torch.onnx.errors.OnnxExporterError as e:  # an operator ONNX cannot express at this input
             tmp.unlink(missing_ok=True)
@@ -117,16 +123,23 @@ def export_onnx(
 def _fold_weight_quantization(graph) -> None:
     """``QuantizeLinear(float W initializer)`` -> an int8 initializer (the same codes, 1/4 the bytes)."""
     import numpy as np
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     g = graph.graph
     inits = {t.name: t for t in g.initializer}
     consts = {n.output[0]: n for n in g.node if n.op_type == "Constant"}
     alias = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}
+    casts = {n.output[0]: n for n in g.node if n.op_type == "Cast"}
 
     def value(name):
+        """The constant behind ``name`` (through Identity and Cast nodes: the graph is exported
+        unfolded), or None."""
         while name in alias:
             name = alias[name]
+        if name in casts:
+            v = value(casts[name].input[0])
+            to = next(a.i for a in casts[name].attribute if a.name == "to")
+            return None if v is None else v.astype(helper.tensor_dtype_to_np_dtype(to))
         if name in inits:
             return numpy_helper.to_array(inits[name])
         if name in consts:

@@ -229,12 +229,10 @@ def save(
     """
     if entropy not in (None, "huffman"):
         raise ValueError(f"entropy={entropy!r}; use None or 'huffman'")
-    from torchslim.core.api import pending
-
-    if pending(model):
+    pending = [c.method for c in slim_state(model).pending]
+    if pending:
         raise ValueError(
-            f"the model has methods prepared but not converted ({pending(model)}); "
-            "call torchslim.convert_(model) before save"
+            f"the model has methods prepared but not converted ({pending}); call torchslim.convert_(model) before save"
         )
     state = slim_state(model)
     extra = dict(extra or {})
@@ -402,11 +400,7 @@ def input_shape(header: dict) -> tuple | None:
     shape = (header.get("extra") or {}).get("input_shape")
     if shape is not None:
         return inputs.check_shape(shape)
-    kw = (header.get("arch") or {}).get("kwargs") or {}
-    c, s = kw.get("in_channels", 1), kw.get("input_size", 28)
-    if header.get("arch") and isinstance(c, int) and isinstance(s, int) and 0 < c <= 64 and 0 < s <= 1024:
-        return (c, s, s)
-    return None
+    return inputs.arch_shape(header.get("arch"))
 
 
 def _key_mismatch(model: nn.Module, tensors: dict) -> tuple[list[str], list[str]]:

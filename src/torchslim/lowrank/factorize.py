@@ -605,7 +605,7 @@ def _fastest_in_model(
     """Coordinate descent over the layers, largest dense MACs first: each layer's candidates
     (dense and its factorized forms) timed as the whole model in the eager engine, the other layers
     at their choices so far; :func:`pick` keeps a form only if it is faster at every batch."""
-    from torchslim.measure.engines import ENGINES
+    from torchslim.engines import build
     from torchslim.runtime.pool import with_modules
 
     example = example_inputs(model)
@@ -619,7 +619,7 @@ def _fastest_in_model(
         for name, layer in {"dense": m, **built[n]}.items():
             places = {**current, id(m): layer}
             variant = with_modules(model, lambda mod, p=places: p.get(id(mod)) if p.get(id(mod)) is not mod else None)
-            engine = ENGINES["eager"](variant.eval(), shape)
+            engine = build("eager", variant.eval(), shape)
             runners[name] = lambda x, e=engine: call(e, x)
         timings[n] = time_candidates(runners, example, batches, rounds=3)
         choice[n] = pick(timings[n], "dense")

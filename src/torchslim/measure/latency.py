@@ -109,8 +109,8 @@ def layer_latency(
     machine only ever adds time). Layer names are the model's; a BatchNorm the eager engine folds into
     its conv runs as ``Identity`` and its conv carries it. The per-layer MACs-versus-latency view of
     a pruned or factorized model: fewer MACs are not proportionally fewer milliseconds."""
+    from torchslim import engines
     from torchslim.core.surgery import leaf_modules
-    from torchslim.measure import engines
 
     if engine not in ("eager", "pytorch"):
         raise ValueError(f"engine={engine!r}; per-layer latency needs 'eager' or 'pytorch' (whole graphs elsewhere)")

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from torchslim.core.surgery import input_shape as own_input_shape
+from torchslim.measure.accuracy import evaluate
 from torchslim.measure.counts import count_nonzeros, count_params, layer_table
 from torchslim.measure.latency import allocator, cpu_info, latency_ms
 
@@ -41,7 +43,7 @@ def file_bytes(model: nn.Module) -> int:
 
 def measure(
     model: nn.Module,
-    input_shape: tuple[int, ...],
+    input_shape: tuple | None = None,
     *,
     loader: DataLoader | None = None,
     path: str | os.PathLike | None = None,
@@ -54,17 +56,22 @@ def measure(
     """Accuracy, size, MACs and latency of ``model`` side by side in one dict.
 
     Args:
+        input_shape: the model's input without the batch; by default its own
+            (:func:`torchslim.core.surgery.input_shape`: the example given to ``compress_``, the
+            shape recorded in its ``.slim`` file, or a registry model's).
         loader: evaluation data (test split for reported numbers); None skips accuracy.
         path: the model's ``.slim`` file; its size is reported, else the model is
             saved to a temporary file to measure bytes.
         nbytes: the stored size of a model that has no ``.slim`` form (peer tools).
-        engine: what runs the model for accuracy and latency (:mod:`torchslim.measure.engines`:
+        engine: what runs the model for accuracy and latency (:mod:`torchslim.engines`:
             eager (torchslim's runtime), pytorch (the modules as they are), compile,
             onnxruntime, or auto = the fastest of them on this model; its
             candidates' timings are reported); sizes and MACs are the model's own.
     """
-    from torchslim.train.loop import evaluate
-
+    if input_shape is None:
+        input_shape = own_input_shape(model)
+        if input_shape is None:
+            raise ValueError("the model's input shape is unknown: pass it, report(model, (C, H, W))")
     model.eval()
     rows = layer_table(model, input_shape)
     out: dict[str, Any] = {
@@ -77,7 +84,7 @@ def measure(
     }
     run = model
     if loader is not None or latency:
-        from torchslim.measure import engines
+        from torchslim import engines
 
         if engine == "auto":
             run, out["engine_timings_ms"] = engines.choose(model, input_shape, big_batch)

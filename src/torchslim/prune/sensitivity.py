@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from torchslim.core.api import compress_
+from torchslim.api import compress_
 from torchslim.core.registry import get_method
 from torchslim.core.select import select
-from torchslim.train.loop import evaluate
+from torchslim.measure.accuracy import evaluate
 
 RATIO_FIELD = {"prune.magnitude": "sparsity", "prune.filters": "ratio"}
 

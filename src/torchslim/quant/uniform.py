@@ -328,7 +328,7 @@ def _layer_sqnr(model: nn.Module, batches: list) -> dict[str, float]:
 
 
 def _top1(model: nn.Module, batches: list) -> torch.Tensor:
-    from torchslim.train.loop import select_output
+    from torchslim.core.inputs import select_output
 
     return torch.cat([select_output(inputs.call(model, x)).argmax(-1).flatten() for x in batches])
 

@@ -15,6 +15,10 @@ adding a format is one new file in ``runtime/``:
   ``torch.export`` understand (``export/onnx.py``): the exact dense expansion for
   codebook, product, sparse and binary layers, a QuantizeLinear / DequantizeLinear
   graph for int8;
+* ``takes_channels_last``, ``fused(pool, reader)``, ``accepts_words()``, ``with_layout(layout)``:
+  what the ``eager`` engine (:mod:`torchslim.engines`) may do with the layer: run the model NHWC
+  around it, let it pool and write the next layer's packed input in its epilogue, pass its own
+  output layout on. The engine only calls these; it sets nothing on a layer;
 * ``as_dense()``: a plain ``nn.Conv2d`` / ``nn.Linear`` with the same function (up to
   float rounding) where the layer's own kernel is nothing but the dense op on its
   expanded weight (codebook layers, a sparse or product layer whose measured kernel
@@ -74,6 +78,26 @@ class RuntimeLayer(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def lowered(self, **info: Any) -> nn.Module:
         """The layer in plain torch ops (exporters see no packed storage or custom kernel)."""
+
+    takes_channels_last: bool = False
+    """The layer's kernel reads and writes channels-last (NHWC) maps itself, so the engine may run
+    the model NHWC around it (all other packed convolutions read NCHW)."""
+
+    def fused(self, pool: tuple[int, int] | None = None, reader: RuntimeLayer | None = None) -> RuntimeLayer | None:
+        """A copy of the layer that also applies the non-overlapping max pooling of window ``pool``
+        that follows it, and / or returns ``reader``'s packed input words instead of its float output
+        (``reader.accepts_words()``); None where it cannot do all that is asked (the default). The
+        copy shares the layer's tensors; the engine replaces the pooling by ``nn.Identity``."""
+        return None
+
+    def accepts_words(self) -> bool:
+        """The layer can take packed sign words from the layer before it (see :meth:`fused`)."""
+        return False
+
+    def with_layout(self, layout: str) -> RuntimeLayer | None:
+        """A copy of the layer whose output stays in its kernel's own ``layout`` (``"batch_last"``:
+        (H, W, C, N) maps of the direct sparse conv), or None (the default: NCHW out)."""
+        return None
 
     def as_dense(self) -> nn.Module | None:
         """The plain layer the ``eager`` engine runs in this one's place, or None (the default: the

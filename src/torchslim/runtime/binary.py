@@ -27,6 +27,7 @@ not time: the layer unpacks them to +/-1 in the input's dtype and runs the dense
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torchslim.runtime._layout import dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime._numba import match_torch_threads, module_kernels
 from torchslim.runtime.base import RuntimeLayer
+from torchslim.runtime.compact import SignWeight
 from torchslim.runtime.pool import StridedMaxPool2d
 
 _SHIFTS = torch.arange(64, dtype=torch.int64)
@@ -261,7 +263,7 @@ class PackedBinaryConv2d(_PackedBase):
     input is packed from NHWC (64 consecutive channels per word) and the output written channels-last
     (measured 1.3-2x faster per layer than NCHW at batch 256: contiguous compares and stores)."""
 
-    takes_channels_last = True  # the eager engine may run the model NHWC (engines.prefers_channels_last)
+    takes_channels_last = True
 
     def __init__(
         self,
@@ -288,8 +290,8 @@ class PackedBinaryConv2d(_PackedBase):
                 f"padding (k - 1) / 2); got {in_channels} -> {out_channels}, kernel {kernel_size}, padding {padding}"
             )
         self.shortcut = shortcut
-        self.pool = (1, 1)  # a non-overlapping max pooling after the conv: set only on an engine's view
-        self.emit: tuple | None = None  # (the next conv's threshold, its padding): set only on a view
+        self.pool = (1, 1)  # a following non-overlapping max pooling: only on a copy from fused()
+        self.emit: tuple | None = None  # (the next conv's threshold, its padding): only on a copy from fused()
         self._corr: dict = {}
 
     def set_weight(self, sign_w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> None:
@@ -330,13 +332,35 @@ class PackedBinaryConv2d(_PackedBase):
         w = self.words.view(self.out_channels, kh, kw, -1)
         return unpack_signs(w, self.in_channels).permute(0, 3, 1, 2).contiguous()
 
+    def accepts_words(self) -> bool:
+        """Packed sign words can replace the input where the layer needs nothing but the signs: binary
+        inputs without XNOR's K or a real-valued shortcut (both read the float values)."""
+        return self.binary_input and not self.input_scaling and not self.shortcut
+
+    def fused(
+        self, pool: tuple[int, int] | None = None, reader: RuntimeLayer | None = None
+    ) -> PackedBinaryConv2d | None:
+        """A copy that pools in its epilogue (``pool``) and / or writes ``reader``'s packed input words
+        (``emit``; binary inputs here too, and the numba kernels only). Exact: the same maximum, the
+        same comparisons of the same floats."""
+        if pool is None and reader is None:
+            return None
+        if reader is not None and not (self.binary_input and reader.accepts_words() and _numba_kernels()):
+            return None
+        new = copy.copy(self)
+        if pool is not None:
+            new.pool = tuple(pool)
+        if reader is not None:
+            new.emit = (reader.threshold, tuple(reader.padding))
+        return new
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The conv of ``sign(x - t)`` (+ the shortcut), then the max pooling ``pool`` where it is not
         (1, 1): in the kernel's epilogue on the numba channels-last path, else by the runtime's pooling
-        after it. On an engine's view (:func:`torchslim.measure.engines.fused_binary`) ``pool`` is set,
-        and ``emit = (t, (ph, pw))`` makes the layer return the next binary conv's packed input instead
-        of floats: words (B, H + 2 ph, W + 2 pw, ceil(C / bits)) of ``sign(pooled y - t)`` in
-        :func:`word_dtype`, which that conv takes as its ``x`` (an integer ``x`` is such words)."""
+        after it. On a copy from :meth:`fused` ``pool`` is set, and ``emit = (t, (ph, pw))`` makes the
+        layer return the next binary conv's packed input instead of floats: words
+        (B, H + 2 ph, W + 2 pw, ceil(C / bits)) of ``sign(pooled y - t)`` in :func:`word_dtype`, which
+        that conv takes as its ``x`` (an integer ``x`` is such words)."""
         y, pooled = self._conv(x)
         return y if pooled or self.pool == (1, 1) else StridedMaxPool2d(self.pool)(y)
 
@@ -498,7 +522,7 @@ class SignDense(nn.Module):
         self.shortcut = self.conv and layer.shortcut
         t, shape = layer.threshold, ((-1, 1, 1) if self.conv else (-1,))
         self.register_buffer("threshold", None if t is None else t.detach().float().reshape(shape).clone())
-        self.register_buffer("weight", layer.float_weight().detach().clone())
+        self.weight_of = SignWeight(layer.float_weight().detach())  # packed bits in the graph
         shape = (-1, 1, 1) if self.conv else (-1,)
         self.register_buffer("scale", layer.scale.detach().float().reshape(shape).clone())
         self.register_buffer("bias", layer.bias.detach().float().reshape(shape).clone())
@@ -507,7 +531,7 @@ class SignDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._binary(x if self.threshold is None else x - self.threshold.to(x.dtype))
-        return y + real_shortcut(x, self.weight.shape[0], self.stride) if self.shortcut else y
+        return y + real_shortcut(x, self.weight_of.shape[0], self.stride) if self.shortcut else y
 
     def _binary(self, x: torch.Tensor) -> torch.Tensor:
         # the sign read from the sign bit (1 / -0.0 = -inf): ONNX Runtime's Sigmoid returns 0 below
@@ -515,10 +539,11 @@ class SignDense(nn.Module):
         # +1 (BNN after SiLU in efficientnet_b0: 122 % of the output norm off in ORT). Torch's own
         # kernels meet -0.0 only below x = -88, where sigma(x) underflows in float32 too
         xin = torch.where(1.0 / x < 0, -1.0, 1.0).to(x.dtype) if self.binary_input else x
+        w = self.weight_of().to(x.dtype)
         if self.conv:
-            y = F.conv2d(xin, self.weight.to(x.dtype), None, self.stride, self.padding)
+            y = F.conv2d(xin, w, None, self.stride, self.padding)
         else:
-            y = F.linear(xin, self.weight.to(x.dtype))
+            y = F.linear(xin, w)
         if self.binary_input:
             # +/-1 x +/-1 sums are exact integers (zeros included), and a following sign must see them
             # so: without this Round (exact on integers) ONNX Runtime folds the scale into the weights

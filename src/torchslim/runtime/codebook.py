@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer, bias_counts
 
-
 _CHUNK = 1 << 20  # codes per step: the bit expansion of a 38M-weight layer would take gigabytes at once
 
 
@@ -86,12 +85,16 @@ class _CodebookBase(RuntimeLayer):
         return dense_macs(self, y)
 
     def lowered(self, **info) -> nn.Module:
-        """The dense layer with ``codebook[codes]`` expanded (exact)."""
-        return dense_module(self, self.weight(), self.bias)
+        """The layer computing ``codebook[codes]`` in the graph from the packed codes (exact; ONNX
+        Runtime folds it to the dense weight at session creation, the file keeps the codes)."""
+        from torchslim.runtime.compact import CodebookWeight, computed_layer
+
+        weight = CodebookWeight(self.indices(), self.bits, self.codebook, self.shape)
+        return computed_layer(self, weight, self.bias)
 
     def as_dense(self) -> nn.Module:
-        """The kernel is the dense op on the expanded codebook weight: exactly :meth:`lowered`."""
-        return self.lowered()
+        """The kernel is the dense op on the expanded codebook weight."""
+        return dense_module(self, self.weight(), self.bias)
 
     def indices(self) -> torch.Tensor:
         return unpack_bits(self.codes, self.bits, math.prod(self.shape)).view(self.shape)

@@ -6,7 +6,7 @@ PyTorch's CPU ``max_pool2d`` on NCHW tensors is slow: measured on this project's
 VGG-small that pooling was 30-45 % of the whole forward time (benchmarks/speed.py profile).
 :class:`StridedMaxPool2d` computes the same function for the non-overlapping case (kernel equal
 to stride, no padding, no dilation, floor mode): ``y[i, j] = max_{a, b < k} x[k i + a, k j + b]``,
-NaN propagating as in ``max_pool2d``. The ``eager`` engine (:mod:`torchslim.measure.engines`) runs
+NaN propagating as in ``max_pool2d``. The ``eager`` engine (:mod:`torchslim.engines`) runs
 models with it; saved files keep ``nn.MaxPool2d``. At batch 1 a float32 NCHW map is pooled by
 one serial numba loop instead (where numba is installed): per-call overhead dominates there, and
 ``max_pool2d`` took 14-24 us on a 20x24x24 map against 2-4 us (measured on the same CPU). A float32

@@ -30,6 +30,7 @@ architecture spec.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -238,8 +239,20 @@ class _SparseBase(RuntimeLayer):
         return positions * self.rows * self.cols, positions * self.nnz
 
     def lowered(self, **info) -> nn.Module:
-        """The dense layer (exact): ONNX has no standard op for CSR weights."""
-        return self.to_float()
+        """The layer scattering the stored values into a dense weight in the graph (exact; ONNX has
+        no standard op for CSR weights, and ONNX Runtime folds the scatter at session creation)."""
+        from torchslim.runtime.codebook import unpack_bits
+        from torchslim.runtime.compact import CodebookWeight, ScatterWeight, computed_layer
+
+        rows = torch.repeat_interleave(torch.arange(self.rows), (self.crow[1:] - self.crow[:-1]).long())
+        positions = rows * self.cols + self.col.long()
+        if self.bits:
+            codes = unpack_bits(self.codes, self.bits, self.nnz)
+            values = CodebookWeight(codes, self.bits, self.codebook, (self.nnz,))
+        else:
+            values = self.values.detach()
+        shape = self.to_float().weight.shape
+        return computed_layer(self, ScatterWeight(positions, values, tuple(shape)), self.bias)
 
     def expanded_numel(self) -> int:
         return self.rows * self.cols
@@ -446,10 +459,19 @@ class SparseConv2d(_SparseBase):
             raise ValueError("the sparse conv kernel supports groups=1 only; use kernel='dense'")
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self._init_storage(nnz, bias, kernel, timing, bits)
-        self.batch_last = False  # set on the eager engine's view: return the direct kernel's layout
+        self.batch_last = False  # only on a copy from with_layout(): return the direct kernel's layout
 
     def spec_args(self) -> dict:
         return dict(**conv_geometry(self), **self._storage_args())
+
+    def with_layout(self, layout: str) -> SparseConv2d | None:
+        """A copy that returns the direct sparse kernel's batch-last (H, W, C, N) maps as they are
+        (``layout="batch_last"``), which the next sparse conv reads without a transpose."""
+        if layout != "batch_last" or self.kernel != "sparse":
+            return None
+        new = copy.copy(self)
+        new.batch_last = True
+        return new
 
     @classmethod
     def from_dense(cls, m: nn.Conv2d, kernel: str = "dense") -> SparseConv2d:

@@ -1,4 +1,6 @@
-"""The two verbs every method goes through: ``compress_`` (prepare) and ``convert_``."""
+"""The two verbs every method goes through: ``compress_`` (prepare) and ``convert_``, and
+``finetune``. Above ``core``, ``export`` and ``train`` in the import order (tests/test_imports.py):
+``compress_`` records the original layer specs that ``save`` needs, ``finetune`` runs ``fit``."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from torchslim.core.config import MethodConfig
 from torchslim.core.registry import handler_for
 from torchslim.core.state import slim_state
 from torchslim.core.surgery import read_from_outside
+from torchslim.export.spec import layer_specs
+from torchslim.train.loop import fit
 
 
 def compress_(
@@ -40,8 +44,6 @@ def compress_(
     if example_inputs is not None:
         state.example_inputs = inputs.first(inputs.check(example_inputs))
     if state.arch is None and state.original is None:
-        from torchslim.export.spec import layer_specs
-
         state.original = layer_specs(model)
     handler = handler_for(config)
     _keep_layers_read_outside(model, config)
@@ -115,7 +117,5 @@ def method_callbacks(model: nn.Module) -> list:
 
 def finetune(model: nn.Module, train_loader, cfg, **kwargs):
     """``torchslim.fit`` with the training callbacks of every method prepared on ``model``."""
-    from torchslim.train.loop import fit
-
     cbs = list(kwargs.pop("callbacks", ())) + method_callbacks(model)
     return fit(model, train_loader, cfg, callbacks=cbs, **kwargs)
