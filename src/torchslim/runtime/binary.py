@@ -534,11 +534,11 @@ class SignDense(nn.Module):
         return y + real_shortcut(x, self.weight_of.shape[0], self.stride) if self.shortcut else y
 
     def _binary(self, x: torch.Tensor) -> torch.Tensor:
-        # the sign read from the sign bit (1 / -0.0 = -inf): ONNX Runtime's Sigmoid returns 0 below
-        # x = -18, so its SiLU gives -0.0 where torch gives -4e-8 (x = -20); ``x < 0`` would make that
-        # +1 (BNN after SiLU in efficientnet_b0: 122 % of the output norm off in ORT). Torch's own
-        # kernels meet -0.0 only below x = -88, where sigma(x) underflows in float32 too
-        xin = torch.where(1.0 / x < 0, -1.0, 1.0).to(x.dtype) if self.binary_input else x
+        # ``x < 0`` as the packed kernels read it (-0.0 is +1: torch's GELU gives -0.0 below x = -5.5,
+        # convnext BNN). ONNX Runtime's Sigmoid returns 0 below x = -18, where torch's SiLU gives tiny
+        # negatives (-4e-8 at x = -20): ORT's SiLU then gives -0.0 = +1 where torch has -1, so binary
+        # layers after SiLU can disagree there (docs/deploy.md); no sign rule matches both engines
+        xin = torch.where(x < 0, -1.0, 1.0).to(x.dtype) if self.binary_input else x
         w = self.weight_of().to(x.dtype)
         if self.conv:
             y = F.conv2d(xin, w, None, self.stride, self.padding)
