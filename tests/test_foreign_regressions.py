@@ -280,4 +280,3 @@ def test_qcnn_on_linear_layers_fed_channels_last_maps():
     ts.convert_(model)
     err = (model(x) - ref).abs().max() / ref.abs().max()
     assert err < 0.5, err
-

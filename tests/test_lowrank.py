@@ -192,7 +192,7 @@ class _ThreeConvs(nn.Module):
 
 
 def test_auto_chooses_by_whole_model_timings(monkeypatch):
-    """lowrank.auto on a user's model with controlled timings: layers visited largest MACs first, each
+    """lowrank.auto (search="model") on a user's model with controlled timings: layers visited largest MACs first, each
     given the candidate ``pick`` chooses from timings of the whole model in the eager engine with the
     earlier layers at their choices. Catches: candidates timed as the layer alone (outputs of the
     layer's shape), a candidate not swapped in (equal outputs), earlier choices not kept in later
@@ -216,7 +216,7 @@ def test_auto_chooses_by_whole_model_timings(monkeypatch):
         return {f"b{b}": {name: 0.5 if name == win else 1.0 for name in runners} for b in batches}
 
     monkeypatch.setattr(fz, "time_candidates", fake)
-    ts.compress_(model, Auto(selection="fixed", rank=0.5), example_inputs=x)
+    ts.compress_(model, Auto(selection="fixed", rank=0.5, search="model"), example_inputs=x)
     decided = {e["layer"]: e["decision"] for e in model.torchslim.log}
     assert decided == {"c2": "tucker", "c1": "spatial", "c3": "dense"}  # visited c2, c1, c3
     assert len(model.c2) == 3 and len(model.c1) == 2 and isinstance(model.c3, nn.Conv2d)
@@ -225,6 +225,35 @@ def test_auto_chooses_by_whole_model_timings(monkeypatch):
         torch.testing.assert_close(seen[-1]["dense"], want, rtol=1e-5, atol=1e-6)
     for e in model.torchslim.log:  # timed: dense and each form with fewer MACs than dense
         assert set(e["timing_ms"]["b1"]) == set(e["macs"]) and len(e["macs"]) >= 2, e
+
+
+def test_auto_times_each_layer_alone_by_default(monkeypatch):
+    """The default search times each layer's candidates alone on its real input (cheap at 224 x 224,
+    where whole-model timings per candidate ran past 10 minutes). Catches: the whole model timed (the
+    outputs would be logits), a candidate that is not the layer's form, the choice not applied."""
+    from torchslim.lowrank import factorize as fz
+
+    torch.manual_seed(0)
+    model = _ThreeConvs().eval()
+    x = torch.randn(2, 3, 14, 14)
+    layer_out = {}
+
+    def fake(runners, example, batches, **kw):
+        with torch.no_grad():
+            outs = {name: run(example) for name, run in runners.items()}
+        dense = outs["dense"]
+        assert dense.dim() == 4 and dense.shape[1] != 5  # a conv's map, not the model's logits
+        assert all(o.shape == dense.shape for o in outs.values())
+        layer_out[dense.shape[1]] = sorted(outs)
+        win = "tucker" if "tucker" in runners else "dense"
+        return {f"b{b}": {name: 0.5 if name == win else 1.0 for name in runners} for b in batches}
+
+    monkeypatch.setattr(fz, "time_candidates", fake)
+    ts.compress_(model, Auto(selection="fixed", rank=0.5), example_inputs=x)
+    decided = {e["layer"]: e["decision"] for e in model.torchslim.log}
+    timed = [n for n, d in decided.items() if d != "dense"]
+    assert timed and all(decided[n] == "tucker" and len(getattr(model, n)) == 3 for n in timed)
+    assert layer_out
 
 
 def test_auto_prefer_size_takes_the_fewest_macs():

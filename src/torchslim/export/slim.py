@@ -319,6 +319,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             ) from None
     state = slim_state(model)
     state.header = header
+    if shape is not None and state.example_inputs is None:  # what the model takes (surgery.input_shape)
+        state.example_inputs = inputs.from_shape(shape)
     if original is not None and state.original is None:
         state.original = original
     state.log = list(header.get("log") or [])  # per-layer decisions of the methods applied
@@ -336,9 +338,6 @@ def retune(path: str | os.PathLike, out: str | os.PathLike | None = None, model:
     loaded = load(path, model)
     tensors, header = read_slim(path)  # the stored (possibly entropy-coded) tensors, as they are
     state = slim_state(loaded)
-    shape = input_shape(header)
-    if state.example_inputs is None and shape is not None:
-        state.example_inputs = inputs.from_shape(shape)
     choices = retune_kernels(loaded)
     if header.get("arch") is not None:
         from torchslim.models import create_model
