@@ -108,21 +108,3 @@ def decode(stream: np.ndarray, alphabet: np.ndarray, lengths: np.ndarray, n: int
         out[k] = ts[v]
         pos += tl[v]
     return alphabet[np.asarray(out, dtype=np.int64)]
-
-
-def csr_gaps(crow: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """CSR column indices as gaps within each row (Deep Compression's relative positions): a row's
-    first entry keeps its column, every next one stores the distance to the previous entry."""
-    gaps = col.astype(np.int64).copy()
-    gaps[1:] -= col[:-1]
-    starts = crow[:-1].astype(np.int64)
-    gaps[starts[starts < len(col)]] = col[starts[starts < len(col)]]  # empty rows share the next start
-    return gaps
-
-
-def csr_cols(crow: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`csr_gaps`: a running sum restarted at each row."""
-    lens = np.diff(crow.astype(np.int64))
-    cs = np.cumsum(gaps.astype(np.int64))
-    before = np.concatenate([[0], cs])[crow[:-1].astype(np.int64)]  # running sum just before each row
-    return cs - np.repeat(before, lens)

@@ -27,23 +27,22 @@ import torch.nn as nn
 
 from torchslim.core import inputs
 from torchslim.runtime.base import RuntimeLayer
-from torchslim.runtime.uniform import _UniformBase
 
 OPSET = 17
 
 
 def lowered_model(model: nn.Module, example: inputs.Inputs) -> nn.Module:
     """A copy of ``model`` with every runtime layer replaced by its plain-torch form."""
-    quantized_in: dict[str, tuple[float, int]] = {}  # int8 layer -> qparams of the int8 tensor it receives
+    quantized_in: dict[str, tuple[float, int]] = {}  # layer -> qparams of the quantized tensor it receives
 
     def grab(name: str):
         def hook(mod, args):
-            if args[0].is_quantized:
+            if isinstance(args[0], torch.Tensor) and args[0].is_quantized:
                 quantized_in[name] = (float(args[0].q_scale()), int(args[0].q_zero_point()))
 
         return hook
 
-    hooks = [m.register_forward_pre_hook(grab(n)) for n, m in model.named_modules() if isinstance(m, _UniformBase)]
+    hooks = [m.register_forward_pre_hook(grab(n)) for n, m in model.named_modules() if isinstance(m, RuntimeLayer)]
     try:
         with torch.no_grad():
             inputs.call(model.eval(), example)  # which int8 layers receive an int8 tensor

@@ -95,10 +95,9 @@ def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Huffman-code the integer streams of packed layers in place of their raw tensors:
-    codebook indices (``<layer>.codes``, as b-bit symbols) and CSR column indices
-    (``<layer>.col``, as gaps within each row, as Deep Compression codes positions) and
-    the CSR row pointers (``<layer>.crow``, as row lengths).
+    """Huffman-code the integer streams packed layers declare (:meth:`RuntimeLayer.entropy_streams`:
+    codebook indices as b-bit symbols, CSR column indices as gaps within each row, CSR row pointers
+    as row lengths) in place of their raw tensors.
     A stream is replaced only when the coded form is smaller. Each coded stream is one uint8
     tensor ``<key>.huff``: the code lengths (one byte per symbol of the alphabet), the alphabet
     (``alphabet`` dtype, little-endian), then the bit stream; the header entry gives the alphabet
@@ -108,30 +107,15 @@ def _entropy_encode(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[
     import numpy as np
 
     from torchslim.export import huffman
-    from torchslim.runtime.codebook import unpack_bits
 
     info: dict[str, dict] = {}
     for name, m in model.named_modules():
+        if not isinstance(m, RuntimeLayer):
+            continue
         prefix = f"{name}." if name else ""
-        streams = []
-        if getattr(m, "bits", 0) and f"{prefix}codes" in tensors:
-            n = m.nnz if hasattr(m, "nnz") else int(np.prod(m.shape))
-            streams.append(
-                (f"{prefix}codes", unpack_bits(m.codes, m.bits, n).numpy(), {"kind": "codes", "bits": m.bits, "n": n})
-            )
-        if f"{prefix}crow" in tensors:
-            streams.append(
-                (f"{prefix}crow", np.diff(m.crow.long().numpy()), {"kind": "csr_crow", "n": m.crow.numel() - 1})
-            )
-        if f"{prefix}col" in tensors and f"{prefix}crow" in tensors:
-            gaps = huffman.csr_gaps(m.crow.long().numpy(), m.col.long().numpy())
-            streams.append(
-                (
-                    f"{prefix}col",
-                    gaps,
-                    {"kind": "csr_col", "n": m.col.numel(), "dtype": str(m.col.dtype).replace("torch.", "")},
-                )
-            )
+        streams = [
+            (prefix + key, symbols, meta) for key, symbols, meta in m.entropy_streams() if prefix + key in tensors
+        ]
         for key, symbols, meta in streams:
             stream, alphabet, lengths = huffman.encode(symbols)
             alphabet = _narrow(alphabet)
@@ -173,6 +157,7 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
 
     from torchslim.export import huffman
     from torchslim.runtime.codebook import pack_bits
+    from torchslim.runtime.sparse import csr_cols
 
     # Row pointers first: decoding column gaps needs them.
     for key, meta in info.items():  # the stream descriptions are data from the file: check them first
@@ -205,7 +190,7 @@ def _entropy_decode(tensors: dict[str, torch.Tensor], info: dict[str, dict]) -> 
         elif meta["kind"] == "csr_crow":
             tensors[key] = torch.from_numpy(np.concatenate([[0], np.cumsum(symbols)])).to(torch.int32)
         else:
-            col = huffman.csr_cols(tensors[key[: -len("col")] + "crow"].long().numpy(), symbols)
+            col = csr_cols(tensors[key[: -len("col")] + "crow"].long().numpy(), symbols)
             if meta["dtype"] not in ("int16", "int32"):  # never a name looked up on torch
                 raise ValueError(f"column dtype {meta['dtype']!r} is not int16 or int32")
             tensors[key] = torch.from_numpy(col).to(getattr(torch, meta["dtype"]))

@@ -77,7 +77,9 @@ class RuntimeLayer(nn.Module, metaclass=ABCMeta):
 
     @abstractmethod
     def lowered(self, **info: Any) -> nn.Module:
-        """The layer in plain torch ops (exporters see no packed storage or custom kernel)."""
+        """The layer in plain torch ops (exporters see no packed storage or custom kernel). ``info``
+        holds ``input_qparams``: (scale, zero point) of the quantized tensor the layer receives at run
+        time from the layer before it, or None (a float input)."""
 
     takes_channels_last: bool = False
     """The layer's kernel reads and writes channels-last (NHWC) maps itself, so the engine may run
@@ -98,6 +100,14 @@ class RuntimeLayer(nn.Module, metaclass=ABCMeta):
         """A copy of the layer whose output stays in its kernel's own ``layout`` (``"batch_last"``:
         (H, W, C, N) maps of the direct sparse conv), or None (the default: NCHW out)."""
         return None
+
+    def entropy_streams(self) -> list[tuple[str, Any, dict]]:
+        """The integer streams of the layer that ``save(..., entropy="huffman")`` may Huffman-code:
+        ``(tensor name within the layer, symbols as a 1-D int64 numpy array, description)``, the
+        description's ``kind`` naming how the file rebuilds the tensor from the symbols (``codes``:
+        b-bit codes packed with ``pack_bits``; ``csr_crow``: row lengths of a CSR row pointer;
+        ``csr_col``: column gaps within each row). Default: none."""
+        return []
 
     def as_dense(self) -> nn.Module | None:
         """The plain layer the ``eager`` engine runs in this one's place, or None (the default: the

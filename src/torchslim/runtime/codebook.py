@@ -55,6 +55,12 @@ def unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return torch.cat(out)[:n] if out else torch.zeros(0, dtype=torch.int64)
 
 
+def code_stream(codes: torch.Tensor, bits: int, n: int) -> tuple[str, object, dict]:
+    """The ``codes`` buffer (``n`` packed ``bits``-bit codes) as an entropy stream
+    (:meth:`RuntimeLayer.entropy_streams`)."""
+    return ("codes", unpack_bits(codes, bits, n).numpy(), {"kind": "codes", "bits": bits, "n": n})
+
+
 class _CodebookBase(RuntimeLayer):
     shape: tuple[int, ...]
 
@@ -98,6 +104,10 @@ class _CodebookBase(RuntimeLayer):
 
     def indices(self) -> torch.Tensor:
         return unpack_bits(self.codes, self.bits, math.prod(self.shape)).view(self.shape)
+
+    def entropy_streams(self) -> list[tuple[str, object, dict]]:
+        """The codebook indices as ``bits``-bit symbols (Deep Compression's Huffman stage)."""
+        return [code_stream(self.codes, self.bits, math.prod(self.shape))]
 
     def weight(self) -> torch.Tensor:
         """``codebook[codes]``; differentiable w.r.t. the codebook (summed gradients per centroid)."""

@@ -35,7 +35,7 @@ from torchslim.runtime import timing as _timing
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime._numba import match_torch_threads, module_kernels
 from torchslim.runtime.base import RuntimeLayer
-from torchslim.runtime.codebook import pack_bits, unpack_bits
+from torchslim.runtime.codebook import code_stream, pack_bits, unpack_bits
 
 PQ_KERNELS = ("dense", "lut")
 LUT_BATCHES = (1, 4, 16, 64, 256)  # where choose_pq_kernel times the two kernels
@@ -179,6 +179,10 @@ class _ProductBase(RuntimeLayer):
 
     def indices(self) -> torch.Tensor:
         return unpack_bits(self.codes, self.bits, self.rows * self.m).view(self.rows, self.m)
+
+    def entropy_streams(self) -> list[tuple[str, object, dict]]:
+        """The sub-vector codes as ``bits``-bit symbols."""
+        return [code_stream(self.codes, self.bits, self.rows * self.m)]
 
     def weight_counts(self) -> tuple[int, int]:
         b = self.bias.numel() if self.bias is not None else 0

@@ -34,6 +34,7 @@ import copy
 import math
 import warnings
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -227,6 +228,18 @@ class _SparseBase(RuntimeLayer):
         self.bias = nn.Parameter(torch.zeros(self.rows)) if bias else None
         self._cache: tuple | None = None
         self._numba_ops: tuple | None = None
+
+    def entropy_streams(self) -> list[tuple[str, object, dict]]:
+        """Codebook indices of the stored values (when weight-shared), row lengths, and column
+        indices as gaps within each row, as Deep Compression codes positions."""
+        from torchslim.runtime.codebook import code_stream
+
+        streams = [code_stream(self.codes, self.bits, self.nnz)] if self.bits else []
+        crow, col = self.crow.long().numpy(), self.col.long().numpy()
+        streams.append(("crow", np.diff(crow), {"kind": "csr_crow", "n": self.crow.numel() - 1}))
+        dtype = str(self.col.dtype).replace("torch.", "")
+        streams.append(("col", csr_gaps(crow, col), {"kind": "csr_col", "n": self.col.numel(), "dtype": dtype}))
+        return streams
 
     def weight_counts(self) -> tuple[int, int]:
         """(dense weights + bias, stored nonzeros + nonzero bias) for measurement."""
@@ -556,3 +569,21 @@ def choose_kernel(
         choose_module_kernel(module, KERNELS, "dense", example, batches, min_run_time)
     module._cache = None
     return module.kernel
+
+
+def csr_gaps(crow: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """CSR column indices as gaps within each row (Deep Compression's relative positions): a row's
+    first entry keeps its column, every next one stores the distance to the previous entry."""
+    gaps = col.astype(np.int64).copy()
+    gaps[1:] -= col[:-1]
+    starts = crow[:-1].astype(np.int64)
+    gaps[starts[starts < len(col)]] = col[starts[starts < len(col)]]  # empty rows share the next start
+    return gaps
+
+
+def csr_cols(crow: np.ndarray, gaps: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`csr_gaps`: a running sum restarted at each row."""
+    lens = np.diff(crow.astype(np.int64))
+    cs = np.cumsum(gaps.astype(np.int64))
+    before = np.concatenate([[0], cs])[crow[:-1].astype(np.int64)]  # running sum just before each row
+    return cs - np.repeat(before, lens)

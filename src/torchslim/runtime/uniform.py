@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime.base import RuntimeLayer, bias_counts
-from torchslim.runtime.codebook import pack_bits, unpack_bits
+from torchslim.runtime.codebook import code_stream, pack_bits, unpack_bits
 
 
 def weight_qparams(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -90,6 +90,10 @@ class _UniformBase(RuntimeLayer):
         if bias is not None:
             self.bias.data.copy_(bias.detach())
         self._cache = None
+
+    def entropy_streams(self) -> list[tuple[str, object, dict]]:
+        """The stored (offset) weight codes as ``bits``-bit symbols."""
+        return [code_stream(self.codes, self.bits, math.prod(self.shape))]
 
     def int_weight(self) -> torch.Tensor:
         """Integer codes in [qmin, qmax], shape of the weight."""
