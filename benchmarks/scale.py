@@ -15,6 +15,7 @@ ones); benchmarks/results/scale.md is rewritten from the cache."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -78,6 +79,7 @@ def cell(arch: str, method: str) -> dict:
         except Exception:  # noqa: BLE001 - the plain module then
             run, row["engine"] = build("pytorch", model, SHAPE), "pytorch"
         row[f"b{b}_ms"] = round(latency_ms(run, SHAPE, b, min_run_time=2.0), 2)
+    row["load"] = round(os.getloadavg()[0], 1)  # runnable processes (1-min average): above ~2 the timings are shared
     return row
 
 
@@ -94,20 +96,24 @@ def markdown(rows: list[dict]) -> str:
         f"`eager` engine, {next((r['threads'] for r in rows), 2)} threads, CPU: {cpu}. Random weights: "
         "the time of data-dependent searches (ranks, sensitivities) on trained weights can differ.",
         "",
+        "Latency and seconds are only comparable where `load` (the 1-minute load average when the cell "
+        "was timed) is at most about 2 on this 2-core machine; rows without it were measured while other "
+        "jobs ran (4-6 processes): their seconds are upper bounds and their speed-ups are not valid.",
+        "",
         "| arch | method | outcome | calibration | seconds | peak MB | s per GMAC | bytes ratio | "
-        "speed-up b1 | speed-up b32 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "speed-up b1 | speed-up b32 | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = base.get(r["arch"], {})
         if r.get("outcome") != "ok":
-            lines.append(f"| {r['arch']} | {r['method']} | {r.get('outcome')}: {r.get('detail', '')[:80]} |||||||")
+            lines.append(f"| {r['arch']} | {r['method']} | {r.get('outcome')}: {r.get('detail', '')[:80]} ||||||||")
             continue
         ratio = {k: f"{b[k] / r[k]:.2f}x" if b.get(k) and r.get(k) else "" for k in ("bytes", "b1_ms", "b32_ms")}
         per = f"{r['seconds'] / b['gmacs']:.2f}" if b.get("gmacs") else ""
         lines.append(
             f"| {r['arch']} | {r['method']} | ok | {r['calibration']} | {r['seconds']} | {r['peak_mb']} | {per} | "
-            f"{ratio['bytes']} | {ratio['b1_ms']} | {ratio['b32_ms']} |"
+            f"{ratio['bytes']} | {ratio['b1_ms']} | {ratio['b32_ms']} | {r.get('load', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -145,7 +151,8 @@ def main() -> None:
                 )
                 row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
                 if row is None:
-                    err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+                    lines = p.stderr.strip().splitlines() or ["no output"]
+                    err = next((x for x in reversed(lines) if "Error" in x or "Exception" in x), lines[-1])
                     row = {"arch": arch, "method": method, "outcome": "crash", "detail": err[:200]}
             except subprocess.TimeoutExpired:
                 row = {"arch": arch, "method": method, "outcome": "slow", "detail": f"past {a.limit} s"}

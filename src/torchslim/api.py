@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -52,7 +52,7 @@ def compress_(
     else:
         model = handler.prepare(model, config) or model
     slim_state(model).pending.append(config)
-    _warn_if_not_finite(model, config)
+    _warn_if_not_finite(model, config, data)
     return model
 
 
@@ -71,26 +71,31 @@ def _keep_layers_read_outside(model: nn.Module, config: MethodConfig) -> None:
         )
 
 
-def _warn_if_not_finite(model: nn.Module, config: MethodConfig) -> None:
-    """One eval-mode forward on the remembered example input: a prepared model whose outputs are
-    NaN / inf says so at once (e.g. BinaryConnect's unscaled +/-1 weights through 100+ layers)."""
-    x = slim_state(model).example_inputs
-    if x is None:
-        return
+def _warn_if_not_finite(model: nn.Module, config: MethodConfig, data: Iterable | None = None) -> None:
+    """Eval-mode forwards of the remembered example input and of the first calibration batch: a
+    prepared model whose outputs are NaN / inf says so at once (e.g. BinaryConnect's unscaled +/-1
+    weights through 100+ layers; Q-CNN on a random-init inception_v3, finite on the example's one
+    sample, NaN on the batch's second)."""
+    batches = [slim_state(model).example_inputs]
+    if data is not None and not isinstance(data, Iterator):  # a one-shot iterator is prepare's alone
+        p = next(model.parameters(), None)
+        batches.append(next((inputs.to(inputs.of_batch(b), p.device if p is not None else "cpu") for b in data), None))
     was = model.training
     try:
         with torch.no_grad():
-            out = inputs.call(model.eval(), x)
+            outs = [inputs.call(model.eval(), x) for x in batches if x is not None]
     except Exception:  # noqa: BLE001 - a model that cannot run here fails where it is used, with its own error
         return
     finally:
         model.train(was)
-    parts = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
-    if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in parts):
-        warnings.warn(
-            f"{config.method}: the prepared model's outputs on example_inputs are not finite (NaN / inf); "
-            "fine-tuning will not recover from that: exclude layers, use a scaled variant, or check the input"
-        )
+    for out in outs:
+        parts = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in parts):
+            warnings.warn(
+                f"{config.method}: the prepared model's outputs on example_inputs are not finite (NaN / inf); "
+                "fine-tuning will not recover from that: exclude layers, use a scaled variant, or check the input"
+            )
+            return
 
 
 def convert_(model: nn.Module) -> nn.Module:
