@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,7 +74,7 @@ class Runner(nn.Module):
             return self.fn(*x)
 
 
-class Engine:
+class Engine(ABC):
     """One way to run a converted model. Subclasses set ``name`` and implement :meth:`build`."""
 
     name: str = ""
@@ -82,8 +83,9 @@ class Engine:
         """Whether this installation can run the engine."""
         return True
 
+    @abstractmethod
     def build(self, model: nn.Module, input_shape: tuple) -> Runner:
-        raise NotImplementedError
+        """The runner of ``model`` in this engine (inputs of ``input_shape`` without the batch)."""
 
 
 def register_engine(cls: type[Engine]) -> type[Engine]:

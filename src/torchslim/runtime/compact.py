@@ -14,6 +14,8 @@ the file is small, the speed is the dense layer's, the values are exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -74,9 +76,7 @@ class ScatterWeight(nn.Module):
     def forward(self) -> torch.Tensor:
         vals = self.values() if self.values is not None else self.value_tensor
         pos = torch.cumsum(self.gaps.long(), 0)
-        n = 1
-        for d in self.shape:
-            n *= d
+        n = math.prod(self.shape)
         # zeros expanded from one element: torch.zeros(n) would be traced into an n-element constant
         return vals.new_zeros(1).expand(n).scatter(0, pos, vals).view(self.shape)
 

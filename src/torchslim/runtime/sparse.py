@@ -257,15 +257,21 @@ class _SparseBase(RuntimeLayer):
         from torchslim.runtime.codebook import unpack_bits
         from torchslim.runtime.compact import CodebookWeight, ScatterWeight, computed_layer
 
-        rows = torch.repeat_interleave(torch.arange(self.rows), (self.crow[1:] - self.crow[:-1]).long())
-        positions = rows * self.cols + self.col.long()
         if self.bits:
             codes = unpack_bits(self.codes, self.bits, self.nnz)
             values = CodebookWeight(codes, self.bits, self.codebook, (self.nnz,))
         else:
             values = self.values.detach()
-        shape = self.to_float().weight.shape
-        return computed_layer(self, ScatterWeight(positions, values, tuple(shape)), self.bias)
+        shape = (self.rows, self.cols)
+        if hasattr(self, "kernel_size"):  # a conv's weight: (out, in / groups, kh, kw)
+            shape = (self.rows, self.cols // (self.kernel_size[0] * self.kernel_size[1]), *self.kernel_size)
+        return computed_layer(self, ScatterWeight(self.flat_positions().cpu(), values, shape), self.bias)
+
+    def flat_positions(self) -> torch.Tensor:
+        """Index of each stored value in the row-major (rows, cols) weight: ``row * cols + col``."""
+        lengths = (self.crow[1:] - self.crow[:-1]).long()
+        rows = torch.repeat_interleave(torch.arange(self.rows, device=self.crow.device), lengths)
+        return rows * self.cols + self.col.long()
 
     def expanded_numel(self) -> int:
         return self.rows * self.cols
@@ -356,13 +362,9 @@ class _SparseBase(RuntimeLayer):
 
     def train_weight(self) -> torch.Tensor:
         """Dense (rows, cols) weight, differentiable w.r.t. ``values`` (zeros stay zero)."""
-        rows = torch.repeat_interleave(
-            torch.arange(self.rows, device=self.crow.device), (self.crow[1:] - self.crow[:-1]).long()
-        )
-        flat = rows * self.cols + self.col.long()
         v = self.value_tensor()
         w = torch.zeros(self.rows * self.cols, device=v.device, dtype=v.dtype)
-        return w.index_add(0, flat, v).view(self.rows, self.cols)
+        return w.index_add(0, self.flat_positions(), v).view(self.rows, self.cols)
 
     def _operand(self) -> torch.Tensor:
         """The CSR tensor (sparse kernel) or the dense 2-D weight (dense kernel), cached."""
