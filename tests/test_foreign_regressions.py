@@ -229,6 +229,25 @@ def test_a_prepared_model_with_non_finite_outputs_is_reported():
         ts.compress_(Blowup().eval(), Magnitude(sparsity=0.5, kernel="dense"), example_inputs=torch.randn(2, 4))
 
 
+@pytest.mark.parametrize("scale, warns", [(3e34, False), (4e34, True)])
+def test_outputs_near_the_float_range_end_are_reported(scale, warns):
+    """Catches: Q-CNN on a random-init inception_v3 reaching 2.7e38 (finite) with 2 threads and inf
+    with 1: the check passed by luck. Bound: finfo(float32).max / 1e4 = 3.4028e34, tested either side."""
+
+    class Huge(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 1), scale) + 0 * self.fc(x).sum()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ts.compress_(Huge().eval(), Magnitude(sparsity=0.5, kernel="dense"), example_inputs=torch.randn(2, 4))
+    assert any("not finite" in str(w.message) for w in caught) == warns
+
+
 class _ReadsItsLayer(nn.Module):
     """timm's edgenext PositionalEncodingFourier in miniature: the parent takes device and dtype from
     ``self.proj.weight`` before calling the layer on an input of its own making."""

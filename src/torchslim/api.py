@@ -71,11 +71,20 @@ def _keep_layers_read_outside(model: nn.Module, config: MethodConfig) -> None:
         )
 
 
+OVERFLOW_MARGIN = 1e4  # outputs within this factor of the dtype's largest value count as overflowing
+
+
+def _overflows(t: torch.Tensor) -> bool:
+    """NaN / inf, or within ``OVERFLOW_MARGIN`` of the dtype's largest finite value: such outputs turn
+    inf under another summation order (another thread count or engine), so finite-by-luck counts too."""
+    return not torch.isfinite(t).all() or bool(t.abs().max() > torch.finfo(t.dtype).max / OVERFLOW_MARGIN)
+
+
 def _warn_if_not_finite(model: nn.Module, config: MethodConfig, data: Iterable | None = None) -> None:
     """Eval-mode forwards of the remembered example input and of the first calibration batch: a
-    prepared model whose outputs are NaN / inf says so at once (e.g. BinaryConnect's unscaled +/-1
-    weights through 100+ layers; Q-CNN on a random-init inception_v3, finite on the example's one
-    sample, NaN on the batch's second)."""
+    prepared model whose outputs are NaN / inf (or within ``OVERFLOW_MARGIN`` of overflow) says so
+    at once (e.g. BinaryConnect's unscaled +/-1 weights through 100+ layers; Q-CNN on a random-init
+    inception_v3 reaches 2.7e38 with 2 threads and inf with 1)."""
     batches = [slim_state(model).example_inputs]
     if data is not None and not isinstance(data, Iterator):  # a one-shot iterator is prepare's alone
         p = next(model.parameters(), None)
@@ -90,9 +99,10 @@ def _warn_if_not_finite(model: nn.Module, config: MethodConfig, data: Iterable |
         model.train(was)
     for out in outs:
         parts = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
-        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all() for t in parts):
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and _overflows(t) for t in parts):
             warnings.warn(
-                f"{config.method}: the prepared model's outputs on example_inputs are not finite (NaN / inf); "
+                f"{config.method}: the prepared model's outputs on example_inputs are not finite (NaN / inf, "
+                f"or within {OVERFLOW_MARGIN:g}x of the float range's end); "
                 "fine-tuning will not recover from that: exclude layers, use a scaled variant, or check the input"
             )
             return
