@@ -23,6 +23,17 @@ def test_save_load_bit_identical(name, tmp_path):
     assert torch.equal(loaded(x), model(x))
 
 
+def test_the_same_model_saves_to_the_same_bytes(tmp_path):
+    """Catches: the safetensors metadata keys written in hash-map order (it changes from call to
+    call: 'same seed, same bytes' broken). Eight saves: a 2-key random order passes by luck 1 in 128."""
+    model = ts.create_model("lenet5").eval()
+    files = []
+    for i in range(8):
+        ts.save(model, tmp_path / f"m{i}.slim")
+        files.append((tmp_path / f"m{i}.slim").read_bytes())
+    assert all(f == files[0] for f in files)
+
+
 def test_changed_shapes_rebuild(tmp_path):
     """A physically smaller layer (as pruning makes) is recorded and rebuilt from the header."""
     model = ts.create_model("vgg_small").eval()
@@ -66,6 +77,24 @@ def test_flipped_byte_in_tensors_raises(tmp_path):
     (tmp_path / "m.slim").write_bytes(bytes(raw))
     with pytest.raises(SlimFileError, match="checksum"):
         ts.load(tmp_path / "m.slim")
+
+
+def test_duplicate_header_keys_are_refused(tmp_path):
+    """Catches: a header with two "arch" keys loading with the last one silently winning (a file
+    that shows one architecture to a reader of its first key and runs another)."""
+    from safetensors.torch import save as st_save
+
+    from torchslim.export.slim import _digest
+
+    ts.save(ts.create_model("lenet5"), tmp_path / "m.slim")
+    tensors, _ = read_slim(tmp_path / "m.slim")
+    raw = (tmp_path / "m.slim").read_bytes()
+    head = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]["torchslim"]
+    twice = '{"arch": null, ' + head[1:]  # the real "arch" comes later and would win
+    meta = {"torchslim": twice, "sha256": _digest(twice, tensors)}
+    (tmp_path / "d.slim").write_bytes(st_save(tensors, metadata=meta))
+    with pytest.raises(SlimFileError, match="duplicate key 'arch'"):
+        ts.load(tmp_path / "d.slim")
 
 
 def test_tampered_header_raises(tmp_path):

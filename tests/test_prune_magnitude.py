@@ -1,6 +1,9 @@
 """prune.magnitude and the packed sparse runtime."""
 
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -234,15 +237,66 @@ def test_choose_kernel_records_timings():
     assert all(set(t) == {"sparse", "dense"} and min(t.values()) > 0 for t in packed.timing.values())
 
 
-def test_auto_kernel_choice_is_saved(tmp_path):
+def test_measured_kernel_choice_is_saved(tmp_path):
     model = ts.create_model("lenet300_100")
-    ts.compress_(model, Magnitude(sparsity=0.9))
+    ts.compress_(model, Magnitude(sparsity=0.9, kernel="measure"))
     ts.convert_(model)
     ts.save(model, tmp_path / "m.slim")
     loaded = ts.load(tmp_path / "m.slim")
     for a, b in zip(model, loaded):
         if isinstance(a, SparseLinear):
             assert a.kernel == b.kernel and a.timing == b.timing and "b256" in a.timing
+
+
+@pytest.mark.parametrize(
+    "layer, density, want",
+    [
+        (nn.Linear(256, 64), 0.12, "sparse"),  # at both bounds: 16,384 weights, density 0.12
+        (nn.Linear(256, 64), 0.13, "dense"),  # above the density bound
+        (nn.Linear(100, 40), 0.05, "dense"),  # 4,000 < 4,096 weights: call overhead dominates
+        (nn.Conv2d(16, 32, 3), 0.1, "sparse"),
+        (nn.Conv2d(16, 32, 3, groups=2), 0.1, "dense"),  # the direct sparse kernel is groups=1 only
+    ],
+)
+def test_default_kernel_is_a_rule_of_density_and_size(layer, density, want):
+    """Catches: the default kernel chosen by timing (file bytes then differ run to run, a busy
+    machine picks the slower kernel), or the rule's bounds off by one step."""
+    from torchslim.runtime.sparse import SparseConv2d, rule_kernel
+
+    w = layer.weight.data
+    keep = round(density * w.numel())
+    flat = torch.zeros(w.numel())
+    flat[torch.randperm(w.numel(), generator=torch.Generator().manual_seed(0))[:keep]] = 1
+    w.mul_(flat.view_as(w)).add_(flat.view_as(w) * 1e-3)  # exactly `keep` nonzeros
+    packed = (SparseConv2d if isinstance(layer, nn.Conv2d) else SparseLinear).from_dense(layer)
+    assert packed.nnz == keep
+    assert rule_kernel(packed) == want == packed.kernel and set(packed.timing) == {"rule"}
+
+
+def _own_model_example(tmp: Path) -> bytes:
+    """The README's "Your own model" example, as printed there."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Your own model\n\n```python\n(.*?)```", readme, re.S).group(1)
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        exec(compile(code.replace("print(", "str("), "README", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    return (tmp / "small.slim").read_bytes()
+
+
+def test_readme_example_gives_the_same_bytes_twice_and_the_printed_size(tmp_path):
+    """Catches: a kernel choice by timing stored in the header (16 bytes differed between runs), or
+    the README printing a size its own example does not give."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first, second = _own_model_example(tmp_path / "a"), _own_model_example(tmp_path / "b")
+    assert first == second
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    before, after, ratio = re.search(r"# ([\d,]+) -> ([\d,]+) bytes \(([\d.]+)x\)", readme).groups()
+    assert len(first) == int(after.replace(",", ""))
+    assert (tmp_path / "a" / "float.slim").stat().st_size == int(before.replace(",", ""))
+    assert f"{int(before.replace(',', '')) / len(first):.1f}" == ratio
 
 
 def test_effective_macs_count_nonzeros():

@@ -48,7 +48,29 @@ def write_slim(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     head = json.dumps({"format": FORMAT, **header}, sort_keys=True)
     meta = {"torchslim": head, "sha256": _digest(head, tensors)}
-    return atomic_write(path, st_save(tensors, metadata=meta))
+    return atomic_write(path, _canonical(st_save(tensors, metadata=meta)))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (``json`` keeps the last of two ``"arch"`` keys silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _canonical(raw: bytes) -> bytes:
+    """The safetensors bytes with the metadata keys in sorted order: safetensors keeps them in a
+    hash map whose order changes from call to call, so the same model gave different file bytes."""
+    n = int.from_bytes(raw[:8], "little")
+    head = json.loads(raw[8 : 8 + n])
+    head["__metadata__"] = dict(sorted(head["__metadata__"].items()))
+    body = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(body) > n:  # the same keys and values reordered: only an escaping difference could do this
+        return raw
+    return raw[:8] + body + b" " * (n - len(body)) + raw[8 + n :]
 
 
 def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -75,9 +97,11 @@ def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     if _digest(meta["torchslim"], tensors) != meta["sha256"]:
         raise SlimFileError(f"{path}: checksum mismatch; the file is corrupt or was modified")
     try:
-        header = json.loads(meta["torchslim"])
+        header = json.loads(meta["torchslim"], object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as e:
-        raise SlimFileError(f"{path}: the torchslim header is not valid JSON ({type(e).__name__})") from None
+        raise SlimFileError(
+            f"{path}: the torchslim header is not valid JSON ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
     if not isinstance(header, dict):
         raise SlimFileError(f"{path}: the torchslim header must be a JSON object, got {type(header).__name__}")
     for key, kind in (

@@ -35,8 +35,10 @@ from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import capture_inputs, set_module
 from torchslim.prune.schedule import SCHEDULES, progress_at
-from torchslim.runtime.sparse import KERNELS, SparseConv2d, SparseLinear, choose_kernel
+from torchslim.runtime.sparse import KERNELS, SparseConv2d, SparseLinear, choose_kernel, rule_kernel
 from torchslim.train.callbacks import Callback
+
+CHOICES = ("auto", "measure") + KERNELS  # auto: a rule; measure: timed on this machine
 
 PRUNABLE = (nn.Conv2d, nn.Linear, SparseConv2d, SparseLinear)
 
@@ -52,7 +54,9 @@ class Magnitude(MethodConfig):
         schedule: ``oneshot``, ``steps`` or ``agp``.
         n_steps: pruning events for ``steps`` / ``agp``.
         frequency: optimizer steps between pruning events.
-        kernel: ``auto`` (measure sparse vs dense per layer), ``sparse`` or ``dense``.
+        kernel: ``auto`` (a rule by density and size, :func:`~torchslim.runtime.sparse.rule_kernel`:
+            the same file bytes on every run), ``measure`` (time sparse vs dense per layer on this
+            machine), ``sparse`` or ``dense``.
     """
 
     sparsity: float = 0.9
@@ -67,7 +71,7 @@ class Magnitude(MethodConfig):
         check_range(self, "sparsity", 0.0, 1.0, hi_open=True)
         check_choice(self, "scope", ("layer", "global"))
         check_choice(self, "schedule", SCHEDULES)
-        check_choice(self, "kernel", ("auto",) + KERNELS)
+        check_choice(self, "kernel", CHOICES)
         if self.quality is not None:
             check_range(self, "quality", 0.0, 10.0, lo_open=True)
             if self.schedule != "oneshot":
@@ -220,12 +224,14 @@ class MagnitudeMethod(Method):
                     f"(sparsity {zeros / total:.3f}); applying the final sparsity now"
                 )
                 apply_masks(layers, compute_masks(layers))
-        inputs = capture_inputs(model, [n for n, _, _ in layers]) if config.kernel == "auto" else {}
+        inputs = capture_inputs(model, [n for n, _, _ in layers]) if config.kernel == "measure" else {}
         for name, m, _ in layers:
             tprune.remove(m, "weight")
             sparse_cls = SparseConv2d if isinstance(m, nn.Conv2d) else SparseLinear
-            packed = sparse_cls.from_dense(m, "dense" if config.kernel == "auto" else config.kernel)
+            packed = sparse_cls.from_dense(m, config.kernel if config.kernel in KERNELS else "dense")
             if config.kernel == "auto":
+                rule_kernel(packed)
+            elif config.kernel == "measure":
                 choose_kernel(packed, inputs[name])
             set_module(model, name, packed.to(m.weight.device))
         return model

@@ -28,6 +28,8 @@ from torchslim.core.select import select
 from torchslim.core.surgery import capture_inputs, set_module
 from torchslim.runtime.product import PQ_KERNELS, ProductConv2d, ProductLinear, choose_pq_kernel
 
+PQ_CHOICES = ("auto", "measure") + PQ_KERNELS  # auto: a rule; measure: timed on this machine
+
 
 @dataclass(frozen=True)
 class PQ(MethodConfig):
@@ -38,7 +40,9 @@ class PQ(MethodConfig):
         bits: index width per sub-vector, 1..8 (2**bits codewords per sub-space).
         iters: k-means iterations per sub-space.
         seed: k-means++ seeding.
-        kernel: ``auto`` (measure LUT vs dense for Linear layers), ``dense`` or ``lut``.
+        kernel: ``auto`` (the dense weight, a rule: the same file bytes on every run), ``measure``
+            (time the lookup table against the dense weight for Linear layers on this machine and
+            keep the faster), ``dense`` or ``lut``.
     """
 
     sub_dim: int = 4
@@ -51,7 +55,7 @@ class PQ(MethodConfig):
         check_int(self, "bits", 1, 8)
         check_int(self, "sub_dim", 1)
         check_int(self, "iters", 1)
-        check_choice(self, "kernel", ("auto",) + PQ_KERNELS)
+        check_choice(self, "kernel", PQ_CHOICES)
 
 
 def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
@@ -116,7 +120,7 @@ def _to_product(m: nn.Module, cfg: PQ) -> nn.Module:
             cfg.sub_dim,
             cfg.bits,
             m.bias is not None,
-            kernel="dense" if cfg.kernel == "auto" else cfg.kernel,
+            kernel=cfg.kernel if cfg.kernel in PQ_KERNELS else "dense",
         )
     new.set_codes(codes, books)
     if m.bias is not None:
@@ -147,9 +151,15 @@ def pq_layers(
 
 
 def choose_kernels(model: nn.Module, config: MethodConfig) -> None:
-    """For ``kernel=auto``: time LUT against dense for every ProductLinear and keep the faster."""
+    """``kernel="auto"``: every ProductLinear runs its dense weight, recorded as a rule (the table
+    kernel's gain depends on the machine and batch, so it is chosen only by measurement);
+    ``kernel="measure"``: time the table against the dense weight per layer and keep the faster."""
     names = [n for n, m in model.named_modules() if isinstance(m, ProductLinear)]
-    if config.kernel != "auto" or not names:
+    if config.kernel == "auto":
+        for n in names:
+            m = model.get_submodule(n)
+            m.kernel, m.lut_batch, m.timing = "dense", None, {"rule": "dense unless measured (kernel='measure')"}
+    if config.kernel != "measure" or not names:
         return
     inputs = capture_inputs(model, names)
     mods = dict(model.named_modules())

@@ -33,7 +33,7 @@ from torchslim.core import inputs
 from torchslim.core.config import MethodConfig, check_choice, check_int
 from torchslim.core.registry import Method, register_method
 from torchslim.core.surgery import get_module, set_module
-from torchslim.quant.pq import PQ_KERNELS, _to_product, choose_kernels, pq_layers
+from torchslim.quant.pq import PQ_CHOICES, _to_product, choose_kernels, pq_layers
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class QCNN(MethodConfig):
             ("max_rows", 64, 10**8),
         ):
             check_int(self, f, lo, hi)
-        check_choice(self, "kernel", ("auto",) + PQ_KERNELS)
+        check_choice(self, "kernel", PQ_CHOICES)
 
 
 def _rows(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,11 @@ call returns it NCHW-contiguous (one copy), the ``eager`` engine passes it on as
 it is (``batch_last = True``), so consecutive sparse convolutions and the pooling
 between them never transpose. Without numba (or off the CPU) the convolution
 falls back to ``W (C_out, C_in*k*k) @ unfold(x)`` with ``torch.sparse_csr``.
-:func:`choose_kernel` times the kernels on the layer's real input shape and
-keeps the faster one; the choice and the timings are stored in the file's
-architecture spec.
+:func:`rule_kernel` picks the kernel by a rule (density, size, grouping and whether
+numba is installed), so the same recipe gives the same file bytes on every run;
+:func:`choose_kernel` (``kernel="measure"``, ``torchslim tune``) times both kernels
+on the layer's real input shape and keeps the faster one. The choice and its
+reason (the rule or the timings) are stored in the file's architecture spec.
 """
 
 from __future__ import annotations
@@ -545,6 +547,31 @@ class SparseConv2d(_SparseBase):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"nnz={self.nnz}, kernel={self.kernel}"
         )
+
+
+SPARSE_MAX_DENSITY = 0.12  # above it the dense BLAS / oneDNN kernels win (direct sparse conv: 5-8x less per MAC)
+SPARSE_MIN_WEIGHTS = 4096  # below it a layer's call overhead dominates (LeNet-5's 500 x 10 head: dense 2x faster)
+
+
+def rule_kernel(module: _SparseBase) -> str:
+    """The default kernel, by a rule rather than a timing (same seed, same file bytes): ``sparse``
+    when density ``nnz / (rows * cols)`` <= ``SPARSE_MAX_DENSITY``, the dense layer holds at least
+    ``SPARSE_MIN_WEIGHTS`` weights and, for a convolution, groups == 1 and numba is installed (the
+    direct sparse kernel; the unfold fallback is not faster); else ``dense``. Sets ``module.kernel``
+    and ``module.timing`` (``{"rule": reason}``)."""
+    import importlib.util
+
+    weights = module.rows * module.cols
+    density = module.nnz / max(1, weights)
+    reason = f"density {density:.3f}, {weights} weights"
+    if isinstance(module, SparseConv2d) and module.groups != 1:
+        kernel, reason = "dense", "grouped conv"
+    elif isinstance(module, SparseConv2d) and importlib.util.find_spec("numba") is None:
+        kernel, reason = "dense", "numba not installed"
+    else:
+        kernel = "sparse" if density <= SPARSE_MAX_DENSITY and weights >= SPARSE_MIN_WEIGHTS else "dense"
+    module.kernel, module.timing, module._cache = kernel, {"rule": reason}, None
+    return kernel
 
 
 def choose_kernel(
