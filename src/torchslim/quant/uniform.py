@@ -292,6 +292,25 @@ def _fit_int32_bias(model: nn.Module, flags: dict[str, dict]) -> None:
             r[1] = max(float(r[1]), lo + need * levels * (1 + 1e-6))
 
 
+def _full_range_warning() -> str:
+    """What 8-bit activation ranges cost on this CPU: without VNNI (AVX2-only CPUs) fbgemm sums pairs
+    of u8 x s8 products in saturating int16 (``vpmaddubsw``), so most outputs of a converted model
+    differ from its fake-quant form (485 of 640 logits of lenet5 / vgg_small on an AVX2-only EPYC);
+    with VNNI only grouped convs and some shapes can saturate."""
+    from torchslim.measure.latency import cpu_flags
+
+    if "avx512_vnni" not in cpu_flags():
+        cpu = "this CPU has no AVX-512 VNNI: its x86 int8 kernels sum in saturating int16, so the converted "
+        cpu += "model will differ from the prepared one on most outputs"
+    else:
+        cpu = "the x86 int8 kernels can saturate their int16 partial sums on grouped convs and some shapes "
+        cpu += "even with VNNI, so the converted model may differ from the prepared one"
+    return (
+        f"quant.uniform: reduce_range=False (8-bit activation ranges): {cpu}; keep the default (7 bits) "
+        "unless its outputs are checked"
+    )
+
+
 def reduce_range(config: Uniform) -> bool:
     """``config.reduce_range``, 7 bits when None (as PyTorch's x86 default): fbgemm multiply-adds
     uint8 x int8 pairs into saturating int16 on CPUs without VNNI, in its depthwise / grouped
@@ -404,12 +423,7 @@ class UniformMethod(Method):
             return model
         was = model.training
         if config.act_bits and not reduce_range(config):
-            warnings.warn(
-                "quant.uniform: reduce_range=False (8-bit activation ranges): the x86 int8 kernels can "
-                "saturate their int16 partial sums (grouped convs on every CPU, other layers on CPUs without "
-                "VNNI and for some shapes with it), so the converted model may differ from the prepared one; "
-                "keep the default (7 bits) unless its outputs are checked"
-            )
+            warnings.warn(_full_range_warning())
         if config.act_bits:  # a float BatchNorm cannot sit between two int8 layers
             names = {n for n, _, _ in chosen}
             fold_all(model, keep=lambda layer, bn: layer in names)
