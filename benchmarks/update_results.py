@@ -23,6 +23,7 @@ from _common import FLOAT, float_base, parse, parser
 ROOT = Path(__file__).resolve().parent
 ART, RES = ROOT / "artifacts", ROOT / "results"
 MEASURED = ("top1", "top5", "loss", "bytes", "params", "nonzeros", "macs", "effective_macs")
+CHECKED = ("top1", "bytes", "params", "macs")  # what --check compares (loss: float summation order)
 
 # artifact -> [(results file, fields a row must match)]: the rows the file's numbers back
 BACKS: dict[str, list[tuple[str, dict]]] = {
@@ -116,6 +117,11 @@ def measure_artifact(name: str, loader) -> dict:
     return {k: row[k] for k in MEASURED}
 
 
+def differences(row: dict, measured: dict) -> list[tuple[str, object, object]]:
+    """(key, results value, file value) for every :data:`CHECKED` number where the row differs."""
+    return [(k, row.get(k), measured[k]) for k in CHECKED if row.get(k) != measured[k]]
+
+
 def _matches(row: dict, want: dict) -> bool:
     return all(row.get(k) == v for k, v in want.items())
 
@@ -189,9 +195,7 @@ def main() -> None:
             if not hit:
                 raise SystemExit(f"{name}: no row of results/{file}.json matches {want}")
             for r in hit:
-                diffs += [
-                    (name, file, k, r.get(k), m[k]) for k in ("top1", "bytes", "params", "macs") if r.get(k) != m[k]
-                ]
+                diffs += [(name, file, *d) for d in differences(r, m)]
                 r.update({k: m[k] for k in MEASURED}, artifact=name)
     if a.check:
         for name, file, key, old, new in diffs:

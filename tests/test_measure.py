@@ -466,3 +466,55 @@ def test_binary_convs_pass_packed_signs_to_the_next_binary_conv_exactly(k_last, 
     reloaded = ts.load(tmp_path / "chain.slim", model=_BinaryChainNet(k_last)).eval()
     with torch.no_grad():
         assert torch.equal(engines.build("eager", reloaded, (3, 16, 23))(x), model(x))
+
+
+class _SharedPoolNet(nn.Module):
+    """One MaxPool2d module called after two binary convs (fusing it into the first would pool the
+    second's input twice, or not at all), and a ceil-mode pool on odd maps (floor mode drops the
+    last row and column)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 64, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.b3 = nn.Conv2d(64, 64, 3, padding=1)
+        self.ceil = nn.MaxPool2d(2, ceil_mode=True)
+        self.fc = nn.Linear(64 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = self.pool(self.b2(self.pool(self.b1(self.c0(x)))))
+        return self.fc(self.ceil(self.b3(x)).flatten(1))
+
+
+def test_eager_engine_leaves_shared_and_ceil_mode_pools_alone():
+    """Catches: the eager engine fusing a MaxPool module that is also called elsewhere (the output
+    shape changes), and ceil-mode pools run as floor mode (a 7 x 7 map pooled to 3 x 3, not 4 x 4)."""
+    from torchslim import engines
+    from torchslim.binary import XNOR
+
+    torch.manual_seed(0)
+    model = _SharedPoolNet().eval()
+    x = torch.randn(2, 3, 14, 14)  # 14 -> 7 -> 3 (floor, shared pool) -> ceil 2
+    ts.convert_(ts.compress_(model, XNOR(layers=["b1", "b2", "b3"]), example_inputs=x))
+    fused = engines.views.fused_epilogues(model)
+    assert type(fused.pool) is nn.MaxPool2d and type(fused.ceil) is nn.MaxPool2d
+    run = engines.build("eager", model, (3, 14, 14))
+    with torch.no_grad():
+        assert torch.equal(run(x), model(x)) and torch.equal(fused(x), model(x))
+
+
+def test_a_module_called_twice_counts_its_macs_twice():
+    """Catches: MACs of a module called at two places counted once (``=`` instead of ``+=`` in the
+    hook): a shared 3x3 conv, 8 -> 8 channels, twice on 6 x 6 maps: 2 * 8 * 8 * 9 * 36 MACs."""
+    from torchslim.measure.counts import count_macs
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.conv(torch.relu(self.conv(x)))
+
+    assert count_macs(Twice(), (8, 6, 6)) == 2 * 8 * 8 * 9 * 36

@@ -305,6 +305,36 @@ def test_a_second_run_into_the_same_folder_is_refused(fashion_dir, tmp_path):
     run_recipe(_tiny(fashion_dir), out)  # released: runs
 
 
+def test_the_data_order_follows_the_recipe_seed(fashion_dir, tmp_path, monkeypatch):
+    """Catches: the data loaders seeded with 0 instead of the recipe's seed (every seed then trains
+    on the same batch order; the model's init still follows the seed, so outputs alone differ)."""
+    import torchslim.data as data
+
+    seen, real = [], data.make_loaders
+
+    def spy(cfg, **kw):
+        seen.append(kw.get("seed"))
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(data, "make_loaders", spy)
+    recipe = _tiny(fashion_dir)
+    recipe["train"]["seed"] = 7
+    run_recipe(recipe, tmp_path / "seeded")
+    assert seen == [7]
+
+
+def test_two_runs_lock_each_other_out(tmp_path):
+    """Catches: the run lock taken shared (two runs both get a shared lock; the test above plays the
+    other run with an exclusive lock, which a shared one still conflicts with)."""
+    from torchslim.recipe import _RunLock
+
+    with _RunLock(tmp_path):
+        with pytest.raises(RecipeError, match="in use by another torchslim run"):
+            _RunLock(tmp_path).__enter__()
+    with _RunLock(tmp_path):  # released on exit
+        pass
+
+
 def test_a_broken_state_file_is_a_clear_error(fashion_dir, tmp_path):
     out = tmp_path / "broken"
     run_recipe(_tiny(fashion_dir), out)

@@ -72,3 +72,15 @@ def test_artifact_numbers_equal_a_fresh_measurement(name, fashion_dir):
 
         loader = make_loaders(DataConfig(dir=str(fashion_dir))).test
         assert update_results.measure_artifact(name, loader)["top1"] == want["top1"]
+
+
+@pytest.mark.parametrize("key", ["top1", "bytes", "params", "macs"])
+def test_check_reports_every_number_it_guards(key):
+    """Catches: ``update_results.py --check`` not comparing top-1 (or another number): a results
+    row one step off its file in that number alone must be reported."""
+    measured = {"top1": 90.12, "top5": 99.0, "loss": 0.3, "bytes": 1000, "params": 50, "nonzeros": 50}
+    measured |= {"macs": 700, "effective_macs": 700}
+    row = dict(measured)
+    assert update_results.differences(row, measured) == []
+    row[key] = measured[key] + (0.01 if key == "top1" else 1)
+    assert update_results.differences(row, measured) == [(key, row[key], measured[key])]
