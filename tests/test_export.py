@@ -321,3 +321,51 @@ def test_every_packed_format_declares_streams_that_huffman_round_trips(method, t
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
+
+
+def _resave_with(src, dst, edit_tensors=None, edit_header=None):
+    """A copy of ``src`` with its tensors or header edited and the checksum recomputed (what an
+    attacker can do)."""
+    tensors, header = read_slim(src)
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_header:
+        edit_header(header)
+    header.pop("format", None)
+    write_slim(dst, tensors, header)
+
+
+@pytest.mark.parametrize(
+    "what, edit_tensors, edit_header, says",
+    [
+        ("NaN BatchNorm eps", None, "eps", "eps = nan"),
+        ("inf in a k-means codebook", "codebook", None, "holds NaN or inf"),
+        ("int8 weight scale 0", "scale", None, "scale holds values <= 0"),
+    ],
+)
+def test_non_finite_or_zero_floats_in_a_file_are_refused(tmp_path, what, edit_tensors, edit_header, says):
+    """Catches: BatchNorm ``eps: NaN``, inf in a codebook and an int8 scale of 0 loading and giving
+    NaN outputs or 10 % accuracy (found by crafting files from the committed artifacts)."""
+    name = {"codebook": "vgg_small_kmeans4.slim", "scale": "vgg_small_int8.slim"}.get(
+        edit_tensors, "vgg_small_filters.slim"
+    )
+
+    def tensors(t):
+        key = next(k for k in sorted(t) if k.endswith("." + edit_tensors))
+        t[key] = t[key].clone()
+        t[key].view(-1)[0] = float("inf") if edit_tensors == "codebook" else 0.0
+
+    def header(h):
+        text = json.dumps(h)
+        assert '"eps": 1e-05' in text
+        h.clear()
+        h.update(json.loads(text.replace('"eps": 1e-05', '"eps": NaN', 1)))
+
+    _resave_with(
+        ROOT_ART / name,
+        tmp_path / "bad.slim",
+        tensors if edit_tensors else None,
+        header if edit_header else None,
+    )
+    with pytest.raises(SlimFileError, match=says):
+        ts.load(tmp_path / "bad.slim")

@@ -337,3 +337,18 @@ def test_numba_threads_follow_torch():
     finally:
         torch.set_num_threads(old)
         match_torch_threads()
+
+
+def test_sparse_conv_refuses_an_input_with_other_channels_than_it_declares():
+    """Catches: the direct sparse conv (numba) reading channels its input does not have: a file that
+    declares in_channels 1300 with column indices up to it segfaulted ``torchslim eval`` (exit 139)."""
+    from torchslim.runtime import SparseConv2d
+
+    conv = nn.Conv2d(8, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[:, :4] = 0  # stored weights only on channels 4..7
+    layer = SparseConv2d.from_dense(conv, "sparse").eval()
+    with torch.no_grad():
+        assert torch.allclose(layer(torch.ones(1, 8, 5, 5)), conv(torch.ones(1, 8, 5, 5)), atol=1e-5)
+        with pytest.raises(ValueError, match=r"reads \(N, 8, H, W\)"):
+            layer(torch.ones(1, 1, 5, 5))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,18 @@ def save(
     return write_slim(path, tensors, header)
 
 
+def _check_finite(m: nn.Module) -> None:
+    """Every float tensor a file sets on ``m`` is finite (weights, codebooks, scales, thresholds,
+    running statistics), and a norm layer's ``eps`` is a positive number (``eps = NaN`` loaded and
+    gave NaN outputs). Other float attributes may be infinite by design (masking values)."""
+    for key, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+        if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"tensor {key!r} holds NaN or inf")
+    eps = vars(m).get("eps")
+    if isinstance(eps, float) and not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps = {eps}: must be a positive number")
+
+
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a model from a ``.slim`` file (in eval mode).
 
@@ -307,12 +320,13 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise SlimFileError(
             f"{path}: tensors do not fit the architecture of {type(model).__name__}: {detail}"
         ) from None
-    for name, m in model.named_modules():  # indices and lengths are checked before anything runs
-        if isinstance(m, RuntimeLayer):
-            try:
+    for name, m in model.named_modules():  # indices, lengths and values are checked before anything runs
+        try:
+            _check_finite(m)
+            if isinstance(m, RuntimeLayer):
                 m.validate()
-            except ValueError as e:
-                raise SlimFileError(f"{path}: layer {name!r} ({type(m).__name__}): {e}") from None
+        except ValueError as e:
+            raise SlimFileError(f"{path}: layer {name!r} ({type(m).__name__}): {e}") from None
     try:
         shape = input_shape(header)
     except ValueError as e:

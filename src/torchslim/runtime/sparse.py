@@ -520,6 +520,11 @@ class SparseConv2d(_SparseBase):
             w = self.train_weight() if self._training() else self._operand()
             w = w.reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:  # the numba kernel indexes channels unchecked
+            raise ValueError(
+                f"SparseConv2d: input of shape {tuple(x.shape)}, the layer reads (N, {self.in_channels}, H, W); "
+                "the model's layers do not fit together (a file whose geometry lies, or the wrong input)"
+            )
         n, _, h, w_ = x.shape
         kh, kw = self.kernel_size
         ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1

@@ -78,6 +78,19 @@ class _UniformBase(RuntimeLayer):
         self.bias = nn.Parameter(torch.zeros(c), requires_grad=False) if bias else None
         self._cache: tuple | None = None
 
+    def validate(self) -> None:
+        """Scales are positive (a weight scale of 0 loaded and gave NaN / constant outputs), zero
+        points inside the code range, the code stream as long as the weight needs."""
+        if not bool((self.scale > 0).all()):
+            raise ValueError("scale holds values <= 0; every weight scale must be positive")
+        if self.act_bits and not (float(self.act[0]) > 0 and float(self.act[2]) > 0):
+            raise ValueError(f"activation scales {float(self.act[0])}, {float(self.act[2])}: must be positive")
+        if self.act_bits and not (0 <= float(self.act[1]) <= 255 and 0 <= float(self.act[3]) <= 255):
+            raise ValueError("activation zero points outside 0..255")
+        want = math.ceil(math.prod(self.shape) * self.bits / 8)
+        if self.codes.numel() != want:
+            raise ValueError(f"codes hold {self.codes.numel()} bytes, want {want}")
+
     @property
     def _offset(self) -> int:
         """Codes are stored unsigned: symmetric ``q`` is stored as ``q + 2^(b-1)``."""

@@ -1,0 +1,187 @@
+"""Replay the mutations the suite must catch: each bug is written into a copy of the project, the
+test that names it is run there, and that test must fail. A mutation whose text is no longer in its
+file is reported as stale (the code moved on: update or drop the entry).
+
+    .venv/bin/python tests/mutations.py                 # every mutation, 2 at a time
+    .venv/bin/python tests/mutations.py --only sparse   # those whose file or test contains "sparse"
+    .venv/bin/python tests/mutations.py --list          # check every entry still applies; run nothing
+
+tests/mutations.md is the full history of mutations applied by hand; the ones below are written as
+exact text replacements so that they replay unattended (CI runs ``--list``; the replay itself takes
+about 5 minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    path: str  # relative to the project root
+    old: str  # must occur exactly once
+    new: str
+    test: str  # pytest node id (or -k expression after a space) that must fail
+
+
+MUTATIONS = [
+    Mutation(
+        "src/torchslim/api.py",
+        "OVERFLOW_MARGIN = 1e4",
+        "OVERFLOW_MARGIN = 1.0",
+        "tests/test_foreign_regressions.py -k float_range_end",
+    ),
+    Mutation(
+        "src/torchslim/runtime/sparse.py",
+        'kernel = "sparse" if density <= SPARSE_MAX_DENSITY',
+        'kernel = "sparse" if density < SPARSE_MAX_DENSITY',
+        "tests/test_prune_magnitude.py -k rule_of_density",
+    ),
+    Mutation(
+        "src/torchslim/export/slim.py",
+        "object_pairs_hook=_unique_keys)",
+        ")",
+        "tests/test_export.py -k duplicate_header",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
+        'if "avx512_vnni" not in cpu_flags():',
+        'if "avx512_vnni" in cpu_flags():',
+        "tests/test_quant_uniform.py -k warning_follows_the_cpu",
+    ),
+    Mutation(
+        "src/torchslim/engines/views.py",
+        "StridedMaxPool2d.applies(m) and calls[user.target] == 1:",
+        "StridedMaxPool2d.applies(m):",
+        "tests/test_measure.py -k shared_and_ceil",
+    ),
+    Mutation(
+        "src/torchslim/runtime/pool.py",
+        "and not m.ceil_mode",
+        "and True",
+        "tests/test_measure.py -k shared_and_ceil",
+    ),
+    Mutation(
+        "src/torchslim/recipe.py",
+        "fcntl.LOCK_EX | fcntl.LOCK_NB",
+        "fcntl.LOCK_SH | fcntl.LOCK_NB",
+        "tests/test_recipe_cli.py -k lock_each_other",
+    ),
+    Mutation(
+        "src/torchslim/recipe.py",
+        "loaders = make_loaders(recipe.data, seed=recipe.train.seed)",
+        "loaders = make_loaders(recipe.data, seed=0)",
+        "tests/test_recipe_cli.py -k data_order_follows",
+    ),
+    Mutation(
+        "src/torchslim/measure/counts.py",
+        'rows[_n]["macs"] += int(dense)',
+        'rows[_n]["macs"] = int(dense)',
+        "tests/test_measure.py -k called_twice",
+    ),
+    Mutation(
+        "benchmarks/update_results.py",
+        'CHECKED = ("top1", "bytes", "params", "macs")',
+        'CHECKED = ("bytes", "params", "macs")',
+        "tests/test_results.py -k guards",
+    ),
+    Mutation(
+        "src/torchslim/prune/magnitude.py",
+        "keep[w.flatten().argsort(stable=True)[:k]] = False",
+        "keep[w.flatten().argsort(stable=True, descending=True)[:k]] = False",
+        "tests/test_prune_magnitude.py -k TestMagnitudeContract",
+    ),
+    Mutation(
+        "src/torchslim/runtime/_layout.py",
+        'per_out = m.cols if hasattr(m, "cols") else m.in_features',
+        'per_out = m.in_features if hasattr(m, "in_features") else m.cols',
+        "tests/test_runtime.py -k mac_rule",
+    ),
+    Mutation(
+        "src/torchslim/export/slim.py",
+        "            _check_finite(m)\n",
+        "",
+        "tests/test_export.py -k non_finite",
+    ),
+    Mutation(
+        "src/torchslim/runtime/uniform.py",
+        "if not bool((self.scale > 0).all()):",
+        "if not bool((self.scale >= 0).all()):",
+        "tests/test_export.py -k non_finite",
+    ),
+    Mutation(
+        "src/torchslim/runtime/sparse.py",
+        "if x.dim() != 4 or x.shape[1] != self.in_channels:",
+        "if x.dim() != 4:",
+        "tests/test_runtime.py -k other_channels",
+    ),
+]
+
+
+def _applies(m: Mutation) -> str | None:
+    """None when ``m.old`` occurs exactly once in its file, else why not."""
+    path = ROOT / m.path
+    if not path.exists():
+        return f"{m.path} does not exist"
+    n = path.read_text().count(m.old)
+    return None if n == 1 else f"{m.old!r} occurs {n} times in {m.path}"
+
+
+def replay(m: Mutation, timeout: int) -> tuple[str, str]:
+    """('caught' | 'SURVIVED' | 'stale' | 'timeout', detail) for one mutation, in a copy of the tree."""
+    why = _applies(m)
+    if why:
+        return "stale", why
+    with tempfile.TemporaryDirectory(prefix="torchslim-mutant-") as d:
+        copy = Path(d) / "p"
+        skip = shutil.ignore_patterns(".git", ".venv*", "runs", "__pycache__", "cache", "*.egg-info")
+        shutil.copytree(ROOT, copy, ignore=skip, symlinks=True)
+        target = copy / m.path
+        target.write_text(target.read_text().replace(m.old, m.new))
+        cmd = [sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", *m.test.split(" ", 2)]
+        env = {**os.environ, "PYTHONPATH": str(copy / "src"), "OMP_NUM_THREADS": "1"}
+        try:
+            r = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "timeout", f"past {timeout} s"
+    if r.returncode == 5:
+        return "stale", f"no test matches {m.test}"
+    if r.returncode == 0:
+        return "SURVIVED", "the test passed with the bug in place"
+    return "caught", f"exit {r.returncode}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="replay the mutations whose file or test contains this text")
+    ap.add_argument("--list", action="store_true", help="check that every mutation still applies; run nothing")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=600, help="seconds per mutation's test run")
+    a = ap.parse_args()
+    chosen = [m for m in MUTATIONS if not a.only or a.only in m.path or a.only in m.test]
+    if a.list:
+        stale = [(m, why) for m in chosen if (why := _applies(m))]
+        for m, why in stale:
+            print(f"stale: {m.test}: {why}")
+        print(f"{len(chosen) - len(stale)} of {len(chosen)} mutations apply")
+        return 1 if stale else 0
+    with ThreadPoolExecutor(a.jobs) as pool:
+        results = list(pool.map(lambda m: (m, *replay(m, a.timeout)), chosen))
+    for m, outcome, detail in results:
+        print(f"{outcome:8s} {m.path}: {m.old[:50]!r} -> {m.new[:50]!r} [{m.test}] {detail}")
+    bad = [r for r in results if r[1] != "caught"]
+    print(f"{len(results) - len(bad)} of {len(results)} mutations caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
