@@ -103,7 +103,7 @@ MUTATIONS = [
     Mutation(
         "src/torchslim/runtime/_layout.py",
         'per_out = m.cols if hasattr(m, "cols") else m.in_features',
-        'per_out = m.in_features if hasattr(m, "in_features") else m.cols',
+        'per_out = getattr(m, "in_channels", 0) or (m.cols if hasattr(m, "cols") else m.in_features)',
         "tests/test_runtime.py -k mac_rule",
     ),
     Mutation(
@@ -123,6 +123,36 @@ MUTATIONS = [
         "if x.dim() != 4 or x.shape[1] != self.in_channels:",
         "if x.dim() != 4:",
         "tests/test_runtime.py -k other_channels",
+    ),
+    Mutation(
+        "src/torchslim/runtime/sparse.py",
+        "and weights >= SPARSE_MIN_WEIGHTS",
+        "and weights > SPARSE_MIN_WEIGHTS",
+        "tests/test_prune_magnitude.py -k rule_of_density",
+    ),
+    Mutation(
+        "src/torchslim/recipe.py",
+        "    if links:\n",
+        "    if False:\n",
+        "tests/test_recipe_cli.py -k run_folder_rules",
+    ),
+    Mutation(
+        "src/torchslim/recipe.py",
+        'if entries and not any(p.name == "state.json"',
+        'if False and not any(p.name == "state.json"',
+        "tests/test_recipe_cli.py -k run_folder_rules",
+    ),
+    Mutation(
+        "src/torchslim/recipe.py",
+        "if _is_our_tmp(stale.name) and not stale.is_symlink():",
+        'if stale.name.endswith("tmp") and not stale.is_symlink():',
+        "tests/test_recipe_cli.py -k restart_removes_only",
+    ),
+    Mutation(
+        "src/torchslim/recipe.py",
+        'raise RecipeError(f"{e.filename or out}: {e.strerror or e}; free space or choose another --out") from None',
+        "raise",
+        "tests/test_recipe_cli.py -k run_folder_rules",
     ),
 ]
 

@@ -251,8 +251,9 @@ def test_measured_kernel_choice_is_saved(tmp_path):
 @pytest.mark.parametrize(
     "layer, density, want",
     [
-        (nn.Linear(256, 64), 0.12, "sparse"),  # at both bounds: 16,384 weights, density 0.12
-        (nn.Linear(256, 64), 0.13, "dense"),  # above the density bound
+        (nn.Linear(250, 100), 0.12, "sparse"),  # at the density bound: 3,000 of 25,000 weights
+        (nn.Linear(250, 100), 0.1204, "dense"),  # one step above it: 3,010 of 25,000
+        (nn.Linear(128, 32), 0.05, "sparse"),  # at the size bound: 4,096 weights
         (nn.Linear(100, 40), 0.05, "dense"),  # 4,000 < 4,096 weights: call overhead dominates
         (nn.Conv2d(16, 32, 3), 0.1, "sparse"),
         (nn.Conv2d(16, 32, 3, groups=2), 0.1, "dense"),  # the direct sparse kernel is groups=1 only

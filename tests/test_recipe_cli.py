@@ -275,18 +275,66 @@ def test_run_name_must_be_one_safe_folder_name(name):
 
 
 def test_restart_removes_only_what_the_run_wrote(fashion_dir, tmp_path):
+    """Catches: a restart or a resume deleting the user's files in the run folder (``notes.tmp`` was
+    deleted by the ``*.tmp`` clean-up) or anything outside it."""
     out = tmp_path / "shared"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    (out / "other_run").mkdir()
-    (out / "other_run" / "model.slim").write_text("not yours")
     run_recipe(_tiny(fashion_dir), out)
     assert (out / "model.slim").exists() and (out / "00_baseline.slim").exists()
-    (out / "leftover.slim.tmp").write_text("a killed write")
+    (out / "notes.txt").write_text("mine")
+    (out / "notes.tmp").write_text("mine too")
+    (out / "other_run").mkdir()
+    (out / "other_run" / "model.slim").write_text("not yours")
+    (out / ".model.slim.abcd1234.torchslim-tmp").write_text("a killed write")
     run_recipe(_tiny(fashion_dir), out, restart=True)
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text() == "mine" and (out / "notes.tmp").read_text() == "mine too"
     assert (out / "other_run" / "model.slim").read_text() == "not yours"
-    assert not (out / "leftover.slim.tmp").exists() and (out / "model.slim").exists()
+    assert not (out / ".model.slim.abcd1234.torchslim-tmp").exists() and (out / "model.slim").exists()
+
+
+def test_run_folder_rules(fashion_dir, tmp_path, monkeypatch):
+    """Catches: ``--out`` into a user's non-empty folder (the run's clean-up then works among their
+    files), a ``ckpt_*`` symlink making resume / ``--restart`` delete files in the folder it points
+    to, and a read-only folder ending in a raw OSError traceback."""
+    import os
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("x")
+    with pytest.raises(RecipeError, match="not empty and holds no torchslim run"):
+        run_recipe(_tiny(fashion_dir), foreign)
+    assert sorted(p.name for p in foreign.iterdir()) == ["thesis.tex"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".last.ckpt.abcd1234.torchslim-tmp").write_text("not the run's")
+    run = tmp_path / "linked"
+    run_recipe(_tiny(fashion_dir), run)
+    (run / "ckpt_x").symlink_to(elsewhere)
+    with pytest.raises(RecipeError, match="symbolic links"):
+        run_recipe(_tiny(fashion_dir), run, restart=True)
+    assert (elsewhere / ".last.ckpt.abcd1234.torchslim-tmp").exists()
+
+    import errno
+
+    import torchslim._files as files
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(files, "atomic_write", full)
+    with pytest.raises(RecipeError, match=r"full.*recipe.yaml: No space left on device"):
+        run_recipe(_tiny(fashion_dir), tmp_path / "full")
+    monkeypatch.undo()
+
+    if os.geteuid() != 0:  # root writes into read-only folders
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        try:
+            with pytest.raises(RecipeError, match="locked"):
+                run_recipe(_tiny(fashion_dir), locked)
+        finally:
+            locked.chmod(0o700)
 
 
 def test_a_second_run_into_the_same_folder_is_refused(fashion_dir, tmp_path):

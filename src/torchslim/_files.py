@@ -1,6 +1,6 @@
 """Atomic file writes: a temporary file in the same folder, fsync, rename. A reader (or a rerun after
 a crash) sees the old file or the new one, never a half-written one; a killed writer leaves at
-most a ``*.tmp`` file, which the next run of a recipe removes."""
+most a ``.<name>.<random>.torchslim-tmp`` file, which the next run of a recipe removes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import os
 import tempfile
 from pathlib import Path
 
+TMP_SUFFIX = ".torchslim-tmp"  # temporary files are ".<target name>.<random><TMP_SUFFIX>"
+
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> int:
     """Write ``data`` to ``path`` atomically; returns the number of bytes written."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     umask = os.umask(0)
     os.umask(umask)
     try:

@@ -246,9 +246,38 @@ def run_recipe(
     """
     recipe = parse_recipe(src, data_dir)
     out = Path(out_dir or Path("runs") / recipe.name)
-    out.mkdir(parents=True, exist_ok=True)
-    with _RunLock(out):
-        return _run(recipe, out, restart, latency)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_run_folder(out)
+        with _RunLock(out):
+            return _run(recipe, out, restart, latency)
+    except OSError as e:  # disk full, a read-only folder: one line naming the path, nothing half-written
+        raise RecipeError(f"{e.filename or out}: {e.strerror or e}; free space or choose another --out") from None
+
+
+def _check_run_folder(out: Path) -> None:
+    """A run folder holds only what runs wrote: ``--out`` into a folder with other entries and no
+    run of ours (``state.json``, a checkpoint) is refused, and so is a folder whose run entries are
+    symbolic links (cleaning or ``--restart`` would follow them into another folder)."""
+    entries = [p for p in out.iterdir() if p.name != ".lock"]
+    ours = [p for p in entries if _RUN_FILE.fullmatch(p.name) or _is_our_tmp(p.name)]
+    links = [p.name for p in ours if p.is_symlink()]
+    if links:
+        raise RecipeError(f"{out}: {links[:3]} are symbolic links; a run folder holds only files its runs wrote")
+    if entries and not any(p.name == "state.json" or p.name.startswith("ckpt_") for p in ours):
+        raise RecipeError(
+            f"{out} is not empty and holds no torchslim run (no state.json); choose a new or empty folder for --out"
+        )
+
+
+def _is_our_tmp(name: str) -> bool:
+    """A temporary file of :func:`~torchslim._files.atomic_write` for a run file."""
+    from torchslim._files import TMP_SUFFIX
+
+    if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+        return False
+    target = name[1 : -len(TMP_SUFFIX)].rsplit(".", 1)[0]
+    return bool(_RUN_FILE.fullmatch(target) or target in ("last.ckpt",))
 
 
 class _RunLock:
@@ -303,8 +332,10 @@ def _run(recipe: Recipe, out: Path, restart: bool, latency: bool | None) -> list
     from torchslim.train.loop import fit, seed_everything
 
     state_path = out / "state.json"
-    for stale in [*out.glob("*.tmp"), *out.glob("ckpt_*/*.tmp")]:  # left by a killed write
-        stale.unlink(missing_ok=True)
+    ckpts = [d for d in out.glob("ckpt_*") if d.is_dir() and not d.is_symlink()]
+    for stale in [p for d in (out, *ckpts) for p in d.iterdir()]:  # left by a killed write
+        if _is_our_tmp(stale.name) and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
     if restart:
         _restart(out, state_path)
     try:
