@@ -41,7 +41,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.core.surgery import leaf_modules
 from torchslim.measure import latency_ms, write_report
-from torchslim.measure.latency import allocator, cpu_info
+from torchslim.measure.latency import AVX2_ONLY_ENV, allocator, cpu_info
 
 from _common import parse, parser
 
@@ -110,15 +110,6 @@ def profile(model: nn.Module, batch: int = 256, reps: int = 5) -> dict[str, floa
     return out
 
 
-# an AVX2-only CPU as far as oneDNN and numba are concerned (--isa avx2): set before they load
-AVX2_ENV = {
-    "ONEDNN_MAX_CPU_ISA": "AVX2",
-    "NUMBA_CPU_NAME": "haswell",
-    "NUMBA_CPU_FEATURES": "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fsgsbase,+fxsr,+lzcnt,+mmx,"
-    "+movbe,+pclmul,+popcnt,+rdrnd,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt",
-}
-
-
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes per model)")
@@ -129,7 +120,7 @@ def main() -> None:
     if a.isa == "avx2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":  # again, with the caps set
         import sys
 
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ENV})
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ONLY_ENV})
     names = ["pytorch", "eager", "onnxruntime"] + (["compile"] if a.compile else [])
     avx2 = a.isa == "avx2"
     cpu = cpu_info() + (", run as AVX2-only: oneDNN capped at AVX2, numba for Haswell" if avx2 else "")

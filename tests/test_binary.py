@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,3 +395,25 @@ def test_binary_kernels_load_from_the_disk_cache_in_a_new_process(tmp_path):
     assert misses_hits()[0] > 0  # an empty cache compiles: the check below can fail
     misses, hits = misses_hits()
     assert misses == 0 and hits > 0
+
+
+def test_binary_and_sparse_kernels_are_exact_as_compiled_for_an_avx2_only_cpu(tmp_path):
+    """The kernels' exactness tests again in a process where numba compiles for Haswell (AVX2, scalar
+    popcnt, no VPOPCNTDQ) and oneDNN is capped at AVX2, as on the AVX2-only CPUs users have. Catches:
+    a kernel path that only the AVX-512 machines ran (the suite once failed only on an AVX2-only CPU)."""
+    from torchslim.measure.latency import AVX2_ONLY_ENV
+
+    env = {**os.environ, **AVX2_ONLY_ENV, "NUMBA_CACHE_DIR": str(tmp_path)}
+    tests = ["tests/test_binary.py", "tests/test_runtime.py"]
+    pick = "popcount or xnor_conv_exact or channels_last_binary or scale_map or sparse_conv or strided_max_pool"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *tests, "-k", pick],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert " passed" in out.stdout and " deselected" in out.stdout

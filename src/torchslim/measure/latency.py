@@ -32,6 +32,16 @@ def latency_ms(
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "asimd", "sve")
 
+# a process started with these variables runs as an AVX2-only CPU as far as oneDNN (float convs)
+# and numba (binary, sparse and lookup-table kernels: Haswell, scalar popcnt) are concerned; fbgemm's
+# int8 kernels pick their ISA themselves and are not capped
+AVX2_ONLY_ENV = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fsgsbase,+fxsr,+lzcnt,+mmx,"
+    "+movbe,+pclmul,+popcnt,+rdrnd,+sahf,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,+xsaveopt",
+}
+
 
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> tuple[str, tuple[str, ...]]:
