@@ -154,6 +154,18 @@ MUTATIONS = [
         "raise",
         "tests/test_recipe_cli.py -k run_folder_rules",
     ),
+    Mutation(
+        "src/torchslim/runtime/binary.py",
+        "ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1,",
+        "ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 2,",
+        "tests/test_binary.py -k torch_export",
+    ),
+    Mutation(
+        "src/torchslim/runtime/binary.py",
+        "layer.words, layer.scale, layer.bias, layer.threshold = words, scale, bias, threshold",
+        "layer.words, layer.scale, layer.threshold = words, scale, threshold",
+        "tests/test_binary.py -k torch_export",
+    ),
 ]
 
 
