@@ -166,6 +166,12 @@ MUTATIONS = [
         "layer.words, layer.scale, layer.threshold = words, scale, threshold",
         "tests/test_binary.py -k torch_export",
     ),
+    Mutation(
+        "src/torchslim/export/huffman.py",
+        "        if pos >= nbits:\n            return -1\n",
+        "",
+        "tests/test_quant_kmeans.py -k huffman_stream_that_ends_early",
+    ),
 ]
 
 

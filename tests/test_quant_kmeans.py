@@ -196,3 +196,16 @@ def test_deep_compression_storage_round_trip(tmp_path):
     (tmp_path / "bad.slim").write_bytes(bytes(raw))
     with pytest.raises(ts.export.SlimFileError):
         ts.load(tmp_path / "bad.slim")
+
+
+def test_huffman_stream_that_ends_early_is_refused():
+    """Catches: decoding past the end of the stream (zeros read as codes) instead of refusing a
+    stream that declares more symbols than its bits hold: four equally likely symbols take 2 bits
+    each, so 8 symbols fill 2 bytes and a 9th is past the end."""
+    from torchslim.export import huffman
+
+    stream, alphabet, lengths = huffman.encode(np.array([0, 1, 2, 3] * 2))
+    assert len(stream) == 2 and set(lengths.tolist()) == {2}
+    assert huffman.decode(stream, alphabet, lengths, 8).tolist() == [0, 1, 2, 3] * 2
+    with pytest.raises(ValueError, match="ends early"):
+        huffman.decode(stream, alphabet, lengths, 9)
