@@ -325,7 +325,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             _check_finite(m)
             if isinstance(m, RuntimeLayer):
                 m.validate()
-        except ValueError as e:
+        except (ValueError, IndexError, RuntimeError, TypeError) as e:  # a checker tripping on bad data too
             raise SlimFileError(f"{path}: layer {name!r} ({type(m).__name__}): {e}") from None
     try:
         shape = input_shape(header)

@@ -81,6 +81,11 @@ class _UniformBase(RuntimeLayer):
     def validate(self) -> None:
         """Scales are positive (a weight scale of 0 loaded and gave NaN / constant outputs), zero
         points inside the code range, the code stream as long as the weight needs."""
+        if self.act.numel() != 4 or self.scale.numel() != self.shape[0] or self.zero_point.numel() != self.shape[0]:
+            raise ValueError(
+                f"act holds {self.act.numel()} values (want 4), scale / zero_point {self.scale.numel()} / "
+                f"{self.zero_point.numel()} (want {self.shape[0]})"
+            )
         if not bool((self.scale > 0).all()):
             raise ValueError("scale holds values <= 0; every weight scale must be positive")
         if self.act_bits and not (float(self.act[0]) > 0 and float(self.act[2]) > 0):
