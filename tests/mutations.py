@@ -172,6 +172,24 @@ MUTATIONS = [
         "",
         "tests/test_quant_kmeans.py -k huffman_stream_that_ends_early",
     ),
+    Mutation(
+        "src/torchslim/export/slim.py",
+        '            if all(hasattr(m, a) for a in ("out_channels", "kernel_size", "stride", "padding")):',
+        "            if False:",
+        "tests/test_export.py -k explode",
+    ),
+    Mutation(
+        "src/torchslim/core/inputs.py",
+        "return check_shape([c, s, s])",
+        "return (c, s, s)",
+        "tests/test_export.py -k capped_like",
+    ),
+    Mutation(
+        "src/torchslim/measure/report.py",
+        "return max(1, min(want, int(share * memory) // per_sample))",
+        "return want",
+        "tests/test_export.py -k sized_to_memory",
+    ),
 ]
 
 

@@ -369,3 +369,46 @@ def test_non_finite_or_zero_floats_in_a_file_are_refused(tmp_path, what, edit_te
     )
     with pytest.raises(SlimFileError, match=says):
         ts.load(tmp_path / "bad.slim")
+
+
+def test_a_file_whose_activations_explode_is_refused_before_the_layer_runs(tmp_path, monkeypatch):
+    """Catches: only weights bounded at load (LeNet-5 with conv padding 200 loaded in 3 s, then one
+    eval batch took 54 s and 7.1 GB). Padding 1000: 20 x 2024 x 2024 = 81.9 M elements for one
+    sample, past MAX_LAYER_OUTPUT (67.1 M): refused from the conv's geometry before it runs."""
+    from torchslim.export.spec import layer_specs
+
+    spec = layer_specs(ts.create_model("lenet5"))["0"]
+    spec["args"]["padding"] = [1000, 1000]
+    _resave_with(
+        ROOT_ART / "lenet5.slim", tmp_path / "bomb.slim", None, lambda h: h["arch"]["overrides"].update({"0": spec})
+    )
+    ran = []
+    real = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, *a: ran.append(self.padding) or real(self, *a))
+    with pytest.raises(SlimFileError, match="layer '0' outputs 81,931,520 elements"):
+        ts.load(tmp_path / "bomb.slim")
+    assert (1000, 1000) not in ran  # refused from the geometry, not after computing it
+
+
+def test_a_declared_registry_input_is_capped_like_a_recorded_one():
+    """Catches: in_channels / input_size kwargs skipping the input-size cap ((64, 1024, 1024): 38 s
+    and 819 MB to load)."""
+    from torchslim.core.inputs import MAX_NUMEL, arch_shape
+
+    assert arch_shape({"kwargs": {"in_channels": 1, "input_size": 28}}) == (1, 28, 28)
+    with pytest.raises(ValueError, match=f"more than {MAX_NUMEL:,}"):
+        arch_shape({"kwargs": {"in_channels": 64, "input_size": 1024}})
+
+
+def test_eval_batches_are_sized_to_memory(monkeypatch):
+    """Catches: eval's batch-256 latency step allocating whatever the file's activations need (17 GB
+    for a declared 4096 x 4096 input): the batch shrinks to a tenth of the memory."""
+    from torchslim.core.state import slim_state
+    from torchslim.measure.report import batch_that_fits
+
+    model = ts.create_model("lenet5")
+    assert batch_that_fits(model, 256) == 256  # nothing measured: as asked
+    slim_state(model).activation_bytes = 1 << 30  # 1 GiB per sample, twice for the workspace
+    memory = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES")
+    assert batch_that_fits(model, 256) == max(1, min(256, int(0.1 * memory) // (2 << 30)))
+    assert ts.load(ROOT_ART / "lenet5.slim").torchslim.activation_bytes > 0

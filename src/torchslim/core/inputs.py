@@ -126,9 +126,10 @@ def select_output(out: Any, output: Any = 0) -> torch.Tensor:
 
 def arch_shape(arch: dict | None) -> tuple | None:
     """A registry model's input shape ``(C, S, S)`` from the kwargs ``create_model`` recorded
-    (``in_channels``, ``input_size``: the registry's per-model default input); None when not recorded."""
+    (``in_channels``, ``input_size``: the registry's per-model default input); None when not recorded.
+    ValueError past :data:`MAX_NUMEL` elements per sample, like a recorded shape."""
     kw = (arch or {}).get("kwargs") or {}
     c, s = kw.get("in_channels"), kw.get("input_size")
-    if isinstance(c, int) and isinstance(s, int) and 0 < c <= 64 and 0 < s <= 1024:
-        return (c, s, s)
+    if isinstance(c, int) and isinstance(s, int) and not isinstance(c, bool) and not isinstance(s, bool):
+        return check_shape([c, s, s])  # the one input-size cap, as for a recorded input_shape
     return None

@@ -35,6 +35,7 @@ class SlimState:
     read_outside: tuple = ()
     log: list = field(default_factory=list)
     header: dict | None = None
+    activation_bytes: int = 0  # float32 layer outputs of one sample, measured by load's check forward
 
 
 def slim_state(model: nn.Module) -> SlimState:

@@ -262,6 +262,70 @@ def save(
     return write_slim(path, tensors, header)
 
 
+MAX_LAYER_OUTPUT = 1 << 26  # elements of one layer's output for one sample (256 MB in float32)
+MAX_ACTIVATIONS = 1 << 28  # elements of all layers' outputs for one sample (1 GB)
+
+
+class ActivationBomb(ValueError):
+    """A file's model needs more activation memory per sample than :data:`MAX_LAYER_OUTPUT` /
+    :data:`MAX_ACTIVATIONS` allow."""
+
+
+class _ActivationBudget:
+    """Forward hooks on every leaf module during ``load``'s check forward (one sample): the output
+    elements of each layer and their sum. The first layer past a bound stops the forward at once,
+    naming it (a file with conv padding 200 asked 7.1 GB of one eval batch; only weights were bounded)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+        self.total, self.hooks = 0, []
+
+    def __enter__(self) -> _ActivationBudget:
+        for name, m in self.leaves:
+            self.hooks.append(m.register_forward_hook(lambda m, i, o, n=name: self._count(n, o)))
+            if all(hasattr(m, a) for a in ("out_channels", "kernel_size", "stride", "padding")):
+                self.hooks.append(m.register_forward_pre_hook(lambda m, i, n=name: self._predict(n, m, i)))
+        return self
+
+    def _predict(self, name: str, m: nn.Module, args: tuple) -> None:
+        """A convolution's output size from its geometry, before it runs (padding 2000 on a 28 x 28
+        input: refused without computing 1.3 GB)."""
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+            return
+        dil = getattr(m, "dilation", (1, 1))
+        size = 1
+        for d in range(2):
+            k, s, p, di = (
+                pair[d] if isinstance(pair, (tuple, list)) else pair
+                for pair in (m.kernel_size, m.stride, m.padding, dil)
+            )
+            if not all(isinstance(v, int) for v in (k, s, p, di)):
+                return  # padding="same" and the like: the output check after the layer still applies
+            size *= max(0, (x.shape[2 + d] + 2 * p - di * (k - 1) - 1) // max(1, s) + 1)
+        n = x.shape[0] * m.out_channels * size
+        self._check(name, n, self.total + n)
+
+    def _count(self, name: str, out: Any) -> None:
+        parts = out if isinstance(out, (tuple, list)) else (out,)
+        n = sum(t.numel() for t in parts if isinstance(t, torch.Tensor))
+        self.total += n
+        self._check(name, n, self.total)
+
+    def _check(self, name: str, n: int, total: int) -> None:
+        """``n``: the layer's output elements; ``total``: all layers' so far, this one included."""
+        if n > MAX_LAYER_OUTPUT or total > MAX_ACTIVATIONS:
+            raise ActivationBomb(
+                f"layer {name!r} outputs {n:,} elements for one input sample ({total:,} in all so far); "
+                f"at most {MAX_LAYER_OUTPUT:,} per layer and {MAX_ACTIVATIONS:,} in all are loaded "
+                "(check the file's padding, strides and declared input)"
+            )
+
+    def __exit__(self, *exc) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
 def _check_finite(m: nn.Module) -> None:
     """Every float tensor a file sets on ``m`` is finite (weights, codebooks, scales, thresholds,
     running statistics), and a norm layer's ``eps`` is a positive number (``eps = NaN`` loaded and
@@ -333,8 +397,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
         raise SlimFileError(f"{path}: extra.input_shape: {e}") from None
     if shape is not None:  # the declared architecture must run on its declared input
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _ActivationBudget(model) as budget:
                 inputs.call(model.eval(), inputs.from_shape(shape))
+        except ActivationBomb as e:
+            raise SlimFileError(f"{path}: {e}") from None
         except Exception as e:  # noqa: BLE001 - any failure of a file-declared graph is the file's
             raise SlimFileError(
                 f"{path}: the model it declares does not run on input {shape} "
@@ -342,6 +408,8 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
             ) from None
     state = slim_state(model)
     state.header = header
+    if shape is not None:
+        state.activation_bytes = budget.total * 4  # float32 outputs of one sample: eval sizes its batches by it
     if shape is not None and state.example_inputs is None:  # what the model takes (surgery.input_shape)
         state.example_inputs = inputs.from_shape(shape)
     if original is not None and state.original is None:

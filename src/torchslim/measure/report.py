@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from torchslim.core.state import slim_state
 from torchslim.core.surgery import input_shape as own_input_shape
 from torchslim.measure.accuracy import evaluate
 from torchslim.measure.counts import count_nonzeros, count_params, layer_table
@@ -39,6 +41,19 @@ def file_bytes(model: nn.Module) -> int:
 
     with tempfile.TemporaryDirectory() as d:
         return save(model, Path(d) / "m.slim")
+
+
+def batch_that_fits(model: nn.Module, want: int, share: float = 0.1) -> int:
+    """``want``, or the largest batch whose float32 layer outputs (``load``'s measured bytes per
+    sample, twice for the workspace) take at most ``share`` of this machine's memory."""
+    per_sample = 2 * slim_state(model).activation_bytes
+    if not per_sample:
+        return want
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return want
+    return max(1, min(want, int(share * memory) // per_sample))
 
 
 def measure(
@@ -97,7 +112,11 @@ def measure(
         if getattr(run, "layout", None):
             out["layout"] = run.layout
         out["latency_b1_ms"] = latency_ms(run, input_shape, 1, min_run_time=min_run_time)
-        out["latency_b256_ms"] = latency_ms(run, input_shape, big_batch, min_run_time=min_run_time)
+        fits = batch_that_fits(model, big_batch)
+        if fits < big_batch:  # a model whose activations of big_batch samples would not fit in memory
+            out["latency_b256_ms"] = None
+            warnings.warn(f"batch {big_batch} would not fit in memory; latency measured at batch {fits}")
+        out[f"latency_b{fits}_ms"] = latency_ms(run, input_shape, fits, min_run_time=min_run_time)
         out["cpu"] = cpu_info()
         out["allocator"] = allocator()
     return out
