@@ -190,6 +190,12 @@ MUTATIONS = [
         "return want",
         "tests/test_export.py -k sized_to_memory",
     ),
+    Mutation(
+        "src/torchslim/runtime/uniform.py",
+        "zp = torch.round(-lo / scale).clamp(0, qmax)",
+        "zp = torch.floor(-lo / scale).clamp(0, qmax)",
+        "tests/test_quant_uniform.py -k TestUniformWeightOnlyContract",
+    ),
 ]
 
 

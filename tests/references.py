@@ -182,3 +182,26 @@ def channel_mask_reference(prepared: nn.Module, converted: nn.Module) -> nn.Modu
         removed_any |= bool((~keep).any())
     assert removed_any, "nothing was removed: the contract config must remove channels"
     return ref
+
+
+def uniform_weight_reference(original: nn.Module, config) -> nn.Module:
+    """Weight-only uniform quantization from its formula (Jacob et al. 2018; per output channel):
+    asymmetric ``s = (max(w, 0) - min(w, 0)) / (2^b - 1)``, ``z = round(-min / s)``,
+    ``w' = (clamp(round(w / s) + z, 0, 2^b - 1) - z) s``; symmetric ``s = max|w| / (2^(b-1) - 1)``,
+    ``w' = clamp(round(w / s), -q, q) s``."""
+    ref = copy.deepcopy(original)
+    for _, m, cfg in select(ref, config, (nn.Conv2d, nn.Linear)):
+        w = m.weight.detach().float()
+        flat = w.reshape(w.shape[0], -1)
+        if cfg.symmetric:
+            q = 2 ** (cfg.bits - 1) - 1
+            s = (flat.abs().max(1).values / q).clamp(min=1e-12)[:, None]
+            flat = torch.clamp(torch.round(flat / s), -q, q) * s
+        else:
+            q = 2**cfg.bits - 1
+            lo, hi = flat.min(1).values.clamp(max=0), flat.max(1).values.clamp(min=0)
+            s = ((hi - lo) / q).clamp(min=1e-12)[:, None]
+            z = torch.round(-lo[:, None] / s).clamp(0, q)
+            flat = (torch.clamp(torch.round(flat / s) + z, 0, q) - z) * s
+        m.weight.data = flat.reshape(w.shape)
+    return ref

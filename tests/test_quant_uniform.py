@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
+from references import uniform_weight_reference
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import evaluate
 from torchslim.quant import Uniform
@@ -30,6 +31,9 @@ class TestUniformWeightOnlyContract(MethodContract):
         lambda: Uniform(calib_batches=0),
     )
     model_names = ("lenet5", "vgg_small")
+
+    def prepare_reference(self, original, prepared):
+        return uniform_weight_reference(original, self.config)
 
 
 class TestUniformInt8Contract(MethodContract):
