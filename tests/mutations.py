@@ -196,6 +196,18 @@ MUTATIONS = [
         "zp = torch.floor(-lo / scale).clamp(0, qmax)",
         "tests/test_quant_uniform.py -k TestUniformWeightOnlyContract",
     ),
+    Mutation(
+        "src/torchslim/quant/kmeans.py",
+        "c = torch.where(counts > 0, sums / counts.clamp(min=1), c)",
+        "c = torch.where(counts > 0, sums / (counts + 1), c)",
+        "tests/test_quant_kmeans.py -k TestKMeansContract",
+    ),
+    Mutation(
+        "src/torchslim/quant/kmeans.py",
+        "return torch.linspace(float(w.min()), float(w.max()), k)",
+        "return torch.linspace(float(w.min()) / 2, float(w.max()) / 2, k)",
+        "tests/test_quant_kmeans.py -k TestKMeansContract",
+    ),
 ]
 
 

@@ -205,3 +205,31 @@ def uniform_weight_reference(original: nn.Module, config) -> nn.Module:
             flat = (torch.clamp(torch.round(flat / s) + z, 0, q) - z) * s
         m.weight.data = flat.reshape(w.shape)
     return ref
+
+
+def kmeans_reference(original: nn.Module, config) -> nn.Module:
+    """Weight sharing by plain Lloyd iterations in numpy (Han et al. 2016, linear initialisation):
+    centroids evenly spaced over [min w, max w]; assign each weight to its nearest centroid (argmin
+    of the distance, lowest index on ties), move each centroid to its cluster's mean (an empty one
+    stays), stop when assignments repeat or after ``iters``; every weight becomes its centroid."""
+    import numpy as np
+
+    ref = copy.deepcopy(original)
+    for _, m, cfg in select(ref, config, (nn.Conv2d, nn.Linear)):
+        if cfg.init != "linear":
+            raise NotImplementedError("the reference covers linear initialisation")
+        x = m.weight.detach().double().flatten().numpy()
+        c = np.linspace(x.min(), x.max(), 2**cfg.bits)
+        codes = None
+        for _ in range(cfg.iters):
+            new = np.abs(x[:, None] - c[None, :]).argmin(1)
+            if codes is not None and np.array_equal(new, codes):
+                break
+            codes = new
+            for j in range(len(c)):
+                if (codes == j).any():
+                    c[j] = x[codes == j].mean()
+            c = np.sort(c)
+        codes = np.abs(x[:, None] - c[None, :]).argmin(1)
+        m.weight.data = torch.from_numpy(c[codes]).float().view_as(m.weight)
+    return ref

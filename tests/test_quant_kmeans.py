@@ -17,6 +17,7 @@ from torchslim.runtime.codebook import CodebookLinear, pack_bits, unpack_bits
 from torchslim.runtime.sparse import SparseLinear, csr_cols, csr_gaps
 
 from contract import MethodContract
+from references import kmeans_reference
 
 
 class TestKMeansContract(MethodContract):
@@ -30,6 +31,10 @@ class TestKMeansContract(MethodContract):
     )
     model_names = ("lenet5", "resnet20")
     prepare_rel_error = 0.2
+    reference_rtol = 5e-3  # measured 1.3e-3: 30 Lloyd steps do not converge on the 400k-weight fc, and float32 vs float64 means drift apart
+
+    def prepare_reference(self, original, prepared):
+        return kmeans_reference(original, self.config)
 
 
 @given(st.lists(st.integers(0, 255), max_size=300), st.integers(1, 8))
