@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchslim as ts
+from references import kmeans_reference
 from torchslim.export import huffman
 from torchslim.prune import Magnitude
 from torchslim.quant import KMeans, kmeans_1d
@@ -17,7 +18,6 @@ from torchslim.runtime.codebook import CodebookLinear, pack_bits, unpack_bits
 from torchslim.runtime.sparse import SparseLinear, csr_cols, csr_gaps
 
 from contract import MethodContract
-from references import kmeans_reference
 
 
 class TestKMeansContract(MethodContract):
