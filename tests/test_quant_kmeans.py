@@ -31,7 +31,8 @@ class TestKMeansContract(MethodContract):
     )
     model_names = ("lenet5", "resnet20")
     prepare_rel_error = 0.2
-    reference_rtol = 5e-3  # measured 1.3e-3: 30 Lloyd steps do not converge on the 400k-weight fc, and float32 vs float64 means drift apart
+    # measured 1.3e-3: 30 Lloyd steps do not converge on the 400k-weight fc; float32 / float64 means drift
+    reference_rtol = 5e-3
 
     def prepare_reference(self, original, prepared):
         return kmeans_reference(original, self.config)
