@@ -412,3 +412,23 @@ def test_eval_batches_are_sized_to_memory(monkeypatch):
     memory = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES")
     assert batch_that_fits(model, 256) == max(1, min(256, int(0.1 * memory) // (2 << 30)))
     assert ts.load(ROOT_ART / "lenet5.slim").torchslim.activation_bytes > 0
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        ({"data": ["fashion_mnist"]}, "extra.data has the wrong type"),
+        ({"data": {"name": ["x"]}}, "extra.data: data.name"),
+        ({"data": {"batch_size": "big"}}, "extra.data: data.batch_size"),
+        ({"data": {"grayscale": "yes"}}, "extra.data: data.grayscale"),
+        ({"data": {"colour": 1}}, "extra.data: data: unknown key"),
+    ],
+)
+def test_a_files_recorded_data_config_is_checked_and_named(tmp_path, extra, says):
+    """Catches: a file's ``extra.data`` raising a raw TypeError deep in the data code, or an error
+    that does not name the file (five crafted files did)."""
+    from torchslim.cli import _model_data
+
+    _resave_with(ROOT_ART / "lenet5.slim", tmp_path / "x.slim", None, lambda h: h.setdefault("extra", {}).update(extra))
+    with pytest.raises(SlimFileError, match=f"x.slim: {says}"):
+        _model_data(str(tmp_path / "x.slim"), None, None)

@@ -37,14 +37,17 @@ def _model_data(path: str, data_dir: str | None, model_spec: str | None = None):
     shape (:func:`torchslim.core.surgery.input_shape`: None when the file does not record it)."""
     from torchslim.core.surgery import input_shape
     from torchslim.data import DataConfig
-    from torchslim.export.slim import load
+    from torchslim.export.slim import SlimFileError, load
 
     model = load(path, model=_fresh_model(path, model_spec))
     header = model.torchslim.header
     d = dict((header.get("extra") or {}).get("data") or {"name": "fashion_mnist"})
     d["dir"] = data_dir or None
     d.pop("subset", None)  # reported numbers always use the full test split
-    cfg = DataConfig.from_dict(d)
+    try:
+        cfg = DataConfig.from_dict(d)
+    except (TypeError, ValueError) as e:  # the file's recorded data config is data from the file
+        raise SlimFileError(f"{path}: extra.data: {str(e).splitlines()[0][:200]}") from None
     return model, cfg, input_shape(model)
 
 

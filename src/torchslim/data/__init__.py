@@ -62,7 +62,7 @@ class DataConfig:
     grayscale: bool = False
 
     def __post_init__(self) -> None:
-        if self.name not in DATASETS:
+        if not isinstance(self.name, str) or self.name not in DATASETS:
             raise ValueError(f"data.name={self.name!r} is unknown; use one of {sorted(DATASETS)}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"data.batch_size={self.batch_size!r} must be a positive integer")
@@ -70,6 +70,13 @@ class DataConfig:
             raise ValueError(f"data.val_size={self.val_size!r} must be an integer >= 0")
         if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 10):
             raise ValueError(f"data.subset={self.subset!r} must be an integer >= 10 or null")
+        if not isinstance(self.image_size, int) or not 8 <= self.image_size <= 1024:
+            raise ValueError(f"data.image_size={self.image_size!r} must be an integer in [8, 1024]")
+        for key in ("augment", "grayscale"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"data.{key}={getattr(self, key)!r} must be true or false")
+        if self.dir is not None and not isinstance(self.dir, str):
+            raise ValueError(f"data.dir={self.dir!r} must be a path or null")
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> DataConfig:

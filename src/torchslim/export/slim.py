@@ -114,6 +114,13 @@ def read_slim(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     ):
         if not isinstance(header.get(key), kind):
             raise SlimFileError(f"{path}: header field {key!r} has the wrong type ({type(header[key]).__name__})")
+    for key, kind in (("data", dict), ("step", str)):  # the typed fields of extra that torchslim reads
+        value = (header.get("extra") or {}).get(key)
+        if value is not None and not isinstance(value, kind):
+            raise SlimFileError(f"{path}: extra.{key} has the wrong type ({type(value).__name__})")
+    recipe = header.get("recipe")
+    if recipe is not None and not (isinstance(recipe, dict) and isinstance(recipe.get("model", {}), dict)):
+        raise SlimFileError(f"{path}: header field 'recipe' is not a recipe mapping")
     if header.get("format") != FORMAT:
         raise SlimFileError(f"{path}: format {header.get('format')!r} is not {FORMAT!r}; upgrade torchslim")
     return tensors, header
