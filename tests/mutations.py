@@ -155,16 +155,22 @@ MUTATIONS = [
         "tests/test_recipe_cli.py -k run_folder_rules",
     ),
     Mutation(
-        "src/torchslim/runtime/binary.py",
-        "ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1,",
-        "ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 2,",
+        "src/torchslim/runtime/base.py",
+        "ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1",
+        "ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 2",
         "tests/test_binary.py -k torch_export",
     ),
     Mutation(
-        "src/torchslim/runtime/binary.py",
-        "layer.words, layer.scale, layer.bias, layer.threshold = words, scale, bias, threshold",
-        "layer.words, layer.scale, layer.threshold = words, scale, threshold",
+        "src/torchslim/runtime/base.py",
+        "getattr(layer, name).copy_(t)",
+        "getattr(layer, name).copy_(t * (name != 'bias'))",
         "tests/test_binary.py -k torch_export",
+    ),
+    Mutation(
+        "src/torchslim/runtime/base.py",
+        "return (y.dequantize() if y.is_quantized else y).contiguous()",
+        "return y.contiguous()",
+        "tests/test_quant_uniform.py -k torch_export",
     ),
     Mutation(
         "src/torchslim/export/huffman.py",

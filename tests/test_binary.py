@@ -422,7 +422,7 @@ def test_binary_and_sparse_kernels_are_exact_as_compiled_for_an_avx2_only_cpu(tm
 @pytest.mark.parametrize("artifact", ["vgg_small_xnor.slim", "vgg_small_bnn.slim"])
 def test_torch_export_takes_packed_binary_layers_as_custom_ops(artifact, tmp_path):
     """``torch.export`` (dynamic batch) of a packed binary model: every packed layer is one
-    ``torchslim::packed_binary`` node running the packed kernels, the program equals the model bit
+    ``torchslim::runtime_layer`` node running the packed kernels, the program equals the model bit
     for bit at another batch size, survives ``torch.export.save`` / ``load``, and dynamo sees no graph
     break. Catches: the numba kernels reached with fake tensors (export failed on data pointers), a
     fake kernel with the wrong output shape, an op that is not the layer's own forward."""
@@ -433,7 +433,7 @@ def test_torch_export_takes_packed_binary_layers_as_custom_ops(artifact, tmp_pat
     packed = sum(isinstance(m, (rb.PackedBinaryConv2d, rb.PackedBinaryLinear)) for m in model.modules())
     batch = torch.export.Dim("batch", min=1, max=1024)
     ep = torch.export.export(model, (torch.randn(4, 1, 28, 28),), dynamic_shapes=({0: batch},))
-    ops = [n for n in ep.graph.nodes if n.target is torch.ops.torchslim.packed_binary.default]
+    ops = [n for n in ep.graph.nodes if n.target is torch.ops.torchslim.runtime_layer.default]
     assert len(ops) == packed > 0
     torch.export.save(ep, tmp_path / "m.pt2")
     again = torch.export.load(tmp_path / "m.pt2")
@@ -454,5 +454,6 @@ def test_torch_export_takes_packed_binary_layers_as_custom_ops(artifact, tmp_pat
     for h in hooks:
         h.remove()
     for m, inp in seen:
-        args = (inp, m.words, m.scale, m.bias, m.threshold, m.op_spec)
-        torch.library.opcheck(torch.ops.torchslim.packed_binary.default, args, test_utils="test_faketensor")
+        state = [getattr(m, n) for n in m.op_state]
+        args = (inp, state, m.op_spec)
+        torch.library.opcheck(torch.ops.torchslim.runtime_layer.default, args, test_utils="test_faketensor")

@@ -288,3 +288,42 @@ def test_min_agreement_falls_back_lowest_sqnr_first_until_the_model_agrees(tmp_p
     assert diff <= 1e-6 * float(before.abs().max())  # the float layers' rounding (measured: 2e-8 of 0.15)
     ts.save(model, tmp_path / "m.slim")
     assert torch.equal(ts.load(tmp_path / "m.slim", model=ZOO["mobilenetv3_like"]())(x), model(x))
+
+
+@pytest.mark.parametrize("form", ["int8", "weight-only"])
+def test_torch_export_takes_uniform_layers_as_custom_ops(form, tmp_path):
+    """``torch.export`` (dynamic batch) of int8 vgg_small and of weight-only 4-bit LeNet-5: every
+    uniform layer is one ``torchslim::runtime_layer`` node running the layer's own kernels (int8:
+    fbgemm; outputs dequantized between nodes, which the next layer quantizes back to the same codes),
+    the program equals the model bit for bit, survives save / load, and dynamo sees no graph break.
+    Catches: quantized tensors or cached data pointers reached under export (it failed on both)."""
+    import torch._dynamo
+
+    if form == "int8":
+        model = ts.load(ART / "vgg_small_int8.slim").eval()
+    else:
+        model = ts.convert_(ts.compress_(ts.load(ART / "lenet5.slim"), Uniform(bits=4, act_bits=0), data=[]))
+        model.eval()
+    layers = [m for m in model.modules() if isinstance(m, (UniformConv2d, UniformLinear))]
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(model, (torch.randn(4, 1, 28, 28),), dynamic_shapes=({0: batch},))
+    ops = [n for n in ep.graph.nodes if n.target is torch.ops.torchslim.runtime_layer.default]
+    assert len(ops) == len(layers) > 0
+    torch.export.save(ep, tmp_path / "m.pt2")
+    again = torch.export.load(tmp_path / "m.pt2")
+    x = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(ep.module()(x), ref) and torch.equal(again.module()(x), ref)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    seen = []  # the fake kernel gives each layer's real output (opcheck: fake vs real, dtype included)
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((m, i[0]))) for m in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    for m, inp in seen:
+        inp = inp.dequantize() if inp.is_quantized else inp  # between nodes the program hands floats
+        args = (inp, [getattr(m, n) for n in m.op_state], m.op_spec)
+        torch.library.opcheck(torch.ops.torchslim.runtime_layer.default, args, test_utils="test_faketensor")

@@ -33,6 +33,7 @@ imports torch and numpy only: no training code, no method family.
 
 from __future__ import annotations
 
+import json
 from abc import ABCMeta, abstractmethod
 from typing import Any
 
@@ -141,3 +142,64 @@ def bias_counts(bias: torch.Tensor | None) -> tuple[int, int]:
     if bias is None:
         return 0, 0
     return bias.numel(), int(torch.count_nonzero(bias))
+
+
+def tracing() -> bool:
+    """Inside ``torch.export`` or ``torch.compile`` (dynamo): fake tensors, no data pointers, so a
+    layer with its own kernels runs as the custom op ``torchslim::runtime_layer`` instead."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def set_op_spec(layer: RuntimeLayer) -> None:
+    """The op's ``spec`` for ``layer``: its type, :meth:`~RuntimeLayer.spec_args` and the names of
+    its tensors (buffers and parameters that are set), made once when the layer is built (dynamo
+    cannot trace ``json.dumps``)."""
+    names = [
+        n for n, t in [*layer.named_buffers(recurse=False), *layer.named_parameters(recurse=False)] if t is not None
+    ]
+    layer.op_spec = json.dumps({"type": type(layer).__name__, "state": names, **layer.spec_args()}, sort_keys=True)
+    layer.op_state = tuple(names)
+
+
+def as_op(layer: RuntimeLayer, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` as one ``torchslim::runtime_layer`` node: what ``torch.export`` records and
+    ``torch.compile`` calls without a graph break; the exported program runs the layer's own kernels."""
+    return torch.ops.torchslim.runtime_layer(x, [getattr(layer, n) for n in layer.op_state], layer.op_spec)
+
+
+_OP_LAYERS: dict[tuple, RuntimeLayer] = {}  # (spec, tensor storages): a layer built around the op's tensors
+
+
+@torch.library.custom_op("torchslim::runtime_layer", mutates_args=())
+def runtime_layer_op(x: torch.Tensor, state: list[torch.Tensor], spec: str) -> torch.Tensor:
+    """The runtime layer ``spec`` describes, holding ``state``, applied to ``x``: the same kernels and
+    result as the layer's own forward (int8 outputs dequantized: the next int8 layer quantizes them
+    again with the same scale and zero point, which gives back the same codes). The layer is built
+    once per set of tensors and kept, with its caches."""
+    key = (spec, *(t.data_ptr() for t in state))
+    layer = _OP_LAYERS.get(key)
+    if layer is None:
+        args = json.loads(spec)
+        names = args.pop("state")
+        layer = runtime_layer(args.pop("type")).from_spec(args)
+        with torch.no_grad():
+            for name, t in zip(names, state):
+                getattr(layer, name).copy_(t)
+        if len(_OP_LAYERS) > 4096:
+            _OP_LAYERS.clear()
+        _OP_LAYERS[key] = layer.eval()
+    with torch.no_grad():
+        y = layer(x)
+    return (y.dequantize() if y.is_quantized else y).contiguous()
+
+
+@runtime_layer_op.register_fake
+def _runtime_layer_shape(x: torch.Tensor, state: list[torch.Tensor], spec: str) -> torch.Tensor:
+    args = json.loads(spec)
+    if "out_features" in args:
+        return x.new_empty(*x.shape[:-1], args["out_features"])
+    (kh, kw), (sh, sw), (ph, pw) = args["kernel_size"], args["stride"], args["padding"]
+    dh, dw = args.get("dilation", (1, 1))
+    ho = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return x.new_empty(x.shape[0], args["out_channels"], ho, wo)

@@ -28,7 +28,6 @@ not time: the layer unpacks them to +/-1 in the input's dtype and runs the dense
 from __future__ import annotations
 
 import copy
-import json
 import math
 
 import torch
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 
 from torchslim.runtime._layout import dense_macs, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime._numba import match_torch_threads, module_kernels
-from torchslim.runtime.base import RuntimeLayer
+from torchslim.runtime.base import RuntimeLayer, as_op, set_op_spec, tracing
 from torchslim.runtime.compact import SignWeight
 from torchslim.runtime.pool import StridedMaxPool2d
 
@@ -153,16 +152,6 @@ class _PackedBase(RuntimeLayer):
         self._float: tuple | None = None
         self._kernel_words: tuple | None = None
 
-    def as_op(self, x: torch.Tensor) -> torch.Tensor:
-        """This layer's forward as the custom op ``torch.ops.torchslim.packed_binary`` (its tensors
-        and its spec as arguments, a fake kernel for the output shape), which ``torch.export`` and
-        ``torch.compile`` take as one node: the exported program runs the packed kernels."""
-        return torch.ops.torchslim.packed_binary(x, self.words, self.scale, self.bias, self.threshold, self.op_spec)
-
-    def _set_op_spec(self) -> None:
-        """The op's ``spec`` string, made once at construction (dynamo cannot trace ``json.dumps``)."""
-        self.op_spec = json.dumps({"type": type(self).__name__, **self.spec_args()}, sort_keys=True)
-
     def validate(self) -> None:
         if self.threshold is not None and not bool(torch.isfinite(self.threshold).all()):
             raise ValueError("tensor 'threshold' holds a non-finite value")
@@ -234,7 +223,7 @@ class PackedBinaryLinear(_PackedBase):
         self._init_packed(
             out_features, math.ceil(in_features / 64), input_scaling, binary_input, threshold, in_features
         )
-        self._set_op_spec()
+        set_op_spec(self)
 
     def spec_args(self) -> dict:
         return dict(**linear_geometry(self), **self._flags())
@@ -250,8 +239,8 @@ class PackedBinaryLinear(_PackedBase):
         self.scale, self.bias = scale.detach().float().clone(), bias.detach().float().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tracing():  # torch.export / torch.compile: one custom op that runs the packed kernels
-            return self.as_op(x)
+        if tracing():  # torch.export / torch.compile: one custom op that runs the packed kernels
+            return as_op(self, x)
         if x.dim() > 2:  # (batch, ..., features), e.g. tokens: every leading position is a row
             return self.forward(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
         if not self.binary_input:
@@ -304,7 +293,7 @@ class PackedBinaryConv2d(_PackedBase):
                 f"padding (k - 1) / 2); got {in_channels} -> {out_channels}, kernel {kernel_size}, padding {padding}"
             )
         self.shortcut = shortcut
-        self._set_op_spec()
+        set_op_spec(self)
         self.pool = (1, 1)  # a following non-overlapping max pooling: only on a copy from fused()
         self.emit: tuple | None = None  # (the next conv's threshold, its padding): only on a copy from fused()
         self._corr: dict = {}
@@ -376,8 +365,8 @@ class PackedBinaryConv2d(_PackedBase):
         layer return the next binary conv's packed input instead of floats: words
         (B, H + 2 ph, W + 2 pw, ceil(C / bits)) of ``sign(pooled y - t)`` in :func:`word_dtype`, which
         that conv takes as its ``x`` (an integer ``x`` is such words)."""
-        if _tracing() and self.pool == (1, 1) and self.emit is None and x.is_floating_point():
-            return self.as_op(x)  # torch.export / torch.compile: one custom op that runs the packed kernels
+        if tracing() and self.pool == (1, 1) and self.emit is None and x.is_floating_point():
+            return as_op(self, x)  # torch.export / torch.compile: one custom op that runs the packed kernels
         y, pooled = self._conv(x)
         return y if pooled or self.pool == (1, 1) else StridedMaxPool2d(self.pool)(y)
 
@@ -572,48 +561,3 @@ class SignDense(nn.Module):
         elif self.input_scaling:  # a row mean of |x| (the last dimension holds the features)
             y = y * x.abs().mean(-1, keepdim=True)
         return y * self.scale + self.bias
-
-
-def _tracing() -> bool:
-    """Inside ``torch.export`` or ``torch.compile`` (dynamo), where the numba kernels cannot run on
-    fake tensors and the layer is one custom op instead."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
-
-
-_OP_LAYERS: dict[tuple, _PackedBase] = {}  # (spec, words storage): a layer around the op's tensors
-
-
-@torch.library.custom_op("torchslim::packed_binary", mutates_args=())
-def packed_binary(
-    x: torch.Tensor,
-    words: torch.Tensor,
-    scale: torch.Tensor,
-    bias: torch.Tensor,
-    threshold: torch.Tensor | None,
-    spec: str,
-) -> torch.Tensor:
-    """A packed binary layer (``spec``: its type and :meth:`spec_args`) on ``x``: the same kernels
-    and the same result as the layer's own forward. The layer object is built once per weight and
-    kept (its transposed kernel words are cached on it)."""
-    key = (spec, words.data_ptr(), words._version)
-    layer = _OP_LAYERS.get(key)
-    if layer is None:
-        args = json.loads(spec)
-        cls = {"PackedBinaryConv2d": PackedBinaryConv2d, "PackedBinaryLinear": PackedBinaryLinear}[args.pop("type")]
-        layer = cls(**args)
-        layer.words, layer.scale, layer.bias, layer.threshold = words, scale, bias, threshold
-        if len(_OP_LAYERS) > 4096:
-            _OP_LAYERS.clear()
-        _OP_LAYERS[key] = layer
-    with torch.no_grad():
-        return layer(x).contiguous()
-
-
-@packed_binary.register_fake
-def _packed_binary_shape(x, words, scale, bias, threshold, spec):
-    args = json.loads(spec)
-    if "out_features" in args:
-        return x.new_empty(*x.shape[:-1], args["out_features"])
-    (kh, kw), (sh, sw), (ph, pw) = args["kernel_size"], args["stride"], args["padding"]
-    ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-    return x.new_empty(x.shape[0], args["out_channels"], ho, wo)

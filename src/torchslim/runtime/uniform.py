@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime.base import RuntimeLayer, bias_counts
+from torchslim.runtime.base import RuntimeLayer, as_op, bias_counts, set_op_spec, tracing
 from torchslim.runtime.codebook import code_stream, pack_bits, unpack_bits
 
 
@@ -198,6 +198,7 @@ class UniformLinear(_UniformBase):
         self.in_features, self.out_features = in_features, out_features
         self.shape = (out_features, in_features)
         self._init_uniform(bits, symmetric, act_bits, out_float, bias)
+        set_op_spec(self)
 
     def spec_args(self) -> dict:
         return dict(**linear_geometry(self), **self._uniform_args())
@@ -206,6 +207,8 @@ class UniformLinear(_UniformBase):
         return torch.ops.quantized.linear_prepack(qw, None if self.bias is None else self.bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tracing():  # torch.export / torch.compile: one custom op that runs the int8 kernels
+            return as_op(self, x)
         if not self.act_bits:
             return F.linear(x, self._prepared(), self.bias)
         y = torch.ops.quantized.linear(self._quantize_input(x), self._prepared(), float(self.act[2]), int(self.act[3]))
@@ -232,6 +235,7 @@ class UniformConv2d(_UniformBase):
         set_conv_geometry(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups)
         self.shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._init_uniform(bits, symmetric, act_bits, out_float, bias)
+        set_op_spec(self)
 
     def spec_args(self) -> dict:
         return dict(**conv_geometry(self), **self._uniform_args())
@@ -247,6 +251,8 @@ class UniformConv2d(_UniformBase):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tracing():  # torch.export / torch.compile: one custom op that runs the int8 kernels
+            return as_op(self, x)
         if not self.act_bits:
             return F.conv2d(x, self._prepared(), self.bias, self.stride, self.padding, self.dilation, self.groups)
         y = torch.ops.quantized.conv2d(self._quantize_input(x), self._prepared(), float(self.act[2]), int(self.act[3]))
