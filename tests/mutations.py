@@ -214,6 +214,12 @@ MUTATIONS = [
         "return torch.linspace(float(w.min()) / 2, float(w.max()) / 2, k)",
         "tests/test_quant_kmeans.py -k TestKMeansContract",
     ),
+    Mutation(
+        "src/torchslim/runtime/sparse.py",
+        "elif conv and (macs is None or macs > SPARSE_MAX_CONV_MACS):",
+        "elif conv and macs is None:",
+        "tests/test_prune_magnitude.py -k rule_of_density",
+    ),
 ]
 
 

@@ -249,19 +249,22 @@ def test_measured_kernel_choice_is_saved(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "layer, density, want",
+    "layer, density, example, want",
     [
-        (nn.Linear(250, 100), 0.12, "sparse"),  # at the density bound: 3,000 of 25,000 weights
-        (nn.Linear(250, 100), 0.1204, "dense"),  # one step above it: 3,010 of 25,000
-        (nn.Linear(128, 32), 0.05, "sparse"),  # at the size bound: 4,096 weights
-        (nn.Linear(100, 40), 0.05, "dense"),  # 4,000 < 4,096 weights: call overhead dominates
-        (nn.Conv2d(16, 32, 3), 0.1, "sparse"),
-        (nn.Conv2d(16, 32, 3, groups=2), 0.1, "dense"),  # the direct sparse kernel is groups=1 only
+        (nn.Linear(250, 100), 0.12, None, "sparse"),  # at the density bound: 3,000 of 25,000 weights
+        (nn.Linear(250, 100), 0.1204, None, "dense"),  # one step above it: 3,010 of 25,000
+        (nn.Linear(128, 32), 0.05, None, "sparse"),  # at the size bound: 4,096 weights
+        (nn.Linear(100, 40), 0.05, None, "dense"),  # 4,000 < 4,096 weights: call overhead dominates
+        (nn.Conv2d(16, 32, 3), 0.1, (16, 60, 60), "sparse"),  # 4,608 weights x 58 x 58 = 15.5 M MACs
+        (nn.Conv2d(16, 32, 3), 0.1, (16, 62, 62), "dense"),  # x 60 x 60 = 16.6 M MACs: oneDNN's size
+        (nn.Conv2d(16, 32, 3), 0.1, None, "dense"),  # no input seen: the size is unknown
+        (nn.Conv2d(16, 32, 3, groups=2), 0.1, (16, 8, 8), "dense"),  # the direct sparse kernel: groups=1
     ],
 )
-def test_default_kernel_is_a_rule_of_density_and_size(layer, density, want):
+def test_default_kernel_is_a_rule_of_density_and_size(layer, density, example, want):
     """Catches: the default kernel chosen by timing (file bytes then differ run to run, a busy
-    machine picks the slower kernel), or the rule's bounds off by one step."""
+    machine picks the slower kernel), or the rule's bounds off by one step (density, weights, and
+    for convs the dense MACs per sample: all-sparse resnet50 at 224 x 224 ran 0.37x of float)."""
     from torchslim.runtime.sparse import SparseConv2d, rule_kernel
 
     w = layer.weight.data
@@ -271,7 +274,8 @@ def test_default_kernel_is_a_rule_of_density_and_size(layer, density, want):
     w.mul_(flat.view_as(w)).add_(flat.view_as(w) * 1e-3)  # exactly `keep` nonzeros
     packed = (SparseConv2d if isinstance(layer, nn.Conv2d) else SparseLinear).from_dense(layer)
     assert packed.nnz == keep
-    assert rule_kernel(packed) == want == packed.kernel and set(packed.timing) == {"rule"}
+    x = None if example is None else torch.zeros(1, *example)
+    assert rule_kernel(packed, x) == want == packed.kernel and set(packed.timing) == {"rule"}
 
 
 def _own_model_example(tmp: Path) -> bytes:

@@ -224,13 +224,13 @@ class MagnitudeMethod(Method):
                     f"(sparsity {zeros / total:.3f}); applying the final sparsity now"
                 )
                 apply_masks(layers, compute_masks(layers))
-        inputs = capture_inputs(model, [n for n, _, _ in layers]) if config.kernel == "measure" else {}
+        inputs = capture_inputs(model, [n for n, _, _ in layers]) if config.kernel in ("auto", "measure") else {}
         for name, m, _ in layers:
             tprune.remove(m, "weight")
             sparse_cls = SparseConv2d if isinstance(m, nn.Conv2d) else SparseLinear
             packed = sparse_cls.from_dense(m, config.kernel if config.kernel in KERNELS else "dense")
             if config.kernel == "auto":
-                rule_kernel(packed)
+                rule_kernel(packed, inputs.get(name))
             elif config.kernel == "measure":
                 choose_kernel(packed, inputs[name])
             set_module(model, name, packed.to(m.weight.device))
