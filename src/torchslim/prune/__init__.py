@@ -1,8 +1,19 @@
-"""Pruning and sparsity: magnitude (unstructured), filters (structured), regularizers, sensitivity."""
+"""Pruning and sparsity: magnitude (unstructured), variational dropout, filters (structured),
+regularizers, sensitivity."""
 
 from torchslim.prune.filters import Filters
 from torchslim.prune.magnitude import Magnitude, sparsity
 from torchslim.prune.regularize import GroupLasso, Slimming
 from torchslim.prune.sensitivity import auto_overrides, sensitivity
+from torchslim.prune.variational import VariationalDropout
 
-__all__ = ["Filters", "GroupLasso", "Magnitude", "Slimming", "auto_overrides", "sensitivity", "sparsity"]
+__all__ = [
+    "Filters",
+    "GroupLasso",
+    "Magnitude",
+    "Slimming",
+    "VariationalDropout",
+    "auto_overrides",
+    "sensitivity",
+    "sparsity",
+]
