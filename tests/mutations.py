@@ -35,6 +35,30 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/prune/variational.py",
+        "+ 0.5 * F.softplus(-la)).sum()",
+        "- 0.5 * F.softplus(-la)).sum()",
+        "tests/test_prune_variational.py -k kl_matches",
+    ),
+    Mutation(
+        "src/torchslim/prune/variational.py",
+        "var = _op(m, x * x, getattr(m, PARAM).exp(), None)",
+        "var = _op(m, x, getattr(m, PARAM).exp(), None)",
+        "tests/test_prune_variational.py -k local_reparameterisation",
+    ),
+    Mutation(
+        "src/torchslim/prune/variational.py",
+        "return log_alpha(m) < threshold",
+        "return log_alpha(m) <= threshold + 1.0",
+        "tests/test_prune_variational.py -k masked_mean",
+    ),
+    Mutation(
+        "src/torchslim/prune/variational.py",
+        "min(1.0, self.step / c.warmup_steps)",
+        "1.0",
+        "tests/test_prune_variational.py -k ramp",
+    ),
+    Mutation(
         "src/torchslim/api.py",
         "OVERFLOW_MARGIN = 1e4",
         "OVERFLOW_MARGIN = 1.0",

@@ -14,7 +14,7 @@ import torchslim as ts
 from torchslim.binary import BNN, BWN, XNOR, BinaryConnect, KBit
 from torchslim.core.inputs import call
 from torchslim.lowrank import CP, SVD, Auto, Spatial, Tucker
-from torchslim.prune import Filters, GroupLasso, Magnitude, Slimming
+from torchslim.prune import Filters, GroupLasso, Magnitude, Slimming, VariationalDropout
 from torchslim.quant import PQ, QCNN, KMeans, Uniform
 
 from zoo import INPUT, ZOO, build, sample
@@ -25,6 +25,7 @@ CONFIGS = {  # fast settings: no kernel timing (kernel="dense", prefer="size")
     "prune.filters": Filters(ratio=0.3),
     "prune.slimming": Slimming(ratio=0.3),
     "prune.group_lasso": GroupLasso(ratio=0.3),
+    "prune.variational_dropout": VariationalDropout(kernel="dense"),
     "quant.kmeans": KMeans(bits=4),
     "quant.pq": PQ(sub_dim=4, bits=4, kernel="dense"),
     "quant.qcnn": QCNN(sub_dim=4, bits=4, kernel="dense"),
