@@ -65,6 +65,64 @@ def run_sections(path, only: list[str], runners: dict) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+ROUNDINGS = (None, 8, 16)  # channel counts: any, or multiples of 8 / 16 (ONNX Runtime's NCHWc blocks)
+ORT_COLUMNS = ["model", "round_to", "macs_ratio", "ort_b1_vs_float", "ort_b256_vs_float", "float_ort_b256_ms"] + [
+    "chosen",
+    "threads",
+    "cpu",
+]
+
+
+def ort_rounding_rows(name: str, float_model, build, folder) -> tuple[list[dict], int | None]:
+    """Time ``build(round_to)`` for each of ``ROUNDINGS`` in ONNX Runtime against ``float_model``.
+
+    ORT's convolutions run blocked NCHWc kernels only when channel counts are multiples of the
+    block (8 on AVX2, 16 on AVX-512) and fall back to im2col + GEMM otherwise, so a model with
+    half the MACs and arbitrary channel counts can run no faster than the float one there. The
+    structure alone is timed (latency does not depend on the weights), interleaved with the float
+    model, 3 rounds, the minimum kept. Returns the rows and the rounding fastest at batch 256."""
+    from pathlib import Path
+
+    import torch
+
+    from torchslim.core.surgery import input_shape
+    from torchslim.engines import onnx_runner
+    from torchslim.export.onnx import export_onnx
+    from torchslim.measure import count_macs, latency_ms
+    from torchslim.measure.latency import cpu_info
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = input_shape(float_model)
+    x = torch.zeros(1, *shape)
+    models = {"float": float_model, **{r: build(r) for r in ROUNDINGS}}
+    runners = {k: onnx_runner(export_onnx(m, x, folder / f"round_{k}.onnx")) for k, m in models.items()}
+    macs = {k: count_macs(m, shape) for k, m in models.items()}
+    times = {k: {1: float("inf"), 256: float("inf")} for k in runners}
+    for _ in range(3):
+        for b in (1, 256):
+            for k, run in runners.items():
+                times[k][b] = min(times[k][b], latency_ms(run, shape, b))
+    best = min(ROUNDINGS, key=lambda r: times[r][256])
+    rows = [
+        {
+            "model": name,
+            "round_to": r or "-",
+            "macs_ratio": round(macs[r] / macs["float"], 3),
+            "ort_b1_vs_float": round(times[r][1] / times["float"][1], 2),
+            "ort_b256_vs_float": round(times[r][256] / times["float"][256], 2),
+            "float_ort_b256_ms": round(times["float"][256], 2),
+            "chosen": "yes" if r == best else "",
+            "threads": torch.get_num_threads(),
+            "cpu": cpu_info(),
+        }
+        for r in ROUNDINGS
+    ]
+    for r in rows:
+        print(r, flush=True)
+    return rows, best
+
+
 def torch_ao_int8(model, static: bool, data, calib_batches: int = 16):
     """The peer: torch.ao dynamic int8 (Linear layers) or static int8 (FX graph mode, x86 qconfig)."""
     import warnings

@@ -31,14 +31,13 @@ import torchslim.runtime
 from torchslim.core.state import slim_state
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import count_macs, latency_ms, measure, write_report
-from torchslim.measure.latency import cpu_info
 from torchslim.prune import sparsity
 from torchslim.recipe import run_recipe
 from torchslim.runtime.timing import time_ms
 from torchslim.runtime.tune import retune_kernels
 from torchslim.train import TrainConfig, fit
 
-from _common import compare, parse, parser, run_sections
+from _common import ORT_COLUMNS, compare, ort_rounding_rows, parse, parser, run_sections
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RES = ROOT / "artifacts", ROOT / "cache", ROOT / "results"
@@ -260,58 +259,21 @@ def filters(data_dir: str | None) -> list[dict]:
     return rows
 
 
-ORT_ROUNDING = (None, 8, 16)  # channel counts: any, or multiples of 8 / 16 (ORT's NCHWc blocks)
-
-
 def ort_rounding(data_dir: str | None) -> list[dict]:
-    """Filter pruning that stays fast in ONNX Runtime. ORT's convolutions run blocked NCHWc kernels
-    only when channel counts are multiples of the block (8 on AVX2, 16 on AVX-512) and fall back
-    to im2col + GEMM otherwise, so 49 % of vgg_small's MACs with any channel count ran no faster
-    than the float model there. Each rounding is pruned to <= 50 % of the MACs and timed in ORT
-    (structure alone: latency does not depend on the weights), interleaved with the float model,
-    3 rounds, minimum kept; the fastest at batch 256 is fine-tuned as the filters section does."""
-    from torchslim.engines import onnx_runner
-    from torchslim.export.onnx import export_onnx
-
+    """Filter pruning that stays fast in ONNX Runtime: each channel rounding pruned to <= 50 % of
+    vgg_small's MACs and timed in ORT against the float model (``_common.ort_rounding``); the
+    fastest at batch 256 is fine-tuned as the filters section does."""
     name, target, epochs = "vgg_small", 0.5, 3
     src = ART / f"{name}.slim"
-    x = torch.zeros(1, *SHAPE)
-    onnx_dir = CACHE / "ort_rounding"
-    onnx_dir.mkdir(parents=True, exist_ok=True)
-    float_model = ts.load(src)
-    runners = {"float": onnx_runner(export_onnx(float_model, x, onnx_dir / "float.onnx"))}
-    macs = {"float": count_macs(float_model, SHAPE)}
-    for r in ORT_ROUNDING:
+
+    def pruned(round_to: int | None) -> nn.Module:
         m = ts.load(src)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ts.compress_(m, ts.prune.Filters(criterion="l1", target_macs=target, round_to=r), example_inputs=x)
-            ts.convert_(m)
-        runners[r] = onnx_runner(export_onnx(m, x, onnx_dir / f"round_{r}.onnx"))
-        macs[r] = count_macs(m, SHAPE)
-    times = {k: {1: float("inf"), 256: float("inf")} for k in runners}
-    for _ in range(3):
-        for b in (1, 256):
-            for k, run in runners.items():
-                times[k][b] = min(times[k][b], latency_ms(run, SHAPE, b))
-    rows = []
-    for r in ORT_ROUNDING:
-        rows.append(
-            {
-                "model": name,
-                "round_to": r or "-",
-                "macs_ratio": round(macs[r] / macs["float"], 3),
-                "ort_b1_vs_float": round(times[r][1] / times["float"][1], 2),
-                "ort_b256_vs_float": round(times[r][256] / times["float"][256], 2),
-                "float_ort_b256_ms": round(times["float"][256], 2),
-                "threads": torch.get_num_threads(),
-                "cpu": cpu_info(),
-            }
-        )
-        print(rows[-1], flush=True)
-    best = min(ORT_ROUNDING, key=lambda r: times[r][256])
-    for row in rows:
-        row["chosen"] = "yes" if row["round_to"] == (best or "-") else ""
+            config = ts.prune.Filters(criterion="l1", target_macs=target, round_to=round_to)
+            return ts.convert_(ts.compress_(m, config, example_inputs=torch.zeros(1, *SHAPE)))
+
+    rows, best = ort_rounding_rows(name, ts.load(src), pruned, CACHE / "ort_rounding_filters")
     recipe = {
         "name": "filters_ort",
         "model": {"from": str(src)},
@@ -468,8 +430,7 @@ def main() -> None:
         write_report(
             sections["ort"],
             RES / "pruning_ort",
-            ["model", "round_to", "macs_ratio", "ort_b1_vs_float", "ort_b256_vs_float", "float_ort_b256_ms"]
-            + ["chosen", "threads", "cpu"],
+            ORT_COLUMNS,
             title="Filter pruning for ONNX Runtime: channel rounding timed in ORT against the float model",
         )
     if "kernel" in sections:

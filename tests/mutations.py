@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/lowrank/factorize.py",
+        "r = [min(top, -(-k // c.round_to) * c.round_to) for k, top in zip(r, full[n])]",
+        "r = [max(c.round_to, k // c.round_to * c.round_to) for k, top in zip(r, full[n])]",
+        "tests/test_lowrank.py -k round_to_rounds",
+    ),
+    Mutation(
         "src/torchslim/prune/variational.py",
         "+ 0.5 * F.softplus(-la)).sum()",
         "- 0.5 * F.softplus(-la)).sum()",

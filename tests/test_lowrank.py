@@ -1,5 +1,6 @@
 """Low-rank factorizations and rank selection."""
 
+import copy
 import warnings
 
 import pytest
@@ -25,6 +26,7 @@ class TestTuckerContract(MethodContract):
         lambda: Tucker(energy=0.0),
         lambda: Tucker(prefer="fast"),
         lambda: Tucker(selection="budget", target_macs=1.0),
+        lambda: Tucker(round_to=0),
     )
     model_names = ("vgg_small", "resnet20")
 
@@ -144,6 +146,28 @@ def test_budget_lands_within_5_percent(cls, allocate):
             model, cls(selection="budget", target_macs=0.5, prefer="size", allocate=allocate, exclude=("conv1",))
         )
     assert abs(count_macs(model, (1, 28, 28)) / base - 0.5) <= 0.05 * 0.5 + 1e-9
+
+
+@pytest.mark.parametrize(
+    "selection", [{"selection": "fixed", "rank": 0.3}, {"selection": "budget", "target_macs": 0.5}]
+)
+def test_round_to_rounds_every_rank_up_to_a_multiple(selection):
+    """Bug caught: ranks rounded down (fewer than the selection chose), or not capped at full rank
+    (a rank above the mode's size). The rounded plan under a budget is the one the bisection finds."""
+    torch.manual_seed(0)
+    model = ts.create_model("vgg_small").eval()
+    plain, rounded = (
+        ts.compress_(copy.deepcopy(model), Tucker(prefer="size", round_to=r, **selection)) for r in (None, 8)
+    )
+    ranks = {e["layer"]: e["ranks"] for e in rounded.torchslim.log if e["decision"] == "factorized"}
+    full = {n: [m.out_channels, m.in_channels] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert ranks
+    for n, rs in ranks.items():
+        assert all(r % 8 == 0 or r == top for r, top in zip(rs, full[n])), (n, rs)
+    if selection["selection"] == "fixed":
+        before = {e["layer"]: e["ranks"] for e in plain.torchslim.log if e["ranks"]}
+        for n, rs in ranks.items():
+            assert rs == [min(top, -(-r // 8) * 8) for r, top in zip(before[n], full[n])]
 
 
 def test_decisions_logged_and_round_trip(tmp_path):

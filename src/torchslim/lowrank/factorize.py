@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from torchslim.core.config import MethodConfig, check_choice, check_range
+from torchslim.core.config import MethodConfig, check_choice, check_int, check_range
 from torchslim.core.inputs import call, shape_of
 from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
@@ -62,6 +62,8 @@ class LowRank(MethodConfig):
         target_macs: selection=budget: the model's MACs after factorization, as a fraction in (0, 1).
         prefer: ``speed`` (keep dense layers that are not measured faster factorized) or ``size``.
         allocate: selection=budget: ``spectrum`` (one energy level) or ``uniform`` (one rank fraction).
+        round_to: round every rank up to a multiple of this (capped at full rank); ONNX Runtime's
+            blocked convolutions need channel counts that are multiples of 8 (AVX2) or 16 (AVX-512).
     """
 
     selection: str = "energy"
@@ -70,8 +72,11 @@ class LowRank(MethodConfig):
     target_macs: float | None = None
     prefer: str = "speed"
     allocate: str = "spectrum"
+    round_to: int | None = None
 
     def validate(self) -> None:
+        if self.round_to is not None:
+            check_int(self, "round_to", 1)
         check_choice(self, "selection", ("energy", "vbmf", "fixed", "budget"))
         check_choice(self, "allocate", ("spectrum", "uniform"))
         check_range(self, "energy", 0.0, 1.0, lo_open=True)
@@ -492,11 +497,15 @@ def _survey(model: nn.Module, config: LowRank, applies: Callable[[nn.Module], bo
 def _plan(model: nn.Module, config: LowRank, f: _Factorizer, sv: _Survey) -> dict[str, list[int]]:
     """Ranks of every layer ``f`` factorizes with fewer MACs (the rank selection, or the budget)."""
 
+    full = {n: [len(s) for s in f.spectra(m)] for n, m, c in sv.layers if c.round_to}  # rounding caps
+
     def plan(level: float | None) -> dict[str, list[int]]:
         chosen = {}
         for n, m, c in sv.layers:
             hw_in = _hw(sv.inputs[n])
             r = _ranks(f, m, c) if level is None else f.budget_ranks(m, level, config.allocate, hw_in, sv.outs[n])
+            if c.round_to:
+                r = [min(top, -(-k // c.round_to) * c.round_to) for k, top in zip(r, full[n])]
             if sv.macs(f, n, r) < sv.dense_macs[n]:
                 chosen[n] = r
         return chosen
