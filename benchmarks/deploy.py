@@ -1,9 +1,10 @@
 """Deploy benchmark: each headline artifact exported to ONNX and run by ONNX Runtime beside
-torchslim's own (eager) runtime and ``torch.compile`` (inductor, CPU), at the same thread count.
+torchslim's own (eager) runtime, ``torch.compile`` (inductor, CPU) and the ``torch.export``
+program, at the same thread count.
 
-Per artifact: ONNX file bytes, top-1 on the Fashion-MNIST test split in torchslim and in ONNX
-Runtime, latency at batch 1 and 256 in each engine, and the CPU it ran on. Writes
-benchmarks/results/deploy.{json,md}.
+Per artifact: .slim and ONNX file bytes, top-1 on the Fashion-MNIST test split in torchslim and
+in ONNX Runtime, latency at batch 1 and 256 in each engine, the time as a fraction of the float
+model's in the same engine, and the CPU it ran on. Writes benchmarks/results/deploy.{json,md}.
 """
 
 from __future__ import annotations
@@ -30,31 +31,40 @@ from _common import parse, parser
 ROOT = Path(__file__).resolve().parent
 ART, CACHE = ROOT / "artifacts", ROOT / "cache" / "deploy"
 SHAPE = (1, 28, 28)
-ARTIFACTS = [
-    "lenet5",
-    "vgg_small",
-    "resnet20",
-    "vgg_small_filters",
-    "vgg_small_tucker",
-    "vgg_small_int8",
-    "lenet5_deep_compression",
-    "vgg_small_xnor",
-]
+ARTIFACTS = {  # artifact -> its float model (ratios are taken against it in the same engine)
+    "lenet5": "lenet5",
+    "vgg_small": "vgg_small",
+    "resnet20": "resnet20",
+    "vgg_small_filters": "vgg_small",
+    "vgg_small_filters_ort": "vgg_small",
+    "vgg_small_tucker": "vgg_small",
+    "vgg_small_tucker_ort": "vgg_small",
+    "vgg_small_int8": "vgg_small",
+    "vgg_small_kmeans4": "vgg_small",
+    "lenet5_deep_compression": "lenet5",
+    "lenet5_magnitude": "lenet5",
+    "vgg_small_xnor": "vgg_small",
+}
+ENGINES = ("eager", "ort", "compile", "export")
 COLUMNS = [
     "artifact",
+    "slim_bytes",
     "onnx_bytes",
+    "onnx_vs_slim",
     "top1",
     "ort_top1",
-    "eager_b1_ms",
-    "ort_b1_ms",
-    "compile_b1_ms",
-    "eager_b256_ms",
-    "ort_b256_ms",
-    "compile_b256_ms",
-    "ort_speedup_b256",
+    *(f"{e}_b{b}_ms" for b in (1, 256) for e in ENGINES),
+    "ort_b1_vs_float",
+    "ort_b256_vs_float",
+    "eager_b256_vs_float",
     "threads",
     "cpu",
 ]
+
+
+def _exported(model, b: int):
+    """The torch.export program of the model at batch ``b`` (packed layers stay custom ops)."""
+    return torch.export.export(model.eval(), (torch.zeros(b, *SHAPE),)).module()
 
 
 def main() -> None:
@@ -63,26 +73,31 @@ def main() -> None:
     a = parse(ap)
     test = make_loaders(DataConfig(dir=a.data_dir)).test
     CACHE.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = {}
     for name in ARTIFACTS:
         model = ts.load(ART / f"{name}.slim")
-        path = export_onnx(model, torch.zeros(1, 1, 28, 28), CACHE / f"{name}.onnx")
+        path = export_onnx(model, torch.zeros(1, *SHAPE), CACHE / f"{name}.onnx")
         runs = {"eager": ts.engine(model), "ort": engines.onnx_runner(path)}
         row = {
             "artifact": f"{name}.slim",
+            "slim_bytes": os.path.getsize(ART / f"{name}.slim"),
             "onnx_bytes": os.path.getsize(path),
             "top1": round(evaluate(runs["eager"], test)["top1"], 2),
             "ort_top1": round(evaluate(runs["ort"], test)["top1"], 2),
             "threads": torch.get_num_threads(),
             "cpu": cpu_info(),
         }
+        row["onnx_vs_slim"] = round(row["onnx_bytes"] / row["slim_bytes"], 2)
         for b in (1, 256):
             for engine, run in runs.items():
                 row[f"{engine}_b{b}_ms"] = round(latency_ms(run, SHAPE, b), 3)
-        row["ort_speedup_b256"] = round(row["eager_b256_ms"] / row["ort_b256_ms"], 2)
+            try:
+                row[f"export_b{b}_ms"] = round(latency_ms(_exported(model, b), SHAPE, b), 3)
+            except Exception as e:  # noqa: BLE001 - report, do not stop the benchmark
+                row["export_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         print(json.dumps(row), flush=True)
-        rows.append(row)
-    for name, row in zip(ARTIFACTS, rows):  # after all other timings: no compile worker runs behind them
+        rows[name] = row
+    for name, row in rows.items():  # after all other timings: no compile worker runs behind them
         if a.no_compile:
             break
         with warnings.catch_warnings():
@@ -96,11 +111,16 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 - report, do not stop the benchmark
                 row["compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         print(json.dumps(row), flush=True)
+    for name, row in rows.items():
+        base = rows[ARTIFACTS[name]]
+        for engine, b in (("ort", 1), ("ort", 256), ("eager", 256)):
+            row[f"{engine}_b{b}_vs_float"] = round(row[f"{engine}_b{b}_ms"] / base[f"{engine}_b{b}_ms"], 2)
     write_report(
-        rows,
+        list(rows.values()),
         ROOT / "results" / "deploy",
         COLUMNS,
-        title="Deploy: torchslim eager vs ONNX Runtime vs torch.compile (Fashion-MNIST test split)",
+        title="Deploy: torchslim eager vs ONNX Runtime vs torch.compile vs torch.export (Fashion-MNIST test split); "
+        "*_vs_float: time as a fraction of the float model's in the same engine",
     )
 
 

@@ -253,19 +253,19 @@ def speed_table() -> str:
 
 
 def deploy_table() -> str:
-    """The README's deploy table: per artifact, ONNX Runtime's top-1 beside torchslim's and the
-    batch-256 latency in each engine (benchmarks/results/deploy.json)."""
+    """The README's deploy table: per artifact, ONNX Runtime's top-1 beside torchslim's, the ONNX
+    file beside the .slim file, and ONNX Runtime's time as a fraction of the float model's there
+    (benchmarks/results/deploy.json)."""
     lines = [
-        "| artifact | top-1 torchslim / ONNX Runtime | ONNX bytes | b256 ms: eager / ORT / compile | ORT vs eager |",
+        "| artifact | top-1 torchslim / ONNX Runtime | .slim / ONNX bytes | b256 ms: eager / ORT / compile / export "
+        "| ORT time vs float b1 / b256 |",
         "|---|---|---|---|---|",
     ]
     for r in json.loads((RES / "deploy.json").read_text()):
-        times = " / ".join(
-            f"{r[k]:.1f}" if r.get(k) else "-" for k in ("eager_b256_ms", "ort_b256_ms", "compile_b256_ms")
-        )
+        times = " / ".join(f"{r[k]:.1f}" if r.get(k) else "-" for k in (f"{e}_b256_ms" for e in ("eager", "ort", "compile", "export")))
         lines.append(
-            f"| {r['artifact']} | {r['top1']:.2f} / {r['ort_top1']:.2f} | {r['onnx_bytes']:,} | {times} | "
-            f"{r['ort_speedup_b256']:.2f}x |"
+            f"| {r['artifact']} | {r['top1']:.2f} / {r['ort_top1']:.2f} | {r['slim_bytes']:,} / {r['onnx_bytes']:,} "
+            f"| {times} | {r['ort_b1_vs_float']:.2f} / {r['ort_b256_vs_float']:.2f} |"
         )
     return "\n".join(lines)
 
