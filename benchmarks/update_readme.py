@@ -262,7 +262,8 @@ def deploy_table() -> str:
         "|---|---|---|---|---|",
     ]
     for r in json.loads((RES / "deploy.json").read_text()):
-        times = " / ".join(f"{r[k]:.1f}" if r.get(k) else "-" for k in (f"{e}_b256_ms" for e in ("eager", "ort", "compile", "export")))
+        keys = (f"{e}_b256_ms" for e in ("eager", "ort", "compile", "export"))
+        times = " / ".join(f"{r[k]:.1f}" if r.get(k) else "-" for k in keys)
         lines.append(
             f"| {r['artifact']} | {r['top1']:.2f} / {r['ort_top1']:.2f} | {r['slim_bytes']:,} / {r['onnx_bytes']:,} "
             f"| {times} | {r['ort_b1_vs_float']:.2f} / {r['ort_b256_vs_float']:.2f} |"
