@@ -38,6 +38,12 @@ SETTINGS = [  # (name, config)
     ("8-bit activation ranges", Uniform(reduce_range=False)),
     ("8-bit, float fallback to 99.5 % calibration agreement", Uniform(reduce_range=False, min_agreement=0.995)),
     ("8-bit, float fallback to 99 % calibration agreement", Uniform(reduce_range=False, min_agreement=0.99)),
+    ("8-bit, bias correction", Uniform(reduce_range=False, bias_correction=True)),
+    ("7-bit, bias correction", Uniform(reduce_range=True, bias_correction=True)),
+    (
+        "8-bit, bias correction, float fallback to 99 %",
+        Uniform(reduce_range=False, bias_correction=True, min_agreement=0.99),
+    ),
 ]
 COLUMNS = ["setting", "top1", "agreement", "calib_agreement", "int8_layers", "int8_macs_pct", "kept_float"]
 

@@ -35,6 +35,24 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/quant/uniform.py",
+        "layer.bias_shift = (want[layer] - got).to(layer.weight.dtype)",
+        "layer.bias_shift = (got - want[layer]).to(layer.weight.dtype)",
+        "tests/test_quant_uniform.py -k bias_correction",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
+        "new.set_weight(self.weight, self.int8_bias())",
+        "new.set_weight(self.weight, self.bias)",
+        "tests/test_quant_uniform.py -k bias_correction",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
+        "        layer.raw = True\n        got = _channel_means(model, layer, batches)",
+        "        got = _channel_means(model, layer, batches)",
+        "tests/test_quant_uniform.py -k bias_correction",
+    ),
+    Mutation(
         "src/torchslim/lowrank/factorize.py",
         "r = [min(top, -(-k // c.round_to) * c.round_to) for k, top in zip(r, full[n])]",
         "r = [max(c.round_to, k // c.round_to * c.round_to) for k, top in zip(r, full[n])]",

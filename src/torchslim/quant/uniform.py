@@ -72,6 +72,11 @@ class Uniform(MethodConfig):
             fewer than this fraction of the calibration samples, one more layer goes back to
             float: the one whose int8 form alone (every other layer float) agrees least
             (per-layer sensitivity analysis; ties: lowest SQNR first). None: no such fallback.
+        bias_correction: empirical bias correction (Nagel et al. 2019, "Data-Free Quantization
+            Through Weight Equalization and Bias Correction", sec. 4.2, with calibration data):
+            layer by layer in execution order, ``b_c += E[y_c float] - E[y_c int8]`` over the
+            calibration samples and positions, each layer seeing the already corrected ones
+            before it; removes the mean shift quantization adds (depthwise layers most).
     """
 
     bits: int = 8
@@ -81,9 +86,14 @@ class Uniform(MethodConfig):
     reduce_range: bool | None = None
     min_sqnr: float | None = None
     min_agreement: float | None = None
+    bias_correction: bool = False
 
     def validate(self) -> None:
         check_int(self, "bits", 2, 8)
+        if not isinstance(self.bias_correction, bool):
+            raise ValueError(f"Uniform.bias_correction={self.bias_correction!r}; use true or false")
+        if self.bias_correction and not self.act_bits:
+            raise ValueError("Uniform.bias_correction needs act_bits=8 (it corrects on calibration data)")
         if self.act_bits not in (0, 8):
             raise ValueError(f"Uniform.act_bits={self.act_bits!r}; use 8 (int8 activations) or 0 (weights only)")
         if self.act_bits and not self.symmetric:
@@ -127,6 +137,14 @@ class _FakeQuant(nn.Module):
         self.register_buffer("out_range", torch.tensor([float("inf"), float("-inf")]))
         self.observing = False
         self.bypass = False  # compute in float (sensitivity analysis of the float fallback)
+        self.raw = False  # int8 product and bias without the output requantization (bias correction)
+        self.register_buffer("bias_shift", None)  # bias correction: added in the int8 path only
+
+    def int8_bias(self) -> torch.Tensor | None:
+        """The bias the int8 layer adds: the float bias plus the bias correction, if any."""
+        if self.bias_shift is None:
+            return self.bias
+        return self.bias_shift if self.bias is None else self.bias + self.bias_shift
 
     def fq_weight(self) -> torch.Tensor:
         scale, zp, qmin, qmax = weight_qparams(self.weight, self.bits, self.symmetric)
@@ -155,10 +173,12 @@ class _FakeQuant(nn.Module):
         return t * inside + ((q - zp) * scale - t * inside).detach()
 
     def run(self, x: torch.Tensor, op) -> torch.Tensor:
+        """``op(x, weight, bias)``: float weight and bias when observing or bypassed, else the
+        fake-quant weight and the int8 bias."""
         if not self.act_bits:
-            return op(x, self.fq_weight())
+            return op(x, self.fq_weight(), self.bias)
         if self.observing or self.bypass:
-            y = op(x, self.weight)
+            y = op(x, self.weight, self.bias)
             if self.bypass:
                 return y
             self._observe(self.in_range, x)
@@ -166,7 +186,8 @@ class _FakeQuant(nn.Module):
             return y
         if self.in_q:
             x = self._fq_act(x, self.in_range, deploy_input=True)
-        return self._fq_act(op(x, self.fq_weight()), self.out_range)
+        y = op(x, self.fq_weight(), self.int8_bias())
+        return y if self.raw else self._fq_act(y, self.out_range)
 
     def packed_args(self) -> dict:
         return dict(
@@ -174,11 +195,11 @@ class _FakeQuant(nn.Module):
             symmetric=self.symmetric,
             act_bits=self.act_bits,
             out_float=self.out_float,
-            bias=self.bias is not None,
+            bias=self.int8_bias() is not None,
         )
 
     def fill(self, new: nn.Module) -> nn.Module:
-        new.set_weight(self.weight, self.bias)
+        new.set_weight(self.weight, self.int8_bias())
         if self.act_bits:
             (si, zi) = self.act_qparams(self.in_range, self.in_levels)
             (so, zo) = self.act_qparams(self.out_range, self.out_levels)
@@ -194,7 +215,7 @@ class FakeQuantConv2d(nn.Conv2d, _FakeQuant):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, lambda inp, w: self._conv_forward(inp, w, self.bias))
+        return self.run(x, self._conv_forward)
 
     def packed(self) -> UniformConv2d:
         return self.fill(
@@ -219,7 +240,7 @@ class FakeQuantLinear(nn.Linear, _FakeQuant):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, lambda inp, w: F.linear(inp, w, self.bias))
+        return self.run(x, F.linear)
 
     def packed(self) -> UniformLinear:
         return self.fill(UniformLinear(self.in_features, self.out_features, **self.packed_args()))
@@ -277,10 +298,10 @@ def _fit_int32_bias(model: nn.Module, flags: dict[str, dict]) -> None:
     1e-11: its bias became -2^31 codes and every output 0); ONNX Runtime's own quantizer adjusts
     scales for the same reason. A layer fed by a chained int8 layer widens that layer's output."""
     for name, m in model.named_modules():
-        if not isinstance(m, _FakeQuant) or not m.act_bits or m.bias is None:
+        if not isinstance(m, _FakeQuant) or not m.act_bits or m.int8_bias() is None:
             continue
         w_scale = weight_qparams(m.weight, m.bits, m.symmetric)[0]
-        need = float((m.bias.detach().abs() / (w_scale * (2**31 - 1))).max())
+        need = float((m.int8_bias().detach().abs() / (w_scale * (2**31 - 1))).max())
         source = flags.get(name, {}).get("source")
         holder, rng, levels = (
             (model.get_submodule(source), "out_range", None) if source else (m, "in_range", m.in_levels)
@@ -290,6 +311,51 @@ def _fit_int32_bias(model: nn.Module, flags: dict[str, dict]) -> None:
         if holder.act_qparams(r, levels)[0] < need:
             lo = min(float(r[0]), 0.0)
             r[1] = max(float(r[1]), lo + need * levels * (1 + 1e-6))
+
+
+def _channel_means(model: nn.Module, layer: nn.Module, batches: list) -> torch.Tensor:
+    """Mean of ``layer``'s output per channel (dim 1 of a conv, last dim of a linear) over ``batches``."""
+    total, count = 0.0, 0
+
+    def grab(m, args, y):
+        nonlocal total, count
+        dims = [0, 2, 3] if y.dim() == 4 else list(range(y.dim() - 1))
+        total = total + y.double().sum(dims)
+        count += y.numel() // y.shape[1 if y.dim() == 4 else -1]
+
+    handle = layer.register_forward_hook(grab)
+    try:
+        for x in batches:
+            inputs.call(model, x)
+    finally:
+        handle.remove()
+    return total / max(count, 1)
+
+
+def _correct_bias(model: nn.Module, batches: list) -> None:
+    """Empirical bias correction (see ``Uniform.bias_correction``): every layer's float output means
+    (every layer bypassed: float weights, float biases), then layer by layer in execution order the
+    int8 means with the layers before already corrected; the shift goes to ``bias_shift``, which only
+    the int8 path adds. A layer's int8 output is compared before its requantization (which clips,
+    e.g. at a ReLU)."""
+    order: list[nn.Module] = []
+    fq = [m for m in model.modules() if isinstance(m, _FakeQuant)]
+    handles = [m.register_forward_hook(lambda m, a, y: order.append(m) if m not in order else None) for m in fq]
+    try:
+        inputs.call(model, batches[0])
+    finally:
+        for h in handles:
+            h.remove()
+    for m in fq:
+        m.bypass = True
+    want = {m: _channel_means(model, m, batches) for m in order}
+    for m in fq:
+        m.bypass = False
+    for layer in order:
+        layer.raw = True
+        got = _channel_means(model, layer, batches)
+        layer.raw = False
+        layer.bias_shift = (want[layer] - got).to(layer.weight.dtype)
 
 
 def _full_range_warning() -> str:
@@ -457,6 +523,8 @@ class UniformMethod(Method):
                 inputs.call(model, x)
             for m in fq:
                 m.observing = False
+            if config.bias_correction:
+                _correct_bias(model, batches)
             _fit_int32_bias(model, flags)
             if config.min_sqnr is not None or config.min_agreement is not None:
                 _float_fallback(model, config, batches, reference)
