@@ -18,6 +18,7 @@ RES = ROOT / "benchmarks" / "results"
 # (artifact, label, results file): the README's headline rows
 HEADLINE = [
     ("lenet5_deep_compression.slim", "Deep Compression: AGP pruning + k-means + Huffman", "deep_compression"),
+    ("lenet5_sparse_vd.slim", "sparse variational dropout + k-means + Huffman", "deep_compression"),
     ("lenet5_magnitude.slim", "magnitude pruning (AGP + KD), 92.5 % sparse", "pruning"),
     ("vgg_small_filters.slim", "filter pruning (L1) to 49 % of MACs", "pruning"),
     ("resnet20_filters.slim", "filter pruning (L1) to 59 % of MACs", "pruning"),
@@ -75,7 +76,7 @@ PAPERS = [
         "LeNet-5 39x, LeNet-300-100 40x smaller, no loss",
         "MNIST",
         "deep_compression",
-        {"model": "lenet5", "stage": "+ Huffman"},
+        {"method": "deep_compression", "model": "lenet5", "stage": "+ Huffman"},
         "lenet5, whole file",
     ),
     (
@@ -83,8 +84,24 @@ PAPERS = [
         "",
         "",
         "deep_compression",
-        {"model": "lenet300_100", "stage": "+ Huffman"},
+        {"method": "deep_compression", "model": "lenet300_100", "stage": "+ Huffman"},
         "lenet300_100, whole file",
+    ),
+    (
+        "Molchanov et al. 2017, sparse variational dropout",
+        "LeNet-5 280x, LeNet-300-100 68x fewer weights, no loss",
+        "MNIST",
+        "deep_compression",
+        {"method": "sparse_vd", "model": "lenet5", "stage": "+ Huffman"},
+        "lenet5, + k-means + Huffman, whole file",
+    ),
+    (
+        "",
+        "",
+        "",
+        "deep_compression",
+        {"method": "sparse_vd", "model": "lenet300_100", "stage": "+ Huffman"},
+        "lenet300_100, + k-means + Huffman, whole file",
     ),
     (
         "Liu et al. 2017, network slimming",

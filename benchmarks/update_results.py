@@ -56,8 +56,18 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
     ],
     "lenet5_magnitude.slim": [("pruning", {"model": "lenet5", "method": "torchslim prune.magnitude"})],
     "lenet300_100_magnitude.slim": [("pruning", {"model": "lenet300_100", "method": "torchslim prune.magnitude"})],
-    "lenet5_deep_compression.slim": [("deep_compression", {"model": "lenet5", "stage": "+ Huffman"})],
-    "lenet300_100_deep_compression.slim": [("deep_compression", {"model": "lenet300_100", "stage": "+ Huffman"})],
+    "lenet5_deep_compression.slim": [
+        ("deep_compression", {"method": "deep_compression", "model": "lenet5", "stage": "+ Huffman"})
+    ],
+    "lenet300_100_deep_compression.slim": [
+        ("deep_compression", {"method": "deep_compression", "model": "lenet300_100", "stage": "+ Huffman"})
+    ],
+    "lenet5_sparse_vd.slim": [("deep_compression", {"method": "sparse_vd", "model": "lenet5", "stage": "+ Huffman"})],
+    "lenet300_100_sparse_vd.slim": [
+        ("deep_compression", {"method": "sparse_vd", "model": "lenet300_100", "stage": "+ Huffman"})
+    ],
+    "vgg_small_filters_ort.slim": [("deploy", {"artifact": "vgg_small_filters_ort.slim"})],
+    "vgg_small_tucker_ort.slim": [("deploy", {"artifact": "vgg_small_tucker_ort.slim"})],
     "lenet300_100_svd.slim": [("lowrank", {"section": "svd", "model": "lenet300_100", "method": "lowrank.svd"})],
     "vgg_small_filters.slim": [
         ("pruning", {"model": "vgg_small", "method": "torchslim prune.filters", "setting": "L1, <= 50% MACs, 3 ep"})
