@@ -63,8 +63,10 @@ COLUMNS = [
 
 
 def _exported(model, b: int):
-    """The torch.export program of the model at batch ``b`` (packed layers stay custom ops)."""
-    return torch.export.export(model.eval(), (torch.zeros(b, *SHAPE),)).module()
+    """The torch.export program of the model at batch ``b`` (packed layers stay custom ops), as a
+    runner (an exported module refuses ``eval()``)."""
+    program = torch.export.export(model.eval(), (torch.zeros(b, *SHAPE),)).module()
+    return engines.Runner("export", program, keep=program)
 
 
 def main() -> None:

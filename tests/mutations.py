@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/runtime/base.py",
+        "with torch.inference_mode(False), torch.no_grad():",
+        "with torch.no_grad():",
+        "tests/test_quant_uniform.py -k inference_mode",
+    ),
+    Mutation(
         "src/torchslim/quant/uniform.py",
         "layer.bias_shift = (want[layer] - got).to(layer.weight.dtype)",
         "layer.bias_shift = (got - want[layer]).to(layer.weight.dtype)",

@@ -368,3 +368,18 @@ def test_bias_correction_matches_every_layers_channel_means():
     ts.convert_(model)
     for n, b in shifted.items():
         assert torch.equal(model.get_submodule(n).bias.detach(), b), n
+
+
+def test_exported_int8_program_runs_under_inference_mode():
+    """Bug caught: the custom op built its layer inside ``torch.inference_mode`` when first called
+    there, and the layer's cache key read version counters that inference tensors do not have
+    (RuntimeError; the deploy benchmark times programs under inference mode)."""
+    from torchslim.runtime import base
+
+    model = ts.load(ART / "vgg_small_int8.slim")
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    program = torch.export.export(model.eval(), (x,)).module()
+    base._OP_LAYERS.clear()
+    with torch.inference_mode():
+        y = program(x)
+    assert torch.equal(y, model(x))

@@ -181,8 +181,10 @@ def runtime_layer_op(x: torch.Tensor, state: list[torch.Tensor], spec: str) -> t
     if layer is None:
         args = json.loads(spec)
         names = args.pop("state")
-        layer = runtime_layer(args.pop("type")).from_spec(args)
-        with torch.no_grad():
+        # built outside inference mode even when called inside it: the layer's caches key on its
+        # tensors' version counters, which inference tensors do not have
+        with torch.inference_mode(False), torch.no_grad():
+            layer = runtime_layer(args.pop("type")).from_spec(args)
             for name, t in zip(names, state):
                 getattr(layer, name).copy_(t)
         if len(_OP_LAYERS) > 4096:
