@@ -35,6 +35,54 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/search.py",
+        "                    frac[m] *= f",
+        "                    frac[m] = f",
+        "tests/test_search.py -k composes",
+    ),
+    Mutation(
+        "src/torchslim/search.py",
+        "gain = (cost - c) / max(d - drop, 0.01)",
+        "gain = cost - c",
+        "tests/test_search.py -k greedy",
+    ),
+    Mutation(
+        "src/torchslim/search.py",
+        '(o["top1"] >= r["top1"] and o[key] <= r[key])',
+        '(o["top1"] >= r["top1"])',
+        "tests/test_search.py -k pareto",
+    ),
+    Mutation(
+        "src/torchslim/search.py",
+        "        m.momentum = None\n",
+        "",
+        "tests/test_search.py -k adapt_bn",
+    ),
+    Mutation(
+        "src/torchslim/search.py",
+        "return min(within, key=lambda r: r[key]), True",
+        "return max(within, key=lambda r: r[key]), True",
+        "tests/test_search.py -k best_point",
+    ),
+    Mutation(
+        "src/torchslim/train/loop.py",
+        "            if i == steps:\n                break\n",
+        "",
+        "tests/test_train.py -k steps_per_epoch",
+    ),
+    Mutation(
+        "src/torchslim/train/loop.py",
+        "    total = cfg.epochs * steps\n",
+        "    total = cfg.epochs * len(train_loader)\n",
+        "tests/test_train.py -k steps_per_epoch",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
+        "graph = LeafTracer((RuntimeLayer,)).trace(model)",
+        "graph = fx.symbolic_trace(model).graph",
+        "tests/test_quant_uniform.py -k packed_layer",
+    ),
+    Mutation(
         "src/torchslim/runtime/base.py",
         "with torch.inference_mode(False), torch.no_grad():",
         "with torch.no_grad():",

@@ -31,8 +31,9 @@ RANK = {
     "distill": 8,
     "imported": 9,
     "recipe": 10,
-    "cli": 11,
-    "": 12,  # torchslim/__init__.py: the lazy public names
+    "search": 11,
+    "cli": 12,
+    "": 13,  # torchslim/__init__.py: the lazy public names
 }
 
 

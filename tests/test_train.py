@@ -137,3 +137,24 @@ def test_bad_train_config():
         TrainConfig(lr=-1)
     with pytest.raises(ValueError, match="unknown key"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_steps_per_epoch_stops_each_epoch_and_ends_the_schedule(loaders, monkeypatch):
+    """Catches: ``steps_per_epoch`` ignored (whole epochs), or a schedule still sized for whole epochs
+    (the cosine would end far from 0)."""
+    import torchslim.train.loop as loop
+
+    steps, totals = [], set()
+
+    class Count(Callback):
+        def after_step(self, model, step):
+            steps.append(step)
+
+    real = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda cfg, step, total: totals.add(total) or real(cfg, step, total))
+    model = ts.create_model("lenet300_100")
+    fit(model, loaders.train, TrainConfig(epochs=2, lr=0.1, steps_per_epoch=3), callbacks=[Count()], progress=False)
+    assert steps == [0, 1, 2, 3, 4, 5] and len(loaders.train) > 3
+    assert totals == {6}
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        TrainConfig(steps_per_epoch=0)

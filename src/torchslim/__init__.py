@@ -39,6 +39,8 @@ _NAMES = {
     "create_model": "models:create_model",
     "list_models": "models:list_models",
     "run_recipe": "recipe:run_recipe",
+    "auto": "search:auto",
+    "AutoConfig": "search:AutoConfig",
     "TrainConfig": "train.loop:TrainConfig",
     "evaluate": "measure.accuracy:evaluate",
     "fit": "train.loop:fit",
@@ -51,9 +53,11 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AutoConfig",
     "FoldBN",
     "MethodConfig",
     "TrainConfig",
+    "auto",
     "compress_",
     "convert_",
     "create_model",

@@ -179,6 +179,36 @@ def _cmd_sensitivity(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_auto(a: argparse.Namespace) -> int:
+    import json
+
+    from torchslim.measure.report import to_table
+    from torchslim.search import AutoConfig, auto
+
+    if bool(a.model) == bool(a.slim):
+        raise ValueError("give the trained model: a .slim file (--from FILE) or your own (--model PKG.MODULE:FACTORY)")
+    data = {"name": a.data, **({"dir": a.data_dir} if a.data_dir else {})}
+    settings = {"max_drop": a.max_drop, "objective": a.objective, "engine": a.engine, "seed": a.seed}
+    settings.update({k: getattr(a, k) for k in ("points", "epochs", "round_to") if getattr(a, k) is not None})
+    cfg = AutoConfig.quick(**settings) if a.quick else AutoConfig(**settings)
+    if a.model:
+        from torchslim.imported import build_imported, load_weights
+
+        kwargs = json.loads(a.kwargs)
+        model = build_imported(a.model, kwargs)
+        if a.weights:
+            model = load_weights(model, a.weights)
+        summary = auto(model, data, a.out, cfg, model_import=a.model, model_kwargs=kwargs, restart=a.restart)
+    else:
+        summary = auto(a.slim, data, a.out, cfg, restart=a.restart)
+    cols = ["point", "top1", "drop", "bytes", "bytes_vs_float", "macs", "latency_b256_ms", "latency_b256_ms_vs_float"]
+    print(to_table([{"point": "float", **summary["baseline"]}, *summary["points"]], cols))
+    verdict = "within" if summary["met"] else "NOT within (the most accurate point is given)"
+    print(f"\nbest: {summary['best']} ({verdict} {cfg.max_drop} pp): {Path(a.out) / 'best.slim'}")
+    print(f"wrote {Path(a.out) / 'front.json'}, front.md, front.png and points/*.slim, points/*.yaml")
+    return 0
+
+
 def _cmd_list(a: argparse.Namespace) -> int:
     if a.what == "models":
         from torchslim.models import list_models
@@ -293,6 +323,27 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out")
     se.add_argument("--data-dir")
     se.set_defaults(fn=_cmd_sensitivity)
+    au = sub.add_parser(
+        "auto",
+        help="search pruning, low-rank, k-means and int8 per layer for a top-1 budget; measured Pareto front",
+    )
+    au.add_argument("--from", dest="slim", metavar="FILE.slim", help="the trained model as a .slim file")
+    au.add_argument("--model", metavar="PKG.MODULE:FACTORY", help="or your own model's factory (with --weights)")
+    au.add_argument("--kwargs", default="{}", help="factory arguments as JSON")
+    au.add_argument("--weights", help="weights of your model (.slim, .safetensors or a weights-only .pt)")
+    au.add_argument("--max-drop", type=float, default=0.5, help="top-1 points the model may lose (default 0.5)")
+    au.add_argument("--objective", default="latency", choices=["latency", "bytes", "macs"])
+    au.add_argument("--engine", default="eager", choices=["eager", "pytorch"])
+    au.add_argument("--quick", action="store_true", help="fewer forms and short fine-tunes (about 20 min, vgg_small)")
+    au.add_argument("--points", type=int, help="models fine-tuned and measured along the search path")
+    au.add_argument("--epochs", type=int, help="fine-tune epochs per point")
+    au.add_argument("--round-to", type=int, help="channel / rank multiple (default 8)")
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--data", default="fashion_mnist", help="data set name (default fashion_mnist)")
+    au.add_argument("--data-dir")
+    au.add_argument("--out", required=True, help="run folder (resumes when rerun)")
+    au.add_argument("--restart", action="store_true")
+    au.set_defaults(fn=_cmd_auto)
     ls = sub.add_parser("list", help="list registered models or methods")
     ls.add_argument("what", choices=["models", "methods"])
     ls.set_defaults(fn=_cmd_list)

@@ -112,11 +112,12 @@ def fold_all(
     fold: Callable = fold_pair,
     pairs: dict | None = None,
     keep: Callable[[str, str], bool] = lambda layer, bn: True,
+    leaves: tuple = (),
 ) -> int:
     """For every (layer, BN) pair that ``keep`` accepts, the layer becomes ``fold(layer, bn)`` and the BN
-    ``nn.Identity`` (``pairs`` as in :func:`conv_bn_pairs`); returns the number folded."""
+    ``nn.Identity`` (``pairs`` and ``leaves`` as in :func:`conv_bn_pairs`); returns the number folded."""
     n = 0
-    for layer_name, bn_name in conv_bn_pairs(model, pairs):
+    for layer_name, bn_name in conv_bn_pairs(model, pairs, leaves):
         if keep(layer_name, bn_name):
             set_module(model, layer_name, fold(get_module(model, layer_name), get_module(model, bn_name)))
             set_module(model, bn_name, nn.Identity())

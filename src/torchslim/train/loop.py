@@ -44,6 +44,8 @@ class TrainConfig:
             on x86 CPUs this way. The model is returned in the default layout.
         output: which output holds the logits when the model returns several (an index
             into a tuple/list, a key of a dict, or a function of the output); default the first.
+        steps_per_epoch: stop each epoch after this many batches (a fresh shuffle each epoch, so
+            short fine-tunes still see varied data); None: the whole split.
     """
 
     epochs: int = 10
@@ -56,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = False
     output: Any = 0
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         def number(name: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
@@ -80,6 +83,9 @@ class TrainConfig:
         number("label_smoothing", 0, 1, hi_open=True)
         if not isinstance(self.channels_last, bool):
             raise ValueError(f"train.channels_last={self.channels_last!r} must be true or false")
+        spe = self.steps_per_epoch
+        if spe is not None and (isinstance(spe, bool) or not isinstance(spe, int) or spe < 1):
+            raise ValueError(f"train.steps_per_epoch={spe!r} must be an integer >= 1 or null (the whole split)")
 
     @staticmethod
     def from_dict(d: dict[str, Any], where: str = "train") -> TrainConfig:
@@ -190,7 +196,8 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if progress is None:
         progress = sys.stderr.isatty()
-    total = cfg.epochs * len(train_loader)
+    steps = min(len(train_loader), cfg.steps_per_epoch or len(train_loader))
+    total = cfg.epochs * steps
     task_weight = math.prod(cb.task_weight for cb in callbacks)
     for cb in callbacks:
         cb.on_train_begin(model)
@@ -216,7 +223,9 @@ def fit(
         seen = correct = 0
         run_loss = 0.0
         for i, (x, y) in enumerate(it):
-            step = epoch * len(train_loader) + i
+            if i == steps:
+                break
+            step = epoch * steps + i
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, total)
             x, y = inputs.to(x, device, non_blocking=True), y.to(device, non_blocking=True)
