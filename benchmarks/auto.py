@@ -66,7 +66,9 @@ def measure_all(data: dict, sections: dict) -> list[dict]:
                 models.append((name, f"auto ({objective})", ART / f"{name}.slim"))
     rows, base = [], None
     for name, family, path in models:
-        row = {"name": name, "family": family, **measure(ts.load(path), loader=test, path=path)}
+        method = "float" if family == "float" else family
+        row = {"name": name, "artifact": path.name, "model": "vgg_small", "method": method, "family": family}
+        row.update(measure(ts.load(path), loader=test, path=path))
         row = compare(row, base)
         base = base or row
         if family.startswith("auto"):

@@ -35,6 +35,18 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/runtime/compact.py",
+        "view(self.rows, self.m) + self.offsets",
+        "view(self.rows, self.m)",
+        "tests/test_onnx.py -k product_quantized",
+    ),
+    Mutation(
+        "src/torchslim/runtime/product.py",
+        "return computed_layer(self, ProductWeight(self.indices(), self.bits, self.codebooks, shape), self.bias)",
+        "return dense_module(self, self.weight2d(), self.bias)",
+        "tests/test_onnx.py -k product_quantized",
+    ),
+    Mutation(
         "src/torchslim/search.py",
         "                    frac[m] *= f",
         "                    frac[m] = f",

@@ -222,3 +222,15 @@ def test_search_recipe_reproduces_its_point(small_search, tmp_path):
     a, _ = read_slim(out / "points" / f"{name}.slim")
     b, _ = read_slim(tmp_path / "rerun" / "model.slim")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_auto_names_what_is_missing_or_wrong(tmp_path, capsys):
+    """Catches: a command that starts a search without a trained model, or a stack trace for a bad setting."""
+    from torchslim.cli import main
+
+    assert main(["auto", "--out", str(tmp_path / "a")]) == 2
+    assert "--from FILE" in capsys.readouterr().err
+    slim = str(tmp_path / "m.slim")
+    ts.save(ts.create_model("lenet5"), slim)
+    assert main(["auto", "--from", slim, "--max-drop", "-1", "--out", str(tmp_path / "a")]) == 2
+    assert "max_drop" in capsys.readouterr().err

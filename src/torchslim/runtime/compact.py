@@ -2,6 +2,8 @@
 from the compact tensors, so an ONNX file stays near the ``.slim`` size.
 
 * codebook weights (k-means, Deep Compression values): ``Gather(codebook, codes)``;
+* product-quantized weights (PQ, Q-CNN): ``Gather`` of each sub-vector's codeword from its
+  subspace's codebook (codes offset by ``subspace * k`` into the stacked codebooks);
 * sparse weights: ``ScatterElements(zeros, positions, values)`` with the positions stored as
   gaps (int16 where every gap fits, else int32) and summed in the graph (``CumSum``);
 * binary weights: packed bits, ``2 b - 1``.
@@ -55,6 +57,25 @@ class CodebookWeight(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return self.codebook[unpack_in_graph(self.stream, self.width, self.n)].view(self.shape)
+
+
+class ProductWeight(nn.Module):
+    """A product-quantized weight of ``shape``: row ``r`` is the concatenation over subspaces ``j``
+    of codeword ``codes[r, j]`` of codebook ``j`` (Jegou et al. 2011; Gong et al. 2014); ``codes
+    (rows, m)`` packed (see :func:`graph_codes`), ``codebooks (m, k, d)`` stacked to ``(m k, d)``."""
+
+    def __init__(self, codes: torch.Tensor, bits: int, codebooks: torch.Tensor, shape: tuple) -> None:
+        super().__init__()
+        stream, self.width = graph_codes(codes, bits)
+        m, k, d = codebooks.shape
+        self.register_buffer("stream", stream)
+        self.register_buffer("codebooks", codebooks.detach().float().reshape(m * k, d).clone())
+        self.register_buffer("offsets", torch.arange(m, dtype=torch.int64) * k)  # m entries, not rows * m
+        self.rows, self.m, self.shape = codes.shape[0], m, tuple(shape)
+
+    def forward(self) -> torch.Tensor:
+        idx = unpack_in_graph(self.stream, self.width, self.rows * self.m).view(self.rows, self.m) + self.offsets
+        return self.codebooks[idx].reshape(self.shape)
 
 
 class ScatterWeight(nn.Module):

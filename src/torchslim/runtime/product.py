@@ -195,12 +195,21 @@ class _ProductBase(RuntimeLayer):
         return dense_macs(self, y)
 
     def lowered(self, **info) -> nn.Module:
-        """The dense layer with the codewords expanded (exact)."""
-        return dense_module(self, self.weight2d(), self.bias)
+        """The layer computing its weight from the packed codes in the graph (exact; ONNX Runtime folds
+        it to the dense weight at session creation, the file keeps the codes and codebooks)."""
+        from torchslim.runtime.compact import ProductWeight, computed_layer
+
+        shape = (
+            (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+            if hasattr(self, "kernel_size")
+            else (self.rows, self.cols)
+        )
+        return computed_layer(self, ProductWeight(self.indices(), self.bits, self.codebooks, shape), self.bias)
 
     def as_dense(self) -> nn.Module | None:
-        """:meth:`lowered` where the layer runs its expanded weight (no lookup-table kernel)."""
-        return self.lowered() if getattr(self, "kernel", "dense") == "dense" else None
+        """The dense layer with the codewords expanded, where the layer runs its expanded weight (no
+        lookup-table kernel)."""
+        return dense_module(self, self.weight2d(), self.bias) if getattr(self, "kernel", "dense") == "dense" else None
 
     def weight2d(self) -> torch.Tensor:
         """(rows, cols) weight; differentiable w.r.t. the codebooks when training."""
