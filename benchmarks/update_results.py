@@ -115,6 +115,11 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
     "vgg_small_w14_kd.slim": [],
     "vgg_small_w14_alone.slim": [],
 }
+# torchslim auto: the float model and the single-family artifacts are measured again beside each
+# search's front points (benchmarks/auto.py), whose files are named after the search and point
+for _name in ("vgg_small", "vgg_small_int8", "vgg_small_kmeans4", "vgg_small_filters", "vgg_small_tucker"):
+    BACKS[f"{_name}.slim"].append(("auto", {"name": _name}))
+BACKS.update({p.name: [("auto", {"name": p.stem})] for p in sorted(ART.glob("vgg_small_auto_*.slim"))})
 
 
 def measure_artifact(name: str, loader) -> dict:

@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/search.py",
+        "if takes and model.drop(move) <= limit and model.cost(move) < model.cost({}):",
+        "if takes and model.cost(move) < model.cost({}):",
+        "tests/test_search.py -k whole_model_or_not",
+    ),
+    Mutation(
         "src/torchslim/runtime/compact.py",
         "view(self.rows, self.m) + self.offsets",
         "view(self.rows, self.m)",

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torchslim as ts
 from torchslim.search import (
     FLOAT,
+    INT8,
     KEEP,
     AutoConfig,
     AutoError,
@@ -23,6 +24,7 @@ from torchslim.search import (
     greedy_path,
     pareto,
     pick_points,
+    whole_model_int8,
 )
 
 
@@ -73,6 +75,23 @@ def test_greedy_takes_the_cheapest_saving_per_point_first_and_respects_the_limit
     full = greedy_path(m, opts, limit=10.0)
     assert full[-1]["choice"] == {"a": ["filters:0.5", "float"], "b": ["filters:0.5", "int8"]}
     assert full[-1]["cost"] == pytest.approx(5.0 + 2.0)
+
+
+def test_latency_takes_int8_for_the_whole_model_or_not_at_all():
+    """Catches: int8 taken layer by layer for latency (a partial int8 chain pays quantize / dequantize
+    at every boundary, which the tables cannot see), or taken although its drops pass the limit."""
+    m = _toy()
+    opts = {"a": ([KEEP, ("filters", 0.5)], [FLOAT, INT8]), "b": ([KEEP, ("filters", 0.5)], [FLOAT, INT8])}
+    m.sens["a"]["int8"] = 0.2
+    m.tables["a"]["dense|int8"] = [[1.0, 6.0], [0.5, 3.0]]
+    restricted, start = whole_model_int8(m, opts, limit=0.5)
+    assert start == {"a": (KEEP, INT8), "b": (KEEP, INT8)}
+    assert all(fmt == [INT8] for _, fmt in restricted.values())
+    path = greedy_path(m, restricted, 10.0, start)
+    assert path[1]["choice"] == {"a": ["keep", "int8"], "b": ["keep", "int8"]}
+    assert all(q == "int8" for p in path[1:] for _, q in p["choice"].values())
+    restricted, start = whole_model_int8(m, opts, limit=0.25)  # 0.2 + 0.1 > 0.25
+    assert start is None and all(fmt == [FLOAT] for _, fmt in restricted.values())
 
 
 def test_pick_points_takes_the_last_config_within_each_rung():
