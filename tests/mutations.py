@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/quant/pq.py",
+        "    codes = torch.cdist(x, c).argmin(2)\n    return codes.t().contiguous(), c",
+        "    codes = torch.cdist(x, c).argmax(2)\n    return codes.t().contiguous(), c",
+        "tests/test_quant_pq.py -k prepare_matches_reference",
+    ),
+    Mutation(
         "src/torchslim/search.py",
         "if takes and model.drop(move) <= limit and model.cost(move) < model.cost({}):",
         "if takes and model.cost(move) < model.cost({}):",

@@ -233,3 +233,23 @@ def kmeans_reference(original: nn.Module, config) -> nn.Module:
         codes = np.abs(x[:, None] - c[None, :]).argmin(1)
         m.weight.data = torch.from_numpy(c[codes]).float().view_as(m.weight)
     return ref
+
+
+def product_reference(original: nn.Module, prepared: nn.Module) -> nn.Module:
+    """Product quantization (Jegou et al. 2011): each weight row's j-th sub-vector of the original
+    model replaced by the nearest codeword (squared Euclidean distance) of sub-space j's codebook;
+    the codebooks are the prepared layers' (what k-means found), the assignment and the
+    reconstruction are recomputed here from the original weights."""
+    ref = copy.deepcopy(original)
+    done = dict(prepared.named_modules())
+    for name, m in ref.named_modules():
+        p = done.get(name)
+        if p is None or not hasattr(p, "codebooks") or not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        books = p.codebooks.detach()  # (m, k, d)
+        nsub, _, d = books.shape
+        sub = m.weight.data.reshape(m.weight.shape[0], nsub, d)  # (rows, m, d)
+        dist = ((sub[:, :, None, :] - books[None]) ** 2).sum(-1)  # (rows, m, k)
+        rec = books[torch.arange(nsub)[None, :], dist.argmin(-1)]  # (rows, m, d)
+        m.weight.data.copy_(rec.reshape(m.weight.shape))
+    return ref

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
+from references import product_reference
 from torchslim.quant import PQ, pq_kmeans
 from torchslim.runtime.product import ProductLinear, choose_pq_kernel
 
@@ -18,6 +19,9 @@ class TestPQContract(MethodContract):
     bad_configs = (lambda: PQ(bits=0), lambda: PQ(sub_dim=0), lambda: PQ(kernel="gpu"), lambda: PQ(iters=0))
     model_names = ("lenet5", "vgg_small")
     prepare_rel_error = 0.6
+
+    def prepare_reference(self, original, prepared):
+        return product_reference(original, prepared)
 
 
 def test_pq_kmeans_reconstructs_clustered_rows():
