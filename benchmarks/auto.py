@@ -3,7 +3,7 @@ most 0.5 pp, one search per objective, and its front beside every single-family 
 
 Sections (``--only``; the searches resume in benchmarks/cache/auto/<section>):
   latency   objective latency (eager engine, batch 256): 4 points, 2 fine-tune epochs each
-  bytes     objective bytes (.slim file): --quick settings (3 points, 100 fine-tune steps each)
+  bytes     objective bytes (.slim file): 3 points, 2 fine-tune epochs each
   compare   the float model, the single-family artifacts and every point of both searches measured
             again in one pass (top-1 on the test split, bytes, MACs, latency at batch 1 and 256 in
             the eager engine, ratios to float); the points on each front (decided on these numbers)
@@ -33,7 +33,7 @@ ART, CACHE, RESULTS = ROOT / "artifacts", ROOT / "cache" / "auto", ROOT / "resul
 SINGLE = ["vgg_small_int8", "vgg_small_kmeans4", "vgg_small_filters", "vgg_small_tucker"]
 SEARCHES = {
     "latency": lambda: ts.AutoConfig(objective="latency", points=4, epochs=2),
-    "bytes": lambda: ts.AutoConfig.quick(objective="bytes"),
+    "bytes": lambda: ts.AutoConfig(objective="bytes", points=3, epochs=2),
 }
 COLUMNS = [
     "name",
