@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--max-drop", type=float, default=0.5, help="top-1 points the model may lose (default 0.5)")
     au.add_argument("--objective", default="latency", choices=["latency", "bytes", "macs"])
     au.add_argument("--engine", default="eager", choices=["eager", "pytorch"])
-    au.add_argument("--quick", action="store_true", help="fewer forms and short fine-tunes (about 20 min, vgg_small)")
+    au.add_argument("--quick", action="store_true", help="fewer forms, short fine-tunes (vgg_small: 6 min)")
     au.add_argument("--points", type=int, help="models fine-tuned and measured along the search path")
     au.add_argument("--epochs", type=int, help="fine-tune epochs per point")
     au.add_argument("--round-to", type=int, help="channel / rank multiple (default 8)")
