@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/core/fold.py",
+        'return getattr(m, "fx_leaf", False) or isinstance(m, self.leaves)',
+        "return isinstance(m, self.leaves)",
+        "tests/test_core_fold.py -k packed_layer",
+    ),
+    Mutation(
         "src/torchslim/quant/pq.py",
         "    codes = torch.cdist(x, c).argmin(2)\n    return codes.t().contiguous(), c",
         "    codes = torch.cdist(x, c).argmax(2)\n    return codes.t().contiguous(), c",
@@ -101,9 +107,9 @@ MUTATIONS = [
         "tests/test_train.py -k steps_per_epoch",
     ),
     Mutation(
-        "src/torchslim/quant/uniform.py",
-        "graph = LeafTracer((RuntimeLayer,)).trace(model)",
-        "graph = fx.symbolic_trace(model).graph",
+        "src/torchslim/core/fold.py",
+        'return getattr(m, "fx_leaf", False) or isinstance(m, self.leaves)',
+        "return isinstance(m, self.leaves)",
         "tests/test_quant_uniform.py -k packed_layer",
     ),
     Mutation(

@@ -45,3 +45,23 @@ def test_fold_unknown_layer_name_is_an_error():
     model = _calibrated("vgg_small")
     with pytest.raises(ValueError, match="no module named"):
         ts.compress_(model, FoldBN(layers=("features.99",)))
+
+
+def test_fold_bn_after_a_packed_layer_of_an_earlier_method():
+    """Catches: a graph walker that enters a packed runtime layer (k-means codes) and fails to trace,
+    which left every BatchNorm unfolded after k-means (core.fold_bn warned and folded nothing)."""
+    import warnings
+
+    from torchslim.quant import KMeans
+
+    torch.manual_seed(0)
+    model = ts.create_model("vgg_small").eval()
+    ts.convert_(ts.compress_(model, KMeans(bits=4, layers=("0.0",))))
+    x = torch.randn(2, 1, 28, 28)
+    ref = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ts.convert_(ts.compress_(model, ts.FoldBN()))
+    # every BatchNorm folded but the one after the k-means conv (fold_bn folds into Conv2d / Linear)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 1
+    torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-4)

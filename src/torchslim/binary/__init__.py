@@ -57,7 +57,6 @@ from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.surgery import get_module, same_layer, set_module
 from torchslim.runtime.activation import KBitAct
-from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.binary import (
     PackedBinaryConv2d,
     PackedBinaryLinear,
@@ -281,7 +280,7 @@ def _drop_feeding_relus(model: nn.Module, binary_input: set[str], real_shortcuts
     any call of it reaches one. A ReLU module or function call left in place that reaches a binary
     layer is reported: the user's code must change there."""
     try:
-        graph = LeafTracer((RuntimeLayer,)).trace(model)  # packed layers of earlier methods are leaves
+        graph = LeafTracer().trace(model)  # packed layers of earlier methods are leaves
     except Exception as e:  # fx raises many types on untraceable code
         warnings.warn(
             f"binary: cannot trace the model ({type(e).__name__}); ReLUs before binary layers are "
@@ -354,7 +353,7 @@ def _name(target) -> str:
 
 def _shortcut_bns(model: nn.Module, names: list[str]) -> dict[str, str]:
     """{binary conv: the BatchNorm that follows it} for the convs that take a real-valued shortcut."""
-    pairs = dict(conv_bn_pairs(model, {nn.BatchNorm2d: nn.Conv2d}, (RuntimeLayer,)))
+    pairs = dict(conv_bn_pairs(model, {nn.BatchNorm2d: nn.Conv2d}))
     convs = [n for n in names if isinstance(get_module(model, n), nn.Conv2d)]
     fits = {n: pairs[n] for n in convs if n in pairs and shortcut_fits(get_module(model, n))}
     left = [n for n in convs if n not in fits]

@@ -37,14 +37,16 @@ class FoldBN(MethodConfig):
 
 
 class LeafTracer(fx.Tracer):
-    """Treats the given layer types as leaves (torchslim's runtime layers are not torch.nn)."""
+    """Treats the given layer types as leaves, and every module that declares ``fx_leaf = True``:
+    torchslim's packed runtime layers, whose code (bit unpacking, cached weights, custom kernels)
+    fx cannot trace and every graph walker must see as one call."""
 
-    def __init__(self, leaves: tuple) -> None:
+    def __init__(self, leaves: tuple = ()) -> None:
         super().__init__()
         self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+        return getattr(m, "fx_leaf", False) or isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
 
 
 def conv_bn_pairs(model: nn.Module, pairs: dict | None = None, leaves: tuple = ()) -> list[tuple[str, str]]:
@@ -112,12 +114,11 @@ def fold_all(
     fold: Callable = fold_pair,
     pairs: dict | None = None,
     keep: Callable[[str, str], bool] = lambda layer, bn: True,
-    leaves: tuple = (),
 ) -> int:
     """For every (layer, BN) pair that ``keep`` accepts, the layer becomes ``fold(layer, bn)`` and the BN
-    ``nn.Identity`` (``pairs`` and ``leaves`` as in :func:`conv_bn_pairs`); returns the number folded."""
+    ``nn.Identity`` (``pairs`` as in :func:`conv_bn_pairs`); returns the number folded."""
     n = 0
-    for layer_name, bn_name in conv_bn_pairs(model, pairs, leaves):
+    for layer_name, bn_name in conv_bn_pairs(model, pairs):
         if keep(layer_name, bn_name):
             set_module(model, layer_name, fold(get_module(model, layer_name), get_module(model, bn_name)))
             set_module(model, bn_name, nn.Identity())

@@ -45,7 +45,7 @@ def fused_epilogues(model: nn.Module) -> nn.Module:
     if not any(isinstance(m, RuntimeLayer) for m in model.modules()):
         return model
     try:
-        graph = LeafTracer((RuntimeLayer,)).trace(model)
+        graph = LeafTracer().trace(model)
     except Exception:  # noqa: BLE001 - fx raises many types on untraceable code: nothing fused
         return model
     mods = dict(model.named_modules())
@@ -159,7 +159,7 @@ def folded_bn(model: nn.Module) -> nn.Module:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # untraceable: nothing folded
-        pairs = conv_bn_pairs(model, leaves=(RuntimeLayer,))
+        pairs = conv_bn_pairs(model)
     swap: dict[int, nn.Module] = {}
     for layer, bn in pairs:
         swap[id(get_module(model, layer))] = fold_pair(get_module(model, layer), get_module(model, bn))

@@ -40,7 +40,6 @@ from torchslim.core.registry import Method, register_method
 from torchslim.core.select import select
 from torchslim.core.state import slim_state
 from torchslim.core.surgery import same_layer, set_module
-from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.uniform import UniformConv2d, UniformLinear, act_codes, weight_qparams
 
 # Modules and functions a quantized tensor passes through unchanged in scale (x86 quantized CPU ops).
@@ -251,7 +250,7 @@ def _flags(model: nn.Module, names: set[str]) -> dict[str, dict]:
     """Per quantized layer: in_q (deploy input is float), out_float, relu_after (see module docstring)."""
     default = {n: {"in_q": True, "out_float": True, "relu_after": False} for n in names}
     try:
-        graph = LeafTracer((RuntimeLayer,)).trace(model)  # packed layers of earlier methods are leaves
+        graph = LeafTracer().trace(model)  # packed layers of earlier methods are leaves
     except Exception as e:  # fx raises many types on untraceable code
         warnings.warn(
             f"quant.uniform: cannot trace the model with torch.fx ({type(e).__name__}); every int8 "
@@ -493,7 +492,7 @@ class UniformMethod(Method):
             warnings.warn(_full_range_warning())
         if config.act_bits:  # a float BatchNorm cannot sit between two int8 layers
             names = {n for n, _, _ in chosen}
-            fold_all(model, keep=lambda layer, bn: layer in names, leaves=(RuntimeLayer,))
+            fold_all(model, keep=lambda layer, bn: layer in names)
             chosen = list(select(model, config, (nn.Conv2d, nn.Linear)))
         batches, reference = [], None
         if config.act_bits:

@@ -46,6 +46,8 @@ _LAYERS: dict[str, type[RuntimeLayer]] = {}
 class RuntimeLayer(nn.Module, metaclass=ABCMeta):
     """Base class of the deploy-time layers (see the module docstring for the contract)."""
 
+    fx_leaf = True  # graph walkers (torchslim.core.fold.LeafTracer) treat the layer as one call
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):
