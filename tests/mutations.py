@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/search.py",
+        '    if not state["chosen"]:\n        raise AutoError(',
+        '    if False:\n        raise AutoError(',
+        "tests/test_search.py -k nothing_to_gain",
+    ),
+    Mutation(
         "src/torchslim/core/fold.py",
         'return getattr(m, "fx_leaf", False) or isinstance(m, self.leaves)',
         "return isinstance(m, self.leaves)",

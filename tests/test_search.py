@@ -243,6 +243,17 @@ def test_search_recipe_reproduces_its_point(small_search, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_search_with_nothing_to_gain_says_so(small_search, tmp_path):
+    """Catches: a search whose path has no step (here: only weight formats, objective MACs, which they
+    do not change) crashing on an empty front instead of naming the cause."""
+    import dataclasses
+
+    _, _, data, cfg, model = small_search
+    cfg = dataclasses.replace(cfg, objective="macs", filter_ratios=(), rank_fractions=())
+    with pytest.raises(AutoError, match="no form of any layer lowers the model's macs"):
+        ts.auto(model, data, tmp_path / "none", cfg)
+
+
 def test_cli_auto_names_what_is_missing_or_wrong(tmp_path, capsys):
     """Catches: a command that starts a search without a trained model, or a stack trace for a bad setting."""
     from torchslim.cli import main

@@ -187,7 +187,7 @@ def _cmd_auto(a: argparse.Namespace) -> int:
 
     if bool(a.model) == bool(a.slim):
         raise ValueError("give the trained model: a .slim file (--from FILE) or your own (--model PKG.MODULE:FACTORY)")
-    data = {"name": a.data, **({"dir": a.data_dir} if a.data_dir else {})}
+    data = {k: v for k, v in (("name", a.data), ("dir", a.data_dir)) if v}  # unset: DataConfig's defaults
     settings = {"max_drop": a.max_drop, "objective": a.objective, "engine": a.engine, "seed": a.seed}
     settings.update({k: getattr(a, k) for k in ("points", "epochs", "round_to") if getattr(a, k) is not None})
     cfg = AutoConfig.quick(**settings) if a.quick else AutoConfig(**settings)
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--epochs", type=int, help="fine-tune epochs per point")
     au.add_argument("--round-to", type=int, help="channel / rank multiple (default 8)")
     au.add_argument("--seed", type=int, default=0)
-    au.add_argument("--data", default="fashion_mnist", help="data set name (default fashion_mnist)")
+    au.add_argument("--data", help="data set name (default: torchslim.data.DataConfig's)")
     au.add_argument("--data-dir")
     au.add_argument("--out", required=True, help="run folder (resumes when rerun)")
     au.add_argument("--restart", action="store_true")

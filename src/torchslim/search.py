@@ -50,6 +50,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from torchslim.core.state import slim_state
+
 OBJECTIVES = {"latency": "latency_b256_ms", "bytes": "bytes", "macs": "macs"}
 KEEP, FLOAT, INT8 = ("keep",), ("float",), ("int8", None)
 
@@ -487,7 +489,7 @@ def auto(
         model = load(model)
     if not isinstance(model, nn.Module):
         raise AutoError(f"model must be an nn.Module or a .slim path, got {type(model).__name__}")
-    if model_import is None and slim_arch(model) is None:
+    if model_import is None and slim_state(model).arch is None:
         raise AutoError(
             "the model is not a registry model: pass model_import='package.module:factory' (CLI: --model) so "
             "that the points' recipes can rebuild it"
@@ -558,11 +560,17 @@ def auto(
         state["path"] = path
         state["chosen"] = pick_points(path, cfg.max_drop, cfg.points)
         keep()
+    if not state["chosen"]:
+        raise AutoError(
+            f"no form of any layer lowers the model's {cfg.objective} within a predicted drop of "
+            f"{8 * max(cfg.max_drop, 0.05):.2f} pp (the layers' drops alone are in {state_path}); allow a larger "
+            "max_drop, offer more forms (filter_ratios, rank_fractions, kmeans_bits, int8) or choose another objective"
+        )
         _log(
             f"search: {len(state['path']) - 1} steps; points at predicted drops "
             + ", ".join(f"{p['drop']:.2f}" for p in state["chosen"])
         )
-    return _run_points(model, cfg, data, out, state, keep, shape, model_import, model_kwargs)
+    return _run_points(cfg, data, loaders.test, out, state, keep, shape, model_import, model_kwargs)
 
 
 @dataclass
@@ -648,12 +656,6 @@ def _cost_tables(run: _Inputs, options: dict) -> dict:
     return tables
 
 
-def slim_arch(model: nn.Module):
-    from torchslim.core.state import slim_state
-
-    return slim_state(model).arch
-
-
 def _objective_by_layer(cfg: AutoConfig, model: nn.Module, shape: tuple, names, macs: dict) -> dict[str, float]:
     if cfg.objective == "macs":
         return {n: float(macs[n]) for n in names}
@@ -709,16 +711,14 @@ def recipe_for(
     }
 
 
-def _run_points(model, cfg, data, out: Path, state: dict, keep, shape, model_import, model_kwargs) -> dict:
+def _run_points(cfg, data, test, out: Path, state: dict, keep, shape, model_import, model_kwargs) -> dict:
     import yaml
 
     from torchslim._files import atomic_write
-    from torchslim.data import make_loaders
     from torchslim.export.slim import load
     from torchslim.measure.report import measure
     from torchslim.recipe import run_recipe
 
-    loaders = make_loaders(data, seed=cfg.seed)
     key = OBJECTIVES[cfg.objective]
     if "baseline" not in state:
         _log(f"measuring the float model ({cfg.engine} engine)")
@@ -728,7 +728,7 @@ def _run_points(model, cfg, data, out: Path, state: dict, keep, shape, model_imp
                 measure(
                     load(out / "baseline.slim", model=_fresh(model_import, model_kwargs)),
                     shape,
-                    loader=loaders.test,
+                    loader=test,
                     path=out / "baseline.slim",
                     engine=cfg.engine,
                     big_batch=cfg.batch,
@@ -754,7 +754,7 @@ def _run_points(model, cfg, data, out: Path, state: dict, keep, shape, model_imp
             measure(
                 load(path, model=_fresh(model_import, model_kwargs)),
                 shape,
-                loader=loaders.test,
+                loader=test,
                 path=path,
                 engine=cfg.engine,
                 big_batch=cfg.batch,
