@@ -37,7 +37,7 @@ MUTATIONS = [
     Mutation(
         "src/torchslim/search.py",
         '    if not state["chosen"]:\n        raise AutoError(',
-        '    if False:\n        raise AutoError(',
+        "    if False:\n        raise AutoError(",
         "tests/test_search.py -k nothing_to_gain",
     ),
     Mutation(
