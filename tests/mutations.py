@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/recipe.py",
+        'load(out / "00_baseline.slim", model=fresh())',
+        'load(out / "00_baseline.slim")',
+        "tests/test_recipe_cli.py -k distilled_from_its_original",
+    ),
+    Mutation(
         "src/torchslim/search.py",
         '    if not state["chosen"]:\n        raise AutoError(',
         "    if False:\n        raise AutoError(",

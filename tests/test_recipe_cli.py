@@ -220,6 +220,24 @@ def test_recipe_runs_a_user_model_by_import_path_and_the_cli_reads_its_files(fas
     assert json.loads((tmp_path / "run" / "report.json").read_text())[-1]["step"] == "export"
 
 
+def test_user_model_fine_tunes_distilled_from_its_original(fashion_dir, tmp_path):
+    """Catches: ``distill: {teacher: original}`` on a user's model loading the run's baseline file
+    without the model's factory (SlimFileError 'outside the registry'; found by torchslim auto on
+    timm's resnet18)."""
+    from torchslim.recipe import run_recipe
+
+    recipe = {
+        "name": "own_kd",
+        "model": {"import": "usermodels:SmallNet", "kwargs": {"width": 4}},
+        "data": {"name": "fashion_mnist", "dir": str(fashion_dir), "subset": 600, "val_size": 100, "batch_size": 100},
+        "train": {"epochs": 1, "optimizer": "adam", "lr": 0.001},
+        "stages": [{"finetune": {"epochs": 1, "steps_per_epoch": 2, "distill": {"teacher": "original"}}}],
+        "export": {"latency": False},
+    }
+    rows = run_recipe(recipe, tmp_path / "run")
+    assert [r["step"] for r in rows] == ["baseline", "stage1_finetune"]
+
+
 def test_recipe_user_model_errors_name_the_field(tmp_path):
     from torchslim.recipe import RecipeError, parse_recipe
 

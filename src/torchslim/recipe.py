@@ -382,8 +382,9 @@ def _run(recipe: Recipe, out: Path, restart: bool, latency: bool | None) -> list
             return []
         from torchslim.distill import Distill
 
-        src = out / "00_baseline.slim" if spec["teacher"] == "original" else spec["teacher"]
-        return [Distill(teacher=load(src), **_distill_fields(spec))]
+        if spec["teacher"] == "original":  # this run's baseline: a user's model is rebuilt from its import
+            return [Distill(teacher=load(out / "00_baseline.slim", model=fresh()), **_distill_fields(spec))]
+        return [Distill(teacher=load(spec["teacher"]), **_distill_fields(spec))]
 
     def finish(step: str, model, method: str, train_seconds: float = 0.0) -> None:
         path = out / f"{len(state['done']):02d}_{step}.slim"
