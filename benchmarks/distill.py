@@ -15,8 +15,9 @@ Sections (``--only`` picks some):
   long, long_lenet5
             vgg_small width 12 and lenet5 for 15 epochs, seeds 0-2, alone vs KD: a
             longer schedule, where the soft targets act as a regulariser.
-  long_w14  vgg_small width 14 (5.2x fewer MACs than the teacher) for 15 epochs, seed 0,
-            alone vs KD.
+  long_w14, long40_w14
+            vgg_small width 14 (5.2x fewer MACs than the teacher) for 15 and 40 epochs,
+            seed 0, alone vs KD.
   pruned    vgg_small pruned to 90 % sparsity one-shot, then 1 epoch of fine-tuning
             with plain cross-entropy vs with KD from the unpruned model.
 
@@ -67,11 +68,12 @@ RUNS = {
     "long": [("vgg_small_w12", 15)],
     "long_lenet5": [("lenet5", 15)],
     "long_w14": [("vgg_small_w14", 15)],
+    "long40_w14": [("vgg_small_w14", 40)],
 }
 SEARCH_EPOCHS = 5
 GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
 SEEDS = (0, 1, 2)
-SECTION_SEEDS = {"long_w14": (0,)}  # one seed: 15 epochs of a 5.2x-fewer-MACs student, alone and KD
+SECTION_SEEDS = {"long_w14": (0,), "long40_w14": (0,)}  # one seed each: the 5.2x-fewer-MACs student, alone and KD
 
 
 def _train(cfg_name: str, arch: tuple, seed: int, epochs: int, kd: tuple | None, loaders, teacher, cache):
