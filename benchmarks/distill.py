@@ -18,6 +18,8 @@ Sections (``--only`` picks some):
   long_w14, long40_w14
             vgg_small width 14 (5.2x fewer MACs than the teacher) for 15 and 40 epochs,
             seed 0, alone vs KD.
+  ls40_w14  vgg_small width 14 for 40 epochs, seed 0, KD with logit standardization (Sun et
+            al. 2024; T 2, alpha 0.9 as the paper), against long40_w14's runs.
   pruned    vgg_small pruned to 90 % sparsity one-shot, then 1 epoch of fine-tuning
             with plain cross-entropy vs with KD from the unpruned model.
 
@@ -70,6 +72,9 @@ RUNS = {
     "long_w14": [("vgg_small_w14", 15)],
     "long40_w14": [("vgg_small_w14", 40)],
 }
+LS_KD = (2.0, 0.9, True)  # logit standardization with the paper's CIFAR setting (T 2, KD weight 9 : CE 1)
+LS_RUNS = {"ls40_w14": [("vgg_small_w14", 40)]}  # KD+LS only: the alone run is long40_w14's
+MODES = ("alone", "KD", "KD+LS")
 SEARCH_EPOCHS = 5
 GRID = [(2.0, 0.5), (4.0, 0.5), (4.0, 0.9), (8.0, 0.5), (8.0, 0.9)]
 SEEDS = (0, 1, 2)
@@ -79,14 +84,15 @@ SECTION_SEEDS = {"long_w14": (0,), "long40_w14": (0,)}  # one seed each: the 5.2
 def _train(cfg_name: str, arch: tuple, seed: int, epochs: int, kd: tuple | None, loaders, teacher, cache):
     """Train one student (or load it from the cache folder when finished); returns (model, row)."""
     name, kwargs = arch
-    tag = f"distill_{cfg_name}_s{seed}_e{epochs}_" + (f"T{kd[0]:g}_a{kd[1]:g}" if kd else "alone")
+    ls = bool(kd and len(kd) > 2 and kd[2])  # logit standardization (Sun et al. 2024)
+    tag = f"distill_{cfg_name}_s{seed}_e{epochs}_" + (f"T{kd[0]:g}_a{kd[1]:g}" + "_ls" * ls if kd else "alone")
     path = CACHE / tag / "model.slim"
     if path.exists():
         model = ts.load(path)
     else:
         torch.manual_seed(seed)
         model = ts.create_model(name, **kwargs)
-        cbs = [Distill(teacher, T=kd[0], alpha=kd[1], cache=cache)] if kd else []
+        cbs = [Distill(teacher, T=kd[0], alpha=kd[1], standardize=ls, cache=cache)] if kd else []
         fit(
             model,
             loaders.train,
@@ -113,7 +119,11 @@ def _train(cfg_name: str, arch: tuple, seed: int, epochs: int, kd: tuple | None,
                     "optimizer": "adam",
                     "lr": 0.001,
                     "seed": seed,
-                    **({"distill": {"teacher": f"{TEACHER}.slim", "T": kd[0], "alpha": kd[1]}} if kd else {}),
+                    **(
+                        {"distill": {"teacher": f"{TEACHER}.slim", "T": kd[0], "alpha": kd[1], "standardize": ls}}
+                        if kd
+                        else {}
+                    ),
                 },
             },
         )
@@ -121,7 +131,7 @@ def _train(cfg_name: str, arch: tuple, seed: int, epochs: int, kd: tuple | None,
         "student": cfg_name,
         "seed": seed,
         "epochs": epochs,
-        "mode": "KD" if kd else "alone",
+        "mode": ("KD+LS" if ls else "KD") if kd else "alone",
         "T": kd[0] if kd else None,
         "alpha": kd[1] if kd else None,
         "val_top1": evaluate(model, loaders.val)["top1"],
@@ -172,6 +182,10 @@ def students(run: _Run, kd: tuple[float, float], section: str) -> list[dict]:
     return rows
 
 
+def students_ls(run: _Run, section: str) -> list[dict]:
+    return [run.train(cfg_name, 0, epochs, LS_KD)[1] for cfg_name, epochs in LS_RUNS[section]]
+
+
 def pruned(run: _Run, kd: tuple[float, float]) -> list[dict]:
     rows = []
     ft = {"epochs": 1, "optimizer": "sgd", "lr": 0.01, "weight_decay": 0.0005, "schedule": "cosine", "seed": 0}
@@ -209,7 +223,7 @@ def summary(run: _Run, rows: list[dict]) -> list[dict]:
     out = [{**run.t_row, "top1_mean": run.t_row["top1"]}]
     for cfg_name, epochs in dict.fromkeys((r["student"], r["epochs"]) for r in rows):
         per = {}
-        for mode in ("alone", "KD"):
+        for mode in MODES:
             acc = [r["top1"] for r in rows if (r["student"], r["epochs"]) == (cfg_name, epochs) and r["mode"] == mode]
             if acc:
                 per[mode] = acc
@@ -237,23 +251,29 @@ def summary(run: _Run, rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     ap = parser(__doc__)
-    ap.add_argument("--only", nargs="*", default=["search", *RUNS, "pruned"])
+    ap.add_argument("--only", nargs="*", default=["search", *RUNS, *LS_RUNS, "pruned"])
     a = parse(ap)
     run = _Run(a.data_dir)
     path = CACHE / "distill_sections.json"
+    committed = RES / "distill.json"
+    if not path.exists() and committed.exists():  # a section not rerun keeps its committed rows
+        old = json.loads(committed.read_text())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: old[k] for k in ("search", *RUNS, *LS_RUNS, "pruned") if k in old}))
     sections = run_sections(path, [s for s in a.only if s == "search"], {"search": lambda: search(run)})
     kd = _best(sections)
     print(f"chosen on validation: T={kd[0]:g}, alpha={kd[1]:g}", flush=True)
     runners = {name: (lambda name=name: students(run, kd, name)) for name in RUNS}
+    runners |= {name: (lambda name=name: students_ls(run, name)) for name in LS_RUNS}
     sections = run_sections(path, [s for s in a.only if s != "search"], {**runners, "pruned": lambda: pruned(run, kd)})
-    trained = [r for name in RUNS for r in sections.get(name, [])]
+    trained = [r for name in (*RUNS, *LS_RUNS) for r in sections.get(name, [])]
     table = summary(run, trained)
-    gains = [r for r in table if r.get("mode") == "KD"]
+    gains = [r for r in table if r.get("mode") in MODES[1:]]
     best = max(gains, key=lambda r: r["gain_pp"]) if gains else None
     light = [r for r in gains if r["teacher_macs_ratio"] >= 5]
     closest = max(light, key=lambda r: r["top1_mean"]) if light else None
     for pick in filter(None, (best, closest)):  # seed-0 files of the largest KD gain and of the 5x-MACs student
-        for mode, suffix in (("KD", "kd"), ("alone", "alone")):
+        for mode, suffix in ((pick["mode"], "kd"), ("alone", "alone")):
             r = next(
                 x
                 for x in trained
@@ -278,7 +298,7 @@ def main() -> None:
         f"KD setting chosen on the validation split: T={kd[0]:g}, alpha={kd[1]:g}. "
         "Artifacts (seed 0, `_kd.slim` / `_alone.slim`): "
         + "; ".join(
-            f"{what}: {r['student']} ({r['epochs']} epochs)"
+            f"{what}: {r['student']} ({r['epochs']} epochs, {r['mode']})"
             for what, r in (("largest KD gain", best), ("closest to the teacher at >= 5x fewer MACs", closest))
             if r
         )

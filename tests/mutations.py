@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/distill/__init__.py",
+        "kd_loss(standardize_logits(outputs), standardize_logits(t_out_d), self.T)",
+        "kd_loss(standardize_logits(outputs), t_out_d, self.T)",
+        "tests/test_distill.py -k standardization",
+    ),
+    Mutation(
         "src/torchslim/recipe.py",
         'load(out / "00_baseline.slim", model=fresh())',
         'load(out / "00_baseline.slim")',

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchslim as ts
 from torchslim.data import DataConfig, make_loaders
-from torchslim.distill import Distill, kd_loss, logit_matching_loss, soft_cross_entropy
+from torchslim.distill import Distill, kd_loss, logit_matching_loss, soft_cross_entropy, standardize_logits
 from torchslim.measure import evaluate
 from torchslim.recipe import RecipeError, parse_recipe, run_recipe
 from torchslim.train import Callback, TrainConfig, fit
@@ -48,6 +48,36 @@ def test_T_squared_keeps_gradient_scale():
     assert norms[1] == pytest.approx(norms[0], rel=0.1)  # with T^2: about equal
     raw = [n / T**2 for n, T in zip(norms, (10.0, 20.0))]
     assert raw[0] / raw[1] == pytest.approx(4.0, rel=0.1)  # without: 1 / T^2
+
+
+def test_logit_standardization_matches_relations_not_magnitude():
+    """Sun et al. 2024: with ``standardize`` the loss is KD on per-sample z-scores, so a teacher whose
+    logits are scaled and shifted per sample (same relations) gives the same loss; catches a
+    callback that standardizes one side only, or not at all."""
+    torch.testing.assert_close(standardize_logits(torch.tensor([[3.0, 1.0]])), torch.tensor([[1.0, -1.0]]))
+    torch.manual_seed(0)
+    s, t, x, y = torch.randn(8, 10), torch.randn(8, 10), torch.randn(8, 4), torch.randint(0, 10, (8,))
+    scale, shift = torch.rand(8, 1) * 5 + 0.5, torch.randn(8, 1) * 3
+
+    class Fixed(nn.Module):  # a teacher returning given logits
+        def __init__(self, z):
+            super().__init__()
+            self.z = z
+
+        def forward(self, inp):
+            return self.z
+
+    losses = []
+    for teacher_logits in (t, t * scale + shift):
+        cb = Distill(Fixed(teacher_logits), T=2.0, alpha=0.7, standardize=True)
+        losses.append(cb.loss_term(nn.Identity(), x, s * 4, y))
+    expected = 0.7 * kd_loss(standardize_logits(s), standardize_logits(t), 2.0)
+    torch.testing.assert_close(losses[0], expected)
+    torch.testing.assert_close(losses[1], expected)
+    plain = Distill(Fixed(t), T=2.0, alpha=0.7).loss_term(nn.Identity(), x, s * 4, y)
+    assert (plain - expected).abs() > 0.1  # the option changes the loss
+    with pytest.raises(ValueError, match="standardize"):
+        Distill(nn.Identity(), loss="mse", standardize=True)
 
 
 def _data(n=64):

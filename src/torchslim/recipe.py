@@ -62,7 +62,7 @@ class Stage:
     distill: dict | None = None  # torchslim.distill.Distill fields; teacher: "original" or a .slim path
 
 
-_DISTILL = {"teacher", "T", "alpha", "loss", "online", "teacher_lr", "hints", "hint_weight", "cache"}
+_DISTILL = {"teacher", "T", "alpha", "loss", "standardize", "online", "teacher_lr", "hints", "hint_weight", "cache"}
 
 
 def _distill_fields(spec: dict) -> dict:

@@ -6,6 +6,11 @@ Losses (student logits ``s``, teacher logits ``t``, temperature ``T``):
   ``L_KD = T^2 * KL(softmax(t / T) || softmax(s / T))`` (batch mean). The ``T^2``
   keeps the gradient's size independent of T (the soft-target gradient scales as
   ``1 / T^2``). The training loss is ``(1 - alpha) * CE(s, y) + alpha * L_KD``.
+* Sun et al. 2024, "Logit Standardization in Knowledge Distillation" (``standardize=True``): each
+  sample's logits are z-scored before the temperature, ``Z(z) = (z - mean_c z) / std_c z``, for
+  student and teacher alike, so the student matches the teacher's logit *relations* rather than
+  their magnitude (a small student cannot reach a large teacher's logit range). ``L_KD`` is then
+  taken on ``Z(s)`` and ``Z(t)``.
 * Ba & Caruana 2014 logit matching: ``L = mean_b ||s - t||^2 / 2``.
 * Romero et al. 2015 FitNets hints: a learned regressor ``r`` (1x1 conv, or linear)
   maps a student feature to the teacher feature's shape;
@@ -34,6 +39,11 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Ten
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean."""
     p_t = F.log_softmax(teacher / T, dim=1)
     return F.kl_div(F.log_softmax(student / T, dim=1), p_t, reduction="batchmean", log_target=True) * T * T
+
+
+def standardize_logits(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Sun et al. 2024: ``(z - mean_c z) / (std_c z + eps)`` per sample (population std over classes)."""
+    return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True, unbiased=False) + eps)
 
 
 def soft_cross_entropy(student: torch.Tensor, teacher: torch.Tensor, T: float = 1.0) -> torch.Tensor:
@@ -67,6 +77,8 @@ class Distill(Callback):
         teacher: the teacher model.
         T, alpha: temperature and weight of the soft loss (``alpha=0`` is plain cross-entropy).
         loss: ``kd`` (Hinton) or ``mse`` (logit matching).
+        standardize: z-score both models' logits per sample before the ``kd`` loss (Sun et al.
+            2024 logit standardization; the paper pairs it with a large ``alpha``).
         online: train the teacher on the labels in the same loop (its own SGD optimizer, ``teacher_lr``).
         hints: ``[(student module, teacher module), ...]`` FitNets feature pairs; weight ``hint_weight``.
         cache: offline only, a dict (may be shared between callbacks) that keeps the teacher's
@@ -78,6 +90,7 @@ class Distill(Callback):
     T: float = 4.0
     alpha: float = 0.9
     loss: str = "kd"
+    standardize: bool = False
     online: bool = False
     teacher_lr: float = 0.01
     hints: list[tuple[str, str]] = field(default_factory=list)
@@ -91,6 +104,8 @@ class Distill(Callback):
             raise ValueError(f"Distill.alpha={self.alpha!r} is out of range; use a value in [0, 1]")
         if self.loss not in ("kd", "mse"):
             raise ValueError(f"Distill.loss={self.loss!r}; use 'kd' or 'mse'")
+        if not isinstance(self.standardize, bool) or (self.standardize and self.loss != "kd"):
+            raise ValueError(f"Distill.standardize={self.standardize!r}; use true or false, with loss 'kd'")
         if self.cache is not None and (self.online or self.hints):
             raise ValueError(
                 "Distill.cache works offline without hints (the teacher must not change and "
@@ -137,7 +152,12 @@ class Distill(Callback):
             t_out = self._teacher_logits(inputs)
             teacher_ce = 0.0
         t_out_d = t_out.detach()
-        soft = kd_loss(outputs, t_out_d, self.T) if self.loss == "kd" else logit_matching_loss(outputs, t_out_d)
+        if self.loss == "mse":
+            soft = logit_matching_loss(outputs, t_out_d)
+        elif self.standardize:
+            soft = kd_loss(standardize_logits(outputs), standardize_logits(t_out_d), self.T)
+        else:
+            soft = kd_loss(outputs, t_out_d, self.T)
         total = self.alpha * soft + teacher_ce
         for i, reg in enumerate(self.regressors):
             total = (
