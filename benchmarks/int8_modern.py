@@ -44,6 +44,22 @@ SETTINGS = [  # (name, config)
         "8-bit, bias correction, float fallback to 99 %",
         Uniform(reduce_range=False, bias_correction=True, min_agreement=0.99),
     ),
+    ("8-bit, MSE ranges", Uniform(reduce_range=False, act_range="mse")),
+    ("8-bit, MSE ranges, bias correction", Uniform(reduce_range=False, act_range="mse", bias_correction=True)),
+    (
+        "8-bit, AdaRound (1,000 steps), bias correction",
+        Uniform(reduce_range=False, adaround_steps=1000, bias_correction=True),
+    ),
+    (
+        "8-bit, MSE ranges, AdaRound, bias correction",
+        Uniform(reduce_range=False, act_range="mse", adaround_steps=1000, bias_correction=True),
+    ),
+    (
+        "8-bit, MSE ranges, bias correction, float fallback to 99 %",
+        Uniform(reduce_range=False, act_range="mse", bias_correction=True, min_agreement=0.99),
+    ),
+    ("4-bit weights, 8-bit activations", Uniform(bits=4, reduce_range=False)),
+    ("4-bit weights, AdaRound (1,000 steps)", Uniform(bits=4, reduce_range=False, adaround_steps=1000)),
 ]
 COLUMNS = ["setting", "top1", "agreement", "calib_agreement", "int8_layers", "int8_macs_pct", "kept_float"]
 

@@ -35,6 +35,24 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/quant/uniform.py",
+        "rng.mul_(RANGE_SHRINKS[int(err.argmin())])",
+        "rng.mul_(RANGE_SHRINKS[int(err.argmax())])",
+        "tests/test_quant_uniform.py -k mse_activation",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
+        "    layer.round_up = up(True).detach()",
+        "    layer.round_up = nearest_up",
+        "tests/test_quant_uniform.py -k adaround",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
+        "q = torch.clamp(torch.floor(self.weight / s) + self.round_up, qmin, qmax) * s",
+        "q = torch.clamp(torch.floor(self.weight / s) + 1 - self.round_up, qmin, qmax) * s",
+        "tests/test_quant_uniform.py -k adaround",
+    ),
+    Mutation(
         "src/torchslim/distill/__init__.py",
         "kd_loss(standardize_logits(outputs), standardize_logits(t_out_d), self.T)",
         "kd_loss(standardize_logits(outputs), t_out_d, self.T)",

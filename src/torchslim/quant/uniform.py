@@ -77,6 +77,17 @@ class Uniform(MethodConfig):
             layer by layer in execution order, ``b_c += E[y_c float] - E[y_c int8]`` over the
             calibration samples and positions, each layer seeing the already corrected ones
             before it; removes the mean shift quantization adds (depthwise layers most).
+        adaround_steps: AdaRound (Nagel et al. 2020, "Up or Down? Adaptive Rounding for
+            Post-Training Quantization"), this many Adam steps per layer; 0 rounds to nearest.
+            Layer by layer in execution order, each weight rounds down or up by a learned
+            ``h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1)`` (zeta 1.1, gamma -0.1),
+            minimising ``|f(W~ x_q) - f(W x)|^2 + lambda sum(1 - |2 h(V) - 1|^beta)`` with the
+            input ``x_q`` of the already rounded, int8-activation model before it and the float
+            model's output as target (asymmetric reconstruction, ``f`` the ReLU after the layer
+            if any; lambda 0.01, beta annealed 20 -> 2 after a 20 % warm-up without the term).
+            Scales and the grid are unchanged (each channel's largest weight keeps its rounding),
+            so the result is stored and run as any int8 layer; the float weights are kept (the
+            layer's ``round_up`` buffer holds the choice). Runs before bias correction.
     """
 
     bits: int = 8
@@ -87,9 +98,16 @@ class Uniform(MethodConfig):
     min_sqnr: float | None = None
     min_agreement: float | None = None
     bias_correction: bool = False
+    adaround_steps: int = 0
+    act_range: str = "minmax"
 
     def validate(self) -> None:
+        if self.act_range not in ("minmax", "mse"):
+            raise ValueError(f"Uniform.act_range={self.act_range!r}; use 'minmax' or 'mse'")
         check_int(self, "bits", 2, 8)
+        check_int(self, "adaround_steps", 0, 100_000)
+        if self.adaround_steps and not self.act_bits:
+            raise ValueError("Uniform.adaround_steps needs act_bits=8 (it learns the rounding on calibration data)")
         if not isinstance(self.bias_correction, bool):
             raise ValueError(f"Uniform.bias_correction={self.bias_correction!r}; use true or false")
         if self.bias_correction and not self.act_bits:
@@ -139,6 +157,7 @@ class _FakeQuant(nn.Module):
         self.bypass = False  # compute in float (sensitivity analysis of the float fallback)
         self.raw = False  # int8 product and bias without the output requantization (bias correction)
         self.register_buffer("bias_shift", None)  # bias correction: added in the int8 path only
+        self.register_buffer("round_up", None)  # AdaRound: 0 / 1 per weight added to floor(w / s)
 
     def int8_bias(self) -> torch.Tensor | None:
         """The bias the int8 layer adds: the float bias plus the bias correction, if any."""
@@ -148,7 +167,11 @@ class _FakeQuant(nn.Module):
 
     def fq_weight(self) -> torch.Tensor:
         scale, zp, qmin, qmax = weight_qparams(self.weight, self.bits, self.symmetric)
-        return torch.fake_quantize_per_channel_affine(self.weight, scale, zp.to(torch.int32), 0, qmin, qmax)
+        if self.round_up is None:
+            return torch.fake_quantize_per_channel_affine(self.weight, scale, zp.to(torch.int32), 0, qmin, qmax)
+        s = scale.view((-1,) + (1,) * (self.weight.dim() - 1))
+        q = torch.clamp(torch.floor(self.weight / s) + self.round_up, qmin, qmax) * s
+        return self.weight + (q - self.weight).detach()  # straight-through
 
     def act_qparams(self, rng: torch.Tensor, levels: int) -> tuple[float, int]:
         """(scale, zero point) of range ``rng`` = [min, max], widened to contain 0, in ``levels`` steps."""
@@ -199,7 +222,7 @@ class _FakeQuant(nn.Module):
         )
 
     def fill(self, new: nn.Module) -> nn.Module:
-        new.set_weight(self.weight, self.int8_bias())
+        new.set_weight(self.weight, self.int8_bias(), self.round_up)
         if self.act_bits:
             (si, zi) = self.act_qparams(self.in_range, self.in_levels)
             (so, zo) = self.act_qparams(self.out_range, self.out_levels)
@@ -332,20 +355,163 @@ def _channel_means(model: nn.Module, layer: nn.Module, batches: list) -> torch.T
     return total / max(count, 1)
 
 
+def _execution_order(model: nn.Module, batch) -> list[_FakeQuant]:
+    """The fake-quant layers in the order one forward pass calls them."""
+    order: list[nn.Module] = []
+    fq = [m for m in model.modules() if isinstance(m, _FakeQuant)]
+    handles = [m.register_forward_hook(lambda m, a, y: order.append(m) if m not in order else None) for m in fq]
+    try:
+        inputs.call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _layer_io(model: nn.Module, layer: nn.Module, batches: list, float_model: bool) -> tuple[list, list]:
+    """``layer``'s inputs and outputs over ``batches``: with every layer in float (``float_model``),
+    or as the model runs now."""
+    xs, ys = [], []
+    fq = [m for m in model.modules() if isinstance(m, _FakeQuant)]
+
+    def grab(m, args, y):
+        xs.append(args[0])
+        ys.append(y)
+
+    handle = layer.register_forward_hook(grab)
+    for m in fq:
+        m.bypass = float_model
+    try:
+        for x in batches:
+            inputs.call(model, x)
+    finally:
+        handle.remove()
+        for m in fq:
+            m.bypass = False
+    return xs, ys
+
+
+RANGE_SHRINKS = torch.linspace(0.2, 1.0, 33).tolist()
+
+
+def _range_error(t: torch.Tensor, rng: torch.Tensor, levels: int, shrinks: list[float]) -> torch.Tensor:
+    """Squared quantization error of ``t`` for the range ``rng`` scaled by each of ``shrinks``
+    (codes clamped to [0, 255] as the deploy kernels do)."""
+    t = t.detach().float().flatten()
+    if t.numel() > 1 << 20:  # a fixed subsample of large tensors
+        t = t[:: t.numel() // (1 << 20) + 1]
+    errs = []
+    for a in shrinks:
+        lo, hi = min(float(rng[0]), 0.0) * a, max(float(rng[1]), 0.0) * a
+        if hi - lo <= 0:
+            errs.append(float(t.pow(2).sum()))
+            continue
+        scale = (hi - lo) / levels
+        zp = int(min(levels, max(0, round(-lo / scale))))
+        errs.append(float((((act_codes(t, scale, zp) - zp) * scale) - t).pow(2).sum()))
+    return torch.tensor(errs, dtype=torch.float64)
+
+
+def _mse_ranges(model: nn.Module, batches: list) -> None:
+    """``act_range="mse"``: shrink each calibrated activation range [min, max] (scaled towards 0 by a
+    factor in [0.2, 1]) to the one with the least squared quantization error over the calibration
+    data, as PyTorch's HistogramObserver and TensorRT's calibrators do instead of the raw extremes:
+    one outlier otherwise spends most of the 256 codes on values that almost never occur."""
+    fq = {
+        m: [torch.zeros(len(RANGE_SHRINKS), dtype=torch.float64)] * 2
+        for m in model.modules()
+        if isinstance(m, _FakeQuant)
+    }
+
+    def grab(m, args, y):
+        if m.in_q:
+            fq[m][0] = fq[m][0] + _range_error(args[0], m.in_range, m.in_levels, RANGE_SHRINKS)
+        fq[m][1] = fq[m][1] + _range_error(F.relu(y) if m.relu_after else y, m.out_range, m.out_levels, RANGE_SHRINKS)
+
+    handles = [m.register_forward_hook(grab) for m in fq]
+    for m in fq:
+        m.bypass = True
+    try:
+        for x in batches:
+            inputs.call(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m in fq:
+            m.bypass = False
+    for m, (e_in, e_out) in fq.items():
+        for rng, err in ((m.in_range, e_in), (m.out_range, e_out)):
+            if torch.isfinite(rng).all():
+                rng.mul_(RANGE_SHRINKS[int(err.argmin())])
+
+
+ADAROUND_ZETA, ADAROUND_GAMMA, ADAROUND_LAMBDA, ADAROUND_LR = 1.1, -0.1, 0.01, 1e-2
+
+
+def _rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    """AdaRound's ``h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1)``."""
+    return (torch.sigmoid(v) * (ADAROUND_ZETA - ADAROUND_GAMMA) + ADAROUND_GAMMA).clamp(0, 1)
+
+
+def _adaround_layer(layer: _FakeQuant, xs: list, targets: list, steps: int, batch: int = 32) -> None:
+    """Learn ``layer``'s rounding (see ``Uniform.adaround_steps``) and write the rounded weight."""
+    w = layer.weight.detach()
+    scale, _, qmin, qmax = weight_qparams(w, layer.bits, layer.symmetric)
+    s = scale.view((-1,) + (1,) * (w.dim() - 1))
+    floor = torch.floor(w / s)
+    rest = (w / s - floor).clamp(1e-4, 1 - 1e-4)
+    # h(V) = rest at the start: V = -log((zeta - gamma) / (rest - gamma) - 1)
+    v = (-torch.log((ADAROUND_ZETA - ADAROUND_GAMMA) / (rest - ADAROUND_GAMMA) - 1)).requires_grad_(True)
+    amax = w.flatten(1).abs().amax(1).view(s.shape)
+    fixed = w.abs() >= amax * (1 - 1e-6)  # the scale's own weight keeps its nearest rounding
+    nearest_up = torch.round(w / s) - floor
+    op = layer._conv_forward if isinstance(layer, nn.Conv2d) else F.linear
+    x_all = torch.cat([layer._fq_act(x, layer.in_range, deploy_input=True) if layer.in_q else x for x in xs])
+    y_all = torch.cat(targets)
+    if layer.relu_after:
+        y_all = F.relu(y_all)
+    bias = layer.int8_bias()
+    bias = None if bias is None else bias.detach()
+    opt = torch.optim.Adam([v], lr=ADAROUND_LR)
+    gen = torch.Generator().manual_seed(0)
+    warm = int(0.2 * steps)
+
+    def up(hard: bool) -> torch.Tensor:
+        return torch.where(fixed, nearest_up, (v >= 0).to(w.dtype) if hard else _rectified_sigmoid(v))
+
+    with torch.enable_grad():
+        for step in range(steps):
+            idx = torch.randint(0, len(x_all), (min(batch, len(x_all)),), generator=gen)
+            y = op(x_all[idx], torch.clamp(floor + up(False), qmin, qmax) * s, bias)
+            if layer.relu_after:
+                y = F.relu(y)
+            loss = (y - y_all[idx]).pow(2).sum(1).mean()  # summed over channels, mean over samples and positions
+            if step >= warm:
+                beta = 20 + (2 - 20) * (step - warm) / max(steps - warm, 1)
+                h = _rectified_sigmoid(v)
+                loss = loss + ADAROUND_LAMBDA * (1 - (2 * h - 1).abs().pow(beta)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    layer.round_up = up(True).detach()
+
+
+def _adaround(model: nn.Module, batches: list, steps: int) -> None:
+    """AdaRound every fake-quant layer in execution order (see ``Uniform.adaround_steps``)."""
+    for layer in _execution_order(model, batches[0]):
+        _, targets = _layer_io(model, layer, batches, float_model=True)
+        xs, _ = _layer_io(model, layer, batches, float_model=False)
+        _adaround_layer(layer, xs, targets, steps)
+
+
 def _correct_bias(model: nn.Module, batches: list) -> None:
     """Empirical bias correction (see ``Uniform.bias_correction``): every layer's float output means
     (every layer bypassed: float weights, float biases), then layer by layer in execution order the
     int8 means with the layers before already corrected; the shift goes to ``bias_shift``, which only
     the int8 path adds. A layer's int8 output is compared before its requantization (which clips,
     e.g. at a ReLU)."""
-    order: list[nn.Module] = []
+    order = _execution_order(model, batches[0])
     fq = [m for m in model.modules() if isinstance(m, _FakeQuant)]
-    handles = [m.register_forward_hook(lambda m, a, y: order.append(m) if m not in order else None) for m in fq]
-    try:
-        inputs.call(model, batches[0])
-    finally:
-        for h in handles:
-            h.remove()
     for m in fq:
         m.bypass = True
     want = {m: _channel_means(model, m, batches) for m in order}
@@ -523,6 +689,10 @@ class UniformMethod(Method):
                 inputs.call(model, x)
             for m in fq:
                 m.observing = False
+            if config.act_range == "mse":
+                _mse_ranges(model, batches)
+            if config.adaround_steps:
+                _adaround(model, batches, config.adaround_steps)
             if config.bias_correction:
                 _correct_bias(model, batches)
             _fit_int32_bias(model, flags)

@@ -101,8 +101,13 @@ class _UniformBase(RuntimeLayer):
         """Codes are stored unsigned: symmetric ``q`` is stored as ``q + 2^(b-1)``."""
         return 2 ** (self.bits - 1) if self.symmetric else 0
 
-    def set_weight(self, w: torch.Tensor, bias: torch.Tensor | None) -> None:
-        q, scale, zp, _, _ = quantize_weight(w, self.bits, self.symmetric)
+    def set_weight(self, w: torch.Tensor, bias: torch.Tensor | None, round_up: torch.Tensor | None = None) -> None:
+        """Store ``w`` on its per-channel grid: rounded to nearest, or, given ``round_up`` (0 / 1 per
+        weight, AdaRound's learned rounding), ``clamp(floor(w / s) + round_up)`` (symmetric only)."""
+        q, scale, zp, qmin, qmax = quantize_weight(w, self.bits, self.symmetric)
+        if round_up is not None:
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            q = torch.clamp(torch.floor(w.detach().float() / scale.view(shape)) + round_up, qmin, qmax).to(q.dtype)
         self.codes = pack_bits(q + self._offset, self.bits)
         self.scale, self.zero_point = scale.float(), zp.to(torch.int32)
         if bias is not None:
