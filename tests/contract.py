@@ -81,15 +81,19 @@ class MethodContract:
                 assert rel <= self.prepare_rel_error, f"{name}: relative output change {rel:.3f}"
 
     def test_prepare_matches_reference(self, x):
+        checked = 0
         for name, model in self._models():
             prepared = ts.compress_(copy.deepcopy(model), self.config, data=self._data()).eval()
             with torch.no_grad():
                 reference = self.prepare_reference(model, prepared)
-                if reference is None:
-                    pytest.skip("no independent reference for this method's prepare")
+                if reference is None:  # no reference for this model (e.g. only plain chains)
+                    continue
                 out, ref = prepared(x), reference.eval()(x)
             rel = ((out - ref).norm() / ref.norm()).item()
             assert rel <= self.reference_rtol, f"{name}: prepare differs from the reference by {rel:.2e}"
+            checked += 1
+        if not checked:
+            pytest.skip("no independent reference for this method's prepare")
 
     def test_convert_matches_prepare(self, x):
         for name, model in self._models():

@@ -36,6 +36,24 @@ class Mutation:
 MUTATIONS = [
     Mutation(
         "src/torchslim/quant/uniform.py",
+        "        if hi - lo <= 0:\n            return 1.0, 0\n        scale = (hi - lo) / levels",
+        "        if hi - lo <= 0:\n            return 1.0, 0\n        scale = (hi - lo) / (levels + 1)",
+        "tests/test_quant_uniform.py -k Int8Contract and prepare_matches_reference",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
+        "self._observe(self.out_range, F.relu(y) if self.relu_after else y)",
+        "self._observe(self.out_range, y)",
+        "tests/test_quant_uniform.py -k Int8Contract and prepare_matches_reference",
+    ),
+    Mutation(
+        "src/torchslim/prune/filters.py",
+        'GroupMagnitudeImportance(p=1 if config.criterion == "l1" else 2)',
+        'GroupMagnitudeImportance(p=2 if config.criterion == "l1" else 1)',
+        "tests/test_prune_filters.py -k prepare_matches_reference",
+    ),
+    Mutation(
+        "src/torchslim/quant/uniform.py",
         "rng.mul_(RANGE_SHRINKS[int(err.argmin())])",
         "rng.mul_(RANGE_SHRINKS[int(err.argmax())])",
         "tests/test_quant_uniform.py -k mse_activation",
@@ -401,7 +419,7 @@ def _applies(m: Mutation) -> str | None:
 
 
 def replay(m: Mutation, timeout: int) -> tuple[str, str]:
-    """('caught' | 'SURVIVED' | 'stale' | 'timeout', detail) for one mutation, in a copy of the tree."""
+    """('caught' | 'SURVIVED' | 'broken' | 'stale' | 'timeout', detail) for one mutation, in a copy of the tree."""
     why = _applies(m)
     if why:
         return "stale", why
@@ -421,6 +439,8 @@ def replay(m: Mutation, timeout: int) -> tuple[str, str]:
         return "stale", f"no test matches {m.test}"
     if r.returncode == 0:
         return "SURVIVED", "the test passed with the bug in place"
+    if r.returncode != 1:  # 2-4: interrupted, internal or usage error (e.g. a bad -k): no test failed
+        return "broken", f"pytest exit {r.returncode}, not a test failure: {r.stdout[-300:]}{r.stderr[-300:]}"
     return "caught", f"exit {r.returncode}"
 
 

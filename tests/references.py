@@ -253,3 +253,112 @@ def product_reference(original: nn.Module, prepared: nn.Module) -> nn.Module:
         rec = books[torch.arange(nsub)[None, :], dist.argmin(-1)]  # (rows, m, d)
         m.weight.data.copy_(rec.reshape(m.weight.shape))
     return ref
+
+
+def filters_chain_reference(original: nn.Module, ratio: float) -> nn.Module | None:
+    """Filter pruning (Li et al. 2017) with DepGraph's group L1 importance, for a plain chain of
+    Conv2d / Linear layers (every container a Sequential; None for anything else): output channel
+    ``j`` of layer ``i`` scores ``|W_i[j]|_1 + |gamma_i[j]| + |W_{i+1}[:, j]|_1`` (the BatchNorm
+    after layer ``i``; a flatten maps ``j`` to its block of H*W input columns of the next Linear),
+    ``int(C (1 - ratio))`` channels with the highest scores stay and the others become exactly zero
+    (weight and bias of the layer and of its BatchNorm). The last layer keeps its outputs."""
+    if any(list(m.children()) and not isinstance(m, nn.Sequential) for m in original.modules()):
+        return None
+    ref = copy.deepcopy(original)
+    mods = list(ref.modules())
+    layers = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if any(isinstance(m, nn.Conv2d) and m.groups != 1 for m in layers):
+        return None
+    norms = {a: b for a, b in zip(mods, mods[1:]) if isinstance(b, nn.modules.batchnorm._BatchNorm)}
+    for layer, nxt in zip(layers, layers[1:]):
+        w = layer.weight.data
+        c = w.shape[0]
+        score = w.abs().flatten(1).sum(1)
+        if layer in norms:
+            score = score + norms[layer].weight.data.abs()
+        score = score + nxt.weight.data.abs().transpose(0, 1).reshape(c, -1).sum(1)
+        drop = score.argsort()[: c - int(c * (1 - ratio))]
+        for m in (layer, norms.get(layer)):
+            if m is not None:
+                m.weight.data[drop] = 0.0
+                if m.bias is not None:
+                    m.bias.data[drop] = 0.0
+    return ref
+
+
+def _fake_quant(t: torch.Tensor, lo: float, hi: float, levels: int) -> torch.Tensor:
+    """uint8 fake quant: range ``[min(lo, 0), max(hi, 0)]`` over ``levels`` steps, codes in [0, 255]."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo <= 0:
+        return t
+    s = (hi - lo) / levels
+    z = min(levels, max(0, round(-lo / s)))
+    return (torch.clamp(torch.round(t / s) + z, 0, 255) - z) * s
+
+
+def int8_chain_reference(original: nn.Module, batches: list, levels: int) -> nn.Module | None:
+    """Static int8 (Jacob et al. 2018) of a plain chain (every container a Sequential; None
+    otherwise): each BatchNorm folded into the layer before it (``W gamma / sqrt(var + eps)``,
+    ``(b - mean) gamma / sqrt(var + eps) + beta``); weights per output channel, symmetric 8-bit;
+    every layer's input and output fake-quantized to uint8 with a per-tensor range, the min / max
+    of that tensor in the folded float model over the calibration ``batches`` (an output after the
+    ReLU that follows it, where one does), in ``levels`` steps; a layer's input is quantized only
+    where no earlier layer reaches it through ReLU / max-pool / flatten / identity alone (there it
+    is the earlier layer's quantized output, a max-pool's raised minimum notwithstanding)."""
+    if any(list(m.children()) and not isinstance(m, nn.Sequential) for m in original.modules()):
+        return None
+    ref = copy.deepcopy(original).eval()
+    mods = list(ref.modules())
+    layers = [m for m in mods if isinstance(m, (nn.Conv2d, nn.Linear))]
+    relu_after = set()
+    for parent in [m for m in mods if isinstance(m, nn.Sequential)]:
+        kids = list(parent.named_children())
+        for (name, m), (_, nxt) in zip(kids, kids[1:] + [(None, None)]):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                prev = kids[[k for k, _ in kids].index(name) - 1][1]
+                k = m.weight.detach() / torch.sqrt(m.running_var + m.eps)
+                b = prev.bias.detach() if prev.bias is not None else torch.zeros_like(k)
+                prev.weight.data = prev.weight.detach() * k.view((-1,) + (1,) * (prev.weight.dim() - 1))
+                prev.bias = nn.Parameter((b - m.running_mean) * k + m.bias.detach())
+                setattr(parent, name, nn.Identity())
+        kids = [m for _, m in parent.named_children()]
+        for m, nxt in zip(kids, kids[1:]):
+            while isinstance(nxt, nn.Identity) and kids.index(nxt) + 1 < len(kids):
+                nxt = kids[kids.index(nxt) + 1]
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(nxt, nn.ReLU):
+                relu_after.add(m)
+    ranges = {m: [float("inf"), float("-inf"), float("inf"), float("-inf")] for m in layers}
+    quantize_input, on_grid = set(), False
+    for m in [m for m in ref.modules() if not list(m.children())]:  # leaves in execution order
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if not on_grid:
+                quantize_input.add(m)
+            on_grid = True
+        elif not isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity)):
+            on_grid = False
+
+    def observe(m, args, y):
+        x, y = args[0], (F.relu(y) if m in relu_after else y)
+        r = ranges[m]
+        r[:] = [
+            min(r[0], float(x.min())),
+            max(r[1], float(x.max())),
+            min(r[2], float(y.min())),
+            max(r[3], float(y.max())),
+        ]
+
+    handles = [m.register_forward_hook(observe) for m in layers]
+    with torch.no_grad():
+        for x in batches:
+            ref(x)
+    for h in handles:
+        h.remove()
+    for m in layers:
+        flat = m.weight.detach().reshape(m.weight.shape[0], -1)
+        s = (flat.abs().max(1).values / 127).clamp(min=1e-12)[:, None]
+        m.weight.data = (torch.clamp(torch.round(flat / s), -127, 127) * s).reshape(m.weight.shape)
+        r = ranges[m]
+        if m in quantize_input:
+            m.register_forward_pre_hook(lambda m, args, r=r: (_fake_quant(args[0], r[0], r[1], levels),))
+        m.register_forward_hook(lambda m, args, y, r=r: _fake_quant(y, r[2], r[3], levels))
+    return ref

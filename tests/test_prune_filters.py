@@ -12,6 +12,7 @@ from torchslim.measure import count_macs, count_params
 from torchslim.prune import Filters
 
 from contract import MethodContract, _calibrated
+from references import filters_chain_reference
 
 
 class TestFiltersContract(MethodContract):
@@ -25,6 +26,9 @@ class TestFiltersContract(MethodContract):
     )
     model_names = ("vgg_small", "resnet20")
     prepare_rel_error = 2.0  # removing 30 % of random filters changes outputs a lot; bounded and finite
+
+    def prepare_reference(self, original, prepared):
+        return filters_chain_reference(original, self.config.ratio)  # vgg_small; None for resnet20
 
 
 X = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
-from references import uniform_weight_reference
+from references import int8_chain_reference, uniform_weight_reference
 from torchslim.data import DataConfig, make_loaders
 from torchslim.measure import evaluate
 from torchslim.quant import Uniform
@@ -45,6 +45,11 @@ class TestUniformInt8Contract(MethodContract):
     config = Uniform(bits=8, act_bits=8, reduce_range=True)  # explicit: the default depends on the CPU
     model_names = ("lenet5", "vgg_small", "resnet20")
     exact = ("lenet5", "vgg_small")
+    reference_rtol = 1e-5
+
+    def prepare_reference(self, original, prepared):
+        """Folding, per-channel weights, calibrated uint8 ranges rebuilt in plain torch (chains)."""
+        return int8_chain_reference(original, [x for x, _ in self._data()], levels=127)
 
     def test_convert_matches_prepare(self, x):
         """Catches: weight scales off by 1 %, input codes shifted by a step, a wrong zero point."""
