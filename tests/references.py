@@ -313,7 +313,7 @@ def int8_chain_reference(original: nn.Module, batches: list, levels: int) -> nn.
     relu_after = set()
     for parent in [m for m in mods if isinstance(m, nn.Sequential)]:
         kids = list(parent.named_children())
-        for (name, m), (_, nxt) in zip(kids, kids[1:] + [(None, None)]):
+        for name, m in kids:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 prev = kids[[k for k, _ in kids].index(name) - 1][1]
                 k = m.weight.detach() / torch.sqrt(m.running_var + m.eps)

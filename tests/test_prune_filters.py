@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 import torchslim as ts
+from references import filters_chain_reference
 from torchslim.measure import count_macs, count_params
 from torchslim.prune import Filters
 
 from contract import MethodContract, _calibrated
-from references import filters_chain_reference
 
 
 class TestFiltersContract(MethodContract):
