@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/export/slim.py",
+        "if isinstance(var, torch.Tensor) and var.numel() and float(var.min()) < 0:",
+        "if False:",
+        "tests/test_fuzz.py",
+    ),
+    Mutation(
         "src/torchslim/quant/uniform.py",
         "        if hi - lo <= 0:\n            return 1.0, 0\n        scale = (hi - lo) / levels",
         "        if hi - lo <= 0:\n            return 1.0, 0\n        scale = (hi - lo) / (levels + 1)",

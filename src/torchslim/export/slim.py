@@ -345,6 +345,24 @@ def _check_finite(m: nn.Module) -> None:
         raise ValueError(f"eps = {eps}: must be a positive number")
 
 
+def _check_channels(m: nn.Module) -> None:
+    """A layer's bias has one value per declared output channel, a norm layer's vectors one per
+    feature, and running variances are >= 0: a file whose bias was swapped with another layer's
+    loaded (per-channel vectors follow the file), and a kernel then read past the end of it (NaN
+    outputs); a negative running variance gave NaN outputs too."""
+    out = next((getattr(m, a) for a in ("out_channels", "out_features", "num_features") if hasattr(m, a)), None)
+    if not isinstance(out, int) or isinstance(out, bool):
+        return
+    norm = hasattr(m, "num_features")
+    for key in ("bias", "running_mean", "running_var", *(("weight",) if norm else ())):
+        t = getattr(m, key, None)
+        if isinstance(t, torch.Tensor) and t.numel() != out:
+            raise ValueError(f"tensor {key!r} holds {t.numel()} values for {out} channels")
+    var = getattr(m, "running_var", None)
+    if isinstance(var, torch.Tensor) and var.numel() and float(var.min()) < 0:
+        raise ValueError("running_var holds negative values")
+
+
 def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a model from a ``.slim`` file (in eval mode).
 
@@ -394,6 +412,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     for name, m in model.named_modules():  # indices, lengths and values are checked before anything runs
         try:
             _check_finite(m)
+            _check_channels(m)
             if isinstance(m, RuntimeLayer):
                 m.validate()
         except (ValueError, IndexError, RuntimeError, TypeError) as e:  # a checker tripping on bad data too
