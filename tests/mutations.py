@@ -445,7 +445,7 @@ def replay(m: Mutation, timeout: int) -> tuple[str, str]:
         return "stale", f"no test matches {m.test}"
     if r.returncode == 0:
         return "SURVIVED", "the test passed with the bug in place"
-    if r.returncode != 1:  # 2-4: interrupted, internal or usage error (e.g. a bad -k): no test failed
+    if r.returncode in (3, 4):  # internal or usage error (e.g. a bad -k): no test ran (2, a failed import, counts)
         return "broken", f"pytest exit {r.returncode}, not a test failure: {r.stdout[-300:]}{r.stderr[-300:]}"
     return "caught", f"exit {r.returncode}"
 
