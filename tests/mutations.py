@@ -186,8 +186,8 @@ MUTATIONS = [
     ),
     Mutation(
         "src/torchslim/quant/uniform.py",
-        "new.set_weight(self.weight, self.int8_bias())",
-        "new.set_weight(self.weight, self.bias)",
+        "new.set_weight(self.weight, self.int8_bias(), self.round_up)",
+        "new.set_weight(self.weight, self.bias, self.round_up)",
         "tests/test_quant_uniform.py -k bias_correction",
     ),
     Mutation(
