@@ -187,6 +187,26 @@ def test_crafted_csr_indices_are_refused_before_any_kernel_runs(tmp_path):
             ts.load(bad)
 
 
+def test_binary_per_channel_vectors_of_the_wrong_length_are_refused(tmp_path):
+    """Catches: an XNOR layer's scale or threshold vector taken from a layer of another width (the
+    tensors follow the file: the kernels read past their ends, NaN outputs)."""
+    good = ROOT_ART / "vgg_small_xnor.slim"
+    tensors = read_slim(good)[0]
+    threshold = next(k for k in tensors if k.endswith(".threshold"))
+    scale = next(k for k in tensors if k.endswith(".scale") and k.rsplit(".", 1)[0] + ".words" in tensors)
+    cases = {
+        "longer threshold": lambda t, h: t.__setitem__(threshold, torch.cat([t[threshold], t[threshold][:1]])),
+        "shorter scale": lambda t, h: t.__setitem__(scale, t[scale][:-1].clone()),
+    }
+    for what, edit in cases.items():
+        bad = tmp_path / f"{what.replace(' ', '_')}.slim"
+        bad.write_bytes(good.read_bytes())
+        _rewrite(bad, edit)
+        with pytest.raises(SlimFileError, match=r"holds \d+ values for \d+ channels"):
+            ts.load(bad)
+    assert torch.isfinite(ts.load(good)(torch.zeros(2, 1, 28, 28))).all()
+
+
 def test_crafted_huffman_streams_are_refused(tmp_path):
     """Catches: zeroed code lengths, out-of-range alphabets and inflated symbol counts loading as a
     silently broken model (6.9 % / 9.9 % accuracy) or exhausting memory."""

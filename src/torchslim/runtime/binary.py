@@ -153,8 +153,18 @@ class _PackedBase(RuntimeLayer):
         self._kernel_words: tuple | None = None
 
     def validate(self) -> None:
-        if self.threshold is not None and not bool(torch.isfinite(self.threshold).all()):
-            raise ValueError("tensor 'threshold' holds a non-finite value")
+        """One finite scale per output row and one finite threshold per input channel: a file whose
+        per-channel vectors were swapped between layers of other widths loaded (the tensors follow
+        the file) and the kernels read past their ends (NaN outputs)."""
+        inputs = getattr(self, "in_channels", getattr(self, "in_features", None))
+        for key, n in (("scale", self.words.shape[0]), ("threshold", inputs)):
+            t = getattr(self, key)
+            if t is None:
+                continue
+            if t.numel() != n:
+                raise ValueError(f"tensor {key!r} holds {t.numel()} values for {n} channels")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"tensor {key!r} holds a non-finite value")
 
     def shifted(self, x: torch.Tensor) -> torch.Tensor:
         """``x - t`` per input channel (RSign), or ``x`` without a threshold."""
