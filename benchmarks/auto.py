@@ -1,14 +1,23 @@
-"""Compress-to-a-target benchmark: ``torchslim auto`` on vgg_small (Fashion-MNIST), top-1 drop at
-most 0.5 pp, one search per objective, and its front beside every single-family artifact.
+"""Compress-to-a-target benchmark: ``torchslim auto`` on vgg_small and resnet20 (Fashion-MNIST),
+top-1 drop at most 0.5 pp, one search per objective, and its front beside every single-family
+artifact of the same model.
 
 Sections (``--only``; the searches resume in benchmarks/cache/auto/<section>):
-  latency   objective latency (eager engine, batch 256): 4 points, 2 fine-tune epochs each
-  bytes     objective bytes (.slim file): 3 points, 2 fine-tune epochs each
-  compare   the float model, the single-family artifacts and every point of both searches measured
-            again in one pass (top-1 on the test split, bytes, MACs, latency at batch 1 and 256 in
-            the eager engine, ratios to float); the points on each front (decided on these numbers)
-            are copied to artifacts/vgg_small_auto_<objective>_<point>.slim and reported;
-            writes results/auto.{json,md,png}
+  latency   vgg_small, objective latency (eager engine, batch 256): 4 points, 2 fine-tune epochs each
+  bytes     vgg_small, objective bytes (.slim file): 3 points, 2 fine-tune epochs each
+  resnet20_latency, resnet20_bytes   the same two searches on resnet20 (residual blocks: filter
+            pruning removes channels of a whole dependency group)
+  compare, resnet20_compare   the float model, the model's single-family artifacts and every point
+            of both its searches measured again in one pass (top-1 on the test split, bytes, MACs,
+            latency at batch 1 and 256 in the eager engine, ratios to float); the points on each
+            front (decided on these numbers) are copied to
+            artifacts/<model>_auto_<objective>_<point>.slim and reported; writes
+            results/auto.{json,md,png} (vgg_small) and results/auto_resnet20.{json,md,png}
+
+  search_check   the greedy path against a stronger optimizer of the same predictions: for each
+            chosen point of every finished search, the 2-opt local optimum (every single and pair of
+            layer changes, search.local_optimum) started from it at the same predicted-drop budget;
+            writes results/auto_search_check.{json,md} (no training: the searches' cached tables)
 
 Target (issue: compress to a target): a point within 0.5 pp that is both >= 8x smaller and
 >= 4x faster than float in the same runtime at batch 256.
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import torchslim as ts
@@ -30,11 +40,15 @@ from _common import compare, parse, parser, run_sections
 
 ROOT = Path(__file__).resolve().parent
 ART, CACHE, RESULTS = ROOT / "artifacts", ROOT / "cache" / "auto", ROOT / "results"
-SINGLE = ["vgg_small_int8", "vgg_small_kmeans4", "vgg_small_filters", "vgg_small_tucker"]
+SINGLE = {  # per model: its single-family artifacts, measured beside its fronts
+    "vgg_small": ["vgg_small_int8", "vgg_small_kmeans4", "vgg_small_filters", "vgg_small_tucker"],
+    "resnet20": ["resnet20_filters"],
+}
 SEARCHES = {
     "latency": lambda: ts.AutoConfig(objective="latency", points=4, epochs=2),
     "bytes": lambda: ts.AutoConfig(objective="bytes", points=3, epochs=2),
 }
+PREFIX = {"vgg_small": "", "resnet20": "resnet20_"}  # section (and cache folder) names per model
 COLUMNS = [
     "name",
     "family",
@@ -50,26 +64,26 @@ COLUMNS = [
 ]
 
 
-def search(objective: str, data: dict) -> list[dict]:
-    summary = ts.auto(ART / "vgg_small.slim", data, CACHE / objective, SEARCHES[objective]())
+def search(model: str, objective: str, data: dict) -> list[dict]:
+    out = CACHE / f"{PREFIX[model]}{objective}"
+    summary = ts.auto(ART / f"{model}.slim", data, out, SEARCHES[objective]())
     return [{"objective": objective, **{k: v for k, v in r.items() if k != "choice"}} for r in summary["points"]]
 
 
-def measure_all(data: dict, sections: dict) -> list[dict]:
+def measure_all(model: str, data: dict, sections: dict) -> list[dict]:
     """Every model measured in one pass, so that the ratios share one machine state."""
     test = make_loaders(DataConfig.from_dict(data)).test
-    models = [("vgg_small", "float", ART / "vgg_small.slim")]
-    models += [(name, "single family", ART / f"{name}.slim") for name in SINGLE]
+    single = SINGLE[model]
+    models = [(model, "float", ART / f"{model}.slim")]
+    models += [(name, "single family", ART / f"{name}.slim") for name in single]
     for objective in SEARCHES:  # every point, measured again here; its front decided on these numbers
-        for r in sections.get(objective, []):
-            models.append((f"vgg_small_auto_{objective}_{r['point']}", f"auto ({objective})", None))
+        for r in sections.get(f"{PREFIX[model]}{objective}", []):
+            path = CACHE / f"{PREFIX[model]}{objective}" / "points" / f"{r['point']}.slim"
+            models.append((f"{model}_auto_{objective}_{r['point']}", f"auto ({objective})", path))
     rows, base = [], None
     for name, family, path in models:
-        if path is None:
-            objective, point = name.split("_")[-2:]
-            path = CACHE / objective / "points" / f"{point}.slim"
         method = "float" if family == "float" else family
-        row = {"name": name, "artifact": f"{name}.slim", "model": "vgg_small", "method": method, "family": family}
+        row = {"name": name, "artifact": f"{name}.slim", "model": model, "method": method, "family": family}
         row.update(measure(ts.load(path), loader=test, path=path))
         row = compare(row, base)
         base = base or row
@@ -82,18 +96,56 @@ def measure_all(data: dict, sections: dict) -> list[dict]:
             row["source"] = path
         print(json.dumps({k: row.get(k) for k in COLUMNS}), flush=True)
         rows.append(row)
-    kept = rows[: 1 + len(SINGLE)]
+    kept = rows[: 1 + len(single)]
     for objective, key in (("latency", "latency_b256_ms"), ("bytes", "bytes")):
         for r in pareto([r for r in rows if r["family"] == f"auto ({objective})"], key):
             shutil.copyfile(r.pop("source"), ART / r["artifact"])
             kept.append(r)
     rows = kept
-    write_report(rows, RESULTS / "auto", title="torchslim auto on vgg_small (max drop 0.5 pp)", columns=COLUMNS)
-    plot(rows, RESULTS / "auto.png")
+    stem = "auto" if model == "vgg_small" else f"auto_{model}"
+    write_report(rows, RESULTS / stem, title=f"torchslim auto on {model} (max drop 0.5 pp)", columns=COLUMNS)
+    plot(rows, RESULTS / f"{stem}.png", model)
     return rows
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def search_check() -> list[dict]:
+    """Greedy's predicted cost at each chosen point against the 2-opt local optimum at its drop."""
+    from torchslim.search import local_optimum, problem
+
+    rows = []
+    for model, prefix in PREFIX.items():
+        for objective in SEARCHES:
+            state_path = CACHE / f"{prefix}{objective}" / "auto_state.json"
+            if not state_path.exists():
+                continue
+            state = json.loads(state_path.read_text())
+            baseline = ts.load(state_path.parent / "baseline.slim")
+            search_model, options, _, _ = problem(baseline, SEARCHES[objective](), state)
+            for p in state["chosen"]:
+                t0 = time.perf_counter()
+                best = local_optimum(search_model, options, p["choice"], p["drop"])
+                changed = sorted(n for n in best["choice"] if best["choice"][n] != p["choice"][n])
+                row = {
+                    "model": model,
+                    "objective": objective,
+                    "predicted_drop": p["drop"],
+                    "greedy_cost": round(p["cost"], 3),
+                    "local_optimum_cost": round(best["cost"], 3),
+                    "local_vs_greedy": round(best["cost"] / p["cost"], 3),
+                    "layers_changed": len(changed),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    write_report(
+        rows,
+        RESULTS / "auto_search_check",
+        title="Greedy path vs the 2-opt local optimum of the same predictions (cost: the objective's unit)",
+    )
+    return rows
+
+
+def plot(rows: list[dict], path: Path, model: str) -> None:
     """Top-1 against latency (batch 256) and against bytes: float, single families, the fronts."""
     import matplotlib
 
@@ -111,7 +163,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot([r[key] for r in pts], [r["top1"] for r in pts], marker=marker, color=color, label=family,
                     ls="-" if family.startswith("auto") else "none")  # fmt: skip
             for r in pts:
-                ax.annotate(r["name"].replace("vgg_small_", ""), (r[key], r["top1"]), fontsize=6)
+                ax.annotate(r["name"].replace(f"{model}_", ""), (r[key], r["top1"]), fontsize=6)
         ax.axhline(rows[0]["top1"] - 0.5, ls="--", c="gray", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel(key)
@@ -124,12 +176,18 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = parser(__doc__)
-    sections = ["latency", "bytes", "compare"]
-    ap.add_argument("--only", nargs="+", default=sections, choices=sections)
+    runners = {}
+    for model, prefix in PREFIX.items():
+        for objective in SEARCHES:
+            runners[f"{prefix}{objective}"] = lambda m=model, o=objective: search(m, o, data)
+        runners[f"{prefix}compare"] = lambda m=model: measure_all(
+            m, data, json.loads((RESULTS / "auto_sections.json").read_text())
+        )
+    runners["search_check"] = search_check
+    defaults = ["latency", "bytes", "compare"]  # vgg_small's; resnet20's are named
+    ap.add_argument("--only", nargs="+", default=defaults, choices=list(runners))
     a = parse(ap)
     data = {"name": "fashion_mnist", **({"dir": a.data_dir} if a.data_dir else {})}
-    runners = {o: (lambda o=o: search(o, data)) for o in SEARCHES}
-    runners["compare"] = lambda: measure_all(data, json.loads((RESULTS / "auto_sections.json").read_text()))
     run_sections(RESULTS / "auto_sections.json", a.only, runners)
 
 

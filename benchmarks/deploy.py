@@ -105,6 +105,9 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
+                # a fresh compile cache per artifact: models of one class share their forward's code,
+                # and past 8 compiled variants (2 batch sizes each) dynamo silently runs it eagerly
+                torch._dynamo.reset()
                 t0 = time.perf_counter()
                 compiled = ts.engine(ts.load(ART / f"{name}.slim"), "compile")
                 row["compile_seconds"] = round(time.perf_counter() - t0, 1)

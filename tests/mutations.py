@@ -35,6 +35,18 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/search.py",
+        "for b in [None, *model.layers[i + 1 :]]:",
+        "for b in [None]:",
+        "tests/test_search.py -k local_optimum",
+    ),
+    Mutation(
+        "src/torchslim/search.py",
+        "and model.drop(trial) <= limit + 1e-9:",
+        ":",
+        "tests/test_search.py -k local_optimum",
+    ),
+    Mutation(
         "src/torchslim/runtime/binary.py",
         "            if t.numel() != n:",
         "            if False:",

@@ -22,6 +22,7 @@ from torchslim.search import (
     adapt_bn,
     best_point,
     greedy_path,
+    local_optimum,
     pareto,
     pick_points,
     whole_model_int8,
@@ -75,6 +76,30 @@ def test_greedy_takes_the_cheapest_saving_per_point_first_and_respects_the_limit
     full = greedy_path(m, opts, limit=10.0)
     assert full[-1]["choice"] == {"a": ["filters:0.5", "float"], "b": ["filters:0.5", "int8"]}
     assert full[-1]["cost"] == pytest.approx(5.0 + 2.0)
+
+
+def test_local_optimum_trades_one_layers_saving_for_anothers_within_the_budget():
+    """Greedy takes int8 on ``b`` first (2 saved per 0.1 pp beats 6 per 0.4 pp) and then cannot
+    prune ``a`` within 0.45 pp: cost 20. The pair move (prune ``a``, ``b`` back to float) gives 16 at
+    0.4 pp. Catches: a local search of single changes only (stuck at greedy's 20), a move accepted
+    past the drop limit (both: 14 at 0.5 pp) or one that raises the cost."""
+    m = _Model(
+        sens={"a": {"filters:0.5": 0.4}, "b": {"int8": 0.1}},
+        fractions={"a": {"filters:0.5": {"a": 0.5}}, "b": {}},
+        tables={
+            "a": {"dense|float": [[1.0, 12.0], [0.5, 6.0]]},
+            "b": {"dense|float": [[1.0, 10.0]], "dense|int8": [[1.0, 8.0]]},
+        },
+        layers=["a", "b"],
+    )
+    opts = {"a": ([KEEP, ("filters", 0.5)], [FLOAT]), "b": ([KEEP], [FLOAT, INT8])}
+    last = greedy_path(m, opts, limit=0.45)[-1]
+    assert last["cost"] == pytest.approx(20.0) and last["choice"]["b"] == ["keep", "int8"]
+    best = local_optimum(m, opts, last["choice"], 0.45)
+    assert best["choice"] == {"a": ["filters:0.5", "float"], "b": ["keep", "float"]}
+    assert best["cost"] == pytest.approx(16.0) and best["drop"] == pytest.approx(0.4)
+    same = local_optimum(m, opts, best["choice"], 0.45)  # a local optimum stays put
+    assert same["cost"] == pytest.approx(16.0)
 
 
 def test_latency_takes_int8_for_the_whole_model_or_not_at_all():

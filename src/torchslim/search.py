@@ -392,6 +392,41 @@ def greedy_path(model: _Model, options: dict, limit: float, start: dict | None =
         )
 
 
+def local_optimum(model: _Model, options: dict, choice: dict, limit: float) -> dict:
+    """The search's check on itself: from ``choice`` (``{layer: [structure, format]}`` keys, as in the
+    path), repeatedly apply the move that lowers the predicted cost most among every single-layer
+    change and every pair of changes on two layers (a pair can trade one layer's drop for another's
+    saving, which the greedy path, one layer at a time and never undoing a step, cannot), keeping the
+    predicted drop within ``limit``; stop when no move lowers the cost. Returns ``{"choice", "drop",
+    "cost"}``: a 2-opt local optimum of the same predicted problem. How far it gets below the greedy
+    path's point at the same drop measures what the greedy order loses (benchmarks/auto.py)."""
+    cur = {n: (_option(s), _option(q)) for n, (s, q) in choice.items()}
+    forms = {n: [(s, q) for s in st for q in fm] for n, (st, fm) in options.items()}
+    cost = model.cost(cur)
+    while True:
+        best = None
+        for i, a in enumerate(model.layers):
+            for fa in forms[a]:
+                if fa == cur[a]:
+                    continue
+                one = {**cur, a: fa}
+                for b in [None, *model.layers[i + 1 :]]:
+                    for fb in forms[b] if b else [None]:
+                        if b and fb == cur[b]:
+                            continue
+                        trial = {**one, b: fb} if b else one
+                        c = model.cost(trial)
+                        if c < cost - 1e-9 and (best is None or c < best[0]) and model.drop(trial) <= limit + 1e-9:
+                            best = (c, trial)
+        if best is None:
+            return {
+                "choice": {n: [_key(s), _key(q)] for n, (s, q) in cur.items()},
+                "drop": round(model.drop(cur), 4),
+                "cost": cost,
+            }
+        cost, cur = best
+
+
 def whole_model_int8(model: _Model, options: dict, limit: float) -> tuple[dict, dict | None]:
     """For latency, int8 is one decision for the whole model: a layer whose producer runs float
     quantizes its input and one whose consumer runs float dequantizes its output, which per-layer
@@ -533,29 +568,11 @@ def auto(
     if "sens" not in state:
         state.update(_sensitivity(run, options))
         keep()
-    sens = state["sens"]
-    options = {
-        n: ([o for o in s if o == KEEP or _key(o) in sens[n]], [o for o in f if o == FLOAT or _key(o) in sens[n]])
-        for n, (s, f) in options.items()
-    }
     if "tables" not in state:
-        state["tables"] = _cost_tables(run, options)
+        state["tables"] = _cost_tables(run, _measured_options(options, state["sens"]))
         keep()
-    tables = state["tables"]
-    options = {
-        n: (
-            [s for s in st if s[0] != "tucker" or any(k.startswith(_key(s) + "|") for k in tables[n])],
-            [q for q in fm if f"dense|{_key(q)}" in tables[n]],
-        )
-        for n, (st, fm) in options.items()
-    }
-    search = _Model(sens, state["fractions"], tables, names)
-
     if "path" not in state:
-        limit = 8 * max(cfg.max_drop, 0.05)
-        start = None
-        if cfg.objective == "latency":
-            options, start = whole_model_int8(search, options, limit)
+        search, options, start, limit = problem(model, cfg, state)
         path = greedy_path(search, options, limit, start)
         state["path"] = path
         state["chosen"] = pick_points(path, cfg.max_drop, cfg.points)
@@ -571,6 +588,38 @@ def auto(
             + ", ".join(f"{p['drop']:.2f}" for p in state["chosen"])
         )
     return _run_points(cfg, data, loaders.test, out, state, keep, shape, model_import, model_kwargs)
+
+
+def _measured_options(options: dict, sens: dict, tables: dict | None = None) -> dict:
+    """The forms the sensitivity stage could apply (and, given the cost tables, that built there)."""
+    options = {
+        n: ([o for o in s if o == KEEP or _key(o) in sens[n]], [o for o in f if o == FLOAT or _key(o) in sens[n]])
+        for n, (s, f) in options.items()
+    }
+    if tables is None:
+        return options
+    return {
+        n: (
+            [s for s in st if s[0] != "tucker" or any(k.startswith(_key(s) + "|") for k in tables[n])],
+            [q for q in fm if f"dense|{_key(q)}" in tables[n]],
+        )
+        for n, (st, fm) in options.items()
+    }
+
+
+def problem(model: nn.Module, cfg: AutoConfig, state: dict) -> tuple[_Model, dict, dict | None, float]:
+    """What the search optimizes, from a run's measured state (``auto_state.json``): the predicted
+    model, each layer's forms, the first move (whole-model int8 for latency, or None) and the
+    predicted-drop limit ``8 * max_drop``."""
+    fits = _layers(model)
+    names = list(fits)
+    options = _measured_options({n: _options(cfg, fits[n]) for n in names}, state["sens"], state["tables"])
+    search = _Model(state["sens"], state["fractions"], state["tables"], names)
+    limit = 8 * max(cfg.max_drop, 0.05)
+    start = None
+    if cfg.objective == "latency":
+        options, start = whole_model_int8(search, options, limit)
+    return search, options, start, limit
 
 
 @dataclass

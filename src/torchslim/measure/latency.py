@@ -30,7 +30,7 @@ def latency_ms(
     return time_ms(model, x, min_run_time, threads)
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "asimd", "sve")
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_vpopcntdq", "amx_int8", "asimd", "sve")
 
 # a process started with these variables runs as an AVX2-only CPU as far as oneDNN (float convs)
 # and numba (binary, sparse and lookup-table kernels: Haswell, scalar popcnt) are concerned; fbgemm's
