@@ -35,6 +35,12 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/runtime/sparse.py",
+        'if name == "kernel" and "op_state" in self.__dict__:',
+        "if False:",
+        "tests/test_prune_magnitude.py -k custom_ops",
+    ),
+    Mutation(
         "src/torchslim/search.py",
         "for b in [None, *model.layers[i + 1 :]]:",
         "for b in [None]:",

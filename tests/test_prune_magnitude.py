@@ -398,3 +398,34 @@ def test_tune_rewrites_only_the_kernel_choices(tmp_path, monkeypatch, capsys):
             torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
     assert main(["tune", str(tmp_path / "reg.slim")]) == 0  # in place, timed for real
     assert set(json.loads(capsys.readouterr().out)) == {"0", "2", "5", "7"}
+
+
+@pytest.mark.parametrize("artifact", ["lenet5_magnitude.slim", "lenet5_deep_compression.slim"])
+def test_torch_export_and_compile_take_sparse_layers_as_custom_ops(artifact, tmp_path):
+    """``torch.export`` (dynamic batch) and ``torch.compile`` of a CSR model: every sparse layer is one
+    ``torchslim::runtime_layer`` node running the CSR kernels, equal to the model bit for bit at
+    another batch size, and dynamo sees no graph break. Catches: the numba kernels reached with fake
+    tensors (torch.compile failed: a guard on ``torch.from_numpy``), the op's spec left at the kernel
+    the layer was built with, a fake kernel with the wrong output shape."""
+    import torch._dynamo
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "artifacts"
+    model = ts.load(root / artifact).eval()
+    sparse = [m for m in model.modules() if isinstance(m, (SparseConv2d, SparseLinear))]
+    assert {m.kernel for m in sparse} == {"sparse", "dense"}  # both kernels go through the op
+    assert all(json.loads(m.op_spec)["kernel"] == m.kernel for m in sparse)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(model, (torch.randn(4, 1, 28, 28),), dynamic_shapes=({0: batch},))
+    ops = [n for n in ep.graph.nodes if n.target is torch.ops.torchslim.runtime_layer.default]
+    assert len(ops) == len(sparse)
+    x = torch.randn(7, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(ep.module()(x), ref)
+        torch._dynamo.reset()
+        assert torch._dynamo.explain(model)(x).graph_break_count == 0
+        torch._dynamo.reset()
+        assert torch.equal(torch.compile(model)(x), ref)
+    layer = sparse[0]
+    layer.kernel = "dense" if layer.kernel == "sparse" else "sparse"
+    assert json.loads(layer.op_spec)["kernel"] == layer.kernel

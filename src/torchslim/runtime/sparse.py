@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from torchslim.runtime._layout import conv_geometry, dense_module, linear_geometry, set_conv_geometry
 from torchslim.runtime._numba import match_torch_threads, module_kernels
-from torchslim.runtime.base import RuntimeLayer, bias_counts
+from torchslim.runtime.base import RuntimeLayer, as_op, bias_counts, set_op_spec, tracing
 from torchslim.runtime.timing import choose_module_kernel
 
 KERNELS = ("sparse", "dense")
@@ -230,6 +230,12 @@ class _SparseBase(RuntimeLayer):
         self.bias = nn.Parameter(torch.zeros(self.rows)) if bias else None
         self._cache: tuple | None = None
         self._numba_ops: tuple | None = None
+        set_op_spec(self)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name == "kernel" and "op_state" in self.__dict__:  # the op's spec follows a new kernel choice
+            set_op_spec(self)
 
     def entropy_streams(self) -> list[tuple[str, object, dict]]:
         """Codebook indices of the stored values (when weight-shared), row lengths, and column
@@ -433,6 +439,10 @@ class SparseLinear(_SparseBase):
         return dense_module(self, self.dense_weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.export / torch.compile of an eval model: one custom op that runs the CSR kernels (it has
+        # no autograd: a model in train mode traces the dense form below)
+        if tracing() and not self.training:
+            return as_op(self, x)
         if self._training():
             return F.linear(x, self.train_weight(), self.bias)
         if self.kernel == "dense":
@@ -516,6 +526,8 @@ class SparseConv2d(_SparseBase):
         return dense_module(self, self.dense_weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tracing() and not self.training and not self.batch_last:  # one custom op (see SparseLinear)
+            return as_op(self, x)
         if self._training() or self.kernel == "dense":
             w = self.train_weight() if self._training() else self._operand()
             w = w.reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
