@@ -136,9 +136,10 @@ def mutate_structured(header: dict, tensors: dict, rng: random.Random) -> dict:
     """Edits that keep the file looking consistent (the ones that got past validation before):
     a geometry field of a layer or the model changed to a plausible value; integer index tensors
     shifted by a small amount within their range or reversed (unsorted row pointers); float
-    tensors given NaN / infinities; two tensors of one shape and dtype swapped."""
+    tensors given NaN / infinities; two tensors of one shape and dtype swapped; two per-channel
+    vectors of one dtype and different lengths swapped (layers of other widths)."""
     h = json.loads(json.dumps(header))
-    kind = rng.randrange(4)
+    kind = rng.randrange(5)
     if kind == 0:
         paths = [p for p, v in _paths(h) if p and p[-1] in GEOMETRY and not isinstance(v, dict)]
         if paths:
@@ -165,6 +166,12 @@ def mutate_structured(header: dict, tensors: dict, rng: random.Random) -> dict:
         flat = tensors[key].flatten().clone()
         flat[rng.randrange(flat.numel())] = rng.choice([float("nan"), float("inf"), -float("inf")])
         tensors[key] = flat.view(tensors[key].shape)
+    elif kind == 3:
+        vectors = [k for k, t in tensors.items() if t.dim() == 1 and t.dtype.is_floating_point]
+        pairs = [(a, b) for a in vectors for b in vectors if a < b and tensors[a].numel() != tensors[b].numel()]
+        if pairs:
+            a, b = rng.choice(pairs)
+            tensors[a], tensors[b] = tensors[b], tensors[a]
     else:
         same = [
             (a, b)
