@@ -120,6 +120,9 @@ BACKS: dict[str, list[tuple[str, dict]]] = {
 for _name in ("vgg_small", "vgg_small_int8", "vgg_small_kmeans4", "vgg_small_filters", "vgg_small_tucker"):
     BACKS[f"{_name}.slim"].append(("auto", {"name": _name}))
 BACKS.update({p.name: [("auto", {"name": p.stem})] for p in sorted(ART.glob("vgg_small_auto_*.slim"))})
+for _name in ("resnet20", "resnet20_filters"):
+    BACKS[f"{_name}.slim"].append(("auto_resnet20", {"name": _name}))
+BACKS.update({p.name: [("auto_resnet20", {"name": p.stem})] for p in sorted(ART.glob("resnet20_auto_*.slim"))})
 
 
 def measure_artifact(name: str, loader) -> dict:
