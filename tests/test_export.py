@@ -161,30 +161,35 @@ def _rewrite(path, edit):
     write_slim(path, tensors, header)
 
 
+def _assert_refused(good, tmp_path, cases: dict) -> None:
+    """Each ``{name: (edit, match)}`` applied to a copy of ``good`` must be refused by ``load`` with a
+    SlimFileError whose message matches."""
+    for what, (edit, match) in cases.items():
+        bad = tmp_path / f"{what.replace(' ', '_')}.slim"
+        bad.write_bytes(good.read_bytes())
+        _rewrite(bad, edit)
+        with pytest.raises(SlimFileError, match=match):
+            ts.load(bad)
+
+
 def test_crafted_csr_indices_are_refused_before_any_kernel_runs(tmp_path):
     """Catches: a file's CSR row pointers trusted (a large negative value crashed the process in the
     sparse kernel; 1e9 hung it)."""
     import torch
 
-    from torchslim.export.slim import SlimFileError
     from torchslim.prune import Magnitude
 
     model = ts.create_model("lenet300_100")
     ts.convert_(ts.compress_(model, Magnitude(sparsity=0.9, kernel="sparse")))
     good = tmp_path / "m.slim"
     ts.save(model, good)
-    cases = {
+    edits = {
         "negative": lambda t, h: t["1.crow"].fill_(-(2**30)),
         "huge": lambda t, h: t["1.crow"].__setitem__(-1, 10**9),
         "decreasing": lambda t, h: t["1.crow"].__setitem__(slice(1, 3), torch.tensor([5, 2], dtype=torch.int32)),
         "column out of range": lambda t, h: t["1.col"].__setitem__(0, 30000),
     }
-    for what, edit in cases.items():
-        bad = tmp_path / f"{what}.slim"
-        bad.write_bytes(good.read_bytes())
-        _rewrite(bad, edit)
-        with pytest.raises(SlimFileError, match=r"layer '1' \(SparseLinear\)"):
-            ts.load(bad)
+    _assert_refused(good, tmp_path, {k: (e, r"layer '1' \(SparseLinear\)") for k, e in edits.items()})
 
 
 def test_binary_per_channel_vectors_of_the_wrong_length_are_refused(tmp_path):
@@ -194,16 +199,11 @@ def test_binary_per_channel_vectors_of_the_wrong_length_are_refused(tmp_path):
     tensors = read_slim(good)[0]
     threshold = next(k for k in tensors if k.endswith(".threshold"))
     scale = next(k for k in tensors if k.endswith(".scale") and k.rsplit(".", 1)[0] + ".words" in tensors)
-    cases = {
+    edits = {
         "longer threshold": lambda t, h: t.__setitem__(threshold, torch.cat([t[threshold], t[threshold][:1]])),
         "shorter scale": lambda t, h: t.__setitem__(scale, t[scale][:-1].clone()),
     }
-    for what, edit in cases.items():
-        bad = tmp_path / f"{what.replace(' ', '_')}.slim"
-        bad.write_bytes(good.read_bytes())
-        _rewrite(bad, edit)
-        with pytest.raises(SlimFileError, match=r"holds \d+ values for \d+ channels"):
-            ts.load(bad)
+    _assert_refused(good, tmp_path, {k: (e, r"holds \d+ values for \d+ channels") for k, e in edits.items()})
     assert torch.isfinite(ts.load(good)(torch.zeros(2, 1, 28, 28))).all()
 
 
@@ -211,8 +211,6 @@ def test_crafted_huffman_streams_are_refused(tmp_path):
     """Catches: zeroed code lengths, out-of-range alphabets and inflated symbol counts loading as a
     silently broken model (6.9 % / 9.9 % accuracy) or exhausting memory."""
     import torch
-
-    from torchslim.export.slim import SlimFileError
 
     good = ROOT_ART / "lenet5_deep_compression.slim"
     streams = ts.load(good).torchslim.header["entropy"]
@@ -235,12 +233,7 @@ def test_crafted_huffman_streams_are_refused(tmp_path):
         "1e10 symbols": (lambda t, h: h["entropy"][key].__setitem__("n", 10**10), "declares"),
         "kind missing": (lambda t, h: h["entropy"][key].pop("kind"), "entropy-coded streams"),
     }
-    for what, (edit, match) in cases.items():
-        bad = tmp_path / f"{what.replace(' ', '_')}.slim"
-        bad.write_bytes(good.read_bytes())
-        _rewrite(bad, edit)
-        with pytest.raises(SlimFileError, match=match):
-            ts.load(bad)
+    _assert_refused(good, tmp_path, cases)
     assert torch.isfinite(ts.load(good)(torch.zeros(1, 1, 28, 28))).all()
 
 
