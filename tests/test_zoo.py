@@ -14,7 +14,7 @@ import torchslim as ts
 from torchslim.binary import BNN, BWN, XNOR, BinaryConnect, KBit
 from torchslim.core.inputs import call
 from torchslim.lowrank import CP, SVD, Auto, Spatial, Tucker
-from torchslim.prune import Filters, GroupLasso, Magnitude, Slimming, VariationalDropout
+from torchslim.prune import DepGraph, Filters, GroupLasso, Magnitude, Slimming, VariationalDropout
 from torchslim.quant import PQ, QCNN, KMeans, Uniform
 
 from zoo import INPUT, ZOO, build, sample
@@ -25,6 +25,7 @@ CONFIGS = {  # fast settings: no kernel timing (kernel="dense", prefer="size")
     "prune.filters": Filters(ratio=0.3),
     "prune.slimming": Slimming(ratio=0.3),
     "prune.group_lasso": GroupLasso(ratio=0.3),
+    "prune.depgraph": DepGraph(ratio=0.3),
     "prune.variational_dropout": VariationalDropout(kernel="dense"),
     "quant.kmeans": KMeans(bits=4),
     "quant.pq": PQ(sub_dim=4, bits=4, kernel="dense"),
@@ -43,7 +44,7 @@ CONFIGS = {  # fast settings: no kernel timing (kernel="dense", prefer="size")
 }
 # convert changes the function by design (channels the penalty shrank are removed, not masked
 # first); the contract suite checks them against the masked model
-REMOVES_CHANNELS = {"prune.slimming", "prune.group_lasso"}
+REMOVES_CHANNELS = {"prune.slimming", "prune.group_lasso", "prune.depgraph"}
 REFUSES = {
     ("prune.slimming", "inception_like"): "needs BatchNorm2d",  # no BatchNorm to penalize
     ("prune.slimming", "functional"): "needs BatchNorm2d",
