@@ -35,6 +35,18 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "src/torchslim/prune/regularize.py",
+        'elif fn in in_fns and getattr(layer, "groups", 1) == 1:',
+        "elif False:",
+        "tests/test_prune_regularize.py -k depgraph_gradient",
+    ),
+    Mutation(
+        "src/torchslim/prune/regularize.py",
+        "                s = energy.sqrt()",
+        "                s = energy",
+        "tests/test_prune_regularize.py -k depgraph_gradient",
+    ),
+    Mutation(
         "src/torchslim/runtime/sparse.py",
         'if name == "kernel" and "op_state" in self.__dict__:',
         "if False:",

@@ -245,38 +245,33 @@ class SlimmingMethod(Method):
         return _remove(model, config)
 
 
-@register_method("prune.group_lasso")
-class GroupLassoMethod(Method):
-    config_cls = GroupLasso
+class _PenaltyThenRemoval(Method):
+    """Prepare checks that convert's channel removal can run; convert removes the channels."""
 
     @classmethod
-    def prepare(cls, model: nn.Module, config: GroupLasso) -> nn.Module:
+    def prepare(cls, model: nn.Module, config: GroupLasso | DepGraph) -> nn.Module:
         _check_removable(model, config)
         return model
+
+    @classmethod
+    def convert(cls, model: nn.Module, config: GroupLasso | DepGraph) -> nn.Module:
+        return _remove(model, config)
+
+
+@register_method("prune.group_lasso")
+class GroupLassoMethod(_PenaltyThenRemoval):
+    config_cls = GroupLasso
 
     @classmethod
     def callbacks(cls, model: nn.Module, config: GroupLasso) -> list[Callback]:
         mods = [m for _, m, _ in select(model, config, (nn.Conv2d, nn.Linear))]
         return [PenaltyCallback(mods, config.penalty, filter_group_lasso)]
 
-    @classmethod
-    def convert(cls, model: nn.Module, config: GroupLasso) -> nn.Module:
-        return _remove(model, config)
-
 
 @register_method("prune.depgraph")
-class DepGraphMethod(Method):
+class DepGraphMethod(_PenaltyThenRemoval):
     config_cls = DepGraph
-
-    @classmethod
-    def prepare(cls, model: nn.Module, config: DepGraph) -> nn.Module:
-        _check_removable(model, config)
-        return model
 
     @classmethod
     def callbacks(cls, model: nn.Module, config: DepGraph) -> list[Callback]:
         return [DepGraphPenalty(model, config)]
-
-    @classmethod
-    def convert(cls, model: nn.Module, config: DepGraph) -> nn.Module:
-        return _remove(model, config)
