@@ -34,6 +34,12 @@ class Mutation:
 
 
 MUTATIONS = [
+    Mutation(  # a later chunk of patch rows overwrites the earlier chunks' counts instead of adding
+        "src/torchslim/runtime/_binary_kernels.py",
+        "xnor_tile(flat, patch, ob, acc, q0, min(q0 + QCHUNK, nq), q0 > 0)",
+        "xnor_tile(flat, patch, ob, acc, q0, min(q0 + QCHUNK, nq), False)",
+        "tests/test_binary.py -k xnor_popcount_conv_exact_with_padding",
+    ),
     Mutation(
         "src/torchslim/prune/regularize.py",
         'elif fn in in_fns and getattr(layer, "groups", 1) == 1:',

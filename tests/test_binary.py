@@ -128,7 +128,8 @@ def test_xnor_popcount_linear_exact(c):
 def test_xnor_popcount_conv_exact_with_padding(c, k, stride, pad):
     """37 outputs: two register tiles of 16 and a remainder, with 32-bit words (<= 32 channels) and
     64-bit ones. Catches: a tile's lanes stored at the wrong outputs, a 32-bit word's popcount read
-    as 64 bits (the high half of the weight words), the remainder loop skipped."""
+    as 64 bits (the high half of the weight words), the remainder loop skipped, a later chunk of
+    patch rows (130 channels, 5x5: 75 rows, chunks of 31) overwriting the earlier chunks' counts."""
     torch.manual_seed(c + k)
     x, w = torch.randn(2, c, 9, 7), torch.randn(37, c, k, k)
     layer = rb.PackedBinaryConv2d(c, 37, [k, k], [stride, stride], [pad, pad])

@@ -16,6 +16,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from torchslim.runtime._numba import target_features
+
 
 @intrinsic
 def popcount64(typingctx, x):  # of a 32- or 64-bit word, as uint64
@@ -26,75 +28,133 @@ def popcount64(typingctx, x):  # of a 32- or 64-bit word, as uint64
     return types.uint64(x), codegen
 
 
+VPOPCNT = "avx512vpopcntdq" in target_features()  # a vector popcount instruction where numba compiles to
+QCHUNK = 31  # patch rows per xnor_tile call: byte counters (<= 8 per row) stay below 256
+XNOR_FORM = "vpopcnt" if VPOPCNT else "bytes"
+
+
 @intrinsic
-def xnor_tile(typingctx, flat, patch, ob, acc):
-    # acc[r, ob + c] = sum_q popcount(patch[q, r] ^ flat[q, ob + c]) for r < 4, c < 16, q over
-    # patch's rows (at least one): a register-blocked micro-kernel in LLVM vector IR. The
-    # accumulators (4 inputs x 16 outputs: 2 vectors of 8 64-bit words, or 1 of 16 32-bit words)
-    # stay in registers for the whole q loop; per q: a weight load per vector, 4 broadcasts, one
-    # xor / popcount / add per accumulator. Written as IR because numba keeps array accumulators
-    # in memory (a load and a store per add: 1.1-1.6x slower). 32-bit words (layers of <= 32
-    # input channels) put 16 outputs in one AVX-512 popcount, where 64-bit words would be half empty.
+def xnor_tile(typingctx, flat, patch, ob, acc, q0, q1, add):
+    # acc[r, ob + c] (int32, +)= sum_q popcount(patch[q, r] ^ flat[q, ob + c]) for r < 4, c < 16,
+    # q0 <= q < q1 (at least one row, at most QCHUNK; add: accumulate into acc, else store): a
+    # register-blocked micro-kernel in LLVM vector IR. The accumulators stay in registers for the
+    # whole q loop; per q: a weight load per vector, 4 broadcasts, one xor / popcount / add per
+    # accumulator. Written as IR because numba keeps array accumulators in memory (a load and a
+    # store per add: 1.1-1.6x slower). XNOR_FORM, by what numba compiles for:
+    # - "vpopcnt" (AVX-512 VPOPCNTDQ): 4 inputs x 16 outputs as 2 vectors of 8 64-bit words or 1 of
+    #   16 32-bit words (layers of <= 32 input channels: 16 outputs in one popcount, where 64-bit
+    #   words would be half empty), a vpopcntq / vpopcntd per row.
+    # - "bytes" (AVX2: popcount is a nibble-table byte shuffle, Mula, Kurz and Lemire 2018): 512 bits
+    #   per pass (64-bit words in two passes), counted per byte (llvm.ctpop.v64i8: two vpshufb and
+    #   an add) into byte counters; the bytes are summed to word totals once per call, not per row
+    #   (the vpsadbw and 64-bit add of a word popcount saved per row).
+    #   Harley-Seal carry-save adders over pairs of rows on top of it (256-bit passes, so the ones
+    #   and counter registers fit AVX2's 16) measured no faster on vgg_small (22.1 vs 22.3 ms of
+    #   binary convs at batch 256): per row, the popcount is no longer the larger part of the tile.
     bits = flat.dtype.bitwidth
+    form = XNOR_FORM
 
     def codegen(context, builder, sig, args):
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        lanes = 512 // bits
-        nv = 16 // lanes  # vectors per 16 outputs
+        i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+        width = 512
+        lanes = width // bits
+        nv = 16 // lanes if form == "vpopcnt" else 1  # vectors per pass
+        passes = 16 // (lanes * nv)
         vt = ir.VectorType(ir.IntType(bits), lanes)
-        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]), f"llvm.ctpop.v{lanes}i{bits}")
+        ct = vt if form == "vpopcnt" else ir.VectorType(i8, width // 8)
+        zero = ir.Constant(ct, None)
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ct, [ct]), f"llvm.ctpop.v{ct.count}i{ct.element.width}"
+        )
         fa, pa, aa = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 3))
         n = cgutils.unpack_tuple(builder, fa.shape)[1]
-        nq = cgutils.unpack_tuple(builder, pa.shape)[0]
         na = cgutils.unpack_tuple(builder, aa.shape)[1]
-        entry, loop, done = (
-            builder.basic_block,
-            builder.append_basic_block("tile"),
-            builder.append_basic_block("tile_end"),
-        )
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        q = builder.phi(i64)
-        accs = [builder.phi(vt) for _ in range(4 * nv)]
-        base = builder.add(builder.mul(q, n), args[2])
-        ws = [
-            builder.load(
-                builder.bitcast(
-                    builder.gep(fa.data, [builder.add(base, ir.Constant(i64, lanes * v))]), vt.as_pointer()
-                ),
-                align=bits // 8,
-            )
-            for v in range(nv)
-        ]
-        new = []
-        for r in range(4):
-            s = builder.load(
-                builder.gep(pa.data, [builder.add(builder.mul(q, ir.Constant(i64, 4)), ir.Constant(i64, r))])
-            )
-            sv = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(i32, 0))
-            sv = builder.shuffle_vector(
-                sv, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-            )
-            new += [builder.add(accs[nv * r + v], builder.call(ctpop, [builder.xor(ws[v], sv)])) for v in range(nv)]
-        q_next = builder.add(q, ir.Constant(i64, 1))
-        q.add_incoming(ir.Constant(i64, 0), entry)
-        q.add_incoming(q_next, loop)
-        for a, a_next in zip(accs, new):
-            a.add_incoming(ir.Constant(vt, None), entry)
-            a.add_incoming(a_next, loop)
-        builder.cbranch(builder.icmp_signed("<", q_next, nq), loop, done)
-        builder.position_at_end(done)
-        wide = ir.VectorType(i64, lanes)
-        for r in range(4):
-            for v in range(nv):
-                off = builder.add(
-                    builder.mul(ir.Constant(i64, r), na), builder.add(args[2], ir.Constant(i64, lanes * v))
+        q0, q1, add = args[4], args[5], args[6]
+        wide = ir.VectorType(i32, lanes)  # int32 counts: converted to float in one instruction on AVX2
+
+        def xors(q, col):  # [x[r, v]] at patch row q: bitcast(weights ^ broadcast input word)
+            base = builder.add(builder.mul(q, n), col)
+            ws = [
+                builder.load(
+                    builder.bitcast(
+                        builder.gep(fa.data, [builder.add(base, ir.Constant(i64, lanes * v))]), vt.as_pointer()
+                    ),
+                    align=bits // 8,
                 )
-                total = new[nv * r + v] if bits == 64 else builder.zext(new[nv * r + v], wide)
-                builder.store(total, builder.bitcast(builder.gep(aa.data, [off]), wide.as_pointer()), align=8)
+                for v in range(nv)
+            ]
+            out = []
+            for r in range(4):
+                s = builder.load(
+                    builder.gep(pa.data, [builder.add(builder.mul(q, ir.Constant(i64, 4)), ir.Constant(i64, r))])
+                )
+                sv = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(i32, 0))
+                sv = builder.shuffle_vector(
+                    sv, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+                )
+                out += [builder.bitcast(builder.xor(ws[v], sv), ct) for v in range(nv)]
+            return out
+
+        def loop(start, init, step, body):
+            # for q in range(start, q1, step): state = body(q, state); the state after (init if none)
+            entry = builder.basic_block
+            head, done = builder.append_basic_block("tile"), builder.append_basic_block("tile_end")
+            builder.cbranch(builder.icmp_signed("<", start, q1), head, done)
+            builder.position_at_end(head)
+            q = builder.phi(i64)
+            state = [builder.phi(ct) for _ in init]
+            new = body(q, state)
+            q_next = builder.add(q, ir.Constant(i64, step))
+            q.add_incoming(start, entry)
+            q.add_incoming(q_next, head)
+            for a, a_init, a_next in zip(state, init, new):
+                a.add_incoming(a_init, entry)
+                a.add_incoming(a_next, head)
+            builder.cbranch(builder.icmp_signed("<", q_next, q1), head, done)
+            builder.position_at_end(done)
+            outs = []
+            for a_init, a_next in zip(init, new):
+                p = builder.phi(ct)
+                p.add_incoming(a_init, entry)
+                p.add_incoming(a_next, head)
+                outs.append(p)
+            return outs
+
+        for h in range(passes):
+            col = builder.add(args[2], ir.Constant(i64, h * lanes * nv))  # this pass's first output
+            k = 4 * nv
+            counts = loop(
+                q0,
+                [zero] * k,
+                1,
+                lambda q, acc, col=col: [builder.add(a, builder.call(ctpop, [x])) for a, x in zip(acc, xors(q, col))],
+            )
+            for r in range(4):
+                for v in range(nv):
+                    total = counts[nv * r + v] if form == "vpopcnt" else _byte_sums(builder, counts[nv * r + v], bits)
+                    total = builder.trunc(total, wide) if bits == 64 else total
+                    off = builder.add(
+                        builder.mul(ir.Constant(i64, r), na), builder.add(col, ir.Constant(i64, lanes * v))
+                    )
+                    ptr = builder.bitcast(builder.gep(aa.data, [off]), wide.as_pointer())
+                    total = builder.select(add, builder.add(builder.load(ptr, align=4), total), total)
+                    builder.store(total, ptr, align=4)
         return context.get_dummy_value()
 
-    return types.void(flat, patch, types.intp, acc), codegen
+    return types.void(flat, patch, types.intp, acc, types.intp, types.intp, types.boolean), codegen
+
+
+def _byte_sums(builder, counts, bits):
+    # the per-byte counts (<N x i8>) added up within each `bits`-bit word: pairs of bytes, then of
+    # 16-bit halves (then of 32-bit halves), with shifts and masks
+    v, w, total = counts, 8, 8 * counts.type.count
+    while w < bits:
+        vt = ir.VectorType(ir.IntType(2 * w), total // (2 * w))
+        v = builder.bitcast(v, vt)
+        lo = builder.and_(v, ir.Constant(vt, [(1 << w) - 1] * vt.count))
+        v = builder.add(lo, builder.lshr(v, ir.Constant(vt, [w] * vt.count)))
+        w *= 2
+    return v
 
 
 @intrinsic
@@ -181,10 +241,11 @@ def abs_lane_sum(typingctx, px, t, start, nbits):
 def block_popcounts(flat, patch, acc):
     # acc[r, o] = sum_q popcount(patch[q, r] ^ flat[q, o]) for r < 4: xnor_tile over 16 outputs at
     # a time, the last n % 16 outputs in plain loops
-    n = flat.shape[1]
+    n, nq = flat.shape[1], patch.shape[0]
     n16 = n - n % 16
     for ob in range(0, n16, 16):
-        xnor_tile(flat, patch, ob, acc)
+        for q0 in range(0, nq, QCHUNK):
+            xnor_tile(flat, patch, ob, acc, q0, min(q0 + QCHUNK, nq), q0 > 0)
     for r in range(4):
         for o in range(n16, n):
             acc[r, o] = 0
@@ -192,10 +253,10 @@ def block_popcounts(flat, patch, acc):
         v0, v1, v2, v3 = patch[q, 0], patch[q, 1], patch[q, 2], patch[q, 3]
         for o in range(n16, n):
             x = flat[q, o]
-            acc[0, o] += popcount64(v0 ^ x)
-            acc[1, o] += popcount64(v1 ^ x)
-            acc[2, o] += popcount64(v2 ^ x)
-            acc[3, o] += popcount64(v3 ^ x)
+            acc[0, o] += np.int32(popcount64(v0 ^ x))
+            acc[1, o] += np.int32(popcount64(v1 ^ x))
+            acc[2, o] += np.int32(popcount64(v2 ^ x))
+            acc[3, o] += np.int32(popcount64(v3 ^ x))
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -218,7 +279,7 @@ def xnor_gemm(a, bt, out):  # (M, W) x (W, N) -> popcounts (M, N)
     for blk in prange((m + 3) // 4):
         i0 = 4 * blk
         if m - i0 >= 4:
-            acc = np.empty((4, n), np.int64)
+            acc = np.empty((4, n), np.int32)
             patch = np.empty((w, 4), np.uint64)
             for k in range(w):
                 for r in range(4):
@@ -380,7 +441,7 @@ def conv_kernel(nhwc, emit=False, wb=64):
         flat = wt.reshape(kh * kw * w, n)
         for idx in prange(nb * rows):
             b, py = idx // rows, idx % rows
-            acc = np.empty((4, n), np.int64)
+            acc = np.empty((4, n), np.int32)  # int32: vector int -> float conversion on AVX2 too
             patch = np.empty((kh * kw * w, 4), xw.dtype)
             buf = np.empty((wo if buffered else 1, n), np.float32)
             for a in range(pkh if buffered else 1):

@@ -43,3 +43,14 @@ def module_kernels(module: str) -> dict | bool:
     if mod._NUMBA is None:
         mod._NUMBA = compiled(mod._build)
     return mod._NUMBA
+
+
+def target_features() -> set[str]:
+    """The CPU features numba compiles for: the host's, or ``NUMBA_CPU_FEATURES`` when numba is told
+    to compile for another CPU (``NUMBA_CPU_NAME``, as ``--isa avx2`` runs do)."""
+    from llvmlite import binding as ll
+    from numba.core import config
+
+    if config.CPU_NAME not in (None, "host"):
+        return {f[1:] for f in (config.CPU_FEATURES or "").split(",") if f.startswith("+")}
+    return {k for k, v in ll.get_host_cpu_features().items() if v}

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from torchslim.runtime import timing as _timing
 from torchslim.runtime._layout import conv_geometry, dense_macs, dense_module, linear_geometry, set_conv_geometry
-from torchslim.runtime._numba import match_torch_threads, module_kernels
+from torchslim.runtime._numba import match_torch_threads, module_kernels, target_features
 from torchslim.runtime.base import RuntimeLayer
 from torchslim.runtime.codebook import code_stream, pack_bits, unpack_bits
 
@@ -46,13 +46,7 @@ _NUMBA: dict | bool | None = None
 def _simd() -> str | None:
     """The vector ISA numba compiles for here: the host's, or ``NUMBA_CPU_FEATURES`` when numba is
     told to compile for another CPU (``NUMBA_CPU_NAME``; None if that names no features)."""
-    from llvmlite import binding as ll
-    from numba.core import config
-
-    if config.CPU_NAME not in (None, "host"):
-        feats = {f[1:] for f in (config.CPU_FEATURES or "").split(",") if f.startswith("+")}
-    else:
-        feats = {k for k, v in ll.get_host_cpu_features().items() if v}
+    feats = target_features()
     return "avx512f" if "avx512f" in feats else "avx2" if "avx2" in feats else None
 
 
