@@ -34,6 +34,12 @@ class Mutation:
 
 
 MUTATIONS = [
+    Mutation(  # the byte counters' word totals keep only the low byte of each pair (AVX2 form only)
+        "src/torchslim/runtime/_binary_kernels.py",
+        "v = builder.add(lo, builder.lshr(v, ir.Constant(vt, [w] * vt.count)))",
+        "v = lo",
+        "tests/test_binary.py -k avx2_only_cpu",
+    ),
     Mutation(  # a later chunk of patch rows overwrites the earlier chunks' counts instead of adding
         "src/torchslim/runtime/_binary_kernels.py",
         "xnor_tile(flat, patch, ob, acc, q0, min(q0 + QCHUNK, nq), q0 > 0)",

@@ -30,7 +30,6 @@ def popcount64(typingctx, x):  # of a 32- or 64-bit word, as uint64
 
 VPOPCNT = "avx512vpopcntdq" in target_features()  # a vector popcount instruction where numba compiles to
 QCHUNK = 31  # patch rows per xnor_tile call: byte counters (<= 8 per row) stay below 256
-XNOR_FORM = "vpopcnt" if VPOPCNT else "bytes"
 
 
 @intrinsic
@@ -40,11 +39,11 @@ def xnor_tile(typingctx, flat, patch, ob, acc, q0, q1, add):
     # register-blocked micro-kernel in LLVM vector IR. The accumulators stay in registers for the
     # whole q loop; per q: a weight load per vector, 4 broadcasts, one xor / popcount / add per
     # accumulator. Written as IR because numba keeps array accumulators in memory (a load and a
-    # store per add: 1.1-1.6x slower). XNOR_FORM, by what numba compiles for:
-    # - "vpopcnt" (AVX-512 VPOPCNTDQ): 4 inputs x 16 outputs as 2 vectors of 8 64-bit words or 1 of
+    # store per add: 1.1-1.6x slower). Two forms, by what numba compiles for:
+    # - VPOPCNT (AVX-512 VPOPCNTDQ): 4 inputs x 16 outputs as 2 vectors of 8 64-bit words or 1 of
     #   16 32-bit words (layers of <= 32 input channels: 16 outputs in one popcount, where 64-bit
     #   words would be half empty), a vpopcntq / vpopcntd per row.
-    # - "bytes" (AVX2: popcount is a nibble-table byte shuffle, Mula, Kurz and Lemire 2018): 512 bits
+    # - otherwise (AVX2: popcount is a nibble-table byte shuffle, Mula, Kurz and Lemire 2018): 512 bits
     #   per pass (64-bit words in two passes), counted per byte (llvm.ctpop.v64i8: two vpshufb and
     #   an add) into byte counters; the bytes are summed to word totals once per call, not per row
     #   (the vpsadbw and 64-bit add of a word popcount saved per row).
@@ -52,17 +51,14 @@ def xnor_tile(typingctx, flat, patch, ob, acc, q0, q1, add):
     #   and counter registers fit AVX2's 16) measured no faster on vgg_small (22.1 vs 22.3 ms of
     #   binary convs at batch 256): per row, the popcount is no longer the larger part of the tile.
     bits = flat.dtype.bitwidth
-    form = XNOR_FORM
 
     def codegen(context, builder, sig, args):
         i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
-        width = 512
-        lanes = width // bits
-        nv = 16 // lanes if form == "vpopcnt" else 1  # vectors per pass
+        lanes = 512 // bits
+        nv = 16 // lanes if VPOPCNT else 1  # vectors per pass
         passes = 16 // (lanes * nv)
         vt = ir.VectorType(ir.IntType(bits), lanes)
-        ct = vt if form == "vpopcnt" else ir.VectorType(i8, width // 8)
-        zero = ir.Constant(ct, None)
+        ct = vt if VPOPCNT else ir.VectorType(i8, 64)  # popcounts per word, or per byte
         ctpop = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ct, [ct]), f"llvm.ctpop.v{ct.count}i{ct.element.width}"
         )
@@ -95,43 +91,29 @@ def xnor_tile(typingctx, flat, patch, ob, acc, q0, q1, add):
                 out += [builder.bitcast(builder.xor(ws[v], sv), ct) for v in range(nv)]
             return out
 
-        def loop(start, init, step, body):
-            # for q in range(start, q1, step): state = body(q, state); the state after (init if none)
-            entry = builder.basic_block
-            head, done = builder.append_basic_block("tile"), builder.append_basic_block("tile_end")
-            builder.cbranch(builder.icmp_signed("<", start, q1), head, done)
-            builder.position_at_end(head)
-            q = builder.phi(i64)
-            state = [builder.phi(ct) for _ in init]
-            new = body(q, state)
-            q_next = builder.add(q, ir.Constant(i64, step))
-            q.add_incoming(start, entry)
-            q.add_incoming(q_next, head)
-            for a, a_init, a_next in zip(state, init, new):
-                a.add_incoming(a_init, entry)
-                a.add_incoming(a_next, head)
-            builder.cbranch(builder.icmp_signed("<", q_next, q1), head, done)
-            builder.position_at_end(done)
-            outs = []
-            for a_init, a_next in zip(init, new):
-                p = builder.phi(ct)
-                p.add_incoming(a_init, entry)
-                p.add_incoming(a_next, head)
-                outs.append(p)
-            return outs
-
         for h in range(passes):
             col = builder.add(args[2], ir.Constant(i64, h * lanes * nv))  # this pass's first output
-            k = 4 * nv
-            counts = loop(
-                q0,
-                [zero] * k,
-                1,
-                lambda q, acc, col=col: [builder.add(a, builder.call(ctpop, [x])) for a, x in zip(acc, xors(q, col))],
+            entry, loop, done = (
+                builder.basic_block,
+                builder.append_basic_block("tile"),
+                builder.append_basic_block("tile_end"),
             )
+            builder.branch(loop)  # q0 < q1: at least one row
+            builder.position_at_end(loop)
+            q = builder.phi(i64)
+            accs = [builder.phi(ct) for _ in range(4 * nv)]
+            counts = [builder.add(a, builder.call(ctpop, [x])) for a, x in zip(accs, xors(q, col))]
+            q_next = builder.add(q, ir.Constant(i64, 1))
+            q.add_incoming(q0, entry)
+            q.add_incoming(q_next, loop)
+            for a, a_next in zip(accs, counts):
+                a.add_incoming(ir.Constant(ct, None), entry)
+                a.add_incoming(a_next, loop)
+            builder.cbranch(builder.icmp_signed("<", q_next, q1), loop, done)
+            builder.position_at_end(done)
             for r in range(4):
                 for v in range(nv):
-                    total = counts[nv * r + v] if form == "vpopcnt" else _byte_sums(builder, counts[nv * r + v], bits)
+                    total = counts[nv * r + v] if VPOPCNT else _byte_sums(builder, counts[nv * r + v], bits)
                     total = builder.trunc(total, wide) if bits == 64 else total
                     off = builder.add(
                         builder.mul(ir.Constant(i64, r), na), builder.add(col, ir.Constant(i64, lanes * v))
